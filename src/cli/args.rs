@@ -1,0 +1,173 @@
+//! The command line. Flag names are the contract in the README; every flag that has a config
+//! key also reads a `LIFEBOAT_*` environment variable (flag > env > file > default).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lifeboat",
+    version,
+    about = "Verified, encrypted etcd backups for kubeadm control planes",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Config file (TOML). Default: /etc/etcd-lifeboat/lifeboat.toml when it exists.
+    #[arg(long, global = true, env = "LIFEBOAT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "LIFEBOAT_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(long, global = true, env = "LIFEBOAT_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Take, verify, list and read back snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Take one snapshot from one member, verify it, compress, encrypt and store it.
+    Save(SaveArgs),
+    /// Print hash, revision, totalKey and totalSize of a plain snapshot file, as etcdctl does.
+    Status(StatusArgs),
+    /// List the backups in a destination, newest first.
+    List(ListArgs),
+    /// Read a backup back and re-check every hash and the bbolt walk against its manifest.
+    Verify(VerifyArgs),
+    /// Write the plain snapshot of a backup (trailer included), ready for etcdutl restore.
+    Get(GetArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct EtcdArgs {
+    /// etcd client URLs, comma-separated; the first that answers is used (one member only).
+    #[arg(long, env = "LIFEBOAT_ENDPOINTS", value_delimiter = ',', value_name = "URLS")]
+    pub endpoints: Vec<String>,
+    /// CA bundle that signed etcd's server certificate.
+    #[arg(long, env = "LIFEBOAT_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[arg(long, env = "LIFEBOAT_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM).
+    #[arg(long, env = "LIFEBOAT_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// etcd user (when etcd auth is on).
+    #[arg(long, env = "LIFEBOAT_USER")]
+    pub user: Option<String>,
+    /// etcd password (prefer LIFEBOAT_PASSWORD or etcd.password_file: flags show in `ps`).
+    #[arg(long, env = "LIFEBOAT_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// kubeadm's etcd static pod manifest, read for endpoint, certificates and member name
+    /// when no endpoint is given.
+    #[arg(long, env = "LIFEBOAT_ETCD_MANIFEST", value_name = "FILE")]
+    pub etcd_manifest: Option<PathBuf>,
+    /// Connect timeout, e.g. 5s.
+    #[arg(long, env = "LIFEBOAT_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
+    /// Timeout of unary calls (status, HashKV), e.g. 60s.
+    #[arg(long, env = "LIFEBOAT_REQUEST_TIMEOUT", value_name = "DURATION")]
+    pub request_timeout: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DestArgs {
+    /// Where backups are: a local folder (S3 follows).
+    #[arg(long, env = "LIFEBOAT_DEST", value_name = "DIR")]
+    pub dest: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SaveArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    #[command(flatten)]
+    pub dest: DestArgs,
+    /// Age recipient (public key age1…); repeatable.
+    #[arg(long = "recipient", short = 'r', env = "LIFEBOAT_RECIPIENTS", value_delimiter = ',', value_name = "AGE1…")]
+    pub recipients: Vec<String>,
+    /// File with one age recipient per line.
+    #[arg(long, env = "LIFEBOAT_RECIPIENTS_FILE", value_name = "FILE")]
+    pub recipients_file: Option<PathBuf>,
+    /// zstd level, 1–19.
+    #[arg(long, env = "LIFEBOAT_COMPRESSION_LEVEL", value_name = "N")]
+    pub compression_level: Option<i32>,
+    /// Folder for the temporary plain copy the checks read (needs room for the database).
+    #[arg(long, env = "LIFEBOAT_WORK_DIR", value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// A snapshot file (as etcdctl saves it, or a copy of member/snap/db).
+    pub file: PathBuf,
+    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub dest: DestArgs,
+    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct ReadArgs {
+    /// A backup id (or a unique prefix of one), or `latest`.
+    pub backup: String,
+    #[command(flatten)]
+    pub dest: DestArgs,
+    /// age identity file (private key) of one of the backup's recipients.
+    #[arg(long, short = 'i', env = "LIFEBOAT_IDENTITY", value_name = "KEYFILE")]
+    pub identity: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// Folder for the temporary plain copy.
+    #[arg(long, env = "LIFEBOAT_WORK_DIR", value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// Where to write the plain snapshot.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub out: PathBuf,
+    /// Overwrite FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
+}

@@ -1,0 +1,86 @@
+//! The CLI edge: logging, config loading, context on errors, exit codes.
+
+mod args;
+mod progress;
+mod render;
+mod snapshot;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use lifeboat::config::{FileConfig, DEFAULT_CONFIG_PATH};
+use tracing_subscriber::EnvFilter;
+
+use args::{Cli, Command, LogFormat};
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { lifeboat::exit::USAGE } else { 0 });
+        }
+    };
+    let config = match load_config(cli.config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    init_logging(&cli, &config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&anyhow::Error::new(e).context("starting the async runtime")),
+    };
+    match runtime.block_on(run(cli, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+async fn run(cli: Cli, config: FileConfig) -> Result<()> {
+    match cli.command {
+        Command::Snapshot(cmd) => snapshot::run(cmd, &config).await,
+    }
+}
+
+fn load_config(flag: Option<&PathBuf>) -> Result<FileConfig> {
+    let (path, required) = match flag {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    Ok(FileConfig::load(&path, required)?)
+}
+
+fn init_logging(cli: &Cli, config: &FileConfig) {
+    let level = cli
+        .log_level
+        .clone()
+        .or_else(|| config.log.level.clone())
+        .unwrap_or_else(|| "info".into());
+    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match cli.log_format {
+        Some(f) => f == LogFormat::Json,
+        None => config.log.format.as_deref() == Some("json"),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Prints the whole error chain on one line and picks the documented exit code.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("lifeboat: error: {e:#}");
+    ExitCode::from(lifeboat::exit::code_for(e.as_ref()))
+}

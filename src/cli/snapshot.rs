@@ -1,0 +1,174 @@
+//! `lifeboat snapshot save|status|list|verify|get`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use lifeboat::backup::take_backup;
+use lifeboat::catalog::{Catalog, Manifest, Reason};
+use lifeboat::config::{
+    resolve_backup, resolve_dest, resolve_etcd, BackupOverrides, Dest, EtcdOverrides, FileConfig,
+    Secret, DEFAULT_WORK_DIR,
+};
+use lifeboat::etcd::EtcdSource;
+use lifeboat::readback;
+use lifeboat::stages::encrypt::{too_open, Identities};
+use lifeboat::store::{LocalStore, Store};
+
+use super::args::{
+    DestArgs, EtcdArgs, GetArgs, ListArgs, Output, ReadArgs, SaveArgs, SnapshotCommand,
+    StatusArgs, VerifyArgs,
+};
+use super::{progress, render};
+
+pub async fn run(cmd: SnapshotCommand, config: &FileConfig) -> Result<()> {
+    match cmd {
+        SnapshotCommand::Save(a) => save(a, config).await,
+        SnapshotCommand::Status(a) => status(a),
+        SnapshotCommand::List(a) => list(a, config).await,
+        SnapshotCommand::Verify(a) => verify(a, config).await,
+        SnapshotCommand::Get(a) => get(a, config).await,
+    }
+}
+
+fn etcd_overrides(a: &EtcdArgs) -> EtcdOverrides {
+    EtcdOverrides {
+        endpoints: a.endpoints.clone(),
+        cacert: a.cacert.clone(),
+        cert: a.cert.clone(),
+        key: a.key.clone(),
+        user: a.user.clone(),
+        password: a.password.clone().map(Secret::new),
+        manifest: a.etcd_manifest.clone(),
+        connect_timeout: a.connect_timeout.clone(),
+        request_timeout: a.request_timeout.clone(),
+    }
+}
+
+fn open_store(config: &FileConfig, dest: &DestArgs) -> Result<Arc<dyn Store>> {
+    match resolve_dest(&config.backup, dest.dest.as_ref())? {
+        Dest::Local(path) => Ok(Arc::new(LocalStore::open(&path)?)),
+    }
+}
+
+async fn save(a: SaveArgs, config: &FileConfig) -> Result<()> {
+    let etcd = resolve_etcd(&config.etcd, &etcd_overrides(&a.etcd))?;
+    let settings = resolve_backup(
+        &config.backup,
+        &BackupOverrides {
+            dest: a.dest.dest.clone(),
+            work_dir: a.work_dir.clone(),
+            compression_level: a.compression_level,
+            recipients: a.recipients.clone(),
+            recipients_file: a.recipients_file.clone(),
+        },
+        Reason::Manual,
+    )?;
+    if settings.recipients.is_none() {
+        tracing::warn!("ENCRYPTION IS OFF (backup.encryption = \"none\"): this backup holds every Secret of the cluster in the clear");
+    }
+    let store = open_store(config, &a.dest)?;
+    if let Some(k) = &etcd.kubeadm {
+        tracing::info!(manifest = %k.manifest.display(), "using the kubeadm etcd manifest for defaults");
+    }
+    let mut source = EtcdSource::connect_first(&etcd.settings)
+        .await
+        .context("connecting to etcd")?;
+    let manifest = take_backup(&mut source, store.clone(), &settings, progress::for_terminal())
+        .await
+        .with_context(|| format!("backup to {}", store.location()))?;
+    match a.output {
+        Output::Json => println!("{}", manifest.to_json()),
+        Output::Table => render::saved(&manifest, &store.location()),
+    }
+    Ok(())
+}
+
+fn status(a: StatusArgs) -> Result<()> {
+    let status = readback::plain_file_status(&a.file)?;
+    match a.output {
+        Output::Json => println!("{}", serde_json::to_string(&status)?),
+        Output::Table => render::status(&status),
+    }
+    Ok(())
+}
+
+async fn list(a: ListArgs, config: &FileConfig) -> Result<()> {
+    let store = open_store(config, &a.dest)?;
+    let (manifests, skipped) = Catalog::new(store.clone()).list().await?;
+    for s in &skipped {
+        tracing::warn!(key = %s.key, reason = %s.reason, "skipping an unreadable manifest");
+    }
+    match a.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&manifests)?),
+        Output::Table => render::list(&manifests),
+    }
+    Ok(())
+}
+
+async fn find(read: &ReadArgs, config: &FileConfig) -> Result<(Arc<dyn Store>, Manifest)> {
+    let store = open_store(config, &read.dest)?;
+    let manifest = Catalog::new(store.clone()).find(&read.backup).await?;
+    Ok((store, manifest))
+}
+
+fn load_identities(path: Option<&PathBuf>) -> Result<Option<Arc<Identities>>> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    if too_open(path) {
+        tracing::warn!(path = %path.display(), "the identity file is readable by others: chmod 600 it");
+    }
+    Ok(Some(Arc::new(Identities::from_file(path)?)))
+}
+
+fn work_dir(flag: Option<&PathBuf>, config: &FileConfig) -> PathBuf {
+    flag.cloned()
+        .or_else(|| config.backup.work_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_WORK_DIR))
+}
+
+async fn verify(a: VerifyArgs, config: &FileConfig) -> Result<()> {
+    let identities = load_identities(a.read.identity.as_ref())?;
+    let (store, manifest) = find(&a.read, config).await?;
+    let checked = readback::verify_backup(
+        store,
+        &manifest,
+        identities.as_ref(),
+        &work_dir(a.work_dir.as_ref(), config),
+        progress::for_terminal(),
+    )
+    .await
+    .with_context(|| format!("verifying backup {}", manifest.id))?;
+    match a.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({
+                "id": manifest.id,
+                "ok": true,
+                "object_sha256": checked.object_sha256,
+                "plain_sha256": checked.plain_sha256,
+                "status": checked.status,
+            })
+        ),
+        Output::Table => render::verified(&manifest, &checked),
+    }
+    Ok(())
+}
+
+async fn get(a: GetArgs, config: &FileConfig) -> Result<()> {
+    let identities = load_identities(a.read.identity.as_ref())?;
+    let (store, manifest) = find(&a.read, config).await?;
+    let checked = readback::get_backup(
+        store,
+        &manifest,
+        identities.as_ref(),
+        &a.out,
+        a.force,
+        progress::for_terminal(),
+    )
+    .await
+    .with_context(|| format!("reading backup {} into {}", manifest.id, a.out.display()))?;
+    render::got(&manifest, &checked, &a.out);
+    Ok(())
+}

@@ -1,0 +1,466 @@
+//! Configuration: one TOML file, `LIFEBOAT_*` environment variables and flags; flags win,
+//! then env, then the file, then defaults. Merged and validated once at start; a bad value
+//! gives one line naming the key. The example with every key: config/lifeboat.example.toml.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::backup::BackupSettings;
+use crate::catalog::Reason;
+use crate::etcd::discovery::{self, KubeadmEtcd};
+use crate::etcd::EtcdSettings;
+use crate::stages::compress;
+use crate::stages::encrypt::{KeyError, Recipients};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/etcd-lifeboat/lifeboat.toml";
+pub const DEFAULT_ETCD_MANIFEST: &str = "/etc/kubernetes/manifests/etcd.yaml";
+pub const DEFAULT_WORK_DIR: &str = "/var/lib/etcd-lifeboat/work";
+
+/// A secret string that never prints.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub etcd: EtcdSection,
+    #[serde(default)]
+    pub backup: BackupSection,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSection {
+    pub endpoints: Option<Vec<String>>,
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub manifest: Option<PathBuf>,
+    pub connect_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+    pub stall_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSection {
+    pub dest: Option<String>,
+    pub work_dir: Option<PathBuf>,
+    pub compression_level: Option<i32>,
+    pub encryption: Option<String>,
+    pub recipients: Option<Vec<String>>,
+    pub recipients_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    pub format: Option<String>,
+    pub level: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("`{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Discovery(#[from] discovery::DiscoveryError),
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+impl FileConfig {
+    /// Reads `path`; `required` says whether a missing file is an error (an explicit
+    /// `--config`) or means "no file" (the default path).
+    ///
+    /// # Errors
+    /// Unreadable file, TOML errors, unknown keys (each naming the key and line).
+    pub fn load(path: &Path, required: bool) -> Result<FileConfig, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(FileConfig::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: one_line(&e.to_string()),
+        })
+    }
+}
+
+/// toml's messages span several lines with a source excerpt; keep them to one.
+fn one_line(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' '))
+        .collect();
+    lines.join(" ")
+}
+
+/// The connection flags as the CLI parsed them (flag or env), before merging.
+#[derive(Debug, Default, Clone)]
+pub struct EtcdOverrides {
+    pub endpoints: Vec<String>,
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub manifest: Option<PathBuf>,
+    pub connect_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+}
+
+/// The etcd connection after merging flags, env, file and kubeadm discovery.
+#[derive(Debug, Clone)]
+pub struct ResolvedEtcd {
+    pub settings: EtcdSettings,
+    /// Present on a kubeadm node: the manifest it was read from and what it said.
+    pub kubeadm: Option<KubeadmEtcd>,
+}
+
+/// Merges the etcd connection settings and reads the kubeadm manifest when no endpoint was
+/// given. Discovery fills only what flags, env and file left open.
+///
+/// # Errors
+/// Bad durations, an unreadable manifest or password file, `--user` without password.
+pub fn resolve_etcd(file: &EtcdSection, o: &EtcdOverrides) -> Result<ResolvedEtcd, ConfigError> {
+    let manifest_path = o
+        .manifest
+        .clone()
+        .or_else(|| file.manifest.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ETCD_MANIFEST));
+    let kubeadm = discovery::discover(&manifest_path)?;
+    let mut endpoints = if o.endpoints.is_empty() {
+        file.endpoints.clone().unwrap_or_default()
+    } else {
+        o.endpoints.clone()
+    };
+    let explicit = !endpoints.is_empty();
+    if !explicit {
+        if let Some(k) = &kubeadm {
+            endpoints = k.endpoints.iter().take(1).cloned().collect();
+        }
+    }
+    let wants_tls_defaults = !explicit || endpoints.iter().any(|e| e.starts_with("https://"));
+    let from_kubeadm = |f: fn(&KubeadmEtcd) -> Option<PathBuf>| {
+        kubeadm
+            .as_ref()
+            .filter(|_| wants_tls_defaults)
+            .and_then(f)
+    };
+    let password = match (&o.password, &file.password_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(path)) => Some(Secret::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| invalid("etcd.password_file", format!("{}: {e}", path.display())))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+        )),
+        (None, None) => None,
+    };
+    let user = o.user.clone().or_else(|| file.user.clone());
+    if user.is_some() && password.is_none() {
+        return Err(invalid(
+            "etcd.user",
+            "a user needs a password: --password, LIFEBOAT_PASSWORD or etcd.password_file",
+        ));
+    }
+    let settings = EtcdSettings {
+        endpoints,
+        cacert: o
+            .cacert
+            .clone()
+            .or_else(|| file.cacert.clone())
+            .or_else(|| from_kubeadm(|k| k.cacert.clone())),
+        cert: o
+            .cert
+            .clone()
+            .or_else(|| file.cert.clone())
+            .or_else(|| from_kubeadm(|k| k.cert.clone())),
+        key: o
+            .key
+            .clone()
+            .or_else(|| file.key.clone())
+            .or_else(|| from_kubeadm(|k| k.key.clone())),
+        user,
+        password,
+        connect_timeout: duration(
+            "etcd.connect_timeout",
+            o.connect_timeout.as_ref().or(file.connect_timeout.as_ref()),
+            Duration::from_secs(5),
+        )?,
+        request_timeout: duration(
+            "etcd.request_timeout",
+            o.request_timeout.as_ref().or(file.request_timeout.as_ref()),
+            Duration::from_secs(60),
+        )?,
+        stall_timeout: duration(
+            "etcd.stall_timeout",
+            file.stall_timeout.as_ref(),
+            Duration::from_secs(60),
+        )?,
+    };
+    Ok(ResolvedEtcd { settings, kubeadm })
+}
+
+fn duration(
+    key: &'static str,
+    value: Option<&String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => {
+            let d = humantime::parse_duration(v)
+                .map_err(|e| invalid(key, format!("`{v}` is not a duration like 5s or 2m ({e})")))?;
+            if d.is_zero() {
+                return Err(invalid(key, "must be more than zero"));
+            }
+            Ok(d)
+        }
+    }
+}
+
+/// Backup flags as parsed (flag or env).
+#[derive(Debug, Default, Clone)]
+pub struct BackupOverrides {
+    pub dest: Option<String>,
+    pub work_dir: Option<PathBuf>,
+    pub compression_level: Option<i32>,
+    pub recipients: Vec<String>,
+    pub recipients_file: Option<PathBuf>,
+}
+
+/// Where backups go. Only local folders so far; `s3://` comes with the S3 backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dest {
+    Local(PathBuf),
+}
+
+/// Parses a destination.
+///
+/// # Errors
+/// Missing, or a scheme this build does not support.
+pub fn resolve_dest(file: &BackupSection, flag: Option<&String>) -> Result<Dest, ConfigError> {
+    let raw = flag
+        .or(file.dest.as_ref())
+        .ok_or_else(|| invalid("backup.dest", "no destination: pass --dest DIR or set backup.dest"))?;
+    parse_dest(raw)
+}
+
+fn parse_dest(raw: &str) -> Result<Dest, ConfigError> {
+    if let Some(rest) = raw.strip_prefix("file://") {
+        return Ok(Dest::Local(PathBuf::from(rest)));
+    }
+    if raw.contains("://") {
+        return Err(invalid(
+            "backup.dest",
+            format!("`{raw}`: this lifeboat writes to local folders only (S3 support is the next milestone)"),
+        ));
+    }
+    if raw.is_empty() {
+        return Err(invalid("backup.dest", "is empty"));
+    }
+    Ok(Dest::Local(PathBuf::from(raw)))
+}
+
+/// Merges and validates everything a backup run needs.
+///
+/// # Errors
+/// A bad level, encryption mode, recipient or recipients file.
+pub fn resolve_backup(
+    file: &BackupSection,
+    o: &BackupOverrides,
+    reason: Reason,
+) -> Result<BackupSettings, ConfigError> {
+    let level = o
+        .compression_level
+        .or(file.compression_level)
+        .unwrap_or(compress::DEFAULT_LEVEL);
+    if !compress::valid_level(level) {
+        return Err(invalid(
+            "backup.compression_level",
+            format!("{level} is outside 1..=19"),
+        ));
+    }
+    let encryption = file.encryption.as_deref().unwrap_or("age");
+    let recipients = match encryption {
+        "age" => {
+            let mut r = Recipients::parse("--recipient", o.recipients.iter().map(String::as_str))?;
+            if o.recipients.is_empty() {
+                r.extend(Recipients::parse(
+                    "backup.recipients",
+                    file.recipients.iter().flatten().map(String::as_str),
+                )?);
+            }
+            if let Some(path) = o.recipients_file.as_ref().or(file.recipients_file.as_ref()) {
+                r.extend(Recipients::from_file(path)?);
+            }
+            if r.is_empty() {
+                return Err(invalid(
+                    "backup.recipients",
+                    "backups are encrypted and no age recipient is configured: pass --recipient age1… (or --recipients-file), or set encryption = \"none\" explicitly",
+                ));
+            }
+            Some(r)
+        }
+        "none" => None,
+        other => {
+            return Err(invalid(
+                "backup.encryption",
+                format!("`{other}` is not one of age, none"),
+            ))
+        }
+    };
+    Ok(BackupSettings {
+        work_dir: o
+            .work_dir
+            .clone()
+            .or_else(|| file.work_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_WORK_DIR)),
+        compression_level: level,
+        recipients,
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name_on_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[backup]\ncompresion_level = 3\n").unwrap();
+        let msg = FileConfig::load(&p, true).unwrap_err().to_string();
+        assert!(msg.contains("compresion_level"), "{msg}");
+        assert_eq!(msg.lines().count(), 1, "{msg}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[backup]\ncompression_level = \"high\"\n").unwrap();
+        let msg = FileConfig::load(&p, true).unwrap_err().to_string();
+        assert!(msg.contains("compression_level"), "{msg}");
+    }
+
+    #[test]
+    fn a_missing_default_config_is_fine_but_an_explicit_one_is_not() {
+        let p = Path::new("/nonexistent/lifeboat.toml");
+        assert!(FileConfig::load(p, false).is_ok());
+        assert!(FileConfig::load(p, true).is_err());
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file = BackupSection {
+            compression_level: Some(9),
+            encryption: Some("none".into()),
+            ..Default::default()
+        };
+        let o = BackupOverrides {
+            compression_level: Some(5),
+            ..Default::default()
+        };
+        let s = resolve_backup(&file, &o, Reason::Manual).unwrap();
+        assert_eq!(s.compression_level, 5);
+        assert!(s.recipients.is_none());
+    }
+
+    #[test]
+    fn encryption_without_recipients_is_refused_naming_the_key() {
+        let err = resolve_backup(&BackupSection::default(), &BackupOverrides::default(), Reason::Manual)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("backup.recipients"), "{err}");
+    }
+
+    #[test]
+    fn bad_levels_and_modes_name_their_key() {
+        let file = BackupSection {
+            compression_level: Some(42),
+            ..Default::default()
+        };
+        let err = resolve_backup(&file, &BackupOverrides::default(), Reason::Manual).err().unwrap();
+        assert!(err.to_string().contains("backup.compression_level"));
+        let file = BackupSection {
+            encryption: Some("rot13".into()),
+            ..Default::default()
+        };
+        let err = resolve_backup(&file, &BackupOverrides::default(), Reason::Manual).err().unwrap();
+        assert!(err.to_string().contains("backup.encryption"));
+    }
+
+    #[test]
+    fn durations_are_parsed_and_bad_ones_named() {
+        let file = EtcdSection {
+            connect_timeout: Some("soon".into()),
+            manifest: Some(PathBuf::from("/nonexistent/etcd.yaml")),
+            ..Default::default()
+        };
+        let err = resolve_etcd(&file, &EtcdOverrides::default()).unwrap_err();
+        assert!(err.to_string().contains("etcd.connect_timeout"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn s3_destinations_are_refused_clearly_for_now() {
+        assert!(parse_dest("s3://bucket/prefix").is_err());
+        assert_eq!(parse_dest("/backups").unwrap(), Dest::Local("/backups".into()));
+    }
+}

@@ -1,0 +1,398 @@
+//! The etcd source: one member, one client.
+//!
+//! etcd-client load-balances over every endpoint it is given, so a snapshot, its status and
+//! its HashKV could come from different members. Every `EtcdSource` therefore talks to exactly
+//! one endpoint, and records which member that is.
+
+pub mod discovery;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+
+/// How to reach etcd: endpoints, TLS files, optional user.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<crate::config::Secret>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// How long the snapshot stream may send nothing before it counts as dead.
+    pub stall_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("no etcd endpoint is configured: pass --endpoints, set `etcd.endpoints`, or run on a kubeadm node (--etcd-manifest)")]
+    NoEndpoints,
+    #[error("cannot read {what} {path}: {source}; check the path and that this user may read it")]
+    TlsFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--cert and --key go together: give both or neither")]
+    HalfIdentity,
+    #[error("cannot reach etcd at {endpoint}: {detail}; check the endpoint, that etcd runs, and the TLS files (--cacert/--cert/--key)")]
+    Unreachable { endpoint: String, detail: String },
+    #[error("none of the endpoints answered ({0}); check that etcd runs and the TLS files")]
+    NoneReachable(String),
+    #[error("etcd at {endpoint} failed {call}: {detail}")]
+    Call {
+        endpoint: String,
+        call: &'static str,
+        detail: String,
+    },
+    #[error("the snapshot stream from {endpoint} broke after {bytes} bytes: {detail}; etcd may have restarted; take the snapshot again")]
+    StreamBroken {
+        endpoint: String,
+        bytes: u64,
+        detail: String,
+    },
+    #[error("the snapshot stream from {endpoint} sent nothing for {secs} s after {bytes} bytes; etcd is stuck or overloaded")]
+    Stalled {
+        endpoint: String,
+        bytes: u64,
+        secs: u64,
+    },
+}
+
+/// What the member says about itself just before a snapshot.
+#[derive(Clone, Debug)]
+pub struct MemberFacts {
+    pub endpoint: String,
+    pub member_id: u64,
+    pub member_name: String,
+    pub cluster_id: u64,
+    pub etcd_version: String,
+    pub db_size: u64,
+    pub raft_index: u64,
+    pub revision: i64,
+    pub is_learner: bool,
+}
+
+/// The member's `HashKV(rev)` answer.
+#[derive(Clone, Copy, Debug)]
+pub enum LiveHashKv {
+    Hash { hash: u32, compact_revision: i64 },
+    /// The member has compacted past the revision asked for (etcd does not say to where).
+    Compacted,
+}
+
+/// A client bound to exactly one member.
+pub struct EtcdSource {
+    client: Client,
+    endpoint: String,
+    settings: EtcdSettings,
+}
+
+impl EtcdSource {
+    /// Connects to the first endpoint that answers `Status`, in the order given.
+    ///
+    /// # Errors
+    /// `NoEndpoints`, TLS file errors, or `NoneReachable` listing why each endpoint failed.
+    pub async fn connect_first(settings: &EtcdSettings) -> Result<EtcdSource, SourceError> {
+        if settings.endpoints.is_empty() {
+            return Err(SourceError::NoEndpoints);
+        }
+        let mut failures = Vec::new();
+        for endpoint in &settings.endpoints {
+            match EtcdSource::connect(settings, endpoint).await {
+                Ok(mut source) => match source.status_ping().await {
+                    Ok(()) => return Ok(source),
+                    Err(e) => failures.push(e),
+                },
+                Err(e @ (SourceError::TlsFile { .. } | SourceError::HalfIdentity)) => return Err(e),
+                Err(e) => failures.push(e),
+            }
+        }
+        if failures.len() == 1 {
+            return Err(failures.remove(0));
+        }
+        Err(SourceError::NoneReachable(
+            failures
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ))
+    }
+
+    /// Connects to one endpoint (lazily: the first call reports an unreachable member).
+    ///
+    /// # Errors
+    /// TLS file errors and malformed endpoints.
+    pub async fn connect(settings: &EtcdSettings, endpoint: &str) -> Result<EtcdSource, SourceError> {
+        let endpoint = normalise_endpoint(endpoint, settings.uses_tls());
+        let options = connect_options(settings)?;
+        let connect = Client::connect([endpoint.as_str()], Some(options));
+        let client = tokio::time::timeout(settings.connect_timeout, connect)
+            .await
+            .map_err(|_| SourceError::Unreachable {
+                endpoint: endpoint.clone(),
+                detail: format!("no answer within {:?}", settings.connect_timeout),
+            })?
+            .map_err(|e| SourceError::Unreachable {
+                endpoint: endpoint.clone(),
+                detail: describe(&e),
+            })?;
+        Ok(EtcdSource {
+            client,
+            endpoint,
+            settings: settings.clone(),
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    async fn status_ping(&mut self) -> Result<(), SourceError> {
+        self.call("Status", self.client.clone().status())
+            .await
+            .map(|_| ())
+    }
+
+    async fn call<T>(
+        &self,
+        call: &'static str,
+        fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, SourceError> {
+        match tokio::time::timeout(self.settings.request_timeout, fut).await {
+            Err(_) => Err(SourceError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                detail: format!("{call} got no answer within {:?}", self.settings.request_timeout),
+            }),
+            Ok(Err(e)) if is_unreachable(&e) => Err(SourceError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                detail: describe(&e),
+            }),
+            Ok(Err(e)) => Err(SourceError::Call {
+                endpoint: self.endpoint.clone(),
+                call,
+                detail: describe(&e),
+            }),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    /// Status and member list of this member.
+    ///
+    /// # Errors
+    /// The member is unreachable or refuses the calls.
+    pub async fn member_facts(&mut self) -> Result<MemberFacts, SourceError> {
+        let mut client = self.client.clone();
+        let status = self.call("Status", client.status()).await?;
+        let header = status.header().cloned();
+        let member_id = header.as_ref().map(|h| h.member_id()).unwrap_or_default();
+        let members = self.call("MemberList", client.member_list()).await?;
+        let member_name = members
+            .members()
+            .iter()
+            .find(|m| m.id() == member_id)
+            .map(|m| m.name().to_string())
+            .unwrap_or_default();
+        Ok(MemberFacts {
+            endpoint: self.endpoint.clone(),
+            member_id,
+            member_name,
+            cluster_id: header.as_ref().map(|h| h.cluster_id()).unwrap_or_default(),
+            etcd_version: status.version().to_string(),
+            db_size: u64::try_from(status.db_size()).unwrap_or(0),
+            raft_index: status.raft_index(),
+            revision: header.as_ref().map(|h| h.revision()).unwrap_or_default(),
+            is_learner: status.is_learner(),
+        })
+    }
+
+    /// Opens the `Maintenance.Snapshot` stream.
+    ///
+    /// # Errors
+    /// The member is unreachable or refuses.
+    pub async fn open_snapshot(&mut self) -> Result<SnapshotStream, SourceError> {
+        let stream = self.call("Snapshot", self.client.clone().snapshot()).await?;
+        Ok(SnapshotStream {
+            inner: stream,
+            endpoint: self.endpoint.clone(),
+            stall_timeout: self.settings.stall_timeout,
+            bytes: 0,
+            finished_data: false,
+            done: false,
+        })
+    }
+
+    /// The live member's `HashKV(revision)`.
+    ///
+    /// # Errors
+    /// The member is unreachable or fails the call for another reason than compaction.
+    pub async fn hash_kv(&mut self, revision: i64) -> Result<LiveHashKv, SourceError> {
+        let mut client = self.client.clone();
+        match self.call("HashKV", client.hash_kv(revision)).await {
+            Ok(r) => Ok(LiveHashKv::Hash {
+                hash: r.hash(),
+                compact_revision: r.compact_version(),
+            }),
+            Err(SourceError::Call { detail, .. }) if detail.contains("compacted") => {
+                Ok(LiveHashKv::Compacted)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// One piece of the snapshot stream.
+pub enum SnapshotPiece {
+    Data(bytes::Bytes),
+    /// The 32-byte sha256 etcd sends after the last data chunk.
+    Trailer(bytes::Bytes),
+}
+
+/// The snapshot stream, with etcd's framing made explicit (data, then one trailer message).
+pub struct SnapshotStream {
+    inner: etcd_client::SnapshotStreaming,
+    endpoint: String,
+    stall_timeout: Duration,
+    bytes: u64,
+    finished_data: bool,
+    done: bool,
+}
+
+impl SnapshotStream {
+    /// The next piece, or `None` once the trailer has been delivered (or the server closed).
+    ///
+    /// # Errors
+    /// The stream broke or stalled.
+    pub async fn next(&mut self) -> Result<Option<SnapshotPiece>, SourceError> {
+        if self.done {
+            return Ok(None);
+        }
+        let message = tokio::time::timeout(self.stall_timeout, self.inner.message())
+            .await
+            .map_err(|_| SourceError::Stalled {
+                endpoint: self.endpoint.clone(),
+                bytes: self.bytes,
+                secs: self.stall_timeout.as_secs(),
+            })?
+            .map_err(|e| SourceError::StreamBroken {
+                endpoint: self.endpoint.clone(),
+                bytes: self.bytes,
+                detail: describe(&e),
+            })?;
+        let Some(message) = message else {
+            self.done = true;
+            return Ok(None);
+        };
+        let blob = bytes::Bytes::copy_from_slice(message.blob());
+        self.bytes += blob.len() as u64;
+        if self.finished_data {
+            self.done = true;
+            return Ok(Some(SnapshotPiece::Trailer(blob)));
+        }
+        if message.remaining_bytes() == 0 {
+            self.finished_data = true;
+        }
+        Ok(Some(SnapshotPiece::Data(blob)))
+    }
+}
+
+impl EtcdSettings {
+    pub fn uses_tls(&self) -> bool {
+        self.cacert.is_some() || self.cert.is_some()
+    }
+}
+
+/// Adds the scheme etcdctl would assume: https when TLS files are configured.
+fn normalise_endpoint(endpoint: &str, tls: bool) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else if tls {
+        format!("https://{endpoint}")
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+fn read_tls_file(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, SourceError> {
+    std::fs::read(path).map_err(|source| SourceError::TlsFile {
+        what,
+        path: path.clone(),
+        source,
+    })
+}
+
+fn connect_options(settings: &EtcdSettings) -> Result<ConnectOptions, SourceError> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(settings.connect_timeout)
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(10))
+        .with_keep_alive_while_idle(true);
+    if settings.uses_tls() {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &settings.cacert {
+            tls = tls.ca_certificate(Certificate::from_pem(read_tls_file("CA certificate", ca)?));
+        }
+        match (&settings.cert, &settings.key) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(
+                    read_tls_file("client certificate", cert)?,
+                    read_tls_file("client key", key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => return Err(SourceError::HalfIdentity),
+        }
+        options = options.with_tls(tls);
+    }
+    if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
+        options = options
+            .with_user(user.clone(), password.expose().to_string())
+            .with_auto_token_refresh(true);
+    }
+    Ok(options)
+}
+
+fn is_unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ),
+        _ => false,
+    }
+}
+
+/// The whole source chain: tonic's top-level messages ("transport error") say too little.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_without_scheme_follow_tls() {
+        assert_eq!(normalise_endpoint("127.0.0.1:2379", true), "https://127.0.0.1:2379");
+        assert_eq!(normalise_endpoint("127.0.0.1:2379", false), "http://127.0.0.1:2379");
+        assert_eq!(normalise_endpoint("http://a:1", true), "http://a:1");
+    }
+}

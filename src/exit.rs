@@ -1,0 +1,94 @@
+//! Exit codes, documented in the README. The class comes from the first error in the chain
+//! that this crate knows, so context added at the CLI edge does not change it.
+
+use crate::backup::BackupError;
+use crate::catalog::CatalogError;
+use crate::config::ConfigError;
+use crate::etcd::SourceError;
+use crate::readback::ReadBackError;
+use crate::stages::encrypt::KeyError;
+use crate::store::StoreError;
+use crate::verify::VerifyError;
+
+pub const OK: u8 = 0;
+/// Anything unexpected.
+pub const FAILURE: u8 = 1;
+/// Bad flags or configuration.
+pub const USAGE: u8 = 2;
+/// etcd unreachable, TLS or auth wrong, or a call failed.
+pub const ETCD: u8 = 3;
+/// A snapshot or backup failed verification (corrupt, mismatch).
+pub const VERIFY: u8 = 4;
+/// The store or a local file could not be read or written (incl. disk full).
+pub const STORAGE: u8 = 5;
+/// A key problem: no identity given, wrong identity, unreadable key file.
+pub const KEYS: u8 = 6;
+/// The backup asked for does not exist.
+pub const NOT_FOUND: u8 = 7;
+
+/// The exit code for an error chain.
+pub fn code_for(err: &(dyn std::error::Error + 'static)) -> u8 {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(code) = classify(e) {
+            return code;
+        }
+        cur = e.source();
+    }
+    FAILURE
+}
+
+fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
+    if let Some(e) = e.downcast_ref::<BackupError>() {
+        return match e {
+            BackupError::Source(_) => Some(ETCD),
+            BackupError::Verify(_) => Some(VERIFY),
+            BackupError::Store(_) | BackupError::WorkDir { .. } | BackupError::WorkDirFull { .. } => {
+                Some(STORAGE)
+            }
+            BackupError::Catalog(c) => classify(c),
+            BackupError::Stage(_) | BackupError::Internal(_) => Some(FAILURE),
+        };
+    }
+    if let Some(e) = e.downcast_ref::<CatalogError>() {
+        return match e {
+            CatalogError::Empty { .. } | CatalogError::NoSuchBackup { .. } => Some(NOT_FOUND),
+            CatalogError::Store(_) => Some(STORAGE),
+            CatalogError::Manifest(_) => Some(VERIFY),
+        };
+    }
+    if let Some(e) = e.downcast_ref::<ReadBackError>() {
+        return match e {
+            ReadBackError::Store(StoreError::NotFound { .. }) => Some(VERIFY),
+            ReadBackError::Store(_) | ReadBackError::Output { .. } | ReadBackError::Exists(_) => {
+                Some(STORAGE)
+            }
+            ReadBackError::IdentityNeeded { .. } | ReadBackError::WrongIdentity { .. } => Some(KEYS),
+            ReadBackError::Damaged { .. } | ReadBackError::Verify(_) => Some(VERIFY),
+            ReadBackError::WorkDir(b) => classify(b),
+            ReadBackError::Internal(_) => Some(FAILURE),
+        };
+    }
+    if e.is::<SourceError>() {
+        return Some(ETCD);
+    }
+    if e.is::<VerifyError>() || e.is::<crate::bbolt::BoltError>() {
+        return Some(VERIFY);
+    }
+    if e.is::<StoreError>() {
+        return Some(STORAGE);
+    }
+    if let Some(k) = e.downcast_ref::<KeyError>() {
+        return match k {
+            KeyError::IdentityFile { .. } | KeyError::NoIdentity { .. } => Some(KEYS),
+            _ => Some(USAGE),
+        };
+    }
+    if let Some(c) = e.downcast_ref::<ConfigError>() {
+        return match c {
+            ConfigError::Key(k) => classify(k),
+            _ => Some(USAGE),
+        };
+    }
+    None
+}

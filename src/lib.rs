@@ -1,0 +1,29 @@
+//! etcd-lifeboat: verified, encrypted, streaming etcd backups for kubeadm control planes.
+//!
+//! # Layout
+//! Data flows one way: source → stages → store → catalog.
+//! - [`etcd`]: the source — a client bound to one member; kubeadm discovery.
+//! - [`stages`]: hash, compress (zstd), encrypt (age), and the pipe that joins a blocking
+//!   stage thread to the async store.
+//! - [`verify`]: the checks that make a snapshot count (trailer, native `snapshot status`,
+//!   revision, offline HashKV), built on [`bbolt`], our read-only bbolt reader.
+//! - [`store`]: storage backends behind the object-safe [`store::Store`] trait.
+//! - [`catalog`]: manifests and backup ids; a backup exists once its manifest does.
+//! - [`backup`]: one backup run end to end; [`readback`]: reading one back and re-checking it.
+//! - [`config`]: file + env + flags, validated once; [`progress`]: progress reporting.
+//! - [`exit`]: the documented exit codes, derived from the error chain.
+//!
+//! The library never prints; the `lifeboat` binary parses arguments, sets up logging and maps
+//! errors to exit codes.
+
+pub mod backup;
+pub mod bbolt;
+pub mod catalog;
+pub mod config;
+pub mod etcd;
+pub mod exit;
+pub mod progress;
+pub mod readback;
+pub mod stages;
+pub mod store;
+pub mod verify;

@@ -1,0 +1,439 @@
+//! Reading a backup back: store → sha256 → age → zstd → plain file, then every check against
+//! the manifest (object hash and size, plain hash and size, etcd's trailer, the bbolt walk and
+//! its status). Used by `snapshot verify` and `snapshot get`, and later by restore and drills.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use crate::backup::Spool;
+use crate::catalog::Manifest;
+use crate::progress::Progress;
+use crate::stages::compress;
+use crate::stages::encrypt::Identities;
+use crate::store::{Store, StoreError};
+use crate::verify::{self, SnapshotStatus, VerifyError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadBackError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("backup {id} is encrypted: pass --identity KEYFILE with a private key of one of its recipients ({recipients})")]
+    IdentityNeeded { id: String, recipients: String },
+    #[error("cannot decrypt {object}: {detail}; the backup was encrypted to {recipients}: use the identity file of one of these")]
+    WrongIdentity {
+        object: String,
+        detail: String,
+        recipients: String,
+    },
+    #[error("{object} is damaged: {detail}")]
+    Damaged { object: String, detail: String },
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error("{path}: {detail}")]
+    Output { path: PathBuf, detail: String },
+    #[error("{0} already exists: pass --force to overwrite it")]
+    Exists(PathBuf),
+    #[error(transparent)]
+    WorkDir(#[from] crate::backup::BackupError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What reading the backup back established.
+#[derive(Debug, Clone)]
+pub struct ReadBack {
+    pub object_sha256: String,
+    pub object_size: u64,
+    pub plain_sha256: String,
+    pub plain_size: u64,
+    pub status: SnapshotStatus,
+}
+
+/// Reads the backup back into a spool file in `work_dir`, checks everything, removes the spool.
+///
+/// # Errors
+/// Any mismatch or read failure, naming the object.
+pub async fn verify_backup(
+    store: Arc<dyn Store>,
+    manifest: &Manifest,
+    identities: Option<&Arc<Identities>>,
+    work_dir: &Path,
+    progress: Arc<dyn Progress>,
+) -> Result<ReadBack, ReadBackError> {
+    let spool = Spool::create(work_dir, manifest.plain_size)?;
+    let out = spool.path().to_path_buf();
+    let file = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&out)
+        .map_err(|e| output_err(&out, e))?;
+    read_into(store, manifest, identities, file, &out, progress).await
+}
+
+/// Writes the plain snapshot (trailer included) to `out` after checking it completely.
+/// The file appears under its name only once every check passed.
+///
+/// # Errors
+/// `Exists` without `force`; any mismatch or read failure.
+pub async fn get_backup(
+    store: Arc<dyn Store>,
+    manifest: &Manifest,
+    identities: Option<&Arc<Identities>>,
+    out: &Path,
+    force: bool,
+    progress: Arc<dyn Progress>,
+) -> Result<ReadBack, ReadBackError> {
+    if out.exists() && !force {
+        return Err(ReadBackError::Exists(out.to_path_buf()));
+    }
+    let part = part_path(out);
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&part)
+        .map_err(|e| output_err(&part, e))?;
+    let result = read_into(store, manifest, identities, file, &part, progress).await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&part);
+        return result;
+    }
+    std::fs::rename(&part, out).map_err(|e| output_err(out, e))?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| output_err(dir, e))?;
+    }
+    result
+}
+
+fn part_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".part");
+    out.with_file_name(name)
+}
+
+fn output_err(path: &Path, e: io::Error) -> ReadBackError {
+    let detail = if e.raw_os_error() == Some(28) {
+        "no space left on the device: free space or write elsewhere".to_string()
+    } else {
+        e.to_string()
+    };
+    ReadBackError::Output {
+        path: path.to_path_buf(),
+        detail,
+    }
+}
+
+async fn read_into(
+    store: Arc<dyn Store>,
+    manifest: &Manifest,
+    identities: Option<&Arc<Identities>>,
+    file: File,
+    path: &Path,
+    progress: Arc<dyn Progress>,
+) -> Result<ReadBack, ReadBackError> {
+    let encrypted = manifest.encryption.scheme == "age";
+    if encrypted && identities.is_none() {
+        return Err(ReadBackError::IdentityNeeded {
+            id: manifest.id.clone(),
+            recipients: manifest.encryption.recipients.join(", "),
+        });
+    }
+    let stream = store.get(&manifest.object.key).await?;
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let object_tally = Arc::new(Mutex::new(Tally::default()));
+    let tally = object_tally.clone();
+    let manifest_c = manifest.clone();
+    let path_c = path.to_path_buf();
+    let identities = identities.filter(|_| encrypted).cloned();
+    let decoded = tokio::task::spawn_blocking(move || {
+        decode(
+            reader,
+            tally,
+            identities.as_deref(),
+            file,
+            &path_c,
+            &manifest_c,
+            progress.as_ref(),
+        )
+    })
+    .await
+    .map_err(|e| ReadBackError::Internal(format!("decode thread: {e}")))?;
+    let plain = decoded?;
+    let object = object_tally
+        .lock()
+        .map_err(|_| ReadBackError::Internal("object hash lock poisoned".into()))?
+        .clone();
+    let object_sha256 = hex::encode(object.hasher.finalize());
+    let key = manifest.object.key.as_str();
+    verify::expect_equal(key, "object size", manifest.object.size, object.count)?;
+    verify::expect_equal(key, "object sha256", manifest.object.sha256.as_str(), &object_sha256)?;
+    verify::expect_equal(key, "plain size", manifest.plain_size, plain.size)?;
+    verify::expect_equal(key, "plain sha256", manifest.plain_sha256.as_str(), &plain.sha256)?;
+    verify::check_trailer(plain.trailer.as_ref().map(|t| &t[..]), &plain.data_sha256)?;
+    let path = path.to_path_buf();
+    let info = tokio::task::spawn_blocking(move || verify::read_snapshot_info(&path))
+        .await
+        .map_err(|e| ReadBackError::Internal(e.to_string()))?
+        .map_err(VerifyError::from)?;
+    let s = info.status;
+    verify::expect_equal(key, "status hash", manifest.status.hash, s.hash)?;
+    verify::expect_equal(key, "status revision", manifest.status.revision, s.revision)?;
+    verify::expect_equal(key, "status totalKey", manifest.status.total_key, s.total_key)?;
+    verify::expect_equal(key, "status totalSize", manifest.status.total_size, s.total_size)?;
+    Ok(ReadBack {
+        object_sha256,
+        object_size: object.count,
+        plain_sha256: plain.sha256,
+        plain_size: plain.size,
+        status: s,
+    })
+}
+
+#[derive(Clone, Default)]
+struct Tally {
+    hasher: Sha256,
+    count: u64,
+}
+
+/// Hashes what the decryptor pulls from the store, behind a lock so the total can be read
+/// after the decryptor (which owns this reader) is done.
+struct TallyReader<R> {
+    inner: R,
+    tally: Arc<Mutex<Tally>>,
+}
+
+impl<R: Read> Read for TallyReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut t = self
+            .tally
+            .lock()
+            .map_err(|_| io::Error::other("hash lock poisoned"))?;
+        t.hasher.update(&buf[..n]);
+        t.count += n as u64;
+        Ok(n)
+    }
+}
+
+struct PlainTally {
+    sha256: String,
+    size: u64,
+    data_sha256: [u8; 32],
+    trailer: Option<[u8; 32]>,
+}
+
+fn decode<R: Read>(
+    reader: R,
+    tally: Arc<Mutex<Tally>>,
+    identities: Option<&Identities>,
+    file: File,
+    path: &Path,
+    manifest: &Manifest,
+    progress: &dyn Progress,
+) -> Result<PlainTally, ReadBackError> {
+    let object = manifest.object.key.clone();
+    let damaged = |detail: String| ReadBackError::Damaged {
+        object: object.clone(),
+        detail,
+    };
+    let source = TallyReader {
+        inner: reader,
+        tally,
+    };
+    let mut sink = PlainSink::new(BufWriter::with_capacity(256 * 1024, file));
+    progress.begin("reading back", Some(manifest.plain_size));
+    let copied = match identities {
+        Some(ids) => {
+            let plain = ids.decryptor(source).map_err(|e| decrypt_error(e, manifest))?;
+            copy_decompressed(BufReader::with_capacity(256 * 1024, plain), &mut sink, progress)
+        }
+        None => copy_decompressed(BufReader::with_capacity(256 * 1024, source), &mut sink, progress),
+    };
+    progress.end();
+    copied.map_err(|e| classify_copy_error(e, path, &damaged))?;
+    let (writer, tally_out) = sink.finish();
+    let file = writer
+        .into_inner()
+        .map_err(|e| output_err(path, e.into_error()))?;
+    file.sync_all().map_err(|e| output_err(path, e))?;
+    Ok(tally_out)
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+fn classify_copy_error(
+    e: CopyError,
+    path: &Path,
+    damaged: &dyn Fn(String) -> ReadBackError,
+) -> ReadBackError {
+    match e {
+        CopyError::Write(e) => output_err(path, e),
+        CopyError::Read(e) => damaged(crate::etcd::describe(&e)),
+    }
+}
+
+fn copy_decompressed<R: io::BufRead, W: Write>(
+    reader: R,
+    sink: &mut PlainSink<W>,
+    progress: &dyn Progress,
+) -> Result<(), CopyError> {
+    let mut decoder = compress::decompressor(reader).map_err(CopyError::Read)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match decoder.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        sink.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        progress.advance(n as u64);
+    }
+}
+
+fn decrypt_error(e: age::DecryptError, manifest: &Manifest) -> ReadBackError {
+    let recipients = manifest.encryption.recipients.join(", ");
+    match e {
+        age::DecryptError::NoMatchingKeys => ReadBackError::WrongIdentity {
+            object: manifest.object.key.clone(),
+            detail: "none of the identities in the key file matches".into(),
+            recipients,
+        },
+        other => ReadBackError::Damaged {
+            object: manifest.object.key.clone(),
+            detail: format!("not a readable age file: {other}"),
+        },
+    }
+}
+
+/// Writes the plain bytes while hashing them twice: all of them, and all but the last 32
+/// (held back as a possible trailer), so etcd's trailer is checked without a second pass.
+struct PlainSink<W> {
+    inner: W,
+    all: Sha256,
+    data: Sha256,
+    tail: Vec<u8>,
+    size: u64,
+}
+
+impl<W: Write> PlainSink<W> {
+    fn new(inner: W) -> Self {
+        PlainSink {
+            inner,
+            all: Sha256::new(),
+            data: Sha256::new(),
+            tail: Vec::with_capacity(64),
+            size: 0,
+        }
+    }
+
+    fn finish(self) -> (W, PlainTally) {
+        let trailer = if crate::bbolt::has_sha256_trailer(self.size) && self.tail.len() == 32 {
+            Some(self.tail.as_slice().try_into().expect("32 bytes"))
+        } else {
+            None
+        };
+        (
+            self.inner,
+            PlainTally {
+                sha256: hex::encode(self.all.finalize()),
+                size: self.size,
+                data_sha256: self.data.finalize().into(),
+                trailer,
+            },
+        )
+    }
+}
+
+impl<W: Write> Write for PlainSink<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        let buf = &buf[..n];
+        self.all.update(buf);
+        self.size += n as u64;
+        if buf.len() >= 32 {
+            self.data.update(&self.tail);
+            self.data.update(&buf[..buf.len() - 32]);
+            self.tail.clear();
+            self.tail.extend_from_slice(&buf[buf.len() - 32..]);
+        } else {
+            self.tail.extend_from_slice(buf);
+            if self.tail.len() > 32 {
+                let excess = self.tail.len() - 32;
+                self.data.update(&self.tail[..excess]);
+                self.tail.drain(..excess);
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Status of a plain snapshot file given on the command line (with or without trailer).
+/// When the file carries a trailer, it is checked too.
+///
+/// # Errors
+/// Unreadable, damaged, or a trailer that does not match.
+pub fn plain_file_status(path: &Path) -> Result<SnapshotStatus, VerifyError> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| VerifyError::PlainFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?
+        .len();
+    if crate::bbolt::has_sha256_trailer(len) {
+        let mut f = File::open(path).map_err(|e| VerifyError::PlainFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let mut sink = PlainSink::new(io::sink());
+        io::copy(&mut f, &mut sink).map_err(|e| VerifyError::PlainFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let (_, tally) = sink.finish();
+        verify::check_trailer(tally.trailer.as_ref().map(|t| &t[..]), &tally.data_sha256)
+            .map_err(|e| VerifyError::PlainFile {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(verify::read_snapshot_info(path)?.status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_sink_separates_data_and_trailer_whatever_the_write_sizes() {
+        let data: Vec<u8> = (0..4096u32 * 3).map(|i| (i % 251) as u8).collect();
+        let digest: [u8; 32] = Sha256::digest(&data).into();
+        let mut file = data.clone();
+        file.extend_from_slice(&digest);
+        for step in [1usize, 7, 31, 32, 33, 4096, 100_000] {
+            let mut sink = PlainSink::new(io::sink());
+            for chunk in file.chunks(step) {
+                sink.write_all(chunk).unwrap();
+            }
+            let (_, t) = sink.finish();
+            assert_eq!(t.trailer, Some(digest), "step {step}");
+            assert_eq!(t.data_sha256, digest, "step {step}");
+            assert_eq!(t.size, file.len() as u64);
+        }
+    }
+}

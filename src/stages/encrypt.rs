@@ -1,0 +1,215 @@
+//! age: encryption to X25519 public recipients; decryption with identity files.
+//!
+//! Writing needs only public keys (`age1…`), so the service never holds a private key.
+//! Identities are loaded only to read a backup back (verify, get, restore, drill).
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{origin}: `{shown}` is a private age identity, not a recipient: give the public key (age1…, from `age-keygen -y KEYFILE`); private keys are only needed to read backups back")]
+    PrivateKeyAsRecipient { origin: String, shown: String },
+    #[error("{origin}: `{value}` is not an age X25519 recipient (age1…)")]
+    BadRecipient { origin: String, value: String },
+    #[error("cannot read the recipients file {path}: {source}")]
+    RecipientsFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read the identity file {path}: {source}; pass the age key file that `age-keygen` wrote (--identity)")]
+    IdentityFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the identity file {path} holds no usable age identity ({detail})")]
+    NoIdentity { path: PathBuf, detail: String },
+}
+
+/// A set of recipients, each remembered with its text for the manifest.
+#[derive(Clone)]
+pub struct Recipients {
+    keys: Vec<age::x25519::Recipient>,
+}
+
+impl Recipients {
+    /// Parses `age1…` strings; `origin` says where they came from, for messages.
+    ///
+    /// # Errors
+    /// A private key, or anything that is not an X25519 recipient.
+    pub fn parse<'a>(
+        origin: &str,
+        values: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Recipients, KeyError> {
+        let mut keys = Vec::new();
+        for raw in values {
+            let value = raw.trim();
+            if value.is_empty() || value.starts_with('#') {
+                continue;
+            }
+            if value.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+                return Err(KeyError::PrivateKeyAsRecipient {
+                    origin: origin.to_string(),
+                    shown: "AGE-SECRET-KEY-…".into(),
+                });
+            }
+            let key = age::x25519::Recipient::from_str(value).map_err(|_| {
+                KeyError::BadRecipient {
+                    origin: origin.to_string(),
+                    value: value.chars().take(80).collect(),
+                }
+            })?;
+            keys.push(key);
+        }
+        Ok(Recipients { keys })
+    }
+
+    /// Reads a recipients file: one `age1…` per line, `#` comments.
+    ///
+    /// # Errors
+    /// Unreadable file or bad lines.
+    pub fn from_file(path: &Path) -> Result<Recipients, KeyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::RecipientsFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Recipients::parse(&path.display().to_string(), text.lines())
+    }
+
+    pub fn extend(&mut self, other: Recipients) {
+        for k in other.keys {
+            if !self.keys.iter().any(|x| x.to_string() == k.to_string()) {
+                self.keys.push(k);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn public_keys(&self) -> Vec<String> {
+        self.keys.iter().map(ToString::to_string).collect()
+    }
+
+    /// Wraps `inner` so that what is written comes out as a standard age file.
+    ///
+    /// # Errors
+    /// Writing the header fails.
+    pub fn encryptor<W: Write>(&self, inner: W) -> io::Result<age::stream::StreamWriter<W>> {
+        let encryptor =
+            age::Encryptor::with_recipients(self.keys.iter().map(|k| k as &dyn age::Recipient))
+                .map_err(|e| io::Error::other(format!("age: {e}")))?;
+        encryptor.wrap_output(inner)
+    }
+}
+
+/// Private X25519 keys, loaded from an identity file for reading backups back.
+pub struct Identities {
+    path: PathBuf,
+    identities: Vec<age::x25519::Identity>,
+}
+
+impl Identities {
+    /// Loads an identity file as `age-keygen` writes it (`AGE-SECRET-KEY-1…` lines, `#`
+    /// comments). Plugin, SSH and passphrase-protected identity files are not supported.
+    ///
+    /// # Errors
+    /// Unreadable file, a line that is not an identity, or no identity at all.
+    pub fn from_file(path: &Path) -> Result<Identities, KeyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::IdentityFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut identities = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let id = age::x25519::Identity::from_str(line).map_err(|_| KeyError::NoIdentity {
+                path: path.to_path_buf(),
+                detail: format!("line {} is not an age X25519 identity (AGE-SECRET-KEY-1…)", n + 1),
+            })?;
+            identities.push(id);
+        }
+        if identities.is_empty() {
+            return Err(KeyError::NoIdentity {
+                path: path.to_path_buf(),
+                detail: "the file holds no AGE-SECRET-KEY-1… line".into(),
+            });
+        }
+        Ok(Identities {
+            path: path.to_path_buf(),
+            identities,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Wraps an age file reader into a plaintext reader.
+    ///
+    /// # Errors
+    /// Not an age file, or none of the identities opens it.
+    pub fn decryptor<R: Read>(
+        &self,
+        inner: R,
+    ) -> Result<age::stream::StreamReader<R>, age::DecryptError> {
+        let decryptor = age::Decryptor::new(inner)?;
+        decryptor.decrypt(self.identities.iter().map(|i| i as &dyn age::Identity))
+    }
+}
+
+/// Is a file readable by group or others? Identity files should not be.
+pub fn too_open(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o077 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use age::secrecy::ExposeSecret;
+
+    #[test]
+    fn a_private_key_given_as_recipient_is_refused_without_echoing_it() {
+        let id = age::x25519::Identity::generate();
+        let secret = id.to_string();
+        let err = Recipients::parse("--recipient", [secret.expose_secret()])
+            .err()
+            .unwrap();
+        let msg = err.to_string();
+        assert!(msg.contains("private age identity"), "{msg}");
+        assert!(!msg.contains(&secret.expose_secret()[16..]), "must not echo the key");
+    }
+
+    #[test]
+    fn round_trip_through_age() {
+        let id = age::x25519::Identity::generate();
+        let recipients =
+            Recipients::parse("test", [id.to_public().to_string().as_str()]).unwrap();
+        let mut w = recipients.encryptor(Vec::new()).unwrap();
+        w.write_all(b"secret etcd data").unwrap();
+        let sealed = w.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.txt");
+        std::fs::write(&key, id.to_string().expose_secret()).unwrap();
+        let ids = Identities::from_file(&key).unwrap();
+        let mut out = Vec::new();
+        ids.decryptor(&sealed[..]).unwrap().read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"secret etcd data");
+    }
+
+    #[test]
+    fn garbage_recipients_are_named() {
+        let err = Recipients::parse("config recipients", ["age1nope"]).err().unwrap();
+        assert!(err.to_string().contains("age1nope"));
+    }
+}

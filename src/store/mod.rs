@@ -1,0 +1,133 @@
+//! Storage backends behind one small, object-safe trait.
+//!
+//! Objects are written whole or not at all: `put` consumes a stream and only makes the object
+//! visible once every byte arrived and the producer ended the stream cleanly; an `Err` item
+//! aborts the write and leaves nothing behind. Objects are never overwritten: a second `put`
+//! to the same key fails with `AlreadyExists` (the manifest relies on it, as S3's
+//! `If-None-Match: *` does later).
+
+mod local;
+
+use std::io;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures::Stream;
+
+pub use local::LocalStore;
+
+/// A stream of object bytes. An `Err` item means "the producer failed: abort".
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{location}: {key} already exists; objects are never overwritten")]
+    AlreadyExists { location: String, key: String },
+    #[error("{location}: {key} does not exist")]
+    NotFound { location: String, key: String },
+    #[error("{location}: writing {key} failed: {source}")]
+    Write {
+        location: String,
+        key: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{location}: reading {key} failed: {source}")]
+    Read {
+        location: String,
+        key: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{location}: {what} failed: {source}")]
+    Other {
+        location: String,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{location}: {key} is not a valid object name (letters, digits, `.`, `-`, `_` only)")]
+    BadKey { location: String, key: String },
+}
+
+impl StoreError {
+    /// True when the store ran out of space, so the CLI can say so plainly.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Write { source, .. } | StoreError::Other { source, .. } => {
+                source.raw_os_error() == Some(28) // ENOSPC
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub modified: Option<SystemTime>,
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    /// Where this store writes, for messages (`/var/backups/etcd`, `s3://bucket/prefix`).
+    fn location(&self) -> String;
+
+    /// Writes `body` to a new object `key`; returns its size.
+    async fn put(&self, key: &str, body: ByteStream) -> Result<u64, StoreError>;
+
+    /// Opens an object for reading.
+    async fn get(&self, key: &str) -> Result<ByteStream, StoreError>;
+
+    /// Every complete object whose key starts with `prefix`.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+
+    /// Removes an object; removing a missing one is not an error.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Removes what interrupted writes left behind (`.part` files, stale multipart uploads)
+    /// that no live writer owns; returns what it removed.
+    async fn clean_incomplete(&self) -> Result<Vec<String>, StoreError>;
+}
+
+/// A `ByteStream` holding one buffer: for small objects such as manifests.
+pub fn bytes_stream(data: Bytes) -> ByteStream {
+    Box::pin(futures::stream::once(async move { Ok(data) }))
+}
+
+/// Reads a whole (small) object into memory; refuses more than `limit` bytes.
+///
+/// # Errors
+/// Store errors, or `Read` when the object is larger than `limit`.
+pub async fn get_small(store: &dyn Store, key: &str, limit: usize) -> Result<Vec<u8>, StoreError> {
+    use futures::StreamExt;
+    let mut stream = store.get(key).await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|source| StoreError::Read {
+            location: store.location(),
+            key: key.to_string(),
+            source,
+        })?;
+        if out.len() + chunk.len() > limit {
+            return Err(StoreError::Read {
+                location: store.location(),
+                key: key.to_string(),
+                source: io::Error::other(format!("larger than {limit} bytes")),
+            });
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// Keys are plain names: no path separators or traversal, so a key can never escape the store.
+fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with('.')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}

@@ -1,0 +1,149 @@
+//! The verify stage: what makes a stream of bytes a backup that counts.
+//!
+//! 1. etcd's sha256 trailer equals the sha256 of the streamed bytes;
+//! 2. a native bbolt walk succeeds and yields `snapshot status` (hash, revision, totalKey,
+//!    totalSize) as etcdctl computes it;
+//! 3. the snapshot's revision is not older than the member's revision just before it;
+//! 4. the offline HashKV at that revision equals the live member's `HashKV(revision)`.
+
+mod hashkv;
+mod status;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use hashkv::hash_kv;
+pub use status::{read_snapshot_info, Revision, SnapshotInfo, SnapshotStatus};
+
+use crate::bbolt::BoltError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("the snapshot's sha256 trailer {trailer} does not match the sha256 {computed} of the streamed bytes: the snapshot was damaged in transit; take it again")]
+    TrailerMismatch { trailer: String, computed: String },
+    #[error("the snapshot stream ended without etcd's sha256 trailer: it is incomplete; take it again")]
+    MissingTrailer,
+    #[error("the snapshot file is damaged: {0}")]
+    Bolt(#[from] BoltError),
+    #[error("the snapshot's revision {snapshot} is older than the revision {member} the member reported just before it: the member served stale data; take the snapshot from another member")]
+    RevisionBehind { snapshot: i64, member: i64 },
+    #[error("HashKV mismatch at revision {revision}: the snapshot hashes to {offline}, the live member to {live} (compact revision {compact_revision}): the snapshot does not hold the member's data; do not rely on it, check the member with `etcdctl endpoint hashkv`")]
+    HashKvMismatch {
+        revision: i64,
+        offline: u32,
+        live: u32,
+        compact_revision: i64,
+    },
+    #[error("{object}: {field} is {actual}, but the manifest says {expected}: the backup is damaged or not the one the manifest describes")]
+    ManifestMismatch {
+        object: String,
+        field: &'static str,
+        expected: String,
+        actual: String,
+    },
+    #[error("{path}: {reason}")]
+    PlainFile { path: PathBuf, reason: String },
+}
+
+/// What the HashKV check found; stored in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HashKvCheck {
+    /// The member's HashKV at the snapshot's revision (0 when skipped).
+    pub hash: u32,
+    /// The member's compaction point when asked (unknown when it had compacted past the
+    /// snapshot: etcd's error does not say).
+    pub compact_revision: Option<i64>,
+    /// True when the hashes were compared and equal.
+    pub checked: bool,
+    /// `equal`, or why the comparison was skipped (`skipped: revision compacted`).
+    pub result: String,
+}
+
+impl HashKvCheck {
+    pub fn equal(hash: u32, compact_revision: i64) -> HashKvCheck {
+        HashKvCheck {
+            hash,
+            compact_revision: Some(compact_revision),
+            checked: true,
+            result: "equal".into(),
+        }
+    }
+
+    pub fn skipped_compacted() -> HashKvCheck {
+        HashKvCheck {
+            hash: 0,
+            compact_revision: None,
+            checked: false,
+            result: "skipped: revision compacted".into(),
+        }
+    }
+}
+
+/// Check 1: the trailer etcd sent equals the sha256 of the bytes before it.
+pub fn check_trailer(trailer: Option<&[u8]>, computed: &[u8]) -> Result<(), VerifyError> {
+    let trailer = trailer.ok_or(VerifyError::MissingTrailer)?;
+    if trailer != computed {
+        return Err(VerifyError::TrailerMismatch {
+            trailer: hex::encode(trailer),
+            computed: hex::encode(computed),
+        });
+    }
+    Ok(())
+}
+
+/// Check 3: the snapshot is not older than what the member had already committed.
+pub fn check_revision(snapshot: i64, member_before: i64) -> Result<(), VerifyError> {
+    if snapshot < member_before {
+        return Err(VerifyError::RevisionBehind {
+            snapshot,
+            member: member_before,
+        });
+    }
+    Ok(())
+}
+
+/// Compares one field of a backup read back against its manifest.
+pub fn expect_equal<T: PartialEq + std::fmt::Display>(
+    object: &str,
+    field: &'static str,
+    expected: T,
+    actual: T,
+) -> Result<(), VerifyError> {
+    if expected != actual {
+        return Err(VerifyError::ManifestMismatch {
+            object: object.to_string(),
+            field,
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trailer_that_differs_fails_with_both_hashes() {
+        let err = check_trailer(Some(&[1u8; 32]), &[2u8; 32]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&"01".repeat(32)) && msg.contains(&"02".repeat(32)), "{msg}");
+        assert!(check_trailer(Some(&[3u8; 32]), &[3u8; 32]).is_ok());
+        assert!(matches!(
+            check_trailer(None, &[3u8; 32]),
+            Err(VerifyError::MissingTrailer)
+        ));
+    }
+
+    #[test]
+    fn a_snapshot_older_than_the_member_is_refused() {
+        assert!(check_revision(10, 10).is_ok());
+        assert!(check_revision(11, 10).is_ok());
+        assert!(matches!(
+            check_revision(9, 10),
+            Err(VerifyError::RevisionBehind { .. })
+        ));
+    }
+}
