@@ -138,7 +138,9 @@ fn one_line(message: &str) -> String {
     let lines: Vec<&str> = message
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' '))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
+        })
         .collect();
     lines.join(" ")
 }
@@ -190,10 +192,7 @@ pub fn resolve_etcd(file: &EtcdSection, o: &EtcdOverrides) -> Result<ResolvedEtc
     }
     let wants_tls_defaults = !explicit || endpoints.iter().any(|e| e.starts_with("https://"));
     let from_kubeadm = |f: fn(&KubeadmEtcd) -> Option<PathBuf>| {
-        kubeadm
-            .as_ref()
-            .filter(|_| wants_tls_defaults)
-            .and_then(f)
+        kubeadm.as_ref().filter(|_| wants_tls_defaults).and_then(f)
     };
     let password = match (&o.password, &file.password_file) {
         (Some(p), _) => Some(p.clone()),
@@ -258,8 +257,9 @@ fn duration(
     match value {
         None => Ok(default),
         Some(v) => {
-            let d = humantime::parse_duration(v)
-                .map_err(|e| invalid(key, format!("`{v}` is not a duration like 5s or 2m ({e})")))?;
+            let d = humantime::parse_duration(v).map_err(|e| {
+                invalid(key, format!("`{v}` is not a duration like 5s or 2m ({e})"))
+            })?;
             if d.is_zero() {
                 return Err(invalid(key, "must be more than zero"));
             }
@@ -289,9 +289,12 @@ pub enum Dest {
 /// # Errors
 /// Missing, or a scheme this build does not support.
 pub fn resolve_dest(file: &BackupSection, flag: Option<&String>) -> Result<Dest, ConfigError> {
-    let raw = flag
-        .or(file.dest.as_ref())
-        .ok_or_else(|| invalid("backup.dest", "no destination: pass --dest DIR or set backup.dest"))?;
+    let raw = flag.or(file.dest.as_ref()).ok_or_else(|| {
+        invalid(
+            "backup.dest",
+            "no destination: pass --dest DIR or set backup.dest",
+        )
+    })?;
     parse_dest(raw)
 }
 
@@ -419,9 +422,13 @@ mod tests {
 
     #[test]
     fn encryption_without_recipients_is_refused_naming_the_key() {
-        let err = resolve_backup(&BackupSection::default(), &BackupOverrides::default(), Reason::Manual)
-            .err()
-            .unwrap();
+        let err = resolve_backup(
+            &BackupSection::default(),
+            &BackupOverrides::default(),
+            Reason::Manual,
+        )
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("backup.recipients"), "{err}");
     }
 
@@ -431,13 +438,17 @@ mod tests {
             compression_level: Some(42),
             ..Default::default()
         };
-        let err = resolve_backup(&file, &BackupOverrides::default(), Reason::Manual).err().unwrap();
+        let err = resolve_backup(&file, &BackupOverrides::default(), Reason::Manual)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("backup.compression_level"));
         let file = BackupSection {
             encryption: Some("rot13".into()),
             ..Default::default()
         };
-        let err = resolve_backup(&file, &BackupOverrides::default(), Reason::Manual).err().unwrap();
+        let err = resolve_backup(&file, &BackupOverrides::default(), Reason::Manual)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("backup.encryption"));
     }
 
@@ -461,6 +472,9 @@ mod tests {
     #[test]
     fn s3_destinations_are_refused_clearly_for_now() {
         assert!(parse_dest("s3://bucket/prefix").is_err());
-        assert_eq!(parse_dest("/backups").unwrap(), Dest::Local("/backups".into()));
+        assert_eq!(
+            parse_dest("/backups").unwrap(),
+            Dest::Local("/backups".into())
+        );
     }
 }

@@ -43,9 +43,9 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
         return match e {
             BackupError::Source(_) => Some(ETCD),
             BackupError::Verify(_) => Some(VERIFY),
-            BackupError::Store(_) | BackupError::WorkDir { .. } | BackupError::WorkDirFull { .. } => {
-                Some(STORAGE)
-            }
+            BackupError::Store(_)
+            | BackupError::WorkDir { .. }
+            | BackupError::WorkDirFull { .. } => Some(STORAGE),
             BackupError::Catalog(c) => classify(c),
             BackupError::Stage(_) | BackupError::Internal(_) => Some(FAILURE),
         };
@@ -63,7 +63,9 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             ReadBackError::Store(_) | ReadBackError::Output { .. } | ReadBackError::Exists(_) => {
                 Some(STORAGE)
             }
-            ReadBackError::IdentityNeeded { .. } | ReadBackError::WrongIdentity { .. } => Some(KEYS),
+            ReadBackError::IdentityNeeded { .. } | ReadBackError::WrongIdentity { .. } => {
+                Some(KEYS)
+            }
             ReadBackError::Damaged { .. } | ReadBackError::Verify(_) => Some(VERIFY),
             ReadBackError::WorkDir(b) => classify(b),
             ReadBackError::Internal(_) => Some(FAILURE),

@@ -174,9 +174,19 @@ async fn read_into(
     let object_sha256 = hex::encode(object.hasher.finalize());
     let key = manifest.object.key.as_str();
     verify::expect_equal(key, "object size", manifest.object.size, object.count)?;
-    verify::expect_equal(key, "object sha256", manifest.object.sha256.as_str(), &object_sha256)?;
+    verify::expect_equal(
+        key,
+        "object sha256",
+        manifest.object.sha256.as_str(),
+        &object_sha256,
+    )?;
     verify::expect_equal(key, "plain size", manifest.plain_size, plain.size)?;
-    verify::expect_equal(key, "plain sha256", manifest.plain_sha256.as_str(), &plain.sha256)?;
+    verify::expect_equal(
+        key,
+        "plain sha256",
+        manifest.plain_sha256.as_str(),
+        &plain.sha256,
+    )?;
     verify::check_trailer(plain.trailer.as_ref().map(|t| &t[..]), &plain.data_sha256)?;
     let path = path.to_path_buf();
     let info = tokio::task::spawn_blocking(move || verify::read_snapshot_info(&path))
@@ -186,8 +196,18 @@ async fn read_into(
     let s = info.status;
     verify::expect_equal(key, "status hash", manifest.status.hash, s.hash)?;
     verify::expect_equal(key, "status revision", manifest.status.revision, s.revision)?;
-    verify::expect_equal(key, "status totalKey", manifest.status.total_key, s.total_key)?;
-    verify::expect_equal(key, "status totalSize", manifest.status.total_size, s.total_size)?;
+    verify::expect_equal(
+        key,
+        "status totalKey",
+        manifest.status.total_key,
+        s.total_key,
+    )?;
+    verify::expect_equal(
+        key,
+        "status totalSize",
+        manifest.status.total_size,
+        s.total_size,
+    )?;
     Ok(ReadBack {
         object_sha256,
         object_size: object.count,
@@ -252,10 +272,20 @@ fn decode<R: Read>(
     progress.begin("reading back", Some(manifest.plain_size));
     let copied = match identities {
         Some(ids) => {
-            let plain = ids.decryptor(source).map_err(|e| decrypt_error(e, manifest))?;
-            copy_decompressed(BufReader::with_capacity(256 * 1024, plain), &mut sink, progress)
+            let plain = ids
+                .decryptor(source)
+                .map_err(|e| decrypt_error(e, manifest))?;
+            copy_decompressed(
+                BufReader::with_capacity(256 * 1024, plain),
+                &mut sink,
+                progress,
+            )
         }
-        None => copy_decompressed(BufReader::with_capacity(256 * 1024, source), &mut sink, progress),
+        None => copy_decompressed(
+            BufReader::with_capacity(256 * 1024, source),
+            &mut sink,
+            progress,
+        ),
     };
     progress.end();
     copied.map_err(|e| classify_copy_error(e, path, &damaged))?;
@@ -406,11 +436,12 @@ pub fn plain_file_status(path: &Path) -> Result<SnapshotStatus, VerifyError> {
             reason: e.to_string(),
         })?;
         let (_, tally) = sink.finish();
-        verify::check_trailer(tally.trailer.as_ref().map(|t| &t[..]), &tally.data_sha256)
-            .map_err(|e| VerifyError::PlainFile {
+        verify::check_trailer(tally.trailer.as_ref().map(|t| &t[..]), &tally.data_sha256).map_err(
+            |e| VerifyError::PlainFile {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
-            })?;
+            },
+        )?;
     }
     Ok(verify::read_snapshot_info(path)?.status)
 }

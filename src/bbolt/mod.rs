@@ -16,8 +16,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-pub use page::{Meta, PageKind};
 use page::{BranchElem, LeafElem, PageHeader};
+pub use page::{Meta, PageKind};
 
 /// Bucket element flag in a leaf page.
 const BUCKET_LEAF_FLAG: u32 = 0x01;
@@ -61,9 +61,14 @@ pub struct Db {
 
 /// An entry met while walking a bucket, in key order.
 pub enum Entry<'a> {
-    KeyValue { key: &'a [u8], value: &'a [u8] },
+    KeyValue {
+        key: &'a [u8],
+        value: &'a [u8],
+    },
     /// A nested bucket: its name. etcd never nests buckets, but the file format allows it.
-    Bucket { name: &'a [u8] },
+    Bucket {
+        name: &'a [u8],
+    },
 }
 
 impl Db {
@@ -221,6 +226,9 @@ fn read_up_to(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize
     Ok(done)
 }
 
+/// A visitor of leaf entries: the entry, and the raw value bytes (a bucket's header for buckets).
+type Visit<'f, E> = dyn FnMut(Entry<'_>, &[u8]) -> Result<(), E> + 'f;
+
 /// Walks buckets in key order.
 pub struct Walker<'d> {
     db: &'d Db,
@@ -302,11 +310,7 @@ impl<'d> Walker<'d> {
         Ok(())
     }
 
-    fn walk_inline<E>(
-        &mut self,
-        page: &[u8],
-        f: &mut dyn FnMut(Entry<'_>, &[u8]) -> Result<(), E>,
-    ) -> Result<(), E>
+    fn walk_inline<E>(&mut self, page: &[u8], f: &mut Visit<'_, E>) -> Result<(), E>
     where
         E: From<BoltError>,
     {
@@ -322,11 +326,7 @@ impl<'d> Walker<'d> {
     }
 
     /// Depth-first, in-order walk of the tree rooted at `root`.
-    fn walk_tree<E>(
-        &mut self,
-        root: u64,
-        f: &mut dyn FnMut(Entry<'_>, &[u8]) -> Result<(), E>,
-    ) -> Result<(), E>
+    fn walk_tree<E>(&mut self, root: u64, f: &mut Visit<'_, E>) -> Result<(), E>
     where
         E: From<BoltError>,
     {
@@ -353,7 +353,10 @@ impl<'d> Walker<'d> {
                         .ok_or_else(|| self.db.corrupt(id, "branch element outside the page"))?;
                     *next += 1;
                     if stack.len() >= MAX_DEPTH {
-                        return Err(self.db.corrupt(id, "tree deeper than any bbolt file").into());
+                        return Err(self
+                            .db
+                            .corrupt(id, "tree deeper than any bbolt file")
+                            .into());
                     }
                     self.push_page(&mut stack, elem.pgid)?;
                 }
@@ -385,7 +388,7 @@ impl<'d> Walker<'d> {
         buf: &[u8],
         id: u64,
         last_key: &mut Option<Vec<u8>>,
-        f: &mut dyn FnMut(Entry<'_>, &[u8]) -> Result<(), E>,
+        f: &mut Visit<'_, E>,
     ) -> Result<(), E>
     where
         E: From<BoltError>,
@@ -454,7 +457,10 @@ mod tests {
         std::fs::write(&p, b"hello, this is not a database".repeat(500)).unwrap();
         let err = Db::open(&p).err().expect("must fail");
         let msg = err.to_string();
-        assert!(msg.contains("notes.txt") && msg.contains("not an etcd snapshot"), "{msg}");
+        assert!(
+            msg.contains("notes.txt") && msg.contains("not an etcd snapshot"),
+            "{msg}"
+        );
     }
 
     #[test]

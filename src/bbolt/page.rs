@@ -82,7 +82,10 @@ impl Meta {
     /// Parses and validates one meta page (magic, version, checksum, page size).
     pub fn parse(page: &[u8]) -> Result<Meta, String> {
         if page.len() < META_OFFSET + META_CHECKSUMMED_LEN + 8 {
-            return Err(format!("only {} bytes, too short for a meta page", page.len()));
+            return Err(format!(
+                "only {} bytes, too short for a meta page",
+                page.len()
+            ));
         }
         let m = &page[META_OFFSET..];
         let magic = u32_at(m, 0);

@@ -102,10 +102,11 @@ impl Manifest {
         struct Version {
             schema_version: u32,
         }
-        let version: Version = serde_json::from_slice(bytes).map_err(|source| ManifestError::Parse {
-            key: key.to_string(),
-            source,
-        })?;
+        let version: Version =
+            serde_json::from_slice(bytes).map_err(|source| ManifestError::Parse {
+                key: key.to_string(),
+                source,
+            })?;
         if version.schema_version > SCHEMA_VERSION {
             return Err(ManifestError::FutureSchema {
                 key: key.to_string(),

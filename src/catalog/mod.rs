@@ -69,7 +69,9 @@ impl BackupId {
         if parts.next().is_some() || cluster.len() != 16 || nonce.len() != 4 {
             return None;
         }
-        let time = NaiveDateTime::parse_from_str(time, TIME_FORMAT).ok()?.and_utc();
+        let time = NaiveDateTime::parse_from_str(time, TIME_FORMAT)
+            .ok()?
+            .and_utc();
         Some(BackupId {
             time,
             cluster_id: u64::from_str_radix(cluster, 16).ok()?,
@@ -198,7 +200,9 @@ impl Catalog {
     pub async fn commit(&self, manifest: &Manifest) -> Result<(), CatalogError> {
         let id = BackupId::parse(&manifest.id).expect("manifests carry ids made by BackupId");
         let body = bytes::Bytes::from(manifest.to_json().into_bytes());
-        self.store.put(&id.manifest_key(), bytes_stream(body)).await?;
+        self.store
+            .put(&id.manifest_key(), bytes_stream(body))
+            .await?;
         Ok(())
     }
 }

@@ -36,7 +36,7 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCommand {
     /// Take one snapshot from one member, verify it, compress, encrypt and store it.
-    Save(SaveArgs),
+    Save(Box<SaveArgs>),
     /// Print hash, revision, totalKey and totalSize of a plain snapshot file, as etcdctl does.
     Status(StatusArgs),
     /// List the backups in a destination, newest first.
@@ -63,7 +63,12 @@ pub enum Output {
 #[derive(Args, Debug, Clone, Default)]
 pub struct EtcdArgs {
     /// etcd client URLs, comma-separated; the first that answers is used (one member only).
-    #[arg(long, env = "LIFEBOAT_ENDPOINTS", value_delimiter = ',', value_name = "URLS")]
+    #[arg(
+        long,
+        env = "LIFEBOAT_ENDPOINTS",
+        value_delimiter = ',',
+        value_name = "URLS"
+    )]
     pub endpoints: Vec<String>,
     /// CA bundle that signed etcd's server certificate.
     #[arg(long, env = "LIFEBOAT_CACERT", value_name = "FILE")]
@@ -106,7 +111,13 @@ pub struct SaveArgs {
     #[command(flatten)]
     pub dest: DestArgs,
     /// Age recipient (public key age1…); repeatable.
-    #[arg(long = "recipient", short = 'r', env = "LIFEBOAT_RECIPIENTS", value_delimiter = ',', value_name = "AGE1…")]
+    #[arg(
+        long = "recipient",
+        short = 'r',
+        env = "LIFEBOAT_RECIPIENTS",
+        value_delimiter = ',',
+        value_name = "AGE1…"
+    )]
     pub recipients: Vec<String>,
     /// File with one age recipient per line.
     #[arg(long, env = "LIFEBOAT_RECIPIENTS_FILE", value_name = "FILE")]

@@ -20,7 +20,11 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { lifeboat::exit::USAGE } else { 0 });
+            return ExitCode::from(if e.use_stderr() {
+                lifeboat::exit::USAGE
+            } else {
+                0
+            });
         }
     };
     let config = match load_config(cli.config.as_ref()) {

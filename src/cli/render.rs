@@ -22,7 +22,10 @@ fn human_bytes(n: u64) -> String {
 }
 
 pub fn status(s: &SnapshotStatus) {
-    println!("{:<10} {:>10} {:>12} {:>12}", "HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE");
+    println!(
+        "{:<10} {:>10} {:>12} {:>12}",
+        "HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"
+    );
     println!(
         "{:<10} {:>10} {:>12} {:>12}",
         format!("{:08x}", s.hash),
@@ -34,10 +37,26 @@ pub fn status(s: &SnapshotStatus) {
 
 pub fn saved(m: &Manifest, location: &str) {
     println!("backup {} committed to {location}", m.id);
-    println!("  member     {} ({}) at {}, etcd {}", m.member_name, m.member_id, m.endpoint, m.etcd_version);
-    println!("  revision   {}  keys {}  db {}", m.revision, m.status.total_key, human_bytes(m.db_size));
-    println!("  object     {} ({}, sha256 {})", m.object.key, human_bytes(m.object.size), m.object.sha256);
-    println!("  checks     trailer ok, bbolt walk ok (hash {:08x}), hashkv {}", m.status.hash, m.hashkv.result);
+    println!(
+        "  member     {} ({}) at {}, etcd {}",
+        m.member_name, m.member_id, m.endpoint, m.etcd_version
+    );
+    println!(
+        "  revision   {}  keys {}  db {}",
+        m.revision,
+        m.status.total_key,
+        human_bytes(m.db_size)
+    );
+    println!(
+        "  object     {} ({}, sha256 {})",
+        m.object.key,
+        human_bytes(m.object.size),
+        m.object.sha256
+    );
+    println!(
+        "  checks     trailer ok, bbolt walk ok (hash {:08x}), hashkv {}",
+        m.status.hash, m.hashkv.result
+    );
     println!("  encryption {}", encryption(m));
     println!("  took       {} ms", m.duration_ms);
 }
@@ -46,7 +65,11 @@ fn encryption(m: &Manifest) -> String {
     if m.encryption.scheme == "none" {
         "NONE".to_string()
     } else {
-        format!("{} to {}", m.encryption.scheme, m.encryption.recipients.join(", "))
+        format!(
+            "{} to {}",
+            m.encryption.scheme,
+            m.encryption.recipients.join(", ")
+        )
     }
 }
 
@@ -75,8 +98,16 @@ pub fn list(ms: &[Manifest]) {
 
 pub fn verified(m: &Manifest, r: &ReadBack) {
     println!("backup {} verified", m.id);
-    println!("  object sha256  {} ({})", r.object_sha256, human_bytes(r.object_size));
-    println!("  plain sha256   {} ({})", r.plain_sha256, human_bytes(r.plain_size));
+    println!(
+        "  object sha256  {} ({})",
+        r.object_sha256,
+        human_bytes(r.object_size)
+    );
+    println!(
+        "  plain sha256   {} ({})",
+        r.plain_sha256,
+        human_bytes(r.plain_size)
+    );
     println!(
         "  status         hash {:08x} revision {} keys {} size {}",
         r.status.hash, r.status.revision, r.status.total_key, r.status.total_size
@@ -84,9 +115,20 @@ pub fn verified(m: &Manifest, r: &ReadBack) {
 }
 
 pub fn got(m: &Manifest, r: &ReadBack, out: &Path) {
-    println!("wrote {} ({}) from backup {}", out.display(), human_bytes(r.plain_size), m.id);
-    println!("  verified: sha256 {}, revision {}", r.plain_sha256, r.status.revision);
-    println!("  restore with: etcdutl snapshot restore {} --data-dir <new dir> ...", out.display());
+    println!(
+        "wrote {} ({}) from backup {}",
+        out.display(),
+        human_bytes(r.plain_size),
+        m.id
+    );
+    println!(
+        "  verified: sha256 {}, revision {}",
+        r.plain_sha256, r.status.revision
+    );
+    println!(
+        "  restore with: etcdutl snapshot restore {} --data-dir <new dir> ...",
+        out.display()
+    );
 }
 
 #[cfg(test)]

@@ -16,14 +16,14 @@ use lifeboat::stages::encrypt::{too_open, Identities};
 use lifeboat::store::{LocalStore, Store};
 
 use super::args::{
-    DestArgs, EtcdArgs, GetArgs, ListArgs, Output, ReadArgs, SaveArgs, SnapshotCommand,
-    StatusArgs, VerifyArgs,
+    DestArgs, EtcdArgs, GetArgs, ListArgs, Output, ReadArgs, SaveArgs, SnapshotCommand, StatusArgs,
+    VerifyArgs,
 };
 use super::{progress, render};
 
 pub async fn run(cmd: SnapshotCommand, config: &FileConfig) -> Result<()> {
     match cmd {
-        SnapshotCommand::Save(a) => save(a, config).await,
+        SnapshotCommand::Save(a) => save(*a, config).await,
         SnapshotCommand::Status(a) => status(a),
         SnapshotCommand::List(a) => list(a, config).await,
         SnapshotCommand::Verify(a) => verify(a, config).await,
@@ -74,9 +74,14 @@ async fn save(a: SaveArgs, config: &FileConfig) -> Result<()> {
     let mut source = EtcdSource::connect_first(&etcd.settings)
         .await
         .context("connecting to etcd")?;
-    let manifest = take_backup(&mut source, store.clone(), &settings, progress::for_terminal())
-        .await
-        .with_context(|| format!("backup to {}", store.location()))?;
+    let manifest = take_backup(
+        &mut source,
+        store.clone(),
+        &settings,
+        progress::for_terminal(),
+    )
+    .await
+    .with_context(|| format!("backup to {}", store.location()))?;
     match a.output {
         Output::Json => println!("{}", manifest.to_json()),
         Output::Table => render::saved(&manifest, &store.location()),

@@ -117,10 +117,14 @@ pub fn parse_manifest(path: &Path, text: &str) -> Result<KubeadmEtcd, DiscoveryE
         *url = url.replace("://0.0.0.0:", "://127.0.0.1:");
     }
     if endpoints.is_empty() {
-        return Err(invalid("no --listen-client-urls or --advertise-client-urls".into()));
+        return Err(invalid(
+            "no --listen-client-urls or --advertise-client-urls".into(),
+        ));
     }
     let cacert = flags.get("trusted-ca-file").map(PathBuf::from);
-    let certs_dir = cacert.as_ref().and_then(|c| c.parent().map(Path::to_path_buf));
+    let certs_dir = cacert
+        .as_ref()
+        .and_then(|c| c.parent().map(Path::to_path_buf));
     Ok(KubeadmEtcd {
         manifest: path.to_path_buf(),
         endpoints,
@@ -205,7 +209,10 @@ mod tests {
         );
         assert_eq!(found.data_dir, PathBuf::from("/var/lib/etcd"));
         assert_eq!(found.name.as_deref(), Some("cp1"));
-        assert_eq!(found.flags.get("snapshot-count").map(String::as_str), Some("10000"));
+        assert_eq!(
+            found.flags.get("snapshot-count").map(String::as_str),
+            Some("10000")
+        );
     }
 
     #[test]

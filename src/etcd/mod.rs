@@ -80,7 +80,10 @@ pub struct MemberFacts {
 /// The member's `HashKV(rev)` answer.
 #[derive(Clone, Copy, Debug)]
 pub enum LiveHashKv {
-    Hash { hash: u32, compact_revision: i64 },
+    Hash {
+        hash: u32,
+        compact_revision: i64,
+    },
     /// The member has compacted past the revision asked for (etcd does not say to where).
     Compacted,
 }
@@ -108,7 +111,9 @@ impl EtcdSource {
                     Ok(()) => return Ok(source),
                     Err(e) => failures.push(e),
                 },
-                Err(e @ (SourceError::TlsFile { .. } | SourceError::HalfIdentity)) => return Err(e),
+                Err(e @ (SourceError::TlsFile { .. } | SourceError::HalfIdentity)) => {
+                    return Err(e)
+                }
                 Err(e) => failures.push(e),
             }
         }
@@ -128,7 +133,10 @@ impl EtcdSource {
     ///
     /// # Errors
     /// TLS file errors and malformed endpoints.
-    pub async fn connect(settings: &EtcdSettings, endpoint: &str) -> Result<EtcdSource, SourceError> {
+    pub async fn connect(
+        settings: &EtcdSettings,
+        endpoint: &str,
+    ) -> Result<EtcdSource, SourceError> {
         let endpoint = normalise_endpoint(endpoint, settings.uses_tls());
         let options = connect_options(settings)?;
         let connect = Client::connect([endpoint.as_str()], Some(options));
@@ -171,7 +179,10 @@ impl EtcdSource {
         match tokio::time::timeout(self.settings.request_timeout, fut).await {
             Err(_) => Err(SourceError::Unreachable {
                 endpoint: self.endpoint.clone(),
-                detail: format!("{call} got no answer within {:?}", self.settings.request_timeout),
+                detail: format!(
+                    "{call} got no answer within {:?}",
+                    self.settings.request_timeout
+                ),
             }),
             Ok(Err(e)) if is_unreachable(&e) => Err(SourceError::Unreachable {
                 endpoint: self.endpoint.clone(),
@@ -220,7 +231,9 @@ impl EtcdSource {
     /// # Errors
     /// The member is unreachable or refuses.
     pub async fn open_snapshot(&mut self) -> Result<SnapshotStream, SourceError> {
-        let stream = self.call("Snapshot", self.client.clone().snapshot()).await?;
+        let stream = self
+            .call("Snapshot", self.client.clone().snapshot())
+            .await?;
         Ok(SnapshotStream {
             inner: stream,
             endpoint: self.endpoint.clone(),
@@ -391,8 +404,14 @@ mod tests {
 
     #[test]
     fn endpoints_without_scheme_follow_tls() {
-        assert_eq!(normalise_endpoint("127.0.0.1:2379", true), "https://127.0.0.1:2379");
-        assert_eq!(normalise_endpoint("127.0.0.1:2379", false), "http://127.0.0.1:2379");
+        assert_eq!(
+            normalise_endpoint("127.0.0.1:2379", true),
+            "https://127.0.0.1:2379"
+        );
+        assert_eq!(
+            normalise_endpoint("127.0.0.1:2379", false),
+            "http://127.0.0.1:2379"
+        );
         assert_eq!(normalise_endpoint("http://a:1", true), "http://a:1");
     }
 }

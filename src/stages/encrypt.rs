@@ -56,12 +56,11 @@ impl Recipients {
                     shown: "AGE-SECRET-KEY-…".into(),
                 });
             }
-            let key = age::x25519::Recipient::from_str(value).map_err(|_| {
-                KeyError::BadRecipient {
+            let key =
+                age::x25519::Recipient::from_str(value).map_err(|_| KeyError::BadRecipient {
                     origin: origin.to_string(),
                     value: value.chars().take(80).collect(),
-                }
-            })?;
+                })?;
             keys.push(key);
         }
         Ok(Recipients { keys })
@@ -132,7 +131,10 @@ impl Identities {
             }
             let id = age::x25519::Identity::from_str(line).map_err(|_| KeyError::NoIdentity {
                 path: path.to_path_buf(),
-                detail: format!("line {} is not an age X25519 identity (AGE-SECRET-KEY-1…)", n + 1),
+                detail: format!(
+                    "line {} is not an age X25519 identity (AGE-SECRET-KEY-1…)",
+                    n + 1
+                ),
             })?;
             identities.push(id);
         }
@@ -187,14 +189,16 @@ mod tests {
             .unwrap();
         let msg = err.to_string();
         assert!(msg.contains("private age identity"), "{msg}");
-        assert!(!msg.contains(&secret.expose_secret()[16..]), "must not echo the key");
+        assert!(
+            !msg.contains(&secret.expose_secret()[16..]),
+            "must not echo the key"
+        );
     }
 
     #[test]
     fn round_trip_through_age() {
         let id = age::x25519::Identity::generate();
-        let recipients =
-            Recipients::parse("test", [id.to_public().to_string().as_str()]).unwrap();
+        let recipients = Recipients::parse("test", [id.to_public().to_string().as_str()]).unwrap();
         let mut w = recipients.encryptor(Vec::new()).unwrap();
         w.write_all(b"secret etcd data").unwrap();
         let sealed = w.finish().unwrap();
@@ -203,13 +207,18 @@ mod tests {
         std::fs::write(&key, id.to_string().expose_secret()).unwrap();
         let ids = Identities::from_file(&key).unwrap();
         let mut out = Vec::new();
-        ids.decryptor(&sealed[..]).unwrap().read_to_end(&mut out).unwrap();
+        ids.decryptor(&sealed[..])
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
         assert_eq!(out, b"secret etcd data");
     }
 
     #[test]
     fn garbage_recipients_are_named() {
-        let err = Recipients::parse("config recipients", ["age1nope"]).err().unwrap();
+        let err = Recipients::parse("config recipients", ["age1nope"])
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("age1nope"));
     }
 }

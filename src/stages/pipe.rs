@@ -37,7 +37,9 @@ pub fn pipe(depth: usize) -> (PipeWriter, ByteStream) {
             Some(Msg::Data(b)) => Some((Ok(b), Some(rx))),
             Some(Msg::End) => None,
             None => Some((
-                Err(io::Error::other("the pipeline stopped before the end of the data")),
+                Err(io::Error::other(
+                    "the pipeline stopped before the end of the data",
+                )),
                 None,
             )),
         }

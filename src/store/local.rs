@@ -278,10 +278,18 @@ mod tests {
             std::fs::metadata(&root).unwrap().permissions().mode() & 0o777,
             0o700
         );
-        store.put("a.obj", bytes_stream(Bytes::from_static(b"one"))).await.unwrap();
-        let mode = std::fs::metadata(root.join("a.obj")).unwrap().permissions().mode();
+        store
+            .put("a.obj", bytes_stream(Bytes::from_static(b"one")))
+            .await
+            .unwrap();
+        let mode = std::fs::metadata(root.join("a.obj"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let again = store.put("a.obj", bytes_stream(Bytes::from_static(b"two"))).await;
+        let again = store
+            .put("a.obj", bytes_stream(Bytes::from_static(b"two")))
+            .await;
         assert!(matches!(again, Err(StoreError::AlreadyExists { .. })));
         assert_eq!(std::fs::read(root.join("a.obj")).unwrap(), b"one");
     }
@@ -306,7 +314,10 @@ mod tests {
         let removed = store.clean_incomplete().await.unwrap();
         assert_eq!(removed, vec!["dead.obj.part".to_string()]);
         assert!(dir.path().join("live.obj.part").exists());
-        assert!(store.list("").await.unwrap().is_empty(), ".part files are never listed");
+        assert!(
+            store.list("").await.unwrap().is_empty(),
+            ".part files are never listed"
+        );
     }
 
     #[tokio::test]

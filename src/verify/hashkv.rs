@@ -62,7 +62,10 @@ fn newest_revisions(db: &Db, rev: i64) -> Result<HashMap<u64, Newest>, BoltError
     let mut newest = HashMap::new();
     for_each_revision(db, rev, |key, value, r| {
         let tombstone = Revision::is_tombstone(key);
-        newest.insert(user_key_hash(db.path(), value)?, Newest { rev: r, tombstone });
+        newest.insert(
+            user_key_hash(db.path(), value)?,
+            Newest { rev: r, tombstone },
+        );
         Ok(())
     })?;
     Ok(newest)

@@ -22,7 +22,9 @@ use crate::bbolt::BoltError;
 pub enum VerifyError {
     #[error("the snapshot's sha256 trailer {trailer} does not match the sha256 {computed} of the streamed bytes: the snapshot was damaged in transit; take it again")]
     TrailerMismatch { trailer: String, computed: String },
-    #[error("the snapshot stream ended without etcd's sha256 trailer: it is incomplete; take it again")]
+    #[error(
+        "the snapshot stream ended without etcd's sha256 trailer: it is incomplete; take it again"
+    )]
     MissingTrailer,
     #[error("the snapshot file is damaged: {0}")]
     Bolt(#[from] BoltError),
@@ -67,6 +69,15 @@ impl HashKvCheck {
             compact_revision: Some(compact_revision),
             checked: true,
             result: "equal".into(),
+        }
+    }
+
+    pub fn skipped_at_compaction_point(member_compact_revision: i64) -> HashKvCheck {
+        HashKvCheck {
+            hash: 0,
+            compact_revision: Some(member_compact_revision),
+            checked: false,
+            result: "skipped: revision is the compaction point".into(),
         }
     }
 
@@ -129,7 +140,10 @@ mod tests {
     fn a_trailer_that_differs_fails_with_both_hashes() {
         let err = check_trailer(Some(&[1u8; 32]), &[2u8; 32]).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains(&"01".repeat(32)) && msg.contains(&"02".repeat(32)), "{msg}");
+        assert!(
+            msg.contains(&"01".repeat(32)) && msg.contains(&"02".repeat(32)),
+            "{msg}"
+        );
         assert!(check_trailer(Some(&[3u8; 32]), &[3u8; 32]).is_ok());
         assert!(matches!(
             check_trailer(None, &[3u8; 32]),

@@ -125,7 +125,9 @@ impl MetaFacts {
         match key {
             b"consistent_index" => self.consistent_index = be_u64(value),
             b"term" => self.term = be_u64(value),
-            b"scheduledCompactRev" => self.scheduled_compact = Revision::parse(value).map(|r| r.main),
+            b"scheduledCompactRev" => {
+                self.scheduled_compact = Revision::parse(value).map(|r| r.main)
+            }
             b"finishedCompactRev" => self.finished_compact = Revision::parse(value).map(|r| r.main),
             _ => {}
         }

@@ -1,0 +1,166 @@
+//! Real etcd processes on 127.0.0.1 with free ports; killed by PID on Drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{etcd_bin, etcdctl_bin, free_port, run_ok, Pki};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V34,
+    V35,
+}
+
+pub struct EtcdProcess {
+    child: Child,
+    pub version: Version,
+    pub client_url: String,
+    pub data_dir: PathBuf,
+    pub tls: Option<Pki>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl EtcdProcess {
+    /// A fresh single-member etcd in its own temp dir.
+    pub fn start(version: Version, tls: Option<Pki>) -> EtcdProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let mut p = EtcdProcess::start_on(version, tls, &data_dir, None);
+        p._dir = Some(dir);
+        p
+    }
+
+    /// An etcd on an existing (e.g. restored) data dir. `name`/`peer_url` must match what the
+    /// data dir was restored with, when given.
+    pub fn start_on(
+        version: Version,
+        tls: Option<Pki>,
+        data_dir: &Path,
+        member: Option<(&str, &str)>,
+    ) -> EtcdProcess {
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            match try_start(version, tls.clone(), data_dir, member) {
+                Ok(p) => return p,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("etcd {version:?} did not start: {last_err}");
+    }
+
+    /// etcdctl (of the same version) pointed at this member.
+    pub fn etcdctl(&self) -> Command {
+        let mut cmd = Command::new(etcdctl_bin(self.version));
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.client_url));
+        if let Some(pki) = &self.tls {
+            cmd.arg(format!("--cacert={}", pki.ca_cert.display()))
+                .arg(format!("--cert={}", pki.client_cert.display()))
+                .arg(format!("--key={}", pki.client_key.display()));
+        }
+        cmd
+    }
+
+    /// The connection flags of `lifeboat` for this member.
+    pub fn lifeboat_flags(&self) -> Vec<String> {
+        let mut v = vec![format!("--endpoints={}", self.client_url)];
+        if let Some(pki) = &self.tls {
+            v.push(format!("--cacert={}", pki.ca_cert.display()));
+            v.push(format!("--cert={}", pki.client_cert.display()));
+            v.push(format!("--key={}", pki.client_key.display()));
+        }
+        v
+    }
+
+    pub fn put(&self, key: &str, value: &str) {
+        run_ok(self.etcdctl().args(["put", key, value]));
+    }
+
+    /// Stops etcd with SIGTERM and waits, so its data dir is consistent on disk.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn try_start(
+    version: Version,
+    tls: Option<Pki>,
+    data_dir: &Path,
+    member: Option<(&str, &str)>,
+) -> Result<EtcdProcess, String> {
+    let client_port = free_port();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let client_url = format!("{scheme}://127.0.0.1:{client_port}");
+    let (name, peer_url) = match member {
+        Some((n, p)) => (n.to_string(), p.to_string()),
+        None => (
+            "default".to_string(),
+            format!("http://127.0.0.1:{}", free_port()),
+        ),
+    };
+    let log = std::fs::File::create(data_dir.with_extension(format!("{client_port}.log")))
+        .map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(etcd_bin(version));
+    cmd.arg(format!("--name={name}"))
+        .arg(format!("--data-dir={}", data_dir.display()))
+        .arg(format!("--listen-client-urls={client_url}"))
+        .arg(format!("--advertise-client-urls={client_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster={name}={peer_url}"))
+        .arg("--quota-backend-bytes=4294967296")
+        .env("ETCD_UNSUPPORTED_ARCH", "")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log);
+    if let Some(pki) = &tls {
+        cmd.arg(format!("--cert-file={}", pki.server_cert.display()))
+            .arg(format!("--key-file={}", pki.server_key.display()))
+            .arg(format!("--trusted-ca-file={}", pki.ca_cert.display()))
+            .arg("--client-cert-auth=true");
+    }
+    let child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+    let mut p = EtcdProcess {
+        child,
+        version,
+        client_url,
+        data_dir: data_dir.to_path_buf(),
+        tls,
+        _dir: None,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = p.child.try_wait() {
+            return Err(format!("exited early with {status}"));
+        }
+        let health = p
+            .etcdctl()
+            .args(["endpoint", "health", "--command-timeout=1s"])
+            .output();
+        if matches!(health, Ok(ref o) if o.status.success()) {
+            return Ok(p);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err("not healthy within 20 s".into())
+}

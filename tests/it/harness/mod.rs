@@ -1,0 +1,152 @@
+//! Test harness: real etcd processes, per-run certificates, a fault-injecting TCP proxy, and
+//! helpers to run the real `lifeboat` binary. Every process started here is killed by PID on
+//! Drop; everything binds 127.0.0.1 only.
+
+pub mod etcd;
+pub mod pki;
+pub mod proxy;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub use etcd::{EtcdProcess, Version};
+pub use pki::Pki;
+
+/// A binary the tests need, from `scripts/test-deps --print-env`, or its known install path.
+pub fn tool(env: &str, fallbacks: &[&str]) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    for f in fallbacks {
+        let p = PathBuf::from(f.replace("~", &home));
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{env} is not set and none of {fallbacks:?} exists: run scripts/test-deps first");
+}
+
+const CACHE: &str = "~/.cache/etcd-lifeboat-deps";
+
+pub fn etcd_bin(v: Version) -> PathBuf {
+    match v {
+        Version::V34 => tool("LIFEBOAT_TEST_ETCD34_BIN", &["/usr/bin/etcd"]),
+        Version::V35 => tool(
+            "LIFEBOAT_TEST_ETCD35_BIN",
+            &[&format!("{CACHE}/etcd35/root/usr/bin/etcd")],
+        ),
+    }
+}
+
+pub fn etcdctl_bin(v: Version) -> PathBuf {
+    match v {
+        Version::V34 => tool("LIFEBOAT_TEST_ETCDCTL34_BIN", &["/usr/bin/etcdctl"]),
+        Version::V35 => tool(
+            "LIFEBOAT_TEST_ETCDCTL35_BIN",
+            &[&format!("{CACHE}/etcd35/root/usr/bin/etcdctl")],
+        ),
+    }
+}
+
+pub fn etcdutl_bin() -> PathBuf {
+    tool(
+        "LIFEBOAT_TEST_ETCDUTL35_BIN",
+        &[&format!("{CACHE}/etcd35/root/usr/bin/etcdutl")],
+    )
+}
+
+/// Runs a command, panicking with its stderr when it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The real `lifeboat` binary, with no config file or env leaking in from the machine.
+pub fn lifeboat() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("LIFEBOAT_") && !k.starts_with("LIFEBOAT_TEST_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("LIFEBOAT_LOG_LEVEL", "warn");
+    cmd
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(cmd: &mut Command) -> Run {
+    let out = cmd.output().expect("spawn lifeboat");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl Run {
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "lifeboat failed:\n{}\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// An age identity made by the real `age-keygen`, 0600.
+pub struct AgeKey {
+    pub identity_file: PathBuf,
+    pub recipient: String,
+}
+
+pub fn age_key(dir: &Path, name: &str) -> AgeKey {
+    let identity_file = dir.join(name);
+    run_ok(Command::new("age-keygen").arg("-o").arg(&identity_file));
+    let out = run_ok(Command::new("age-keygen").arg("-y").arg(&identity_file));
+    AgeKey {
+        identity_file,
+        recipient: String::from_utf8(out.stdout).unwrap().trim().to_string(),
+    }
+}
+
+/// Files in a folder, sorted, without dotfiles.
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A free TCP port on 127.0.0.1 (the OS picks; callers retry on the rare reuse race).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

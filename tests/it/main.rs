@@ -1,0 +1,11 @@
+//! One integration test binary (linked once), against real etcd 3.4 and 3.5 processes, the
+//! real `age`/`zstd` CLIs and `etcdctl`/`etcdutl` as oracles. Run `scripts/test-deps` first
+//! (the README's test command does).
+
+mod data;
+mod failures;
+mod harness;
+mod hashkv;
+mod save;
+mod status;
+mod zero_config;

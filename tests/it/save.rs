@@ -1,0 +1,311 @@
+//! `snapshot save` end to end: the stored object decrypts with the `age` CLI, decompresses
+//! with the `zstd` CLI, restores with etcdctl (3.4) / etcdutl (3.5), and an etcd started on
+//! the result serves the same keys, values and revision. Then `list`, `verify` and `get`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::data::{dump, fill};
+use crate::harness::{
+    age_key, etcdutl_bin, files_in, free_port, lifeboat, run, run_ok, EtcdProcess, Pki, Version,
+};
+
+fn save(etcd: &EtcdProcess, dest: &Path, work: &Path, recipient: &str) -> serde_json::Value {
+    run(lifeboat()
+        .args(["snapshot", "save", "-w", "json", "--recipient", recipient])
+        .args(etcd.lifeboat_flags())
+        .arg("--dest")
+        .arg(dest)
+        .arg("--work-dir")
+        .arg(work))
+    .ok()
+    .json()
+}
+
+/// `age -d -i KEY obj | zstd -d > out`, with the real CLIs.
+fn decrypt_with_clis(identity: &Path, object: &Path, out: &Path) {
+    let age = Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(identity)
+        .arg(object)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = Command::new("zstd")
+        .args(["-d", "-q", "-f", "-o"])
+        .arg(out)
+        .stdin(age.stdout.unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success(), "age | zstd failed");
+}
+
+fn restore(v: Version, snapshot: &Path, data_dir: &Path, peer_url: &str) {
+    let cluster = format!("default={peer_url}");
+    let mut cmd = match v {
+        Version::V34 => {
+            let mut c = Command::new(crate::harness::etcdctl_bin(v));
+            c.env("ETCDCTL_API", "3");
+            c
+        }
+        Version::V35 => Command::new(etcdutl_bin()),
+    };
+    run_ok(
+        cmd.args(["snapshot", "restore"])
+            .arg(snapshot)
+            .arg(format!("--data-dir={}", data_dir.display()))
+            .arg("--name=default")
+            .arg(format!("--initial-cluster={cluster}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}")),
+    );
+}
+
+fn round_trip(v: Version, tls: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let (dest, work) = (dir.path().join("backups"), dir.path().join("work"));
+    let key = age_key(dir.path(), "key.txt");
+    let etcd = EtcdProcess::start(v, tls.then(Pki::generate));
+    let last_rev = fill(&etcd, 0);
+    let before = dump(&etcd);
+
+    let m = save(&etcd, &dest, &work, &key.recipient);
+    assert_eq!(m["schema_version"], 1);
+    assert_eq!(m["revision"], last_rev);
+    assert_eq!(m["status"]["revision"], last_rev);
+    assert_eq!(m["hashkv"]["checked"], true, "{m}");
+    assert_eq!(m["hashkv"]["result"], "equal");
+    assert_eq!(m["reason"], "manual");
+    assert_eq!(m["member_name"], "default");
+    assert_eq!(m["endpoint"], etcd.client_url);
+    assert_eq!(m["encryption"]["recipients"][0], key.recipient.as_str());
+    let version = m["etcd_version"].as_str().unwrap();
+    assert!(version.starts_with(if v == Version::V34 { "3.4." } else { "3.5." }));
+    // Cluster and member id as etcdctl reports them.
+    let es = run_ok(etcd.etcdctl().args(["endpoint", "status", "-w", "json"]));
+    let es: serde_json::Value = serde_json::from_slice(&es.stdout).unwrap();
+    let header = &es[0]["Status"]["header"];
+    assert_eq!(
+        m["cluster_id"],
+        format!("{:x}", header["cluster_id"].as_u64().unwrap())
+    );
+    assert_eq!(
+        m["member_id"],
+        format!("{:x}", header["member_id"].as_u64().unwrap())
+    );
+
+    // Object and manifest only, private.
+    let object = m["object"]["key"].as_str().unwrap();
+    let id = m["id"].as_str().unwrap();
+    assert_eq!(
+        files_in(&dest),
+        vec![object.to_string(), format!("{id}.manifest.json")]
+    );
+    assert!(files_in(&work).is_empty(), "the spool copy is removed");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dest.join(object))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // The real CLIs read it; etcdctl/etcdutl accept it.
+    let plain = dir.path().join("plain.db");
+    decrypt_with_clis(&key.identity_file, &dest.join(object), &plain);
+    let status = run(lifeboat()
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&plain))
+    .ok()
+    .json();
+    assert_eq!(status, m["status"]);
+    let restored = dir.path().join("restored");
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    restore(v, &plain, &restored, &peer);
+    let back = EtcdProcess::start_on(v, None, &restored, Some(("default", &peer)));
+    let after = dump(&back);
+    assert_eq!(after.0, before.0, "restored keys, values and revisions");
+    assert_eq!(after.1, before.1, "restored revision");
+}
+
+#[test]
+fn save_and_restore_etcd_3_5_plain() {
+    round_trip(Version::V35, false);
+}
+
+#[test]
+fn save_and_restore_etcd_3_5_mutual_tls() {
+    round_trip(Version::V35, true);
+}
+
+#[test]
+fn save_and_restore_etcd_3_4_plain() {
+    round_trip(Version::V34, false);
+}
+
+#[test]
+fn save_and_restore_etcd_3_4_mutual_tls() {
+    round_trip(Version::V34, true);
+}
+
+#[test]
+fn list_verify_and_get_read_backups_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dest, work) = (dir.path().join("backups"), dir.path().join("work"));
+    let key = age_key(dir.path(), "key.txt");
+    let etcd = EtcdProcess::start(Version::V35, None);
+    fill(&etcd, 0);
+    let first = save(&etcd, &dest, &work, &key.recipient);
+    etcd.put("/registry/newer", "v");
+    let second = save(&etcd, &dest, &work, &key.recipient);
+
+    let listed = run(lifeboat()
+        .args(["snapshot", "list", "-w", "json", "--dest"])
+        .arg(&dest))
+    .ok()
+    .json();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            second["id"].as_str().unwrap(),
+            first["id"].as_str().unwrap()
+        ],
+        "newest first"
+    );
+    let table = run(lifeboat().args(["snapshot", "list", "--dest"]).arg(&dest))
+        .ok()
+        .stdout;
+    assert!(table.contains(first["id"].as_str().unwrap()) && table.contains("REVISION"));
+
+    let verified = run(lifeboat()
+        .args(["snapshot", "verify", "latest", "-w", "json", "--dest"])
+        .arg(&dest)
+        .arg("--identity")
+        .arg(&key.identity_file)
+        .arg("--work-dir")
+        .arg(&work))
+    .ok()
+    .json();
+    assert_eq!(verified["id"], second["id"]);
+    assert_eq!(verified["status"], second["status"]);
+    assert_eq!(verified["plain_sha256"], second["plain_sha256"]);
+
+    let out = dir.path().join("restore-me.db");
+    let get = |extra: &[&str]| {
+        run(lifeboat()
+            .args(["snapshot", "get"])
+            .arg(first["id"].as_str().unwrap())
+            .arg("--dest")
+            .arg(&dest)
+            .arg("-i")
+            .arg(&key.identity_file)
+            .arg("-o")
+            .arg(&out)
+            .args(extra))
+    };
+    get(&[]).ok();
+    let oracle = run_ok(
+        Command::new(etcdutl_bin())
+            .args(["snapshot", "status", "-w", "json"])
+            .arg(&out),
+    );
+    let oracle: serde_json::Value = serde_json::from_slice(&oracle.stdout).unwrap();
+    assert_eq!(oracle, first["status"]);
+    let again = get(&[]);
+    assert_eq!(again.code, 5, "refuses to overwrite: {}", again.stderr);
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    get(&["--force"]).ok();
+    // A unique prefix of an id works too.
+    let prefix = &second["id"].as_str().unwrap()[..second["id"].as_str().unwrap().len() - 2];
+    run(lifeboat()
+        .args(["snapshot", "verify", prefix, "--dest"])
+        .arg(&dest)
+        .arg("-i")
+        .arg(&key.identity_file)
+        .arg("--work-dir")
+        .arg(&work))
+    .ok();
+}
+
+#[test]
+fn unencrypted_backups_need_the_explicit_setting_and_warn_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lifeboat.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[backup]\nencryption = \"none\"\ndest = \"{}\"\nwork_dir = \"{}\"\n",
+            dir.path().join("b").display(),
+            dir.path().join("w").display()
+        ),
+    )
+    .unwrap();
+    let etcd = EtcdProcess::start(Version::V35, None);
+    etcd.put("/a", "1");
+    let r = run(lifeboat()
+        .args(["snapshot", "save", "-w", "json", "--config"])
+        .arg(&config)
+        .args(etcd.lifeboat_flags()))
+    .ok();
+    assert!(r.stderr.contains("ENCRYPTION IS OFF"), "{}", r.stderr);
+    let m = r.json();
+    // A member that never compacted reports compact revision -1; HashKV is still compared.
+    assert_eq!(m["hashkv"]["checked"], true, "{m}");
+    assert_eq!(m["encryption"]["scheme"], "none");
+    let object = dir
+        .path()
+        .join("b")
+        .join(m["object"]["key"].as_str().unwrap());
+    assert!(object.to_string_lossy().ends_with(".db.zst"));
+    let plain = dir.path().join("p.db");
+    run_ok(
+        Command::new("zstd")
+            .args(["-d", "-q", "-o"])
+            .arg(&plain)
+            .arg(&object),
+    );
+    run(lifeboat()
+        .args(["snapshot", "verify", "latest", "--config"])
+        .arg(&config))
+    .ok();
+}
+
+#[test]
+fn flags_win_over_env_and_env_over_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let config = dir.path().join("lifeboat.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[backup]\ndest = \"{}\"\ncompression_level = 19\nrecipients = [\"{}\"]\nwork_dir = \"{}\"\n",
+            dir.path().join("from-file").display(),
+            key.recipient,
+            dir.path().join("w").display()
+        ),
+    )
+    .unwrap();
+    let etcd = EtcdProcess::start(Version::V35, None);
+    etcd.put("/a", "1");
+    let m = run(lifeboat()
+        .args(["snapshot", "save", "-w", "json", "--config"])
+        .arg(&config)
+        .args(etcd.lifeboat_flags())
+        .env("LIFEBOAT_DEST", dir.path().join("from-env"))
+        .env("LIFEBOAT_COMPRESSION_LEVEL", "7")
+        .args(["--compression-level", "2"]))
+    .ok()
+    .json();
+    assert_eq!(m["compression"]["level"], 2, "flag beats env and file");
+    assert_eq!(
+        files_in(&dir.path().join("from-env")).len(),
+        2,
+        "env beats file"
+    );
+    assert!(!dir.path().join("from-file").exists());
+}
