@@ -135,8 +135,11 @@ pub fn fill(etcd: &EtcdProcess, extra_bytes: usize) -> i64 {
     })
 }
 
+/// key, value, create revision, mod revision, version.
+pub type Kv = (Vec<u8>, Vec<u8>, i64, i64, i64);
+
 /// Every key of the member with value and revisions, and the member's revision.
-pub fn dump(etcd: &EtcdProcess) -> (Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)>, i64) {
+pub fn dump(etcd: &EtcdProcess) -> (Vec<Kv>, i64) {
     rt().block_on(async {
         let mut c = client(etcd).await;
         let r = c

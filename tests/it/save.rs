@@ -24,7 +24,7 @@ fn save(etcd: &EtcdProcess, dest: &Path, work: &Path, recipient: &str) -> serde_
 
 /// `age -d -i KEY obj | zstd -d > out`, with the real CLIs.
 fn decrypt_with_clis(identity: &Path, object: &Path, out: &Path) {
-    let age = Command::new("age")
+    let mut age = Command::new("age")
         .arg("-d")
         .arg("-i")
         .arg(identity)
@@ -35,10 +35,11 @@ fn decrypt_with_clis(identity: &Path, object: &Path, out: &Path) {
     let status = Command::new("zstd")
         .args(["-d", "-q", "-f", "-o"])
         .arg(out)
-        .stdin(age.stdout.unwrap())
+        .stdin(age.stdout.take().unwrap())
         .status()
         .unwrap();
-    assert!(status.success(), "age | zstd failed");
+    assert!(age.wait().unwrap().success(), "age -d failed");
+    assert!(status.success(), "zstd -d failed");
 }
 
 fn restore(v: Version, snapshot: &Path, data_dir: &Path, peer_url: &str) {
