@@ -463,6 +463,25 @@ mod tests {
         assert!(err.to_string().contains("etcd.connect_timeout"), "{err}");
     }
 
+    /// Every key the example documents exists (the example uncommented parses with
+    /// unknown keys refused), so the example cannot drift from the code.
+    #[test]
+    fn the_example_config_documents_only_real_keys() {
+        let example = include_str!("../config/lifeboat.example.toml");
+        let uncommented: String = example
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let parsed: FileConfig = toml::from_str(&uncommented).unwrap();
+        assert_eq!(parsed.backup.compression_level, Some(3));
+        assert!(parsed.etcd.endpoints.is_some() && parsed.log.level.is_some());
+        assert!(parsed.backup.recipients.is_some() && parsed.etcd.stall_timeout.is_some());
+    }
+
     #[test]
     fn secrets_do_not_print() {
         let s = Secret::new("hunter2");

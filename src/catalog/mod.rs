@@ -9,7 +9,7 @@ mod manifest;
 
 use std::sync::Arc;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 
 pub use manifest::{
     Compression, Encryption, Manifest, ManifestError, ObjectRef, Reason, SCHEMA_VERSION,
@@ -54,9 +54,10 @@ pub struct BackupId {
 }
 
 impl BackupId {
+    /// The time is kept to the millisecond, as the id shows it.
     pub fn new(time: DateTime<Utc>, cluster_id: u64) -> BackupId {
         BackupId {
-            time,
+            time: time.trunc_subsecs(3),
             cluster_id,
             nonce: rand::random(),
         }
