@@ -98,6 +98,10 @@ pub async fn take_backup(
         progress,
     )
     .await?;
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "streamed and stored"
+    );
     let result = verify_and_commit(
         source,
         &store,
@@ -234,9 +238,17 @@ async fn verify_and_commit(
     verify::check_trailer(streamed.trailer.as_deref(), &streamed.data_sha256)?;
     let path = spool_path.to_path_buf();
     let info: SnapshotInfo = blocking(move || verify::read_snapshot_info(&path)).await??;
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "bbolt walk done"
+    );
     verify::check_revision(info.status.revision, member.revision)?;
     // Ask the member first: it may compact the revision away at any moment.
     let live = source.hash_kv(info.status.revision).await?;
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "live HashKV answered"
+    );
     let hashkv = match live {
         LiveHashKv::Compacted => {
             tracing::warn!(
@@ -273,6 +285,10 @@ async fn verify_and_commit(
                 }
                 .into());
             }
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "offline HashKV done"
+            );
             HashKvCheck::equal(hash, compact_revision)
         }
     };
@@ -355,8 +371,10 @@ fn encode(
         None => Sealer::Plain(object),
     };
     let mut zstd = compress::compressor(sealer, level)?;
+    // The plain bytes are the data followed by the trailer, so one hash over the data serves
+    // both: the plain hash is the data hash's state, cloned, plus the trailer.
     let mut data_hash = Sha256::new();
-    let mut plain_hash = Sha256::new();
+    let mut plain_hash: Option<Sha256> = None;
     let mut plain_size = 0u64;
     let mut trailer = None;
     let mut complete = false;
@@ -372,11 +390,13 @@ fn encode(
                 b
             }
             Feed::Piece(SnapshotPiece::Trailer(b)) => {
+                let mut h = data_hash.clone();
+                h.update(&b);
+                plain_hash = Some(h);
                 trailer = Some(b.to_vec());
                 b
             }
         };
-        plain_hash.update(&bytes);
         plain_size += bytes.len() as u64;
         spool.write_all(&bytes)?;
         zstd.write_all(&bytes)?;
@@ -384,14 +404,15 @@ fn encode(
     if !complete {
         return Err(io::Error::other("the snapshot stream was cut off"));
     }
-    let spool = spool.into_inner().map_err(|e| e.into_error())?;
-    spool.sync_data()?;
+    // The spool copy is scratch for the checks: flushed to the page cache, never fsynced.
+    spool.into_inner().map_err(|e| e.into_error())?;
     let (out, object_sha256, object_size) = zstd.finish()?.finish()?.finish();
     out.finish()?;
+    let data_sha256 = data_hash.clone().finalize().into();
     Ok(Streamed {
         trailer,
-        data_sha256: data_hash.finalize().into(),
-        plain_sha256: plain_hash.finalize().into(),
+        data_sha256,
+        plain_sha256: plain_hash.unwrap_or(data_hash).finalize().into(),
         plain_size,
         object_sha256,
         object_size,

@@ -83,8 +83,20 @@ fn init_logging(cli: &Cli, config: &FileConfig) {
     }
 }
 
-/// Prints the whole error chain on one line and picks the documented exit code.
+/// Prints the whole error chain on one line and picks the documented exit code. Our messages
+/// already quote their cause, so a link whose text is already printed is left out.
 fn fail(e: &anyhow::Error) -> ExitCode {
-    eprintln!("lifeboat: error: {e:#}");
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    eprintln!("lifeboat: error: {line}");
     ExitCode::from(lifeboat::exit::code_for(e.as_ref()))
 }

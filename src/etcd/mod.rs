@@ -41,6 +41,12 @@ pub enum SourceError {
     HalfIdentity,
     #[error("cannot reach etcd at {endpoint}: {detail}; check the endpoint, that etcd runs, and the TLS files (--cacert/--cert/--key)")]
     Unreachable { endpoint: String, detail: String },
+    #[error("etcd at {endpoint} refused the credentials of user `{user}`: {detail}; check --user and the password (LIFEBOAT_PASSWORD or etcd.password_file)")]
+    Auth {
+        endpoint: String,
+        user: String,
+        detail: String,
+    },
     #[error("none of the endpoints answered ({0}); check that etcd runs and the TLS files")]
     NoneReachable(String),
     #[error("etcd at {endpoint} failed {call}: {detail}")]
@@ -146,9 +152,16 @@ impl EtcdSource {
                 endpoint: endpoint.clone(),
                 detail: format!("no answer within {:?}", settings.connect_timeout),
             })?
-            .map_err(|e| SourceError::Unreachable {
-                endpoint: endpoint.clone(),
-                detail: describe(&e),
+            .map_err(|e| match (&settings.user, is_auth_failure(&e)) {
+                (Some(user), true) => SourceError::Auth {
+                    endpoint: endpoint.clone(),
+                    user: user.clone(),
+                    detail: describe(&e),
+                },
+                _ => SourceError::Unreachable {
+                    endpoint: endpoint.clone(),
+                    detail: describe(&e),
+                },
             })?;
         Ok(EtcdSource {
             client,
@@ -371,6 +384,18 @@ fn connect_options(settings: &EtcdSettings) -> Result<ConnectOptions, SourceErro
             .with_auto_token_refresh(true);
     }
     Ok(options)
+}
+
+fn is_auth_failure(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::InvalidArgument
+                | tonic::Code::Unauthenticated
+                | tonic::Code::PermissionDenied
+        ),
+        _ => false,
+    }
 }
 
 fn is_unreachable(e: &etcd_client::Error) -> bool {

@@ -17,6 +17,10 @@ pub fn compressor<W: Write>(inner: W, level: i32) -> io::Result<zstd::Encoder<'s
     let mut encoder = zstd::Encoder::new(inner, level)?;
     // A checksum in the frame lets `zstd -t` and our reader catch corruption on their own.
     encoder.include_checksum(true)?;
+    // One worker thread compresses while the caller keeps receiving and hashing: compression
+    // is the slowest stage, and this overlaps it with the rest of the pipeline. The output is
+    // still one standard frame.
+    encoder.multithread(1)?;
     Ok(encoder)
 }
 

@@ -55,6 +55,17 @@ fn unreachable_etcd_exits_3_naming_the_endpoint() {
 }
 
 #[test]
+fn an_error_chain_is_printed_once_per_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("not-a-folder"), b"x").unwrap();
+    let r = run(lifeboat()
+        .args(["snapshot", "list", "--dest"])
+        .arg(dir.path().join("not-a-folder")));
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert_eq!(r.stderr.matches("os error").count(), 1, "{}", r.stderr);
+}
+
+#[test]
 fn a_wrong_ca_exits_3() {
     let dir = tempfile::tempdir().unwrap();
     let key = age_key(dir.path(), "k");
@@ -458,5 +469,10 @@ fn a_bad_config_key_is_one_line_naming_it_with_exit_2() {
         .arg(&config));
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("destination"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&config.display().to_string()),
+        "names the file: {}",
+        r.stderr
+    );
     assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
 }

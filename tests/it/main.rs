@@ -2,6 +2,7 @@
 //! real `age`/`zstd` CLIs and `etcdctl`/`etcdutl` as oracles. Run `scripts/test-deps` first
 //! (the README's test command does).
 
+mod connect;
 mod data;
 mod failures;
 mod harness;
