@@ -47,6 +47,26 @@ pub struct FileConfig {
     pub backup: BackupSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub s3: S3Section,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Section {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: Option<bool>,
+    pub ca_bundle: Option<PathBuf>,
+    pub access_key_file: Option<PathBuf>,
+    pub secret_key_file: Option<PathBuf>,
+    pub sse: Option<String>,
+    pub kms_key_id: Option<String>,
+    pub part_size_mib: Option<usize>,
+    pub parts_in_flight: Option<usize>,
+    pub request_timeout: Option<String>,
+    pub max_attempts: Option<u32>,
+    pub incomplete_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -278,10 +298,111 @@ pub struct BackupOverrides {
     pub recipients_file: Option<PathBuf>,
 }
 
-/// Where backups go. Only local folders so far; `s3://` comes with the S3 backend.
+/// Where backups go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dest {
     Local(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+/// S3 flags as parsed (flag or env).
+#[derive(Debug, Default, Clone)]
+pub struct S3Overrides {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: bool,
+}
+
+/// A destination with everything needed to open its store.
+#[derive(Debug, Clone)]
+pub enum StoreSpec {
+    Local(PathBuf),
+    S3(Box<crate::store::S3Settings>),
+}
+
+/// Merges the destination and, for `s3://`, the S3 settings.
+///
+/// # Errors
+/// A missing or malformed destination, or a bad `[s3]` value (naming the key).
+pub fn resolve_store(
+    backup: &BackupSection,
+    s3: &S3Section,
+    dest_flag: Option<&String>,
+    o: &S3Overrides,
+) -> Result<StoreSpec, ConfigError> {
+    match resolve_dest(backup, dest_flag)? {
+        Dest::Local(p) => Ok(StoreSpec::Local(p)),
+        Dest::S3 { bucket, prefix } => {
+            let mut st = crate::store::S3Settings::new(&bucket, &prefix);
+            st.endpoint = o.endpoint.clone().or_else(|| s3.endpoint.clone());
+            st.region = o.region.clone().or_else(|| s3.region.clone());
+            st.path_style = o.path_style || s3.path_style.unwrap_or(false);
+            st.ca_bundle = s3.ca_bundle.clone();
+            st.access_key_file = s3.access_key_file.clone();
+            st.secret_key_file = s3.secret_key_file.clone();
+            if st.access_key_file.is_some() != st.secret_key_file.is_some() {
+                return Err(invalid(
+                    "s3.access_key_file",
+                    "s3.access_key_file and s3.secret_key_file go together",
+                ));
+            }
+            st.sse = match (s3.sse.as_deref(), &s3.kms_key_id) {
+                (None, None) => None,
+                (Some("AES256"), None) => Some(crate::store::Sse::Aes256),
+                (Some("aws:kms"), Some(id)) => Some(crate::store::Sse::Kms(id.clone())),
+                (Some("aws:kms"), None) => {
+                    return Err(invalid(
+                        "s3.kms_key_id",
+                        "sse = \"aws:kms\" needs kms_key_id",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(invalid("s3.sse", "kms_key_id needs sse = \"aws:kms\""))
+                }
+                (Some(other), _) => {
+                    return Err(invalid(
+                        "s3.sse",
+                        format!("`{other}` is not one of AES256, aws:kms"),
+                    ))
+                }
+            };
+            if let Some(mib) = s3.part_size_mib {
+                if !(5..=5120).contains(&mib) {
+                    return Err(invalid(
+                        "s3.part_size_mib",
+                        format!("{mib} is outside 5..=5120"),
+                    ));
+                }
+                st.part_size = mib * 1024 * 1024;
+            }
+            if let Some(n) = s3.parts_in_flight {
+                if !(1..=16).contains(&n) {
+                    return Err(invalid(
+                        "s3.parts_in_flight",
+                        format!("{n} is outside 1..=16"),
+                    ));
+                }
+                st.parts_in_flight = n;
+            }
+            if let Some(n) = s3.max_attempts {
+                if !(1..=20).contains(&n) {
+                    return Err(invalid("s3.max_attempts", format!("{n} is outside 1..=20")));
+                }
+                st.max_attempts = n;
+            }
+            st.attempt_timeout = duration(
+                "s3.request_timeout",
+                s3.request_timeout.as_ref(),
+                st.attempt_timeout,
+            )?;
+            st.incomplete_grace = duration(
+                "s3.incomplete_grace",
+                s3.incomplete_grace.as_ref(),
+                st.incomplete_grace,
+            )?;
+            Ok(StoreSpec::S3(Box::new(st)))
+        }
+    }
 }
 
 /// Parses a destination.
@@ -302,10 +423,23 @@ fn parse_dest(raw: &str) -> Result<Dest, ConfigError> {
     if let Some(rest) = raw.strip_prefix("file://") {
         return Ok(Dest::Local(PathBuf::from(rest)));
     }
+    if let Some(rest) = raw.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(invalid(
+                "backup.dest",
+                format!("`{raw}` names no bucket (s3://BUCKET/PREFIX)"),
+            ));
+        }
+        return Ok(Dest::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        });
+    }
     if raw.contains("://") {
         return Err(invalid(
             "backup.dest",
-            format!("`{raw}`: this lifeboat writes to local folders only (S3 support is the next milestone)"),
+            format!("`{raw}`: use a folder path or s3://BUCKET/PREFIX"),
         ));
     }
     if raw.is_empty() {
@@ -489,11 +623,64 @@ mod tests {
     }
 
     #[test]
-    fn s3_destinations_are_refused_clearly_for_now() {
-        assert!(parse_dest("s3://bucket/prefix").is_err());
+    fn destinations_parse() {
+        assert_eq!(
+            parse_dest("s3://bucket/some/prefix/").unwrap(),
+            Dest::S3 {
+                bucket: "bucket".into(),
+                prefix: "some/prefix".into()
+            }
+        );
+        assert_eq!(
+            parse_dest("s3://bucket").unwrap(),
+            Dest::S3 {
+                bucket: "bucket".into(),
+                prefix: String::new()
+            }
+        );
+        assert!(parse_dest("s3:///x").is_err());
+        assert!(parse_dest("gs://x").is_err());
         assert_eq!(
             parse_dest("/backups").unwrap(),
             Dest::Local("/backups".into())
         );
+    }
+
+    #[test]
+    fn s3_values_are_validated_naming_the_key() {
+        let backup = BackupSection {
+            dest: Some("s3://b/p".into()),
+            ..Default::default()
+        };
+        let bad = |s3: S3Section| {
+            resolve_store(&backup, &s3, None, &S3Overrides::default())
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        let sse = |v: &str| S3Section {
+            sse: Some(v.into()),
+            ..Default::default()
+        };
+        assert!(bad(sse("rot13")).contains("s3.sse"));
+        assert!(bad(sse("aws:kms")).contains("s3.kms_key_id"));
+        assert!(bad(S3Section {
+            part_size_mib: Some(1),
+            ..Default::default()
+        })
+        .contains("s3.part_size_mib"));
+        assert!(bad(S3Section {
+            access_key_file: Some("/a".into()),
+            ..Default::default()
+        })
+        .contains("s3.access_key_file"));
+        let flags = S3Overrides {
+            path_style: true,
+            ..Default::default()
+        };
+        match resolve_store(&backup, &S3Section::default(), None, &flags).unwrap() {
+            StoreSpec::S3(s) => assert!(s.path_style && s.prefix == "p/"),
+            StoreSpec::Local(_) => panic!("s3 expected"),
+        }
     }
 }

@@ -99,9 +99,18 @@ pub struct EtcdArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct DestArgs {
-    /// Where backups are: a local folder (S3 follows).
-    #[arg(long, env = "LIFEBOAT_DEST", value_name = "DIR")]
+    /// Where backups are: a local folder, or s3://BUCKET/PREFIX.
+    #[arg(long, env = "LIFEBOAT_DEST", value_name = "DIR|s3://BUCKET/PREFIX")]
     pub dest: Option<String>,
+    /// S3 endpoint for MinIO, Ceph, SeaweedFS, R2 … (default: AWS).
+    #[arg(long, env = "LIFEBOAT_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default: from the AWS config, else us-east-1).
+    #[arg(long, env = "LIFEBOAT_S3_REGION", value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// Path-style addressing (http://host/bucket/key), as most self-hosted S3 servers need.
+    #[arg(long, env = "LIFEBOAT_S3_PATH_STYLE")]
+    pub s3_path_style: bool,
 }
 
 #[derive(Args, Debug)]

@@ -7,13 +7,13 @@ use anyhow::{Context, Result};
 use lifeboat::backup::take_backup;
 use lifeboat::catalog::{Catalog, Manifest, Reason};
 use lifeboat::config::{
-    resolve_backup, resolve_dest, resolve_etcd, BackupOverrides, Dest, EtcdOverrides, FileConfig,
-    Secret, DEFAULT_WORK_DIR,
+    resolve_backup, resolve_etcd, resolve_store, BackupOverrides, EtcdOverrides, FileConfig,
+    S3Overrides, Secret, DEFAULT_WORK_DIR,
 };
 use lifeboat::etcd::EtcdSource;
 use lifeboat::readback;
 use lifeboat::stages::encrypt::{too_open, Identities};
-use lifeboat::store::{LocalStore, Store};
+use lifeboat::store::Store;
 
 use super::args::{
     DestArgs, EtcdArgs, GetArgs, ListArgs, Output, ReadArgs, SaveArgs, SnapshotCommand, StatusArgs,
@@ -45,10 +45,18 @@ fn etcd_overrides(a: &EtcdArgs) -> EtcdOverrides {
     }
 }
 
-fn open_store(config: &FileConfig, dest: &DestArgs) -> Result<Arc<dyn Store>> {
-    match resolve_dest(&config.backup, dest.dest.as_ref())? {
-        Dest::Local(path) => Ok(Arc::new(LocalStore::open(&path)?)),
-    }
+async fn open_store(config: &FileConfig, dest: &DestArgs) -> Result<Arc<dyn Store>> {
+    let spec = resolve_store(
+        &config.backup,
+        &config.s3,
+        dest.dest.as_ref(),
+        &S3Overrides {
+            endpoint: dest.s3_endpoint.clone(),
+            region: dest.s3_region.clone(),
+            path_style: dest.s3_path_style,
+        },
+    )?;
+    Ok(lifeboat::store::open(&spec).await?)
 }
 
 async fn save(a: SaveArgs, config: &FileConfig) -> Result<()> {
@@ -67,7 +75,7 @@ async fn save(a: SaveArgs, config: &FileConfig) -> Result<()> {
     if settings.recipients.is_none() {
         tracing::warn!("ENCRYPTION IS OFF (backup.encryption = \"none\"): this backup holds every Secret of the cluster in the clear");
     }
-    let store = open_store(config, &a.dest)?;
+    let store = open_store(config, &a.dest).await?;
     if let Some(k) = &etcd.kubeadm {
         tracing::info!(manifest = %k.manifest.display(), "using the kubeadm etcd manifest for defaults");
     }
@@ -99,7 +107,7 @@ fn status(a: StatusArgs) -> Result<()> {
 }
 
 async fn list(a: ListArgs, config: &FileConfig) -> Result<()> {
-    let store = open_store(config, &a.dest)?;
+    let store = open_store(config, &a.dest).await?;
     let (manifests, skipped) = Catalog::new(store.clone()).list().await?;
     for s in &skipped {
         tracing::warn!(key = %s.key, reason = %s.reason, "skipping an unreadable manifest");
@@ -112,7 +120,7 @@ async fn list(a: ListArgs, config: &FileConfig) -> Result<()> {
 }
 
 async fn find(read: &ReadArgs, config: &FileConfig) -> Result<(Arc<dyn Store>, Manifest)> {
-    let store = open_store(config, &read.dest)?;
+    let store = open_store(config, &read.dest).await?;
     let manifest = Catalog::new(store.clone()).find(&read.backup).await?;
     Ok((store, manifest))
 }

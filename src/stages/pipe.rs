@@ -8,6 +8,7 @@
 use std::io::{self, Write};
 
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::store::ByteStream;
@@ -44,7 +45,9 @@ pub fn pipe(depth: usize) -> (PipeWriter, ByteStream) {
             )),
         }
     });
-    (writer, Box::pin(stream))
+    // Fused: a consumer may poll again after the end (S3's part reader does) and must get
+    // `None`, not a panic.
+    (writer, Box::pin(stream.fuse()))
 }
 
 impl PipeWriter {
@@ -92,7 +95,6 @@ impl Write for PipeWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::StreamExt;
 
     #[tokio::test]
     async fn a_writer_dropped_without_finish_turns_into_an_error() {
@@ -105,6 +107,7 @@ mod tests {
         assert_eq!(first.len(), CHUNK);
         assert!(s.next().await.unwrap().is_err());
         assert!(s.next().await.is_none());
+        assert!(s.next().await.is_none(), "polling after the end is safe");
         t.join().unwrap();
     }
 

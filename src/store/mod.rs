@@ -7,6 +7,7 @@
 //! `If-None-Match: *` does later).
 
 mod local;
+mod s3;
 
 use std::io;
 use std::pin::Pin;
@@ -16,6 +17,7 @@ use bytes::Bytes;
 use futures::Stream;
 
 pub use local::LocalStore;
+pub use s3::{S3Settings, S3Store, Sse, MIN_PART_SIZE};
 
 /// A stream of object bytes. An `Err` item means "the producer failed: abort".
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
@@ -90,6 +92,21 @@ pub trait Store: Send + Sync {
     /// Removes what interrupted writes left behind (`.part` files, stale multipart uploads)
     /// that no live writer owns; returns what it removed.
     async fn clean_incomplete(&self) -> Result<Vec<String>, StoreError>;
+}
+
+/// Opens the store a destination names.
+///
+/// # Errors
+/// The folder cannot be created, or the S3 client cannot be configured.
+pub async fn open(
+    spec: &crate::config::StoreSpec,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Ok(match spec {
+        crate::config::StoreSpec::Local(path) => std::sync::Arc::new(LocalStore::open(path)?),
+        crate::config::StoreSpec::S3(settings) => {
+            std::sync::Arc::new(S3Store::open((**settings).clone()).await?)
+        }
+    })
 }
 
 /// A `ByteStream` holding one buffer: for small objects such as manifests.

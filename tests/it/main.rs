@@ -7,6 +7,8 @@ mod data;
 mod failures;
 mod harness;
 mod hashkv;
+mod s3_cli;
 mod save;
 mod status;
+mod store_conformance;
 mod zero_config;

@@ -5,6 +5,7 @@
 pub mod etcd;
 pub mod pki;
 pub mod proxy;
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,188 @@
+//! One conformance suite for every `Store`: the local folder and S3 (a real SeaweedFS).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use lifeboat::store::{
+    bytes_stream, ByteStream, LocalStore, S3Settings, S3Store, Store, StoreError,
+};
+use sha2::{Digest, Sha256};
+
+use crate::data::rt;
+use crate::harness::s3::S3Server;
+
+async fn read_all(store: &dyn Store, key: &str) -> Vec<u8> {
+    let mut s = store.get(key).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(c) = s.next().await {
+        out.extend_from_slice(&c.unwrap());
+    }
+    out
+}
+
+/// `n` bytes of a seeded pattern, delivered in uneven chunks.
+fn patterned(n: usize, seed: u8) -> (Vec<u8>, ByteStream) {
+    let data: Vec<u8> = (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    let chunks: Vec<std::io::Result<Bytes>> = data
+        .chunks(100_003)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    (data, Box::pin(futures::stream::iter(chunks)))
+}
+
+fn failing_after(n: usize) -> ByteStream {
+    let (_, ok) = patterned(n, 9);
+    Box::pin(ok.chain(futures::stream::once(async {
+        Err(std::io::Error::other("producer died"))
+    })))
+}
+
+async fn conformance(store: Arc<dyn Store>, large: usize) {
+    // Small objects round-trip.
+    store
+        .put("etcd-a.obj", bytes_stream(Bytes::from_static(b"hello")))
+        .await
+        .unwrap();
+    assert_eq!(read_all(store.as_ref(), "etcd-a.obj").await, b"hello");
+    // Large objects (several parts on S3) round-trip byte for byte.
+    let (data, body) = patterned(large, 1);
+    assert_eq!(store.put("etcd-b.obj", body).await.unwrap(), large as u64);
+    let back = read_all(store.as_ref(), "etcd-b.obj").await;
+    assert_eq!(Sha256::digest(&back), Sha256::digest(&data));
+    // Never overwritten.
+    let again = store
+        .put("etcd-a.obj", bytes_stream(Bytes::from_static(b"other")))
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::AlreadyExists { .. })),
+        "{again:?}"
+    );
+    assert_eq!(read_all(store.as_ref(), "etcd-a.obj").await, b"hello");
+    // A failing producer leaves nothing, small or large.
+    for (key, n) in [("etcd-c.obj", 10), ("etcd-d.obj", large)] {
+        let err = store.put(key, failing_after(n)).await.unwrap_err();
+        assert!(err.to_string().contains("producer died"), "{err}");
+        assert!(matches!(
+            store.get(key).await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+    // Listing: prefix filter, sorted, sizes.
+    store
+        .put("other-x", bytes_stream(Bytes::from_static(b"x")))
+        .await
+        .unwrap();
+    let listed: Vec<(String, u64)> = store
+        .list("etcd-")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.key, o.size))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("etcd-a.obj".to_string(), 5),
+            ("etcd-b.obj".to_string(), large as u64)
+        ]
+    );
+    assert_eq!(store.list("").await.unwrap().len(), 3);
+    // Delete; deleting what is gone is fine; reading it is NotFound.
+    store.delete("etcd-a.obj").await.unwrap();
+    store.delete("etcd-a.obj").await.unwrap();
+    assert!(matches!(
+        store.get("etcd-a.obj").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    // Keys cannot escape.
+    assert!(matches!(
+        store.put("../x", bytes_stream(Bytes::new())).await,
+        Err(StoreError::BadKey { .. })
+    ));
+    assert!(store.clean_incomplete().await.unwrap().is_empty());
+}
+
+#[test]
+fn the_local_folder_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(conformance(
+        Arc::new(LocalStore::open(dir.path()).unwrap()),
+        12 << 20,
+    ));
+}
+
+fn s3_settings(server: &S3Server, dir: &std::path::Path, bucket: &str, prefix: &str) -> S3Settings {
+    let (ak, sk) = (dir.join("access-key"), dir.join("secret-key"));
+    std::fs::write(&ak, &server.access_key).unwrap();
+    std::fs::write(&sk, &server.secret_key).unwrap();
+    let mut s = S3Settings::new(bucket, prefix);
+    s.endpoint = Some(server.endpoint.clone());
+    s.path_style = true;
+    s.region = Some("us-east-1".into());
+    s.access_key_file = Some(ak);
+    s.secret_key_file = Some(sk);
+    s.part_size = lifeboat::store::MIN_PART_SIZE;
+    s.list_page_size = Some(2);
+    s
+}
+
+#[test]
+fn s3_on_seaweedfs_conforms_and_leaves_no_multipart_upload() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        server.create_bucket("backups").await;
+        let store = S3Store::open(s3_settings(&server, dir.path(), "backups", "cluster-a"))
+            .await
+            .unwrap();
+        conformance(Arc::new(store), 12 << 20).await;
+        assert_eq!(server.multipart_uploads("backups").await, 0);
+        for key in server.keys("backups").await {
+            assert!(key.starts_with("cluster-a/"), "{key}");
+        }
+    });
+}
+
+#[test]
+fn s3_key_files_are_reread_so_credentials_rotate_without_restart() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        server.create_bucket("rot").await;
+        let settings = s3_settings(&server, dir.path(), "rot", "");
+        std::fs::write(settings.secret_key_file.as_ref().unwrap(), "wrong-secret").unwrap();
+        let store = S3Store::open(settings.clone()).await.unwrap();
+        let err = store.list("").await.unwrap_err().to_string();
+        assert!(
+            err.contains("SignatureDoesNotMatch") || err.contains("credentials"),
+            "{err}"
+        );
+        std::fs::write(
+            settings.secret_key_file.as_ref().unwrap(),
+            &server.secret_key,
+        )
+        .unwrap();
+        store
+            .put("etcd-r", bytes_stream(Bytes::from_static(b"ok")))
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_missing_bucket_is_one_clear_error() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = S3Store::open(s3_settings(&server, dir.path(), "no-such-bucket", ""))
+            .await
+            .unwrap();
+        let err = store.list("").await.unwrap_err().to_string();
+        assert!(err.contains("NoSuchBucket"), "{err}");
+        assert!(err.contains("s3://no-such-bucket/"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    });
+}
