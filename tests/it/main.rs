@@ -8,6 +8,7 @@ mod failures;
 mod harness;
 mod hashkv;
 mod s3_cli;
+mod s3_faults;
 mod save;
 mod status;
 mod store_conformance;

@@ -3,6 +3,7 @@
 //! Drop; everything binds 127.0.0.1 only.
 
 pub mod etcd;
+pub mod http_fault;
 pub mod pki;
 pub mod proxy;
 pub mod s3;
