@@ -49,6 +49,68 @@ pub struct FileConfig {
     pub log: LogSection,
     #[serde(default)]
     pub s3: S3Section,
+    #[serde(default)]
+    pub retention: RetentionSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    pub keep_last: Option<usize>,
+    pub keep_hourly: Option<usize>,
+    pub keep_daily: Option<usize>,
+    pub keep_weekly: Option<usize>,
+    pub keep_monthly: Option<usize>,
+    pub manual_keep_days: Option<u32>,
+    pub pre_upgrade_keep_days: Option<u32>,
+    pub incomplete_grace: Option<String>,
+}
+
+/// Retention flags as parsed.
+#[derive(Debug, Default, Clone)]
+pub struct RetentionOverrides {
+    pub keep_last: Option<usize>,
+    pub keep_hourly: Option<usize>,
+    pub keep_daily: Option<usize>,
+    pub keep_weekly: Option<usize>,
+    pub keep_monthly: Option<usize>,
+    pub manual_keep_days: Option<u32>,
+    pub pre_upgrade_keep_days: Option<u32>,
+    pub grace: Option<String>,
+}
+
+/// Merges the retention policy (flag > file > default).
+///
+/// # Errors
+/// A bad grace period.
+pub fn resolve_retention(
+    file: &RetentionSection,
+    o: &RetentionOverrides,
+) -> Result<crate::retention::Policy, ConfigError> {
+    let d = crate::retention::Policy::default();
+    Ok(crate::retention::Policy {
+        keep_last: o.keep_last.or(file.keep_last).unwrap_or(d.keep_last),
+        keep_hourly: o.keep_hourly.or(file.keep_hourly).unwrap_or(d.keep_hourly),
+        keep_daily: o.keep_daily.or(file.keep_daily).unwrap_or(d.keep_daily),
+        keep_weekly: o.keep_weekly.or(file.keep_weekly).unwrap_or(d.keep_weekly),
+        keep_monthly: o
+            .keep_monthly
+            .or(file.keep_monthly)
+            .unwrap_or(d.keep_monthly),
+        manual_keep_days: o
+            .manual_keep_days
+            .or(file.manual_keep_days)
+            .unwrap_or(d.manual_keep_days),
+        pre_upgrade_keep_days: o
+            .pre_upgrade_keep_days
+            .or(file.pre_upgrade_keep_days)
+            .unwrap_or(d.pre_upgrade_keep_days),
+        incomplete_grace: duration(
+            "retention.incomplete_grace",
+            o.grace.as_ref().or(file.incomplete_grace.as_ref()),
+            d.incomplete_grace,
+        )?,
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -71,6 +71,12 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             ReadBackError::Internal(_) => Some(FAILURE),
         };
     }
+    if let Some(e) = e.downcast_ref::<crate::retention::PruneError>() {
+        return match e {
+            crate::retention::PruneError::Catalog(c) => classify(c),
+            crate::retention::PruneError::Store(_) => Some(STORAGE),
+        };
+    }
     if e.is::<SourceError>() {
         return Some(ETCD);
     }

@@ -10,6 +10,7 @@
 //! - [`store`]: storage backends behind the object-safe [`store::Store`] trait.
 //! - [`catalog`]: manifests and backup ids; a backup exists once its manifest does.
 //! - [`backup`]: one backup run end to end; [`readback`]: reading one back and re-checking it.
+//! - [`retention`]: which backups to keep (a pure plan from the catalog and a clock) and pruning.
 //! - [`config`]: file + env + flags, validated once; [`progress`]: progress reporting.
 //! - [`exit`]: the documented exit codes, derived from the error chain.
 //!
@@ -24,6 +25,7 @@ pub mod etcd;
 pub mod exit;
 pub mod progress;
 pub mod readback;
+pub mod retention;
 pub mod stages;
 pub mod store;
 pub mod verify;

@@ -31,6 +31,46 @@ pub enum Command {
     /// Take, verify, list and read back snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Apply the retention policy: delete backups no rule keeps (manifest first, then object).
+    Prune(PruneArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub dest: DestArgs,
+    /// Keep the newest N scheduled backups.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<usize>,
+    /// Keep the newest scheduled backup of each of the last N hours that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<usize>,
+    /// … of each of the last N days.
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<usize>,
+    /// … of each of the last N ISO weeks.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<usize>,
+    /// … of each of the last N months.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<usize>,
+    /// Keep manual backups this many days.
+    #[arg(long, value_name = "DAYS")]
+    pub manual_keep_days: Option<u32>,
+    /// Keep pre-upgrade backups this many days.
+    #[arg(long, value_name = "DAYS")]
+    pub pre_upgrade_keep_days: Option<u32>,
+    /// Delete objects without manifest only when older than this (e.g. 24h).
+    #[arg(long, value_name = "DURATION")]
+    pub grace: Option<String>,
+    /// Only this cluster's backups (hex cluster id, as `snapshot list -w json` shows it).
+    #[arg(long, value_name = "ID")]
+    pub cluster_id: Option<String>,
+    /// Print each backup with the rule that keeps or drops it; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 #[derive(Subcommand, Debug)]

@@ -2,6 +2,7 @@
 
 mod args;
 mod progress;
+mod prune;
 mod render;
 mod snapshot;
 
@@ -49,6 +50,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli, config: FileConfig) -> Result<()> {
     match cli.command {
         Command::Snapshot(cmd) => snapshot::run(cmd, &config).await,
+        Command::Prune(args) => prune::run(args, &config).await,
     }
 }
 

@@ -45,7 +45,7 @@ fn etcd_overrides(a: &EtcdArgs) -> EtcdOverrides {
     }
 }
 
-async fn open_store(config: &FileConfig, dest: &DestArgs) -> Result<Arc<dyn Store>> {
+pub(super) async fn open_store(config: &FileConfig, dest: &DestArgs) -> Result<Arc<dyn Store>> {
     let spec = resolve_store(
         &config.backup,
         &config.s3,

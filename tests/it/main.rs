@@ -7,6 +7,7 @@ mod data;
 mod failures;
 mod harness;
 mod hashkv;
+mod retention;
 mod s3_cli;
 mod s3_faults;
 mod save;

@@ -1,0 +1,91 @@
+//! `lifeboat prune`.
+
+use anyhow::Result;
+use lifeboat::catalog::Catalog;
+use lifeboat::config::{resolve_retention, FileConfig, RetentionOverrides};
+use lifeboat::retention::{self, Action};
+
+use super::args::{Output, PruneArgs};
+use super::snapshot::open_store;
+
+pub async fn run(a: PruneArgs, config: &FileConfig) -> Result<()> {
+    let policy = resolve_retention(
+        &config.retention,
+        &RetentionOverrides {
+            keep_last: a.keep_last,
+            keep_hourly: a.keep_hourly,
+            keep_daily: a.keep_daily,
+            keep_weekly: a.keep_weekly,
+            keep_monthly: a.keep_monthly,
+            manual_keep_days: a.manual_keep_days,
+            pre_upgrade_keep_days: a.pre_upgrade_keep_days,
+            grace: a.grace.clone(),
+        },
+    )?;
+    let store = open_store(config, &a.dest).await?;
+    let catalog = Catalog::new(store.clone());
+    let report = retention::prune(
+        &catalog,
+        &policy,
+        chrono::Utc::now(),
+        a.cluster_id.as_deref(),
+        a.dry_run,
+    )
+    .await?;
+    match a.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Table => {
+            let verb = |action: Action| match (action, a.dry_run) {
+                (Action::Keep, _) => "keep",
+                (Action::Delete, true) => "would delete",
+                (Action::Delete, false) => "deleted",
+            };
+            for d in &report.decisions {
+                println!(
+                    "{:<13} {:<52} {:<12} {}",
+                    verb(d.action),
+                    d.id,
+                    d.reason.to_string(),
+                    d.rules.join(", ")
+                );
+            }
+            for o in &report.orphans {
+                println!(
+                    "{:<13} {:<52} {:<12} object without manifest, {} s old",
+                    verb(o.action),
+                    o.key,
+                    "-",
+                    o.age_secs
+                );
+            }
+            for c in &report.incomplete_cleaned {
+                println!("{:<13} {c}", "cleaned");
+            }
+            let deletes = report
+                .decisions
+                .iter()
+                .filter(|d| d.action == Action::Delete)
+                .count();
+            println!(
+                "{} backups, {} kept, {} {}{}",
+                report.decisions.len(),
+                report.decisions.len() - deletes,
+                deletes,
+                if a.dry_run {
+                    "to delete (dry run: nothing deleted)"
+                } else {
+                    "deleted"
+                },
+                if report.skipped_manifests.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; {} unreadable manifests left alone",
+                        report.skipped_manifests.len()
+                    )
+                },
+            );
+        }
+    }
+    Ok(())
+}

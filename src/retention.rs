@@ -1,0 +1,485 @@
+//! Retention: which backups to keep, decided by a pure function of the catalog and a clock,
+//! then applied to a store.
+//!
+//! Scheduled backups are kept by `keep_last` and by tiers (`keep_hourly`, `keep_daily`,
+//! `keep_weekly`, `keep_monthly`): the newest backup of each of the last N periods that have
+//! one, as restic and kops do. Manual and pre-upgrade backups are kept for their own number of
+//! days. Whatever the rules say, the newest backup of each cluster is never deleted. Only
+//! backups with a readable manifest named as ours are candidates; deletion removes the manifest
+//! first, then the object, so a crash mid-prune never leaves a manifest without its object.
+//! Objects named as ours without a manifest (interrupted uploads) are removed once older than a
+//! grace period.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, Utc};
+use serde::Serialize;
+
+use crate::catalog::{BackupId, Catalog, CatalogError, Manifest, Reason};
+use crate::store::Store;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    pub keep_last: usize,
+    pub keep_hourly: usize,
+    pub keep_daily: usize,
+    pub keep_weekly: usize,
+    pub keep_monthly: usize,
+    pub manual_keep_days: u32,
+    pub pre_upgrade_keep_days: u32,
+    /// Data objects without a manifest younger than this may still be being written.
+    #[serde(with = "humantime_serde_secs")]
+    pub incomplete_grace: Duration,
+}
+
+mod humantime_serde_secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+impl Default for Policy {
+    /// A day of hourly backups, a week of dailies, a month of weeklies, a quarter of monthlies,
+    /// and the last 3 whatever their age; manual and pre-upgrade backups for 30 days.
+    fn default() -> Policy {
+        Policy {
+            keep_last: 3,
+            keep_hourly: 24,
+            keep_daily: 7,
+            keep_weekly: 4,
+            keep_monthly: 3,
+            manual_keep_days: 30,
+            pre_upgrade_keep_days: 30,
+            incomplete_grace: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Keep,
+    Delete,
+}
+
+/// The verdict on one backup and the rules behind it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub id: String,
+    pub cluster_id: String,
+    pub created_at: DateTime<Utc>,
+    pub reason: Reason,
+    pub action: Action,
+    /// The rules that keep it (`last #1`, `daily 2026-11-20`, `newest`, `manual < 30 days`),
+    /// or why it goes (`no rule keeps it`).
+    pub rules: Vec<String>,
+}
+
+/// Decides, for every backup of every cluster (or of `only_cluster`), whether it stays.
+pub fn plan(
+    backups: &[Manifest],
+    now: DateTime<Utc>,
+    policy: &Policy,
+    only_cluster: Option<&str>,
+) -> Vec<Decision> {
+    let mut clusters: Vec<&str> = backups.iter().map(|m| m.cluster_id.as_str()).collect();
+    clusters.sort();
+    clusters.dedup();
+    let mut out = Vec::new();
+    for cluster in clusters {
+        if only_cluster.is_some_and(|c| c != cluster) {
+            continue;
+        }
+        let mut mine: Vec<&Manifest> = backups.iter().filter(|m| m.cluster_id == cluster).collect();
+        mine.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        out.extend(plan_cluster(&mine, now, policy));
+    }
+    out
+}
+
+fn plan_cluster(newest_first: &[&Manifest], now: DateTime<Utc>, policy: &Policy) -> Vec<Decision> {
+    let mut rules: Vec<Vec<String>> = vec![Vec::new(); newest_first.len()];
+    if let Some(first) = rules.first_mut() {
+        first.push("newest".into());
+    }
+    let scheduled: Vec<usize> = (0..newest_first.len())
+        .filter(|&i| newest_first[i].reason == Reason::Scheduled)
+        .collect();
+    for (n, &i) in scheduled.iter().take(policy.keep_last).enumerate() {
+        rules[i].push(format!("last #{}", n + 1));
+    }
+    type PeriodOf = fn(&DateTime<Utc>) -> String;
+    let tiers: [(&str, usize, PeriodOf); 4] = [
+        ("hourly", policy.keep_hourly, |t| {
+            t.format("%Y-%m-%dT%H").to_string()
+        }),
+        ("daily", policy.keep_daily, |t| {
+            t.format("%Y-%m-%d").to_string()
+        }),
+        ("weekly", policy.keep_weekly, |t| {
+            let w = t.iso_week();
+            format!("{}-W{:02}", w.year(), w.week())
+        }),
+        ("monthly", policy.keep_monthly, |t| {
+            format!("{}-{:02}", t.year(), t.month())
+        }),
+    ];
+    for (name, keep, period_of) in tiers {
+        let mut seen = HashSet::new();
+        for &i in &scheduled {
+            if seen.len() >= keep {
+                break;
+            }
+            let period = period_of(&newest_first[i].created_at);
+            if seen.insert(period.clone()) {
+                rules[i].push(format!("{name} {period}"));
+            }
+        }
+    }
+    for (i, m) in newest_first.iter().enumerate() {
+        let days = match m.reason {
+            Reason::Manual => policy.manual_keep_days,
+            Reason::PreUpgrade => policy.pre_upgrade_keep_days,
+            Reason::Scheduled => continue,
+        };
+        if now.signed_duration_since(m.created_at) < chrono::Duration::days(i64::from(days)) {
+            rules[i].push(format!("{} < {days} days", m.reason));
+        }
+    }
+    newest_first
+        .iter()
+        .zip(rules)
+        .map(|(m, rules)| {
+            let action = if rules.is_empty() {
+                Action::Delete
+            } else {
+                Action::Keep
+            };
+            Decision {
+                id: m.id.clone(),
+                cluster_id: m.cluster_id.clone(),
+                created_at: m.created_at,
+                reason: m.reason,
+                action,
+                rules: if rules.is_empty() {
+                    vec!["no rule keeps it".into()]
+                } else {
+                    rules
+                },
+            }
+        })
+        .collect()
+}
+
+/// An object named as ours whose manifest does not exist.
+#[derive(Debug, Clone, Serialize)]
+pub struct Orphan {
+    pub key: String,
+    pub age_secs: u64,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub decisions: Vec<Decision>,
+    pub orphans: Vec<Orphan>,
+    /// Leftovers the store itself cleaned (`.part` files, stale multipart uploads).
+    pub incomplete_cleaned: Vec<String>,
+    pub deleted: usize,
+    pub skipped_manifests: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Plans and (unless `dry_run`) applies retention to a store.
+///
+/// # Errors
+/// Listing or deleting fails; what was deleted before the failure stays deleted (each backup's
+/// manifest goes before its object, so the catalog is consistent at every step).
+pub async fn prune(
+    catalog: &Catalog,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    only_cluster: Option<&str>,
+    dry_run: bool,
+) -> Result<PruneReport, PruneError> {
+    let store: &dyn Store = catalog.store().as_ref();
+    let (manifests, skipped) = catalog.list().await?;
+    let decisions = plan(&manifests, now, policy, only_cluster);
+    let orphans = find_orphans(store, &manifests, now, policy, only_cluster).await?;
+    let mut deleted = 0;
+    let mut incomplete_cleaned = Vec::new();
+    if !dry_run {
+        for d in decisions.iter().filter(|d| d.action == Action::Delete) {
+            let Some(m) = manifests.iter().find(|m| m.id == d.id) else {
+                continue;
+            };
+            let id = BackupId::parse(&m.id).expect("listed manifests have our ids");
+            store.delete(&id.manifest_key()).await?;
+            store.delete(&m.object.key).await?;
+            deleted += 1;
+            tracing::info!(id = %m.id, rules = ?d.rules, "retention deleted a backup");
+        }
+        for o in orphans.iter().filter(|o| o.action == Action::Delete) {
+            store.delete(&o.key).await?;
+            tracing::info!(key = %o.key, "retention deleted an object without manifest");
+        }
+        incomplete_cleaned = store.clean_incomplete().await?;
+    }
+    Ok(PruneReport {
+        dry_run,
+        decisions,
+        orphans,
+        incomplete_cleaned,
+        deleted,
+        skipped_manifests: skipped.into_iter().map(|s| s.key).collect(),
+    })
+}
+
+async fn find_orphans(
+    store: &dyn Store,
+    manifests: &[Manifest],
+    now: DateTime<Utc>,
+    policy: &Policy,
+    only_cluster: Option<&str>,
+) -> Result<Vec<Orphan>, PruneError> {
+    let referenced: HashSet<&str> = manifests.iter().map(|m| m.object.key.as_str()).collect();
+    let all = store.list("etcd-").await?;
+    let manifest_keys: HashSet<&str> = all.iter().map(|o| o.key.as_str()).collect();
+    let mut out = Vec::new();
+    for o in &all {
+        let Some(id) = data_object_id(&o.key) else {
+            continue;
+        };
+        if referenced.contains(o.key.as_str()) || manifest_keys.contains(id.manifest_key().as_str())
+        {
+            continue;
+        }
+        if only_cluster.is_some_and(|c| u64::from_str_radix(c, 16).ok() != Some(id.cluster_id)) {
+            continue;
+        }
+        let age = o
+            .modified
+            .and_then(|t| std::time::SystemTime::from(now).duration_since(t).ok())
+            .unwrap_or_default();
+        out.push(Orphan {
+            key: o.key.clone(),
+            age_secs: age.as_secs(),
+            action: if age > policy.incomplete_grace {
+                Action::Delete
+            } else {
+                Action::Keep
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// The id of a data object key (`<id>.db.zst.age` or `<id>.db.zst`), when it is one of ours.
+fn data_object_id(key: &str) -> Option<BackupId> {
+    let stem = key
+        .strip_suffix(".db.zst.age")
+        .or_else(|| key.strip_suffix(".db.zst"))?;
+    BackupId::parse(stem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn manifest_at(t: DateTime<Utc>, reason: Reason, cluster: u64) -> Manifest {
+        let id = BackupId::new(t, cluster);
+        let text = format!(
+            r#"{{"schema_version":1,"id":"{id}","created_at":"{}","cluster_id":"{cluster:x}","member_id":"1","member_name":"m","endpoint":"e","etcd_version":"3.5.16","revision":1,"raft_index":1,"db_size":1,"status":{{"hash":1,"revision":1,"totalKey":1,"totalSize":1}},"hashkv":{{"hash":1,"compact_revision":0,"checked":true,"result":"equal"}},"plain_sha256":"00","plain_size":1,"object":{{"key":"{}","size":1,"sha256":"00"}},"compression":{{"algorithm":"zstd","level":3}},"encryption":{{"scheme":"age","recipients":[]}},"reason":"{reason}","tool_version":"t","duration_ms":1}}"#,
+            id.time.to_rfc3339(),
+            id.object_key(true)
+        );
+        Manifest::parse("t", text.as_bytes()).unwrap()
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap()
+    }
+
+    fn hours_ago(h: i64) -> DateTime<Utc> {
+        now() - chrono::Duration::hours(h)
+    }
+
+    fn kept(ds: &[Decision]) -> Vec<DateTime<Utc>> {
+        ds.iter()
+            .filter(|d| d.action == Action::Keep)
+            .map(|d| d.created_at)
+            .collect()
+    }
+
+    fn zero() -> Policy {
+        Policy {
+            keep_last: 0,
+            keep_hourly: 0,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            manual_keep_days: 0,
+            pre_upgrade_keep_days: 0,
+            incomplete_grace: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn tiers_keep_the_newest_of_each_period_table() {
+        // Scheduled backups every 6 hours over 40 days.
+        let all: Vec<Manifest> = (0..160)
+            .map(|i| manifest_at(hours_ago(i * 6), Reason::Scheduled, 7))
+            .collect();
+        struct Case {
+            name: &'static str,
+            policy: Policy,
+            expect_kept: usize,
+            must_keep: Vec<i64>,
+        }
+        let cases = [
+            Case {
+                name: "nothing but the newest",
+                policy: zero(),
+                expect_kept: 1,
+                must_keep: vec![0],
+            },
+            Case {
+                name: "keep_last 5",
+                policy: Policy {
+                    keep_last: 5,
+                    ..zero()
+                },
+                expect_kept: 5,
+                must_keep: vec![0, 6, 12, 18, 24],
+            },
+            Case {
+                name: "hourly 24 = 24 distinct hours",
+                policy: Policy {
+                    keep_hourly: 24,
+                    ..zero()
+                },
+                expect_kept: 24,
+                must_keep: vec![0, 138],
+            },
+            // 12:00 today is the newest of 2026-11-22; then 18:00 of each earlier day.
+            Case {
+                name: "daily 3",
+                policy: Policy {
+                    keep_daily: 3,
+                    ..zero()
+                },
+                expect_kept: 3,
+                must_keep: vec![0, 18, 42],
+            },
+            Case {
+                name: "monthly 2",
+                policy: Policy {
+                    keep_monthly: 2,
+                    ..zero()
+                },
+                expect_kept: 2,
+                must_keep: vec![0],
+            },
+            Case {
+                name: "weekly 6 over 40 days",
+                policy: Policy {
+                    keep_weekly: 6,
+                    ..zero()
+                },
+                expect_kept: 6,
+                must_keep: vec![0],
+            },
+        ];
+        for c in cases {
+            let ds = plan(&all, now(), &c.policy, None);
+            let k = kept(&ds);
+            assert_eq!(k.len(), c.expect_kept, "{}", c.name);
+            for h in c.must_keep {
+                assert!(
+                    k.contains(&all[(h / 6) as usize].created_at),
+                    "{}: {h}h ago",
+                    c.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn daily_keeps_the_newest_backup_of_each_day() {
+        let all = vec![
+            manifest_at(hours_ago(1), Reason::Scheduled, 7), // 11:00 on the 22nd
+            manifest_at(hours_ago(13), Reason::Scheduled, 7), // 23:00 on the 21st
+            manifest_at(hours_ago(20), Reason::Scheduled, 7), // 16:00 on the 21st
+        ];
+        let ds = plan(
+            &all,
+            now(),
+            &Policy {
+                keep_daily: 5,
+                ..zero()
+            },
+            None,
+        );
+        assert_eq!(kept(&ds), vec![all[0].created_at, all[1].created_at]);
+        let dropped = ds.iter().find(|d| d.action == Action::Delete).unwrap();
+        assert_eq!(dropped.rules, vec!["no rule keeps it"]);
+    }
+
+    #[test]
+    fn manual_and_pre_upgrade_backups_follow_their_own_days() {
+        let all = vec![
+            manifest_at(hours_ago(1), Reason::Scheduled, 7),
+            manifest_at(hours_ago(24 * 10), Reason::Manual, 7),
+            manifest_at(hours_ago(24 * 40), Reason::Manual, 7),
+            manifest_at(hours_ago(24 * 5), Reason::PreUpgrade, 7),
+            manifest_at(hours_ago(24 * 8), Reason::PreUpgrade, 7),
+        ];
+        let policy = Policy {
+            manual_keep_days: 30,
+            pre_upgrade_keep_days: 7,
+            keep_last: 10,
+            ..zero()
+        };
+        let ds = plan(&all, now(), &policy, None);
+        let k = kept(&ds);
+        assert!(k.contains(&all[1].created_at) && k.contains(&all[3].created_at));
+        assert!(!k.contains(&all[2].created_at) && !k.contains(&all[4].created_at));
+        assert_eq!(k.len(), 3, "keep_last counts scheduled backups only");
+    }
+
+    #[test]
+    fn the_newest_backup_of_each_cluster_is_never_deleted() {
+        let all = vec![
+            manifest_at(hours_ago(24 * 400), Reason::Manual, 1),
+            manifest_at(hours_ago(24 * 300), Reason::Scheduled, 2),
+            manifest_at(hours_ago(24 * 301), Reason::Scheduled, 2),
+        ];
+        let ds = plan(&all, now(), &zero(), None);
+        assert_eq!(kept(&ds), vec![all[0].created_at, all[1].created_at]);
+        let ds = plan(&all, now(), &zero(), Some("2"));
+        assert_eq!(ds.len(), 2, "only the named cluster is considered");
+    }
+
+    #[test]
+    fn data_object_names_are_parsed_strictly() {
+        let id = BackupId::new(now(), 5);
+        assert!(data_object_id(&id.object_key(true)).is_some());
+        assert!(data_object_id(&id.object_key(false)).is_some());
+        assert!(data_object_id(&id.manifest_key()).is_none());
+        assert!(data_object_id("etcd-backup.db.zst.age").is_none());
+        assert!(data_object_id("snapshot.db").is_none());
+    }
+}
