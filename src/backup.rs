@@ -19,6 +19,7 @@ use std::time::Instant;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{
     BackupId, Catalog, CatalogError, Compression, Encryption, Manifest, ObjectRef, Reason,
@@ -33,7 +34,7 @@ use crate::store::{Store, StoreError};
 use crate::verify::{self, HashKvCheck, SnapshotInfo, VerifyError};
 
 /// Settings of one backup run, validated before it starts.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct BackupSettings {
     pub work_dir: PathBuf,
     pub compression_level: i32,
@@ -62,6 +63,8 @@ pub enum BackupError {
     },
     #[error("the compress/encrypt stage failed: {0}")]
     Stage(io::Error),
+    #[error("the backup was cancelled (shutdown); nothing was kept")]
+    Cancelled,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -76,6 +79,7 @@ pub async fn take_backup(
     store: Arc<dyn Store>,
     settings: &BackupSettings,
     progress: Arc<dyn Progress>,
+    cancel: &CancellationToken,
 ) -> Result<Manifest, BackupError> {
     let started = Instant::now();
     let member = source.member_facts().await?;
@@ -96,6 +100,7 @@ pub async fn take_backup(
         settings,
         &member,
         progress,
+        cancel,
     )
     .await?;
     tracing::debug!(
@@ -112,6 +117,7 @@ pub async fn take_backup(
         &member,
         &streamed,
         started,
+        cancel,
     )
     .await;
     if result.is_err() {
@@ -132,6 +138,7 @@ struct Streamed {
     object_size: u64,
 }
 
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
 async fn stream_to_store(
     source: &mut EtcdSource,
     store: &Arc<dyn Store>,
@@ -140,6 +147,7 @@ async fn stream_to_store(
     settings: &BackupSettings,
     member: &MemberFacts,
     progress: Arc<dyn Progress>,
+    cancel: &CancellationToken,
 ) -> Result<Streamed, BackupError> {
     let mut stream = source.open_snapshot().await?;
     let (feed_tx, feed_rx) = mpsc::channel::<Feed>(32);
@@ -167,8 +175,15 @@ async fn stream_to_store(
         })
     };
 
-    let fed: Result<(), SourceError> = async {
-        while let Some(piece) = stream.next().await? {
+    // On cancel the feed stops without `End`: the stage then fails, the pipe aborts, and the
+    // store removes the partial object (or aborts the multipart upload) before we return.
+    let fed: Result<(), BackupError> = async {
+        loop {
+            let piece = tokio::select! {
+                piece = stream.next() => piece?,
+                () = cancel.cancelled() => return Err(BackupError::Cancelled),
+            };
+            let Some(piece) = piece else { break };
             if feed_tx.send(Feed::Piece(piece)).await.is_err() {
                 return Ok(()); // the stage failed; its error is reported below
             }
@@ -188,7 +203,7 @@ async fn stream_to_store(
 
     if let Err(e) = fed {
         let _ = store.delete(object_key).await;
-        return Err(e.into());
+        return Err(e);
     }
     let staged = match (staged, put) {
         (Ok(s), Ok(stored)) => {
@@ -223,7 +238,7 @@ fn stage_error(e: io::Error, spool: &Spool) -> BackupError {
     BackupError::Stage(e)
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
 async fn verify_and_commit(
     source: &mut EtcdSource,
     store: &Arc<dyn Store>,
@@ -234,6 +249,7 @@ async fn verify_and_commit(
     member: &MemberFacts,
     streamed: &Streamed,
     started: Instant,
+    cancel: &CancellationToken,
 ) -> Result<Manifest, BackupError> {
     verify::check_trailer(streamed.trailer.as_deref(), &streamed.data_sha256)?;
     let path = spool_path.to_path_buf();
@@ -331,6 +347,9 @@ async fn verify_and_commit(
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     };
+    if cancel.is_cancelled() {
+        return Err(BackupError::Cancelled);
+    }
     Catalog::new(store.clone()).commit(&manifest).await?;
     tracing::info!(id = %manifest.id, revision = manifest.revision, object_size = manifest.object.size, "backup committed");
     Ok(manifest)

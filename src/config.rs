@@ -51,6 +51,101 @@ pub struct FileConfig {
     pub s3: S3Section,
     #[serde(default)]
     pub retention: RetentionSection,
+    #[serde(default)]
+    pub serve: ServeSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSection {
+    pub schedule: Option<String>,
+    pub jitter: Option<String>,
+    pub listen: Option<String>,
+    pub shutdown_deadline: Option<String>,
+    pub lease_ttl: Option<String>,
+}
+
+/// Serve flags as parsed.
+#[derive(Debug, Default, Clone)]
+pub struct ServeOverrides {
+    pub schedule: Option<String>,
+    pub listen: Option<String>,
+}
+
+/// Everything `serve` needs, validated. Reads only local files (recipients, manifest).
+///
+/// # Errors
+/// Any invalid value, naming its key.
+#[allow(clippy::too_many_arguments)]
+pub fn resolve_serve(
+    file: &FileConfig,
+    etcd: &EtcdOverrides,
+    backup: &BackupOverrides,
+    dest_flag: Option<&String>,
+    s3: &S3Overrides,
+    serve: &ServeOverrides,
+) -> Result<crate::service::ServeSettings, ConfigError> {
+    let schedule_raw = serve
+        .schedule
+        .clone()
+        .or_else(|| file.serve.schedule.clone())
+        .unwrap_or_else(|| "0 * * * *".into());
+    let (schedule, interval) = crate::service::normalize_schedule(&schedule_raw)
+        .map_err(|m| invalid("serve.schedule", m))?;
+    let listen_raw = serve
+        .listen
+        .clone()
+        .or_else(|| file.serve.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:9464".into());
+    let listen = listen_raw.parse().map_err(|_| {
+        invalid(
+            "serve.listen",
+            format!("`{listen_raw}` is not an address like 127.0.0.1:9464"),
+        )
+    })?;
+    let default_jitter = if file.serve.schedule.is_none() && serve.schedule.is_none() {
+        Duration::from_secs(300)
+    } else {
+        Duration::ZERO
+    };
+    let jitter = match file.serve.jitter.as_deref() {
+        Some("0") | Some("0s") => Duration::ZERO,
+        other => duration(
+            "serve.jitter",
+            other.map(String::from).as_ref(),
+            default_jitter,
+        )?,
+    };
+    if jitter >= interval {
+        return Err(invalid(
+            "serve.jitter",
+            format!(
+                "{} is not shorter than the schedule's interval ({} s)",
+                humantime::format_duration(jitter),
+                interval.as_secs()
+            ),
+        ));
+    }
+    Ok(crate::service::ServeSettings {
+        schedule,
+        interval,
+        jitter,
+        listen,
+        shutdown_deadline: duration(
+            "serve.shutdown_deadline",
+            file.serve.shutdown_deadline.as_ref(),
+            Duration::from_secs(120),
+        )?,
+        lease_ttl: duration(
+            "serve.lease_ttl",
+            file.serve.lease_ttl.as_ref(),
+            Duration::from_secs(15),
+        )?,
+        etcd: resolve_etcd(&file.etcd, etcd)?.settings,
+        store: resolve_store(&file.backup, &file.s3, dest_flag, s3)?,
+        backup: resolve_backup(&file.backup, backup, Reason::Scheduled)?,
+        retention: resolve_retention(&file.retention, &RetentionOverrides::default())?,
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -353,7 +448,6 @@ fn duration(
 /// Backup flags as parsed (flag or env).
 #[derive(Debug, Default, Clone)]
 pub struct BackupOverrides {
-    pub dest: Option<String>,
     pub work_dir: Option<PathBuf>,
     pub compression_level: Option<i32>,
     pub recipients: Vec<String>,

@@ -47,7 +47,9 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             | BackupError::WorkDir { .. }
             | BackupError::WorkDirFull { .. } => Some(STORAGE),
             BackupError::Catalog(c) => classify(c),
-            BackupError::Stage(_) | BackupError::Internal(_) => Some(FAILURE),
+            BackupError::Stage(_) | BackupError::Internal(_) | BackupError::Cancelled => {
+                Some(FAILURE)
+            }
         };
     }
     if let Some(e) = e.downcast_ref::<CatalogError>() {
@@ -75,6 +77,13 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
         return match e {
             crate::retention::PruneError::Catalog(c) => classify(c),
             crate::retention::PruneError::Store(_) => Some(STORAGE),
+        };
+    }
+    if let Some(e) = e.downcast_ref::<crate::service::ServeError>() {
+        return match e {
+            crate::service::ServeError::Listen { .. } => Some(USAGE),
+            crate::service::ServeError::Store(_) => Some(STORAGE),
+            crate::service::ServeError::Scheduler(_) => Some(FAILURE),
         };
     }
     if e.is::<SourceError>() {

@@ -11,6 +11,7 @@
 //! - [`catalog`]: manifests and backup ids; a backup exists once its manifest does.
 //! - [`backup`]: one backup run end to end; [`readback`]: reading one back and re-checking it.
 //! - [`retention`]: which backups to keep (a pure plan from the catalog and a clock) and pruning.
+//! - [`service`]: `lifeboat serve` — schedule, uploader election, health and metrics, shutdown.
 //! - [`config`]: file + env + flags, validated once; [`progress`]: progress reporting.
 //! - [`exit`]: the documented exit codes, derived from the error chain.
 //!
@@ -26,6 +27,7 @@ pub mod exit;
 pub mod progress;
 pub mod readback;
 pub mod retention;
+pub mod service;
 pub mod stages;
 pub mod store;
 pub mod verify;

@@ -33,6 +33,8 @@ pub enum Command {
     Snapshot(SnapshotCommand),
     /// Apply the retention policy: delete backups no rule keeps (manifest first, then object).
     Prune(PruneArgs),
+    /// Run as a service: scheduled backups (one uploader per cluster), retention, /metrics.
+    Serve(Box<ServeArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -159,6 +161,35 @@ pub struct SaveArgs {
     pub etcd: EtcdArgs,
     #[command(flatten)]
     pub dest: DestArgs,
+    #[command(flatten)]
+    pub backup: BackupArgs,
+    /// Output format.
+    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    #[command(flatten)]
+    pub dest: DestArgs,
+    #[command(flatten)]
+    pub backup: BackupArgs,
+    /// Cron schedule, UTC: 5 fields (min hour dom mon dow), or 6 with seconds first.
+    /// Default: hourly ("0 * * * *") with up to 5 minutes of jitter.
+    #[arg(long, env = "LIFEBOAT_SCHEDULE", value_name = "CRON")]
+    pub schedule: Option<String>,
+    /// Address of /healthz, /readyz and /metrics. Default 127.0.0.1:9464.
+    #[arg(long, env = "LIFEBOAT_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Validate the configuration, print it (secrets redacted) and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BackupArgs {
     /// Age recipient (public key age1…); repeatable.
     #[arg(
         long = "recipient",
@@ -177,9 +208,6 @@ pub struct SaveArgs {
     /// Folder for the temporary plain copy the checks read (needs room for the database).
     #[arg(long, env = "LIFEBOAT_WORK_DIR", value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
-    /// Output format.
-    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
-    pub output: Output,
 }
 
 #[derive(Args, Debug)]

@@ -4,6 +4,7 @@ mod args;
 mod progress;
 mod prune;
 mod render;
+mod serve;
 mod snapshot;
 
 use std::path::PathBuf;
@@ -51,7 +52,26 @@ async fn run(cli: Cli, config: FileConfig) -> Result<()> {
     match cli.command {
         Command::Snapshot(cmd) => snapshot::run(cmd, &config).await,
         Command::Prune(args) => prune::run(args, &config).await,
+        Command::Serve(args) => serve::run(*args, &config).await,
     }
+}
+
+/// Cancels `token` on the first SIGINT or SIGTERM; a second one exits at once.
+pub(crate) fn cancel_on_signals(token: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async move {
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        tracing::warn!("signal received: stopping (a second signal exits at once)");
+        token.cancel();
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        std::process::exit(130);
+    });
 }
 
 fn load_config(flag: Option<&PathBuf>) -> Result<FileConfig> {
@@ -68,7 +88,9 @@ fn init_logging(cli: &Cli, config: &FileConfig) {
         .clone()
         .or_else(|| config.log.level.clone())
         .unwrap_or_else(|| "info".into());
-    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The scheduler crate logs its own life cycle at info; keep it to warnings.
+    let filter = EnvFilter::try_new(format!("{level},tokio_cron_scheduler=warn"))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match cli.log_format {
         Some(f) => f == LogFormat::Json,
         None => config.log.format.as_deref() == Some("json"),

@@ -16,8 +16,8 @@ use lifeboat::stages::encrypt::{too_open, Identities};
 use lifeboat::store::Store;
 
 use super::args::{
-    DestArgs, EtcdArgs, GetArgs, ListArgs, Output, ReadArgs, SaveArgs, SnapshotCommand, StatusArgs,
-    VerifyArgs,
+    BackupArgs, DestArgs, EtcdArgs, GetArgs, ListArgs, Output, ReadArgs, SaveArgs, SnapshotCommand,
+    StatusArgs, VerifyArgs,
 };
 use super::{progress, render};
 
@@ -31,7 +31,24 @@ pub async fn run(cmd: SnapshotCommand, config: &FileConfig) -> Result<()> {
     }
 }
 
-fn etcd_overrides(a: &EtcdArgs) -> EtcdOverrides {
+pub(super) fn backup_overrides(a: &BackupArgs) -> BackupOverrides {
+    BackupOverrides {
+        work_dir: a.work_dir.clone(),
+        compression_level: a.compression_level,
+        recipients: a.recipients.clone(),
+        recipients_file: a.recipients_file.clone(),
+    }
+}
+
+pub(super) fn s3_overrides(d: &DestArgs) -> S3Overrides {
+    S3Overrides {
+        endpoint: d.s3_endpoint.clone(),
+        region: d.s3_region.clone(),
+        path_style: d.s3_path_style,
+    }
+}
+
+pub(super) fn etcd_overrides(a: &EtcdArgs) -> EtcdOverrides {
     EtcdOverrides {
         endpoints: a.endpoints.clone(),
         cacert: a.cacert.clone(),
@@ -50,28 +67,14 @@ pub(super) async fn open_store(config: &FileConfig, dest: &DestArgs) -> Result<A
         &config.backup,
         &config.s3,
         dest.dest.as_ref(),
-        &S3Overrides {
-            endpoint: dest.s3_endpoint.clone(),
-            region: dest.s3_region.clone(),
-            path_style: dest.s3_path_style,
-        },
+        &s3_overrides(dest),
     )?;
     Ok(lifeboat::store::open(&spec).await?)
 }
 
 async fn save(a: SaveArgs, config: &FileConfig) -> Result<()> {
     let etcd = resolve_etcd(&config.etcd, &etcd_overrides(&a.etcd))?;
-    let settings = resolve_backup(
-        &config.backup,
-        &BackupOverrides {
-            dest: a.dest.dest.clone(),
-            work_dir: a.work_dir.clone(),
-            compression_level: a.compression_level,
-            recipients: a.recipients.clone(),
-            recipients_file: a.recipients_file.clone(),
-        },
-        Reason::Manual,
-    )?;
+    let settings = resolve_backup(&config.backup, &backup_overrides(&a.backup), Reason::Manual)?;
     if settings.recipients.is_none() {
         tracing::warn!("ENCRYPTION IS OFF (backup.encryption = \"none\"): this backup holds every Secret of the cluster in the clear");
     }
@@ -82,11 +85,15 @@ async fn save(a: SaveArgs, config: &FileConfig) -> Result<()> {
     let mut source = EtcdSource::connect_first(&etcd.settings)
         .await
         .context("connecting to etcd")?;
+    // Ctrl-C / SIGTERM abort cleanly: the partial object or multipart upload is removed.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    super::cancel_on_signals(cancel.clone());
     let manifest = take_backup(
         &mut source,
         store.clone(),
         &settings,
         progress::for_terminal(),
+        &cancel,
     )
     .await
     .with_context(|| format!("backup to {}", store.location()))?;

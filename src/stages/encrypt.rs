@@ -35,6 +35,12 @@ pub struct Recipients {
     keys: Vec<age::x25519::Recipient>,
 }
 
+impl std::fmt::Debug for Recipients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.public_keys()).finish()
+    }
+}
+
 impl Recipients {
     /// Parses `age1…` strings; `origin` says where they came from, for messages.
     ///

@@ -11,6 +11,7 @@ mod retention;
 mod s3_cli;
 mod s3_faults;
 mod save;
+mod serve;
 mod status;
 mod store_conformance;
 mod zero_config;

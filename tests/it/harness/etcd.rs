@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{etcd_bin, etcdctl_bin, free_port, run_ok, Pki};
@@ -19,6 +20,7 @@ pub struct EtcdProcess {
     pub data_dir: PathBuf,
     pub tls: Option<Pki>,
     _dir: Option<tempfile::TempDir>,
+    _shared: Option<Arc<tempfile::TempDir>>,
 }
 
 impl EtcdProcess {
@@ -95,6 +97,67 @@ impl EtcdProcess {
     }
 }
 
+/// A cluster of `n` members on 127.0.0.1, started together (they need each other for quorum).
+pub fn start_cluster(version: Version, n: usize) -> Vec<EtcdProcess> {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+        .collect();
+    let mut members = Vec::new();
+    for (i, (c, p)) in ports.iter().enumerate() {
+        let data_dir = dir.path().join(format!("m{i}"));
+        let client_url = format!("http://127.0.0.1:{c}");
+        let peer = format!("http://127.0.0.1:{p}");
+        let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).unwrap();
+        let child = Command::new(etcd_bin(version))
+            .arg(format!("--name=m{i}"))
+            .arg(format!("--data-dir={}", data_dir.display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster={}", initial.join(",")))
+            .arg("--initial-cluster-token=lifeboat-test")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        members.push(EtcdProcess {
+            child,
+            version,
+            client_url,
+            data_dir,
+            tls: None,
+            _dir: None,
+            _shared: Some(dir.clone()),
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for m in &members {
+        loop {
+            let ok = m
+                .etcdctl()
+                .args(["endpoint", "health", "--command-timeout=1s"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster member {} not healthy",
+                m.client_url
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    members
+}
+
 impl Drop for EtcdProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -147,6 +210,7 @@ fn try_start(
         data_dir: data_dir.to_path_buf(),
         tls,
         _dir: None,
+        _shared: None,
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {

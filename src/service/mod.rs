@@ -1,0 +1,442 @@
+//! `lifeboat serve`: scheduled backups on control-plane nodes, one uploader per cluster.
+//!
+//! ```text
+//!  cron job ──tick (bounded 1; skipped+counted while a backup runs)──▶ worker
+//!  election (etcd lease) ──is_leader──▶ worker: jitter → take_backup → retention
+//!  axum: /healthz /readyz /metrics          shutdown token: stop ticks, give the running
+//!                                           backup `shutdown_deadline`, then abort it cleanly
+//! ```
+
+pub mod leader;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backup::{take_backup, BackupError, BackupSettings};
+use crate::catalog::Catalog;
+use crate::config::StoreSpec;
+use crate::etcd::{EtcdSettings, EtcdSource};
+use crate::progress::Silent;
+use crate::retention::{self, Policy};
+use crate::store::Store;
+use leader::Leadership;
+use metrics::{Metrics, ReasonLabel};
+
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// A 6-field cron expression (seconds first), UTC.
+    pub schedule: String,
+    /// Time between two ticks of the schedule, for readiness.
+    pub interval: Duration,
+    pub jitter: Duration,
+    pub listen: SocketAddr,
+    pub shutdown_deadline: Duration,
+    pub lease_ttl: Duration,
+    pub etcd: EtcdSettings,
+    pub store: StoreSpec,
+    pub backup: BackupSettings,
+    pub retention: Policy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}; pick another --listen address")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the scheduler failed: {0}")]
+    Scheduler(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Turns a 5-field cron expression into the 6-field form (seconds first); 6 fields pass through.
+///
+/// # Errors
+/// Not 5 or 6 fields, or not a valid expression.
+pub fn normalize_schedule(expr: &str) -> Result<(String, Duration), String> {
+    let fields = expr.split_whitespace().count();
+    let six = match fields {
+        5 => format!("0 {}", expr.trim()),
+        6 => expr.trim().to_string(),
+        n => {
+            return Err(format!(
+                "`{expr}` has {n} fields; use 5 (min hour dom mon dow) or 6 (with seconds first)"
+            ))
+        }
+    };
+    let cron = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .build()
+        .parse(&six)
+        .map_err(|e| format!("`{expr}` is not a cron expression: {e}"))?;
+    let now = Utc::now();
+    let first = cron
+        .find_next_occurrence(&now, false)
+        .map_err(|e| format!("`{expr}` never fires: {e}"))?;
+    let second = cron
+        .find_next_occurrence(&first, false)
+        .map_err(|e| format!("`{expr}` fires only once: {e}"))?;
+    let interval = (second - first)
+        .to_std()
+        .unwrap_or(Duration::from_secs(3600));
+    Ok((six, interval))
+}
+
+struct Shared {
+    metrics: Metrics,
+    leadership: Leadership,
+    running: AtomicBool,
+    last_success: Mutex<Option<Instant>>,
+    started: Instant,
+    interval: Duration,
+    etcd: EtcdSettings,
+    store: Arc<dyn Store>,
+}
+
+/// Runs until `shutdown` is cancelled; returns once the running backup has finished or been
+/// aborted cleanly.
+///
+/// # Errors
+/// The listen address cannot be bound, the store cannot be configured, the scheduler fails.
+pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let store = crate::store::open(&settings.store).await?;
+    let shared = Arc::new(Shared {
+        metrics: Metrics::new(),
+        leadership: Leadership::default(),
+        running: AtomicBool::new(false),
+        last_success: Mutex::new(None),
+        started: Instant::now(),
+        interval: settings.interval,
+        etcd: settings.etcd.clone(),
+        store: store.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: settings.listen,
+            source,
+        })?;
+    tracing::info!(listen = %settings.listen, schedule = %settings.schedule, store = %store.location(), "serving");
+    let http = tokio::spawn(serve_http(listener, shared.clone(), shutdown.clone()));
+
+    let Some(mut source) = connect_until(&settings.etcd, &shutdown).await else {
+        let _ = http.await;
+        return Ok(());
+    };
+    let member = loop {
+        match source.member_facts().await {
+            Ok(m) => break m,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the member's status; retrying");
+                if sleep_or_cancel(Duration::from_secs(5), &shutdown).await {
+                    let _ = http.await;
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let election = format!("/lifeboat/uploader/{:x}", member.cluster_id);
+    let me = format!("{} {}", member.member_name, hostname());
+    let campaign = {
+        let shared = shared.clone();
+        tokio::spawn(leader::campaign_forever(
+            source.client(),
+            election,
+            me,
+            settings.lease_ttl,
+            shared.leadership.clone(),
+            move |leader| {
+                shared.metrics.is_leader.set(i64::from(leader));
+            },
+            shutdown.clone(),
+        ))
+    };
+
+    let (tick_tx, mut ticks) = mpsc::channel::<()>(1);
+    let mut scheduler = start_scheduler(&settings.schedule, tick_tx, shared.clone()).await?;
+    let cluster = format!("{:x}", member.cluster_id);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            tick = ticks.recv() => {
+                if tick.is_none() { break; }
+                run_tick(&settings, &mut source, &shared, &cluster, &shutdown).await;
+                shared.running.store(false, Ordering::SeqCst);
+            }
+        }
+    }
+    let _ = scheduler.shutdown().await;
+    let _ = campaign.await;
+    let _ = http.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn connect_until(
+    settings: &EtcdSettings,
+    shutdown: &CancellationToken,
+) -> Option<EtcdSource> {
+    loop {
+        match EtcdSource::connect_first(settings).await {
+            Ok(s) => return Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot connect to etcd; retrying in 5 s");
+                if sleep_or_cancel(Duration::from_secs(5), shutdown).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps; true when cancelled first.
+async fn sleep_or_cancel(d: Duration, token: &CancellationToken) -> bool {
+    tokio::select! {
+        () = token.cancelled() => true,
+        () = tokio::time::sleep(d) => false,
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+async fn start_scheduler(
+    schedule: &str,
+    ticks: mpsc::Sender<()>,
+    shared: Arc<Shared>,
+) -> Result<tokio_cron_scheduler::JobScheduler, ServeError> {
+    let err = |e: tokio_cron_scheduler::JobSchedulerError| ServeError::Scheduler(e.to_string());
+    let scheduler = tokio_cron_scheduler::JobScheduler::new()
+        .await
+        .map_err(err)?;
+    let job = tokio_cron_scheduler::Job::new_async(schedule, move |_, _| {
+        let (ticks, shared) = (ticks.clone(), shared.clone());
+        Box::pin(async move {
+            if shared
+                .running
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                shared.metrics.skipped.inc();
+                tracing::warn!("scheduled tick skipped: the previous backup is still running");
+                return;
+            }
+            if ticks.try_send(()).is_err() {
+                shared.running.store(false, Ordering::SeqCst);
+            }
+        })
+    })
+    .map_err(err)?;
+    scheduler.add(job).await.map_err(err)?;
+    scheduler.start().await.map_err(err)?;
+    Ok(scheduler)
+}
+
+async fn run_tick(
+    settings: &ServeSettings,
+    source: &mut EtcdSource,
+    shared: &Arc<Shared>,
+    cluster: &str,
+    shutdown: &CancellationToken,
+) {
+    if !settings.jitter.is_zero() {
+        let delay = settings.jitter.mul_f64(rand::random::<f64>());
+        if sleep_or_cancel(delay, shutdown).await {
+            return;
+        }
+    }
+    if !shared.leadership.is_leader() {
+        tracing::debug!("not the uploader: tick ignored");
+        return;
+    }
+    let started = Instant::now();
+    let abort = CancellationToken::new();
+    let deadline = settings.shutdown_deadline;
+    let watchdog = {
+        let (abort, shutdown) = (abort.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tracing::warn!(
+                deadline_s = deadline.as_secs(),
+                "shutdown: the running backup gets its deadline, then it is aborted"
+            );
+            tokio::time::sleep(deadline).await;
+            abort.cancel();
+        })
+    };
+    let result = take_backup(
+        source,
+        shared.store.clone(),
+        &settings.backup,
+        Arc::new(Silent),
+        &abort,
+    )
+    .await;
+    watchdog.abort();
+    let m = &shared.metrics;
+    m.duration.set(started.elapsed().as_secs_f64());
+    match result {
+        Ok(manifest) => {
+            m.last_success.set(Utc::now().timestamp() as f64);
+            m.size
+                .set(i64::try_from(manifest.object.size).unwrap_or(i64::MAX));
+            m.revision.set(manifest.revision);
+            m.backups.inc();
+            if let Ok(mut t) = shared.last_success.lock() {
+                *t = Some(Instant::now());
+            }
+            apply_retention(settings, shared, cluster).await;
+        }
+        Err(e) => {
+            m.failures
+                .get_or_create(&ReasonLabel {
+                    reason: failure_reason(&e).into(),
+                })
+                .inc();
+            tracing::error!(error = %e, "scheduled backup failed");
+        }
+    }
+}
+
+async fn apply_retention(settings: &ServeSettings, shared: &Arc<Shared>, cluster: &str) {
+    let catalog = Catalog::new(shared.store.clone());
+    match retention::prune(
+        &catalog,
+        &settings.retention,
+        Utc::now(),
+        Some(cluster),
+        false,
+    )
+    .await
+    {
+        Ok(report) => {
+            shared
+                .metrics
+                .retention_deleted
+                .inc_by(report.deleted as u64);
+        }
+        Err(e) => tracing::error!(error = %e, "retention failed; backups were kept"),
+    }
+}
+
+fn failure_reason(e: &BackupError) -> &'static str {
+    match e {
+        BackupError::Source(_) => "etcd",
+        BackupError::Verify(_) => "verify",
+        BackupError::Store(_)
+        | BackupError::Catalog(_)
+        | BackupError::WorkDir { .. }
+        | BackupError::WorkDirFull { .. } => "store",
+        BackupError::Cancelled => "cancelled",
+        BackupError::Stage(_) | BackupError::Internal(_) => "internal",
+    }
+}
+
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(shared);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "the HTTP server failed");
+    }
+}
+
+async fn metrics_text(
+    State(shared): State<Arc<Shared>>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        shared.metrics.render(),
+    )
+}
+
+/// Ready when etcd and the store answer and, on the uploader, the last success is younger than
+/// twice the schedule's interval (or the service is younger than that).
+async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+    let mut problems = Vec::new();
+    let mut probe = shared.etcd.clone();
+    probe.connect_timeout = Duration::from_secs(2);
+    probe.request_timeout = Duration::from_secs(2);
+    if let Err(e) = EtcdSource::connect_first(&probe).await {
+        problems.push(format!("etcd: {e}"));
+    }
+    if let Err(e) = tokio::time::timeout(
+        Duration::from_secs(5),
+        shared.store.list("lifeboat-readyz-probe"),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(crate::store::StoreError::Other {
+            location: shared.store.location(),
+            what: "listing".into(),
+            source: std::io::Error::other("timed out"),
+        })
+    }) {
+        problems.push(format!("store: {e}"));
+    }
+    let window = shared.interval * 2;
+    if shared.leadership.is_leader() && shared.started.elapsed() > window {
+        let fresh = shared
+            .last_success
+            .lock()
+            .ok()
+            .and_then(|t| *t)
+            .is_some_and(|t| t.elapsed() < window);
+        if !fresh {
+            problems.push(format!(
+                "no successful backup in the last {} s",
+                window.as_secs()
+            ));
+        }
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n".into())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_and_six_field_schedules_are_accepted() {
+        let (six, interval) = normalize_schedule("0 * * * *").unwrap();
+        assert_eq!(six, "0 0 * * * *");
+        assert_eq!(interval, Duration::from_secs(3600));
+        let (_, interval) = normalize_schedule("*/2 * * * * *").unwrap();
+        assert_eq!(interval, Duration::from_secs(2));
+        assert!(normalize_schedule("hourly").is_err());
+        assert!(normalize_schedule("61 * * * *").is_err());
+    }
+}

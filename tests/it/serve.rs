@@ -1,0 +1,460 @@
+//! `lifeboat serve`: scheduled backups, metrics and health, one uploader per cluster (three
+//! real etcd members, three instances), fail-over, overlapping ticks, clean shutdown, config
+//! checks, and no secret in the logs.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::data::rt;
+use crate::harness::etcd::start_cluster;
+use crate::harness::proxy::{Fault, Proxy};
+use crate::harness::s3::S3Server;
+use crate::harness::{age_key, files_in, free_port, lifeboat, run, run_ok, EtcdProcess, Version};
+
+/// A running `lifeboat serve`, stopped with SIGTERM (or killed) by PID on Drop.
+struct Serve {
+    child: Child,
+    pub metrics_url: String,
+    log: std::path::PathBuf,
+}
+
+impl Serve {
+    fn start(mut cmd: Command, log: std::path::PathBuf) -> Serve {
+        let port = free_port();
+        let file = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        let s = Serve {
+            child,
+            metrics_url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while s.get("/healthz").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "serve never answered /healthz: {}",
+                s.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "10", "-w", "\n%{http_code}"])
+            .arg(format!("{}{path}", self.metrics_url))
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n')?;
+        let code: u16 = code.trim().parse().ok()?;
+        (code != 0).then(|| (code, body.to_string()))
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        self.get("/metrics")
+            .and_then(|(_, body)| {
+                body.lines()
+                    .find(|l| l.starts_with(&format!("{name} ")))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(f64::NAN)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait; returns the exit code.
+    fn stop(&mut self, within: Duration) -> i32 {
+        run_ok(
+            Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string()),
+        );
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve did not stop in {within:?}: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve_cmd(
+    endpoint_flags: &[String],
+    dir: &std::path::Path,
+    recipient: &str,
+    schedule: &str,
+) -> Command {
+    let mut cmd = lifeboat();
+    cmd.args(["serve", "--schedule", schedule, "-r", recipient])
+        .args(endpoint_flags)
+        .arg("--dest")
+        .arg(dir.join("b"))
+        .arg("--work-dir")
+        .arg(dir.join("w"));
+    cmd
+}
+
+fn manifests(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    run(lifeboat()
+        .args(["snapshot", "list", "-w", "json", "--dest"])
+        .arg(dir.join("b")))
+    .ok()
+    .json()
+    .as_array()
+    .unwrap()
+    .clone()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn serve_takes_scheduled_backups_reports_health_and_metrics_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let etcd = EtcdProcess::start(Version::V35, None);
+    etcd.put("/registry/a", "1");
+    let mut serve = Serve::start(
+        serve_cmd(
+            &etcd.lifeboat_flags(),
+            dir.path(),
+            &key.recipient,
+            "*/1 * * * * *",
+        ),
+        dir.path().join("serve.log"),
+    );
+    wait_until("two scheduled backups", Duration::from_secs(30), || {
+        manifests(dir.path()).len() >= 2
+    });
+    assert_eq!(serve.get("/healthz").unwrap().0, 200);
+    assert_eq!(
+        serve.get("/readyz").unwrap().0,
+        200,
+        "{:?}",
+        serve.get("/readyz")
+    );
+    assert_eq!(serve.metric("lifeboat_is_leader"), 1.0);
+    assert!(serve.metric("lifeboat_last_success_timestamp_seconds") > 1.7e9);
+    assert!(serve.metric("lifeboat_snapshot_revision") >= 2.0);
+    assert!(serve.metric("lifeboat_backup_size_bytes") > 0.0);
+    let metrics = serve.get("/metrics").unwrap().1;
+    assert!(
+        metrics.contains("lifeboat_backup_failures_total{reason=\"etcd\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lifeboat_retention_deleted_total"),
+        "{metrics}"
+    );
+    assert!(manifests(dir.path())
+        .iter()
+        .all(|m| m["reason"] == "scheduled"));
+    assert_eq!(
+        serve.stop(Duration::from_secs(20)),
+        0,
+        "{}",
+        serve.log_text()
+    );
+    assert!(files_in(&dir.path().join("b"))
+        .iter()
+        .all(|f| !f.ends_with(".part")));
+    // The last backup verifies.
+    run(lifeboat()
+        .args(["snapshot", "verify", "latest", "--dest"])
+        .arg(dir.path().join("b"))
+        .arg("-i")
+        .arg(&key.identity_file)
+        .arg("--work-dir")
+        .arg(dir.path().join("w")))
+    .ok();
+}
+
+#[test]
+fn three_instances_make_one_backup_per_tick_and_fail_over_when_the_uploader_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let mut cluster = start_cluster(Version::V35, 3);
+    let config = dir.path().join("lifeboat.toml");
+    // Retention would otherwise keep only the last 3 of these same-hour backups.
+    std::fs::write(
+        &config,
+        "[serve]\nlease_ttl = \"3s\"\n[retention]\nkeep_last = 1000\n",
+    )
+    .unwrap();
+    let mut serves: Vec<Serve> = cluster
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut cmd = serve_cmd(
+                &[format!("--endpoints={}", m.client_url)],
+                dir.path(),
+                &key.recipient,
+                "*/2 * * * * *",
+            );
+            cmd.arg("--config").arg(&config);
+            Serve::start(cmd, dir.path().join(format!("serve{i}.log")))
+        })
+        .collect();
+    let logs = |serves: &[Serve]| {
+        serves
+            .iter()
+            .map(|s| s.log_text())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while manifests(dir.path()).len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "no four backups: {}",
+            logs(&serves)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let leaders: Vec<usize> = (0..3)
+        .filter(|&i| serves[i].metric("lifeboat_is_leader") == 1.0)
+        .collect();
+    assert_eq!(leaders.len(), 1, "exactly one uploader");
+    let leader = leaders[0];
+    // One backup per tick: ticks are 2 s apart, so no two backups share a 2-second slot.
+    let slots = |ms: &[serde_json::Value]| {
+        let mut v: Vec<i64> = ms
+            .iter()
+            .map(|m| {
+                chrono::DateTime::parse_from_rfc3339(m["created_at"].as_str().unwrap())
+                    .unwrap()
+                    .timestamp()
+                    / 2
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = manifests(dir.path());
+    let mut s = slots(&before);
+    s.dedup();
+    assert_eq!(s.len(), before.len(), "two backups in one tick: {before:?}");
+    assert!(before
+        .iter()
+        .all(|m| m["member_name"] == format!("m{leader}")));
+
+    // The uploader's etcd dies: its lease expires and another instance takes over.
+    cluster[leader].stop();
+    let count = before.len();
+    wait_until(
+        "a backup by another member",
+        Duration::from_secs(40),
+        || {
+            manifests(dir.path())
+                .iter()
+                .take(manifests(dir.path()).len() - count)
+                .any(|m| m["member_name"] != format!("m{leader}"))
+        },
+    );
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    wait_until("one new leader", Duration::from_secs(10), || {
+        others
+            .iter()
+            .filter(|&&i| serves[i].metric("lifeboat_is_leader") == 1.0)
+            .count()
+            == 1
+    });
+    for i in others {
+        assert_eq!(serves[i].stop(Duration::from_secs(20)), 0);
+    }
+    let _ = serves[leader].stop(Duration::from_secs(20));
+}
+
+#[test]
+fn overlapping_ticks_are_skipped_and_shutdown_aborts_a_stuck_backup_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let s3 = S3Server::start();
+    rt().block_on(s3.create_bucket("serve"));
+    let etcd = EtcdProcess::start(Version::V35, None);
+    rt().block_on(async {
+        let mut c = crate::data::client(&etcd).await;
+        for i in 0..24 {
+            let v: Vec<u8> = (0..1_000_000).map(|_| rand::random::<u8>()).collect();
+            c.put(format!("/registry/secrets/big/{i}"), v, None)
+                .await
+                .unwrap();
+        }
+    });
+    // etcd hangs after 18 MB: zstd has emitted its first 8 MiB job and the first 5 MiB part
+    // is uploaded, so a multipart upload is open when the backup gets stuck.
+    let target = etcd.client_url.trim_start_matches("http://").to_string();
+    let proxy = Proxy::start(&target, Fault::StallAfter(18_000_000), "http");
+    let config = dir.path().join("lifeboat.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[etcd]\nstall_timeout = \"120s\"\n[backup]\ndest = \"s3://serve/p\"\n[s3]\nendpoint = \"{}\"\npath_style = true\npart_size_mib = 5\n[serve]\nshutdown_deadline = \"1s\"\nlease_ttl = \"60s\"\n",
+            s3.endpoint
+        ),
+    )
+    .unwrap();
+    let mut cmd = lifeboat();
+    cmd.args([
+        "serve",
+        "--schedule",
+        "*/1 * * * * *",
+        "-r",
+        &key.recipient,
+        "--config",
+    ])
+    .arg(&config)
+    .arg(format!("--endpoints={}", proxy.url))
+    .arg("--work-dir")
+    .arg(dir.path().join("w"));
+    for (k, v) in s3.env() {
+        cmd.env(k, v);
+    }
+    let mut serve = Serve::start(cmd, dir.path().join("serve.log"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rt().block_on(s3.multipart_uploads("serve")) != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the backup never hung with an open multipart upload: {}",
+            serve.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_until("skipped ticks", Duration::from_secs(20), || {
+        serve.metric("lifeboat_backup_skipped_total") >= 2.0
+    });
+    assert_eq!(
+        serve.stop(Duration::from_secs(30)),
+        0,
+        "{}",
+        serve.log_text()
+    );
+    assert!(
+        serve.log_text().contains("aborted") || serve.log_text().contains("cancelled"),
+        "{}",
+        serve.log_text()
+    );
+    assert_eq!(
+        rt().block_on(s3.multipart_uploads("serve")),
+        0,
+        "the multipart upload was aborted"
+    );
+    assert!(
+        rt().block_on(s3.keys("serve")).is_empty(),
+        "no manifest, no object"
+    );
+    assert!(files_in(&dir.path().join("w")).is_empty(), "no spool left");
+}
+
+#[test]
+fn check_config_validates_without_connecting_and_names_bad_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let config = dir.path().join("lifeboat.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[etcd]\nendpoints = [\"https://127.0.0.1:1\"]\nuser = \"root\"\npassword_file = \"{pw}\"\n[backup]\ndest = \"s3://b/p\"\nrecipients = [\"{r}\"]\n[serve]\nschedule = \"*/5 * * * *\"\n",
+            pw = dir.path().join("pw").display(),
+            r = key.recipient
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("pw"), "Sup3r-Secret-PW\n").unwrap();
+    let ok = run(lifeboat()
+        .args(["serve", "--check-config", "--config"])
+        .arg(&config))
+    .ok();
+    assert!(
+        ok.stdout.contains("configuration is valid"),
+        "{}",
+        ok.stdout
+    );
+    assert!(ok.stdout.contains(&key.recipient));
+    assert!(!ok.stdout.contains("Sup3r-Secret-PW") && !ok.stderr.contains("Sup3r-Secret-PW"));
+    let bad = run(lifeboat()
+        .args([
+            "serve",
+            "--check-config",
+            "--schedule",
+            "every hour",
+            "--config",
+        ])
+        .arg(&config));
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("serve.schedule"), "{}", bad.stderr);
+    assert_eq!(bad.stderr.trim().lines().count(), 1, "{}", bad.stderr);
+}
+
+#[test]
+fn no_secret_reaches_the_logs_even_at_debug_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let s3 = S3Server::start();
+    rt().block_on(s3.create_bucket("logs"));
+    let etcd = EtcdProcess::start(Version::V35, None);
+    let password = "etcd-Pa55w0rd-zz9";
+    run_ok(
+        etcd.etcdctl()
+            .args(["user", "add", &format!("root:{password}")]),
+    );
+    run_ok(etcd.etcdctl().args(["auth", "enable"]));
+    let mut cmd = lifeboat();
+    cmd.args([
+        "serve",
+        "--schedule",
+        "*/1 * * * * *",
+        "-r",
+        &key.recipient,
+        "--user",
+        "root",
+    ])
+    .args(["--log-level", "debug", "--log-format", "json"])
+    .args(etcd.lifeboat_flags())
+    .arg("--dest=s3://logs/p")
+    .args(s3.flags())
+    .arg("--work-dir")
+    .arg(dir.path().join("w"))
+    .env("LIFEBOAT_PASSWORD", password);
+    for (k, v) in s3.env() {
+        cmd.env(k, v);
+    }
+    let mut serve = Serve::start(cmd, dir.path().join("serve.log"));
+    wait_until("a backup", Duration::from_secs(30), || {
+        serve.metric("lifeboat_backups_total") >= 1.0
+    });
+    assert_eq!(serve.stop(Duration::from_secs(20)), 0);
+    let log = serve.log_text();
+    assert!(log.contains("backup committed"), "{log}");
+    assert!(!log.contains(password), "the etcd password leaked");
+    assert!(!log.contains(&s3.secret_key), "the S3 secret key leaked");
+    assert!(!log.contains("AGE-SECRET-KEY"), "an age identity leaked");
+}
