@@ -4,6 +4,7 @@
 
 mod connect;
 mod data;
+mod deploy;
 mod failures;
 mod harness;
 mod hashkv;
