@@ -219,13 +219,18 @@ impl EtcdSource {
         let status = self.call("Status", client.status()).await?;
         let header = status.header().cloned();
         let member_id = header.as_ref().map(|h| h.member_id()).unwrap_or_default();
-        let members = self.call("MemberList", client.member_list()).await?;
-        let member_name = members
-            .members()
-            .iter()
-            .find(|m| m.id() == member_id)
-            .map(|m| m.name().to_string())
-            .unwrap_or_default();
+        // Learners refuse MemberList; their name is then unknown, which only matters for a
+        // manifest, and learners do not upload in `serve`.
+        let member_name = match self.call("MemberList", client.member_list()).await {
+            Ok(members) => members
+                .members()
+                .iter()
+                .find(|m| m.id() == member_id)
+                .map(|m| m.name().to_string())
+                .unwrap_or_default(),
+            Err(_) if status.is_learner() => String::new(),
+            Err(e) => return Err(e),
+        };
         Ok(MemberFacts {
             endpoint: self.endpoint.clone(),
             member_id,

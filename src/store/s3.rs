@@ -402,7 +402,9 @@ async fn read_part(
     store: &S3Store,
     key: &str,
 ) -> Result<Option<Bytes>, StoreError> {
-    let mut buf = BytesMut::new();
+    // Sized once (plus one pipe chunk of overshoot): growing by doubling would end at twice the
+    // part size, with a copy per doubling.
+    let mut buf = BytesMut::with_capacity(size + 256 * 1024);
     while buf.len() < size {
         match body.next().await {
             Some(Ok(chunk)) => buf.extend_from_slice(&chunk),

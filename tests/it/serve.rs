@@ -458,3 +458,88 @@ fn no_secret_reaches_the_logs_even_at_debug_level() {
     assert!(!log.contains(&s3.secret_key), "the S3 secret key leaked");
     assert!(!log.contains("AGE-SECRET-KEY"), "an age identity leaked");
 }
+
+#[test]
+fn a_learner_never_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let cluster = start_cluster(Version::V35, 1);
+    let voter = &cluster[0];
+    voter.put("/registry/a", "1");
+    // Add a learner and start it.
+    let peer_port = free_port();
+    let client_port = free_port();
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let out = run_ok(voter.etcdctl().args([
+        "member",
+        "add",
+        "learner",
+        "--learner",
+        &format!("--peer-urls={peer}"),
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let initial = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
+        .map(|l| l.trim_end_matches('"').to_string())
+        .unwrap_or_else(|| panic!("no initial cluster in: {text}"));
+    let learner_url = format!("http://127.0.0.1:{client_port}");
+    let mut learner = Command::new(crate::harness::etcd_bin(Version::V35))
+        .arg("--name=learner")
+        .arg(format!(
+            "--data-dir={}",
+            dir.path().join("learner").display()
+        ))
+        .arg(format!("--listen-client-urls={learner_url}"))
+        .arg(format!("--advertise-client-urls={learner_url}"))
+        .arg(format!("--listen-peer-urls={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .arg(format!("--initial-cluster={initial}"))
+        .arg("--initial-cluster-state=existing")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct KillOnDrop<'a>(&'a mut Child);
+    impl Drop for KillOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = KillOnDrop(&mut learner);
+    let mut serve = Serve::start(
+        {
+            let mut cmd = serve_cmd(
+                &[format!("--endpoints={learner_url}")],
+                dir.path(),
+                &key.recipient,
+                "*/1 * * * * *",
+            );
+            cmd.env("LIFEBOAT_LOG_LEVEL", "info");
+            cmd
+        },
+        dir.path().join("serve.log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !serve
+        .log_text()
+        .contains("this member is a learner: not campaigning")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the learner did not decline: {}",
+            serve.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(serve.metric("lifeboat_is_leader"), 0.0);
+    assert_eq!(serve.metric("lifeboat_backups_total"), 0.0);
+    assert!(
+        files_in(&dir.path().join("b")).is_empty(),
+        "no backup from a learner"
+    );
+    assert_eq!(serve.stop(Duration::from_secs(20)), 0);
+}
