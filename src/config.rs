@@ -144,7 +144,7 @@ pub fn resolve_serve(
         etcd: resolve_etcd(&file.etcd, etcd)?.settings,
         store: resolve_store(&file.backup, &file.s3, dest_flag, s3)?,
         backup: resolve_backup(&file.backup, backup, Reason::Scheduled)?,
-        retention: resolve_retention(&file.retention, &RetentionOverrides::default())?,
+        retention: resolve_retention(&file.retention, &RetentionSection::default())?,
     })
 }
 
@@ -161,26 +161,13 @@ pub struct RetentionSection {
     pub incomplete_grace: Option<String>,
 }
 
-/// Retention flags as parsed.
-#[derive(Debug, Default, Clone)]
-pub struct RetentionOverrides {
-    pub keep_last: Option<usize>,
-    pub keep_hourly: Option<usize>,
-    pub keep_daily: Option<usize>,
-    pub keep_weekly: Option<usize>,
-    pub keep_monthly: Option<usize>,
-    pub manual_keep_days: Option<u32>,
-    pub pre_upgrade_keep_days: Option<u32>,
-    pub grace: Option<String>,
-}
-
-/// Merges the retention policy (flag > file > default).
+/// Merges the retention policy: `flags` (the same keys, from the command line) > file > default.
 ///
 /// # Errors
 /// A bad grace period.
 pub fn resolve_retention(
     file: &RetentionSection,
-    o: &RetentionOverrides,
+    o: &RetentionSection,
 ) -> Result<crate::retention::Policy, ConfigError> {
     let d = crate::retention::Policy::default();
     Ok(crate::retention::Policy {
@@ -202,7 +189,9 @@ pub fn resolve_retention(
             .unwrap_or(d.pre_upgrade_keep_days),
         incomplete_grace: duration(
             "retention.incomplete_grace",
-            o.grace.as_ref().or(file.incomplete_grace.as_ref()),
+            o.incomplete_grace
+                .as_ref()
+                .or(file.incomplete_grace.as_ref()),
             d.incomplete_grace,
         )?,
     })

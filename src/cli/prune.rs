@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use lifeboat::catalog::Catalog;
-use lifeboat::config::{resolve_retention, FileConfig, RetentionOverrides};
+use lifeboat::config::{resolve_retention, FileConfig, RetentionSection};
 use lifeboat::retention::{self, Action};
 
 use super::args::{Output, PruneArgs};
@@ -11,7 +11,7 @@ use super::snapshot::open_store;
 pub async fn run(a: PruneArgs, config: &FileConfig) -> Result<()> {
     let policy = resolve_retention(
         &config.retention,
-        &RetentionOverrides {
+        &RetentionSection {
             keep_last: a.keep_last,
             keep_hourly: a.keep_hourly,
             keep_daily: a.keep_daily,
@@ -19,7 +19,7 @@ pub async fn run(a: PruneArgs, config: &FileConfig) -> Result<()> {
             keep_monthly: a.keep_monthly,
             manual_keep_days: a.manual_keep_days,
             pre_upgrade_keep_days: a.pre_upgrade_keep_days,
-            grace: a.grace.clone(),
+            incomplete_grace: a.grace.clone(),
         },
     )?;
     let store = open_store(config, &a.dest).await?;
