@@ -18,7 +18,7 @@ use aws_credential_types::Credentials;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, IdentityCache, Region};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as SdkStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use aws_sdk_s3::Client;
@@ -451,7 +451,11 @@ where
             return format!("{code}: {}{hint}", err.message().unwrap_or(""));
         }
     }
-    DisplayErrorContext(e).to_string().replace('\n', " ")
+    let chain = crate::etcd::describe(e);
+    if chain.contains("invalid peer certificate") || chain.contains("UnknownIssuer") {
+        return format!("{chain}; if the endpoint uses a private CA, set s3.ca_bundle to it");
+    }
+    chain
 }
 
 fn location(s: &S3Settings) -> String {

@@ -186,3 +186,35 @@ fn a_missing_bucket_is_one_clear_error() {
         assert_eq!(err.lines().count(), 1, "{err}");
     });
 }
+
+#[test]
+fn s3_over_tls_with_a_private_ca_bundle() {
+    let pki = crate::harness::Pki::generate();
+    let server = S3Server::start_tls(&pki);
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        server.create_bucket("tls").await;
+        let mut settings = s3_settings(&server, dir.path(), "tls", "p");
+        settings.endpoint = server.tls_endpoint.clone();
+        // Without the CA the server is not trusted.
+        let untrusted = S3Store::open(settings.clone()).await.unwrap();
+        let err = untrusted.list("").await.unwrap_err().to_string();
+        eprintln!("UNTRUSTED: {err}");
+        assert!(
+            err.to_lowercase().contains("certificate")
+                || err.contains("tls")
+                || err.contains("dispatch"),
+            "{err}"
+        );
+        settings.ca_bundle = Some(pki.ca_cert.clone());
+        let store = S3Store::open(settings).await.unwrap();
+        store
+            .put(
+                "etcd-tls.obj",
+                bytes_stream(Bytes::from_static(b"over tls")),
+            )
+            .await
+            .unwrap();
+        assert_eq!(read_all(&store, "etcd-tls.obj").await, b"over tls");
+    });
+}

@@ -10,6 +10,8 @@ use super::tool;
 pub struct S3Server {
     child: Child,
     pub endpoint: String,
+    /// `https://…` when started with TLS.
+    pub tls_endpoint: Option<String>,
     pub access_key: String,
     pub secret_key: String,
     _dir: tempfile::TempDir,
@@ -38,9 +40,18 @@ fn port_block() -> u16 {
 
 impl S3Server {
     pub fn start() -> S3Server {
+        S3Server::start_with(None)
+    }
+
+    /// Also serves S3 over HTTPS with the server certificate of `pki`.
+    pub fn start_tls(pki: &super::Pki) -> S3Server {
+        S3Server::start_with(Some(pki))
+    }
+
+    fn start_with(pki: Option<&super::Pki>) -> S3Server {
         let mut last = String::new();
         for _ in 0..3 {
-            match try_start() {
+            match try_start(pki) {
                 Ok(s) => return s,
                 Err(e) => last = e,
             }
@@ -132,7 +143,7 @@ impl S3Server {
     }
 }
 
-fn try_start() -> Result<S3Server, String> {
+fn try_start(pki: Option<&super::Pki>) -> Result<S3Server, String> {
     let dir = tempfile::tempdir().unwrap();
     let p = port_block();
     let access_key = format!("AK{:016x}", rand::random::<u64>());
@@ -147,8 +158,15 @@ fn try_start() -> Result<S3Server, String> {
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
-    let child = Command::new(weed_bin())
-        .arg("mini")
+    let https_port = pki.map(|_| super::free_port());
+    let mut cmd = Command::new(weed_bin());
+    cmd.arg("mini");
+    if let (Some(pki), Some(port)) = (pki, https_port) {
+        cmd.arg(format!("-s3.port.https={port}"))
+            .arg(format!("-s3.cert.file={}", pki.server_cert.display()))
+            .arg(format!("-s3.key.file={}", pki.server_key.display()));
+    }
+    let child = cmd
         .arg(format!("-dir={}", data.display()))
         .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
         .arg(format!("-master.port={}", p - 3))
@@ -158,6 +176,7 @@ fn try_start() -> Result<S3Server, String> {
         .args([
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
+            "-master.telemetry=false",
             "-webdav=false",
             "-admin.ui=false",
         ])
@@ -171,6 +190,7 @@ fn try_start() -> Result<S3Server, String> {
     let mut server = S3Server {
         child,
         endpoint: format!("http://127.0.0.1:{p}"),
+        tls_endpoint: https_port.map(|port| format!("https://127.0.0.1:{port}")),
         access_key,
         secret_key,
         _dir: dir,
@@ -180,7 +200,8 @@ fn try_start() -> Result<S3Server, String> {
         if let Ok(Some(status)) = server.child.try_wait() {
             return Err(format!("weed exited with {status}"));
         }
-        if TcpStream::connect(("127.0.0.1", p)).is_ok() {
+        let https_up = https_port.is_none_or(|q| TcpStream::connect(("127.0.0.1", q)).is_ok());
+        if TcpStream::connect(("127.0.0.1", p)).is_ok() && https_up {
             return Ok(server);
         }
         std::thread::sleep(Duration::from_millis(100));
