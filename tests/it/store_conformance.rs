@@ -218,3 +218,40 @@ fn s3_over_tls_with_a_private_ca_bundle() {
         assert_eq!(read_all(&store, "etcd-tls.obj").await, b"over tls");
     });
 }
+
+#[test]
+fn s3_server_side_encryption_is_requested_when_configured() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        server.create_bucket("sse").await;
+        let mut settings = s3_settings(&server, dir.path(), "sse", "");
+        settings.sse = Some(lifeboat::store::Sse::Aes256);
+        let store = S3Store::open(settings).await.unwrap();
+        let (data, body) = patterned(12 << 20, 3);
+        store.put("etcd-big.obj", body).await.unwrap();
+        store
+            .put("etcd-small.obj", bytes_stream(Bytes::from_static(b"small")))
+            .await
+            .unwrap();
+        let client = server.client().await;
+        for key in ["etcd-big.obj", "etcd-small.obj"] {
+            let head = client
+                .head_object()
+                .bucket("sse")
+                .key(key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                head.server_side_encryption(),
+                Some(&aws_sdk_s3::types::ServerSideEncryption::Aes256),
+                "{key}"
+            );
+        }
+        assert_eq!(
+            Sha256::digest(read_all(&store, "etcd-big.obj").await),
+            Sha256::digest(&data)
+        );
+    });
+}
