@@ -540,17 +540,12 @@ fn remove_stale_spools(work_dir: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        if !entry
+        if entry
             .file_name()
             .to_string_lossy()
             .starts_with(SPOOL_PREFIX)
         {
-            continue;
-        }
-        if let Ok(f) = File::open(entry.path()) {
-            if f.try_lock().is_ok() {
-                let _ = std::fs::remove_file(entry.path());
-            }
+            let _ = crate::store::remove_if_unlocked(&entry.path());
         }
     }
 }

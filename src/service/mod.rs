@@ -389,19 +389,14 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
     if let Err(e) = EtcdSource::connect_first(&probe).await {
         problems.push(format!("etcd: {e}"));
     }
-    if let Err(e) = tokio::time::timeout(
-        Duration::from_secs(5),
-        shared.store.list("lifeboat-readyz-probe"),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(crate::store::StoreError::Other {
-            location: shared.store.location(),
-            what: "listing".into(),
-            source: std::io::Error::other("timed out"),
-        })
-    }) {
-        problems.push(format!("store: {e}"));
+    let listing = shared.store.list("lifeboat-readyz-probe");
+    match tokio::time::timeout(Duration::from_secs(5), listing).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => problems.push(format!("store: {e}")),
+        Err(_) => problems.push(format!(
+            "store: {} did not answer within 5 s",
+            shared.store.location()
+        )),
     }
     let window = shared.interval * 2;
     if shared.leadership.is_leader() && shared.started.elapsed() > window {

@@ -114,7 +114,6 @@ impl Recipients {
 
 /// Private X25519 keys, loaded from an identity file for reading backups back.
 pub struct Identities {
-    path: PathBuf,
     identities: Vec<age::x25519::Identity>,
 }
 
@@ -150,14 +149,7 @@ impl Identities {
                 detail: "the file holds no AGE-SECRET-KEY-1… line".into(),
             });
         }
-        Ok(Identities {
-            path: path.to_path_buf(),
-            identities,
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Identities { identities })
     }
 
     /// Wraps an age file reader into a plaintext reader.

@@ -96,8 +96,9 @@ impl LocalStore {
     }
 }
 
-/// Removes a `.part` file unless a live writer holds its lock; true when removed.
-fn remove_if_unlocked(part: &Path) -> io::Result<bool> {
+/// Removes a file that writers flock while in use (`.part` objects, spool copies) unless a
+/// live writer holds its lock; true when removed (or already gone).
+pub fn remove_if_unlocked(part: &Path) -> io::Result<bool> {
     let file = match File::open(part) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures::Stream;
 
-pub use local::LocalStore;
+pub use local::{remove_if_unlocked, LocalStore};
 pub use s3::{S3Settings, S3Store, Sse, MIN_PART_SIZE};
 
 /// A stream of object bytes. An `Err` item means "the producer failed: abort".
@@ -51,18 +51,6 @@ pub enum StoreError {
     },
     #[error("{location}: {key} is not a valid object name (letters, digits, `.`, `-`, `_` only)")]
     BadKey { location: String, key: String },
-}
-
-impl StoreError {
-    /// True when the store ran out of space, so the CLI can say so plainly.
-    pub fn is_disk_full(&self) -> bool {
-        match self {
-            StoreError::Write { source, .. } | StoreError::Other { source, .. } => {
-                source.raw_os_error() == Some(28) // ENOSPC
-            }
-            _ => false,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

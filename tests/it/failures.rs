@@ -11,13 +11,17 @@ use crate::harness::{
 };
 
 fn save_cmd(endpoint_flags: &[String], dir: &Path, recipient: &str) -> Command {
+    save_cmd_into(endpoint_flags, &dir.join("b"), &dir.join("w"), recipient)
+}
+
+fn save_cmd_into(endpoint_flags: &[String], dest: &Path, work: &Path, recipient: &str) -> Command {
     let mut cmd = lifeboat();
     cmd.args(["snapshot", "save", "-r", recipient])
         .args(endpoint_flags)
         .arg("--dest")
-        .arg(dir.join("b"))
+        .arg(dest)
         .arg("--work-dir")
-        .arg(dir.join("w"))
+        .arg(work)
         .args(["--connect-timeout", "3s", "--request-timeout", "10s"]);
     cmd
 }
@@ -418,14 +422,12 @@ fn a_full_backup_disk_fails_cleanly_with_exit_5() {
         }
     });
     let small = Tmpfs::new("512k");
-    let mut cmd = lifeboat();
-    cmd.args(["snapshot", "save", "-r", &key.recipient])
-        .args(etcd.lifeboat_flags())
-        .arg("--dest")
-        .arg(small.0.path())
-        .arg("--work-dir")
-        .arg(dir.path().join("w"));
-    let r = run(&mut cmd);
+    let r = run(&mut save_cmd_into(
+        &etcd.lifeboat_flags(),
+        small.0.path(),
+        &dir.path().join("w"),
+        &key.recipient,
+    ));
     assert_eq!(r.code, 5, "{}", r.stderr);
     assert!(r.stderr.to_lowercase().contains("space"), "{}", r.stderr);
     assert!(
@@ -442,14 +444,12 @@ fn a_work_dir_without_room_for_the_database_fails_early() {
     let etcd = EtcdProcess::start(Version::V35, None);
     fill(&etcd, 1_000_000);
     let small = Tmpfs::new("256k");
-    let mut cmd = lifeboat();
-    cmd.args(["snapshot", "save", "-r", &key.recipient])
-        .args(etcd.lifeboat_flags())
-        .arg("--dest")
-        .arg(dir.path().join("b"))
-        .arg("--work-dir")
-        .arg(small.0.path());
-    let r = run(&mut cmd);
+    let r = run(&mut save_cmd_into(
+        &etcd.lifeboat_flags(),
+        &dir.path().join("b"),
+        small.0.path(),
+        &key.recipient,
+    ));
     assert_eq!(r.code, 5, "{}", r.stderr);
     assert!(
         r.stderr.contains("work dir") && r.stderr.contains("--work-dir"),
@@ -475,4 +475,43 @@ fn a_bad_config_key_is_one_line_naming_it_with_exit_2() {
         r.stderr
     );
     assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+}
+
+#[test]
+fn ctrl_c_during_save_aborts_cleanly_leaving_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "k");
+    let etcd = EtcdProcess::start(Version::V35, None);
+    fill(&etcd, 2_000_000);
+    let target = etcd.client_url.trim_start_matches("http://").to_string();
+    let proxy = Proxy::start(&target, Fault::StallAfter(600_000), "http");
+    let mut child = save_cmd(
+        &[format!("--endpoints={}", proxy.url)],
+        dir.path(),
+        &key.recipient,
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(proxy.forwarded() >= 600_000
+        && files_in(&dir.path().join("b"))
+            .iter()
+            .any(|f| f.ends_with(".part")))
+    {
+        assert!(Instant::now() < deadline, "save never reached the stall");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run_ok(Command::new("kill").arg("-INT").arg(child.id().to_string()));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "cancelled is a failure, not success"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cancelled"), "{stderr}");
+    // Unlike kill -9, nothing is left for the next run to clean.
+    assert_nothing_kept(dir.path());
 }
