@@ -485,7 +485,7 @@ fn ctrl_c_during_save_aborts_cleanly_leaving_nothing() {
     fill(&etcd, 2_000_000);
     let target = etcd.client_url.trim_start_matches("http://").to_string();
     let proxy = Proxy::start(&target, Fault::StallAfter(600_000), "http");
-    let mut child = save_cmd(
+    let child = save_cmd(
         &[format!("--endpoints={}", proxy.url)],
         dir.path(),
         &key.recipient,
