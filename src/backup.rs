@@ -491,7 +491,8 @@ impl Spool {
             .create(work_dir)
             .map_err(|e| err(format!("cannot create it: {e}")))?;
         remove_stale_spools(work_dir);
-        let free = free_bytes(work_dir).map_err(|e| err(format!("cannot stat it: {e}")))?;
+        let free =
+            crate::fsutil::free_bytes(work_dir).map_err(|e| err(format!("cannot stat it: {e}")))?;
         // The snapshot is the database plus its trailer; leave 1 MiB of slack.
         let needed = expected + (1 << 20);
         if free < needed {
@@ -548,9 +549,4 @@ fn remove_stale_spools(work_dir: &Path) {
             let _ = crate::store::remove_if_unlocked(&entry.path());
         }
     }
-}
-
-fn free_bytes(dir: &Path) -> io::Result<u64> {
-    let st = rustix::fs::statvfs(dir).map_err(io::Error::from)?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }

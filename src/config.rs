@@ -17,6 +17,8 @@ use crate::stages::encrypt::{KeyError, Recipients};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/etcd-lifeboat/lifeboat.toml";
 pub const DEFAULT_ETCD_MANIFEST: &str = "/etc/kubernetes/manifests/etcd.yaml";
 pub const DEFAULT_WORK_DIR: &str = "/var/lib/etcd-lifeboat/work";
+pub const DEFAULT_MANIFESTS_DIR: &str = "/etc/kubernetes/manifests";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/etcd-lifeboat";
 
 /// A secret string that never prints.
 #[derive(Clone, Deserialize)]
@@ -53,6 +55,35 @@ pub struct FileConfig {
     pub retention: RetentionSection,
     #[serde(default)]
     pub serve: ServeSection,
+    #[serde(default)]
+    pub restore: RestoreSection,
+    #[serde(default)]
+    pub drill: DrillSection,
+}
+
+/// `[restore]`: where the node's files are and how to restore.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSection {
+    pub manifests_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub etcdutl: Option<PathBuf>,
+    pub bump_revision: Option<u64>,
+    pub stop_timeout: Option<String>,
+    pub start_timeout: Option<String>,
+}
+
+/// `[drill]`: restore drills (`lifeboat drill`, and on a schedule in `serve`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillSection {
+    /// Cron schedule for drills in `serve`; drills run only when this and an identity are set.
+    pub schedule: Option<String>,
+    pub identity_file: Option<PathBuf>,
+    pub etcd: Option<PathBuf>,
+    pub etcdutl: Option<PathBuf>,
+    pub work_dir: Option<PathBuf>,
+    pub start_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -432,6 +463,74 @@ fn duration(
             Ok(d)
         }
     }
+}
+
+/// A duration setting: flag or file value, else `default`; zero is refused.
+///
+/// # Errors
+/// Not a duration, naming `key`.
+pub fn resolve_duration(
+    key: &'static str,
+    value: Option<&String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    duration(key, value, default)
+}
+
+/// Restore flags as parsed (flag or env).
+#[derive(Debug, Default, Clone)]
+pub struct RestoreOverrides {
+    pub manifests_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub etcdutl: Option<PathBuf>,
+    pub bump_revision: Option<u64>,
+    pub stop_timeout: Option<String>,
+    pub start_timeout: Option<String>,
+}
+
+/// The restore settings after merging.
+#[derive(Debug, Clone)]
+pub struct ResolvedRestore {
+    pub manifests_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub etcdutl: Option<PathBuf>,
+    pub bump_revision: Option<u64>,
+    pub stop_timeout: Duration,
+    pub start_timeout: Duration,
+}
+
+/// # Errors
+/// A bad duration, naming its key.
+pub fn resolve_restore(
+    file: &RestoreSection,
+    o: &RestoreOverrides,
+) -> Result<ResolvedRestore, ConfigError> {
+    Ok(ResolvedRestore {
+        manifests_dir: o
+            .manifests_dir
+            .clone()
+            .or_else(|| file.manifests_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_MANIFESTS_DIR)),
+        state_dir: o
+            .state_dir
+            .clone()
+            .or_else(|| file.state_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+        etcdutl: o.etcdutl.clone().or_else(|| file.etcdutl.clone()),
+        bump_revision: o.bump_revision.or(file.bump_revision),
+        // kubelet notices a removed manifest within its file-check period (20 s) and then
+        // gives the pod its grace period (30 s by default).
+        stop_timeout: duration(
+            "restore.stop_timeout",
+            o.stop_timeout.as_ref().or(file.stop_timeout.as_ref()),
+            Duration::from_secs(120),
+        )?,
+        start_timeout: duration(
+            "restore.start_timeout",
+            o.start_timeout.as_ref().or(file.start_timeout.as_ref()),
+            Duration::from_secs(300),
+        )?,
+    })
 }
 
 /// Backup flags as parsed (flag or env).

@@ -25,6 +25,9 @@ pub const STORAGE: u8 = 5;
 pub const KEYS: u8 = 6;
 /// The backup asked for does not exist.
 pub const NOT_FOUND: u8 = 7;
+/// A safety check refused to go on (restore: etcd running without --force, an unfinished
+/// journal, no --yes, not enough disk). Nothing was changed.
+pub const REFUSED: u8 = 8;
 
 /// The exit code for an error chain.
 pub fn code_for(err: &(dyn std::error::Error + 'static)) -> u8 {
@@ -71,6 +74,27 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             ReadBackError::Damaged { .. } | ReadBackError::Verify(_) => Some(VERIFY),
             ReadBackError::WorkDir(b) => classify(b),
             ReadBackError::Internal(_) => Some(FAILURE),
+        };
+    }
+    if let Some(e) = e.downcast_ref::<crate::restore::RestoreError>() {
+        use crate::restore::RestoreError as R;
+        return match e {
+            R::Refused { .. } => Some(REFUSED),
+            R::ReadBack(r) => classify(r),
+            R::BadFile { .. } => Some(VERIFY),
+            R::StillRunning { .. } | R::NotHealthy { .. } => Some(ETCD),
+            R::Node { .. } | R::Journal { .. } => Some(STORAGE),
+            R::Discovery(_) => Some(USAGE),
+            R::Tool { .. } => Some(FAILURE),
+        };
+    }
+    if let Some(e) = e.downcast_ref::<crate::drill::DrillError>() {
+        use crate::drill::DrillError as D;
+        return match e {
+            D::Mismatch { .. } | D::Offline { .. } => Some(VERIFY),
+            D::ReadBack(r) => classify(r),
+            D::Restore(r) => classify(r),
+            D::EtcdStart { .. } | D::Sandbox { .. } => Some(FAILURE),
         };
     }
     if let Some(e) = e.downcast_ref::<crate::retention::PruneError>() {

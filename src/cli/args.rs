@@ -35,6 +35,99 @@ pub enum Command {
     Prune(PruneArgs),
     /// Run as a service: scheduled backups (one uploader per cluster), retention, /metrics.
     Serve(Box<ServeArgs>),
+    /// Restore this control-plane node from a backup: plan, then journaled steps (needs --yes).
+    Restore(Box<RestoreArgs>),
+    /// Restore a backup into a sandbox, start etcd there, check it against the manifest.
+    Drill(Box<DrillArgs>),
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// A backup id (or unique prefix), `latest`, or a plain snapshot FILE (with or without
+    /// etcd's trailer). Not needed with --resume / --rollback.
+    #[arg(value_name = "ID|latest|FILE", required_unless_present_any = ["resume", "rollback"])]
+    pub backup: Option<String>,
+    #[command(flatten)]
+    pub dest: DestArgs,
+    /// age identity file (private key) of one of the backup's recipients.
+    #[arg(long, short = 'i', env = "LIFEBOAT_IDENTITY", value_name = "KEYFILE")]
+    pub identity: Option<PathBuf>,
+    /// kubelet's static pod folder (etcd.yaml in it describes the member).
+    #[arg(long, env = "LIFEBOAT_MANIFESTS_DIR", value_name = "DIR")]
+    pub manifests_dir: Option<PathBuf>,
+    /// Folder of the restore journal and the verified snapshot copy.
+    #[arg(long, env = "LIFEBOAT_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// etcdutl (3.5+) or etcdctl 3.4 to restore with (default: found on PATH).
+    #[arg(long, env = "LIFEBOAT_ETCDUTL", value_name = "PATH")]
+    pub etcdutl: Option<PathBuf>,
+    /// Revision bump with --mark-compacted (etcdutl 3.5.10+); 0 disables.
+    #[arg(long, value_name = "N")]
+    pub bump_revision: Option<u64>,
+    /// Member name (default: --name in etcd.yaml).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// This member's peer URLs (default: from etcd.yaml).
+    #[arg(long, value_name = "URLS")]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Every member as name=peer-url, comma-separated: the same on every node of an HA restore.
+    #[arg(long, value_name = "NAME=URL,…")]
+    pub initial_cluster: Option<String>,
+    /// Cluster token, the same on every node (default: derived from the backup).
+    #[arg(long, value_name = "TOKEN")]
+    pub initial_cluster_token: Option<String>,
+    /// How long etcd may take to stop after its manifest leaves (default 120s).
+    #[arg(long, value_name = "DURATION")]
+    pub stop_timeout: Option<String>,
+    /// How long etcd may take to answer after its manifest comes back (default 300s).
+    #[arg(long, value_name = "DURATION")]
+    pub start_timeout: Option<String>,
+    /// Do not wait for etcd to answer after its manifest goes back.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Restore although etcd is running on this node (it is stopped first).
+    #[arg(long)]
+    pub force: bool,
+    /// Carry out the plan (without it, the plan is printed and nothing changes).
+    #[arg(long)]
+    pub yes: bool,
+    /// Print the plan and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Continue an interrupted restore from its journal.
+    #[arg(long, conflicts_with_all = ["rollback", "dry_run"])]
+    pub resume: bool,
+    /// Undo an unfinished restore: old data dir and manifests back, byte for byte.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub rollback: bool,
+    /// Run in the background, detached from this terminal (survives a `kubectl exec` session
+    /// dying with the API server); logs to the state dir.
+    #[arg(long)]
+    pub detach: bool,
+    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct DrillArgs {
+    /// A backup id (or a unique prefix of one), or `latest`.
+    pub backup: String,
+    #[command(flatten)]
+    pub dest: DestArgs,
+    /// age identity file (private key) of one of the backup's recipients.
+    #[arg(long, short = 'i', env = "LIFEBOAT_IDENTITY", value_name = "KEYFILE")]
+    pub identity: Option<PathBuf>,
+    /// The etcd binary the sandbox member runs (default: etcd on PATH).
+    #[arg(long, env = "LIFEBOAT_ETCD", value_name = "PATH")]
+    pub etcd: Option<PathBuf>,
+    /// etcdutl (3.5+) or etcdctl 3.4 to restore with (default: found on PATH).
+    #[arg(long, env = "LIFEBOAT_ETCDUTL", value_name = "PATH")]
+    pub etcdutl: Option<PathBuf>,
+    /// Parent folder of the sandbox.
+    #[arg(long, env = "LIFEBOAT_WORK_DIR", value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 #[derive(Args, Debug)]

@@ -4,6 +4,7 @@ mod args;
 mod progress;
 mod prune;
 mod render;
+mod restore;
 mod serve;
 mod snapshot;
 
@@ -53,6 +54,8 @@ async fn run(cli: Cli, config: FileConfig) -> Result<()> {
         Command::Snapshot(cmd) => snapshot::run(cmd, &config).await,
         Command::Prune(args) => prune::run(args, &config).await,
         Command::Serve(args) => serve::run(*args, &config).await,
+        Command::Restore(args) => restore::run(*args, &config).await,
+        Command::Drill(args) => restore::drill(*args, &config).await,
     }
 }
 

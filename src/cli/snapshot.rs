@@ -126,13 +126,16 @@ async fn list(a: ListArgs, config: &FileConfig) -> Result<()> {
     Ok(())
 }
 
-async fn find(read: &ReadArgs, config: &FileConfig) -> Result<(Arc<dyn Store>, Manifest)> {
+pub(super) async fn find(
+    read: &ReadArgs,
+    config: &FileConfig,
+) -> Result<(Arc<dyn Store>, Manifest)> {
     let store = open_store(config, &read.dest).await?;
     let manifest = Catalog::new(store.clone()).find(&read.backup).await?;
     Ok((store, manifest))
 }
 
-fn load_identities(path: Option<&PathBuf>) -> Result<Option<Arc<Identities>>> {
+pub(super) fn load_identities(path: Option<&PathBuf>) -> Result<Option<Arc<Identities>>> {
     let Some(path) = path else {
         return Ok(None);
     };
@@ -142,7 +145,7 @@ fn load_identities(path: Option<&PathBuf>) -> Result<Option<Arc<Identities>>> {
     Ok(Some(Arc::new(Identities::from_file(path)?)))
 }
 
-fn work_dir(flag: Option<&PathBuf>, config: &FileConfig) -> PathBuf {
+pub(super) fn work_dir(flag: Option<&PathBuf>, config: &FileConfig) -> PathBuf {
     flag.cloned()
         .or_else(|| config.backup.work_dir.clone())
         .unwrap_or_else(|| PathBuf::from(DEFAULT_WORK_DIR))

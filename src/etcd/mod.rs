@@ -94,6 +94,17 @@ pub enum LiveHashKv {
     Compacted,
 }
 
+/// What `Status` says about one member.
+#[derive(Debug, Clone)]
+pub struct MemberStatus {
+    pub revision: i64,
+    pub cluster_id: u64,
+    pub member_id: u64,
+    /// 0 while the member knows no leader.
+    pub leader: u64,
+    pub version: String,
+}
+
 /// A client bound to exactly one member.
 pub struct EtcdSource {
     client: Client,
@@ -176,6 +187,22 @@ impl EtcdSource {
 
     pub fn client(&self) -> Client {
         self.client.clone()
+    }
+
+    /// The member's own view, without needing quorum (Status is answered locally).
+    ///
+    /// # Errors
+    /// Unreachable or refused.
+    pub async fn status(&mut self) -> Result<MemberStatus, SourceError> {
+        let s = self.call("Status", self.client.clone().status()).await?;
+        let header = s.header();
+        Ok(MemberStatus {
+            revision: header.map_or(0, |h| h.revision()),
+            cluster_id: header.map_or(0, |h| h.cluster_id()),
+            member_id: header.map_or(0, |h| h.member_id()),
+            leader: s.leader(),
+            version: s.version().to_string(),
+        })
     }
 
     async fn status_ping(&mut self) -> Result<(), SourceError> {

@@ -58,6 +58,18 @@ pub fn hash_kv(path: &Path, rev: i64, compact_rev: i64) -> Result<u32, BoltError
     Ok(crc)
 }
 
+/// How many keys exist at `rev` (what `etcdctl get "" --prefix --count-only --rev` counts):
+/// user keys whose newest revision at `rev` is not a deletion. Drills compare it with a
+/// restored etcd's own count.
+///
+/// # Errors
+/// Read or integrity errors; an entry whose value is not an `mvccpb.KeyValue`.
+pub fn live_keys(path: &Path, rev: i64) -> Result<u64, BoltError> {
+    let db = Db::open(path)?;
+    let newest = newest_revisions(&db, rev)?;
+    Ok(newest.values().filter(|n| !n.tombstone).count() as u64)
+}
+
 fn newest_revisions(db: &Db, rev: i64) -> Result<HashMap<u64, Newest>, BoltError> {
     let mut newest = HashMap::new();
     for_each_revision(db, rev, |key, value, r| {

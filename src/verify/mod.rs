@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use hashkv::hash_kv;
+pub use hashkv::{hash_kv, live_keys};
 pub use status::{read_snapshot_info, Revision, SnapshotInfo, SnapshotStatus};
 
 use crate::bbolt::BoltError;

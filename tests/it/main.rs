@@ -5,9 +5,11 @@
 mod connect;
 mod data;
 mod deploy;
+mod drill;
 mod failures;
 mod harness;
 mod hashkv;
+mod restore;
 mod retention;
 mod s3_cli;
 mod s3_faults;

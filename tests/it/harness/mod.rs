@@ -4,6 +4,7 @@
 
 pub mod etcd;
 pub mod http_fault;
+pub mod node;
 pub mod pki;
 pub mod proxy;
 pub mod s3;

@@ -1,0 +1,373 @@
+//! `lifeboat restore` and `lifeboat drill`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use lifeboat::config::{
+    resolve_duration, resolve_restore, FileConfig, ResolvedRestore, RestoreOverrides,
+};
+use lifeboat::drill::{self, DrillReport, DrillSettings};
+use lifeboat::restore::{
+    self, JournalDir, MemberOverrides, Observer, Plan, RestoreError, RestoreOptions,
+    SnapshotSource, Step,
+};
+
+use super::args::{DrillArgs, Output, ReadArgs, RestoreArgs};
+use super::{progress, snapshot};
+
+pub async fn run(a: RestoreArgs, config: &FileConfig) -> Result<()> {
+    let resolved = resolve_restore(
+        &config.restore,
+        &RestoreOverrides {
+            manifests_dir: a.manifests_dir.clone(),
+            state_dir: a.state_dir.clone(),
+            etcdutl: a.etcdutl.clone(),
+            bump_revision: a.bump_revision,
+            stop_timeout: a.stop_timeout.clone(),
+            start_timeout: a.start_timeout.clone(),
+        },
+    )?;
+    let opts = options(&a, &resolved);
+    if a.detach {
+        return detach(&resolved.state_dir);
+    }
+    if a.rollback {
+        let journal = restore::rollback(&opts, &Printer).await?;
+        eprintln!(
+            "rolled back restore {}: the original data dir and manifests are back",
+            journal.plan.run_id
+        );
+        return Ok(());
+    }
+    if a.resume {
+        let journals = JournalDir::new(&opts.state_dir);
+        let pending = restore::unfinished(&journals)?;
+        let source = if pending.is_done(Step::Fetch) {
+            None
+        } else {
+            Some(
+                source_for(
+                    &pending.plan.backup.id,
+                    &pending.plan.backup.source,
+                    &a,
+                    config,
+                )
+                .await?,
+            )
+        };
+        eprintln!(
+            "resuming restore {} at step {}",
+            pending.plan.run_id,
+            pending.next_step().map_or("none", Step::name)
+        );
+        let journal =
+            restore::resume(source.as_ref(), &opts, &Printer, progress::for_terminal()).await?;
+        summary(&journal.plan, a.output);
+        return Ok(());
+    }
+    let selector = a.backup.clone().unwrap_or_default();
+    let source = source_for(&selector, "", &a, config).await?;
+    let plan = restore::plan(&source, &opts).await?;
+    match a.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({ "plan": plan, "carried_out": a.yes && !a.dry_run })
+        ),
+        Output::Table => print_plan(&plan),
+    }
+    if a.dry_run {
+        eprintln!("dry run: nothing changed");
+        return Ok(());
+    }
+    if !a.yes {
+        return Err(RestoreError::Refused {
+            reason: "nothing changed: add --yes to carry out this plan".into(),
+        }
+        .into());
+    }
+    let journal = restore::execute(plan, &source, &opts, &Printer, progress::for_terminal())
+        .await
+        .context("restore stopped")?;
+    summary(&journal.plan, a.output);
+    Ok(())
+}
+
+fn options(a: &RestoreArgs, r: &ResolvedRestore) -> RestoreOptions {
+    RestoreOptions {
+        manifests_dir: r.manifests_dir.clone(),
+        state_dir: r.state_dir.clone(),
+        tool: r.etcdutl.clone(),
+        member: MemberOverrides {
+            name: a.name.clone(),
+            initial_advertise_peer_urls: a.initial_advertise_peer_urls.clone(),
+            initial_cluster: a.initial_cluster.clone(),
+            initial_cluster_token: a.initial_cluster_token.clone(),
+        },
+        bump_revision: r.bump_revision,
+        force: a.force,
+        stop_timeout: r.stop_timeout,
+        start_timeout: r.start_timeout,
+        wait: !a.no_wait,
+        connect_timeout: Duration::from_secs(3),
+    }
+}
+
+/// A FILE when the argument names an existing file, else a backup in the destination.
+async fn source_for(
+    selector: &str,
+    recorded_source: &str,
+    a: &RestoreArgs,
+    config: &FileConfig,
+) -> Result<SnapshotSource> {
+    if selector == "file" && !recorded_source.is_empty() {
+        return Ok(SnapshotSource::File(PathBuf::from(recorded_source)));
+    }
+    let as_path = Path::new(selector);
+    if selector != "latest" && as_path.is_file() {
+        return Ok(SnapshotSource::File(as_path.to_path_buf()));
+    }
+    let identities = snapshot::load_identities(a.identity.as_ref())?;
+    let read = ReadArgs {
+        backup: selector.to_string(),
+        dest: a.dest.clone(),
+        identity: a.identity.clone(),
+    };
+    let (store, manifest) = snapshot::find(&read, config).await?;
+    if manifest.encryption.scheme == "age" && identities.is_none() {
+        return Err(lifeboat::readback::ReadBackError::IdentityNeeded {
+            id: manifest.id.clone(),
+            recipients: manifest.encryption.recipients.join(", "),
+        }
+        .into());
+    }
+    Ok(SnapshotSource::Backup {
+        store,
+        manifest: Box::new(manifest),
+        identities,
+    })
+}
+
+/// Re-runs this command without `--detach` in a new session, output to a log file.
+fn detach(state_dir: &Path) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let dir = state_dir.join("restore");
+    lifeboat::fsutil::create_private_dir(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let log_path = dir.join(format!(
+        "restore-{}.log",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    ));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--detach")
+        .collect();
+    let exe = std::env::current_exe().context("finding the lifeboat binary")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; it only detaches the child from our terminal and
+    // session, so a dying `kubectl exec` or SSH session does not take the restore with it.
+    unsafe {
+        cmd.pre_exec(|| rustix::process::setsid().map(|_| ()).map_err(Into::into));
+    }
+    let child = cmd.spawn().context("starting the detached restore")?;
+    println!(
+        "restore running detached as pid {}; log: {}\nfollow it with: tail -f {}",
+        child.id(),
+        log_path.display(),
+        log_path.display()
+    );
+    Ok(())
+}
+
+struct Printer;
+
+impl Observer for Printer {
+    fn step_started(&self, step: Step, what: &str) {
+        eprintln!("==> {step}: {what}");
+        tracing::info!(step = step.name(), "restore step started");
+    }
+
+    fn step_done(&self, step: Step, took: Duration) {
+        eprintln!("    {step} done in {:.1}s", took.as_secs_f64());
+    }
+
+    fn note(&self, message: &str) {
+        eprintln!("    {message}");
+    }
+}
+
+fn print_plan(p: &Plan) {
+    let b = &p.backup;
+    println!("Restore plan {} (nothing has changed yet)", p.run_id);
+    println!(
+        "  backup      {}{}, revision {}{}{}",
+        b.id,
+        b.created_at.map_or(String::new(), |t| {
+            let age = chrono::Utc::now() - t;
+            format!(
+                " taken {} ({}h{:02}m ago)",
+                t.format("%Y-%m-%d %H:%M:%SZ"),
+                age.num_hours(),
+                age.num_minutes() % 60
+            )
+        }),
+        b.revision,
+        b.member_name
+            .as_ref()
+            .map_or(String::new(), |m| format!(", member {m}")),
+        b.cluster_id
+            .as_ref()
+            .map_or(String::new(), |c| format!(", cluster {c}")),
+    );
+    println!("  from        {}", b.source);
+    println!(
+        "  1 verify    fetch, decrypt, decompress, check every hash and the bbolt walk into {}",
+        p.snapshot_path.display()
+    );
+    println!(
+        "  2 stop      move {} to {}; wait until etcd is down",
+        p.static_pods.join(", "),
+        p.holding_dir.display()
+    );
+    if p.data_dir_existed {
+        println!(
+            "  3 set aside {} -> {} (kept, never deleted)",
+            p.data_dir.display(),
+            p.aside_dir.display()
+        );
+    } else {
+        println!("  3 set aside {} does not exist", p.data_dir.display());
+    }
+    println!("  4 restore   {}", p.restore_argv.join(" "));
+    println!(
+        "              then {} -> {} (owner {}:{}, mode 0700)",
+        p.restoring_dir.display(),
+        p.data_dir.display(),
+        p.owner.0,
+        p.owner.1
+    );
+    println!(
+        "  5 start     etcd.yaml back; wait for etcd at {} (revision >= {})",
+        p.client.endpoint, p.expected_min_revision
+    );
+    println!("  6 start     the other manifests back");
+    println!(
+        "  member      {} ({}), cluster {}, token {}",
+        p.member.name,
+        p.member.initial_advertise_peer_urls,
+        p.member.initial_cluster,
+        p.member.initial_cluster_token
+    );
+    match p.bump_revision {
+        Some(n) => println!("  revision    bumped by {n} and marked compacted"),
+        None => println!("  revision    not bumped"),
+    }
+    for w in &p.warnings {
+        println!("  WARNING     {w}");
+    }
+}
+
+fn summary(p: &Plan, output: Output) {
+    let next = restore::next_steps(p);
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({ "restored": p.backup.id, "run_id": p.run_id, "data_dir": p.data_dir, "old_data_dir": p.aside_dir, "next_steps": next })
+        ),
+        Output::Table => {
+            println!(
+                "restored {} into {} (old data in {})",
+                p.backup.id,
+                p.data_dir.display(),
+                p.aside_dir.display()
+            );
+            for line in next {
+                println!("next: {line}");
+            }
+        }
+    }
+}
+
+pub async fn drill(a: DrillArgs, config: &FileConfig) -> Result<()> {
+    let identities =
+        snapshot::load_identities(a.identity.as_ref().or(config.drill.identity_file.as_ref()))?;
+    let read = ReadArgs {
+        backup: a.backup.clone(),
+        dest: a.dest.clone(),
+        identity: a.identity.clone(),
+    };
+    let (store, manifest) = snapshot::find(&read, config).await?;
+    let settings = drill_settings(&a, config)?;
+    let report = drill::drill(
+        store,
+        &manifest,
+        identities.as_ref(),
+        &settings,
+        progress::for_terminal(),
+    )
+    .await
+    .with_context(|| format!("drill of backup {}", manifest.id))?;
+    match a.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Table => print_report(&report),
+    }
+    if !report.ok {
+        return Err(drill::DrillError::Mismatch { id: report.id }.into());
+    }
+    Ok(())
+}
+
+fn drill_settings(a: &DrillArgs, config: &FileConfig) -> Result<DrillSettings> {
+    Ok(DrillSettings {
+        etcd: a
+            .etcd
+            .clone()
+            .or_else(|| config.drill.etcd.clone())
+            .unwrap_or_else(|| PathBuf::from("etcd")),
+        tool: a
+            .etcdutl
+            .clone()
+            .or_else(|| config.drill.etcdutl.clone())
+            .or_else(|| config.restore.etcdutl.clone()),
+        work_dir: a
+            .work_dir
+            .clone()
+            .or_else(|| config.drill.work_dir.clone())
+            .unwrap_or_else(|| snapshot::work_dir(None, config)),
+        start_timeout: resolve_duration(
+            "drill.start_timeout",
+            config.drill.start_timeout.as_ref(),
+            Duration::from_secs(60),
+        )?,
+    })
+}
+
+fn print_report(r: &DrillReport) {
+    println!(
+        "drill of {}: {} ({} ms, etcd {}, {})",
+        r.id,
+        if r.ok { "PASSED" } else { "FAILED" },
+        r.duration_ms,
+        r.etcd_version,
+        r.restore_tool
+    );
+    println!("{:<10} {:<6} {:<40} ACTUAL", "CHECK", "OK", "EXPECTED");
+    for c in &r.checks {
+        println!(
+            "{:<10} {:<6} {:<40} {}",
+            c.name,
+            if c.ok { "ok" } else { "FAIL" },
+            c.expected,
+            c.actual
+        );
+    }
+}

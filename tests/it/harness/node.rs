@@ -1,0 +1,460 @@
+//! A fake kubeadm control-plane node and a stand-in kubelet.
+//!
+//! The node is the shared kubeadm fixture (tests/fixtures/kubeadm-node, a copy of
+//! ../shared/fixtures/kubeadm-node) rewritten to this run: 127.0.0.1, free ports, a temp data
+//! dir, per-run certificates. The stand-in kubelet does what lifeboat relies on from the real
+//! one: it watches the manifests folder, runs etcd.yaml's command line with the real etcd binary
+//! while the file is there (SIGTERM when it leaves, restarted if it dies), and runs a
+//! placeholder process for each other manifest.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{etcd_bin, etcdctl_bin, etcdutl_bin, free_port, lifeboat, run_ok, Pki, Version};
+
+const FIXTURES: [(&str, &str); 4] = [
+    (
+        "etcd.yaml",
+        include_str!("../../fixtures/kubeadm-node/etcd.yaml"),
+    ),
+    (
+        "kube-apiserver.yaml",
+        include_str!("../../fixtures/kubeadm-node/kube-apiserver.yaml"),
+    ),
+    (
+        "kube-controller-manager.yaml",
+        include_str!("../../fixtures/kubeadm-node/kube-controller-manager.yaml"),
+    ),
+    (
+        "kube-scheduler.yaml",
+        include_str!("../../fixtures/kubeadm-node/kube-scheduler.yaml"),
+    ),
+];
+
+pub struct FakeNode {
+    pub name: String,
+    pub version: Version,
+    pub manifests_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub client_url: String,
+    pub peer_url: String,
+    pub pki: Pki,
+    pub kubelet: Kubelet,
+    _dir: tempfile::TempDir,
+}
+
+struct Ports {
+    client: u16,
+    peer: u16,
+    metrics: u16,
+}
+
+impl FakeNode {
+    /// A single-member control-plane node, its etcd started by the stand-in kubelet.
+    pub fn start(version: Version) -> FakeNode {
+        let ports = Ports {
+            client: free_port(),
+            peer: free_port(),
+            metrics: free_port(),
+        };
+        let initial = format!("cp1=https://127.0.0.1:{}", ports.peer);
+        let node = FakeNode::build(version, "cp1", ports, &initial, Pki::generate());
+        node.wait_serving();
+        node
+    }
+
+    /// `n` nodes forming one etcd cluster (shared CA), like kubeadm's stacked HA topology.
+    pub fn cluster(version: Version, n: usize) -> Vec<FakeNode> {
+        let pki = Pki::generate();
+        let ports: Vec<Ports> = (0..n)
+            .map(|_| Ports {
+                client: free_port(),
+                peer: free_port(),
+                metrics: free_port(),
+            })
+            .collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("cp{}=https://127.0.0.1:{}", i + 1, p.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes: Vec<FakeNode> = ports
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                FakeNode::build(version, &format!("cp{}", i + 1), p, &initial, pki.clone())
+            })
+            .collect();
+        for n in &nodes {
+            n.wait_serving();
+        }
+        nodes
+    }
+
+    fn build(
+        version: Version,
+        name: &str,
+        ports: Ports,
+        initial_cluster: &str,
+        pki: Pki,
+    ) -> FakeNode {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let manifests_dir = root.join("etc/kubernetes/manifests");
+        std::fs::create_dir_all(&manifests_dir).unwrap();
+        let data_dir = root.join("var/lib/etcd");
+        let pki_dir = root.join("etc/kubernetes/pki/etcd");
+        std::fs::create_dir_all(&pki_dir).unwrap();
+        for (from, to) in [
+            (&pki.ca_cert, "ca.crt"),
+            (&pki.server_cert, "server.crt"),
+            (&pki.server_key, "server.key"),
+            (&pki.server_cert, "peer.crt"),
+            (&pki.server_key, "peer.key"),
+            (&pki.client_cert, "healthcheck-client.crt"),
+            (&pki.client_key, "healthcheck-client.key"),
+        ] {
+            std::fs::copy(from, pki_dir.join(to)).unwrap();
+        }
+        for (file, text) in FIXTURES {
+            let mut t = text
+                .replace(",https://10.0.0.11:2379", "")
+                .replace("10.0.0.11", "127.0.0.1")
+                .replace(":2379", &format!(":{}", ports.client))
+                .replace(":2380", &format!(":{}", ports.peer))
+                .replace("2381", &ports.metrics.to_string())
+                .replace("/etc/kubernetes/pki/etcd", &pki_dir.display().to_string())
+                .replace("/var/lib/etcd", &data_dir.display().to_string());
+            if file == "etcd.yaml" {
+                t = t
+                    .replace(
+                        &format!("--initial-cluster=cp1=https://127.0.0.1:{}", ports.peer),
+                        &format!("--initial-cluster={initial_cluster}"),
+                    )
+                    .replace("--name=cp1", &format!("--name={name}"))
+                    .replace(
+                        "- --snapshot-count=10000",
+                        "- --snapshot-count=10000\n    - --initial-cluster-token=fake-node-cluster",
+                    );
+            }
+            std::fs::write(manifests_dir.join(file), t).unwrap();
+        }
+        let kubelet = Kubelet::start(&manifests_dir, etcd_bin(version), &root.join("logs"));
+        FakeNode {
+            name: name.into(),
+            version,
+            manifests_dir,
+            data_dir,
+            state_dir: root.join("var/lib/etcd-lifeboat"),
+            client_url: format!("https://127.0.0.1:{}", ports.client),
+            peer_url: format!("https://127.0.0.1:{}", ports.peer),
+            pki,
+            kubelet,
+
+            _dir: dir,
+        }
+    }
+
+    pub fn etcd_manifest(&self) -> PathBuf {
+        self.manifests_dir.join("etcd.yaml")
+    }
+
+    /// etcdctl of the node's version against this member, with the healthcheck client cert.
+    pub fn etcdctl(&self) -> Command {
+        let mut cmd = Command::new(etcdctl_bin(self.version));
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.client_url))
+            .arg(format!("--cacert={}", self.pki.ca_cert.display()))
+            .arg(format!("--cert={}", self.pki.client_cert.display()))
+            .arg(format!("--key={}", self.pki.client_key.display()))
+            .arg("--command-timeout=10s");
+        cmd
+    }
+
+    pub fn put(&self, key: &str, value: &str) {
+        run_ok(self.etcdctl().args(["put", key, value]));
+    }
+
+    /// Every key and value, in key order (values in these tests are one line).
+    pub fn dump(&self) -> BTreeMap<String, String> {
+        let out = run_ok(self.etcdctl().args(["get", "", "--prefix"]));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .chunks(2)
+            .map(|kv| (kv[0].to_string(), kv.get(1).unwrap_or(&"").to_string()))
+            .collect()
+    }
+
+    pub fn revision(&self) -> i64 {
+        let out = run_ok(self.etcdctl().args(["endpoint", "status", "-w", "json"]));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["Status"]["header"]["revision"].as_i64().unwrap()
+    }
+
+    /// Waits until this member answers (a leader is not required: see `wait_healthy`).
+    pub fn wait_serving(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = self
+                .etcdctl()
+                .args(["endpoint", "status"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd on {} never answered",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until the member reports itself healthy (it has a leader and serves reads).
+    pub fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = self
+                .etcdctl()
+                .args(["endpoint", "health"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd on {} never became healthy",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `lifeboat restore` with this node's folders and the right restore tool.
+    pub fn restore(&self) -> Command {
+        let mut cmd = lifeboat();
+        cmd.arg("restore")
+            .arg("--manifests-dir")
+            .arg(&self.manifests_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--etcdutl")
+            .arg(match self.version {
+                Version::V34 => etcdctl_bin(Version::V34),
+                Version::V35 => etcdutl_bin(),
+            })
+            .args(["--stop-timeout", "30s", "--start-timeout", "60s"]);
+        cmd
+    }
+
+    /// Snapshot of the node's files that a restore may touch: every manifest's bytes, and a
+    /// digest of every file under `dir` (a data dir or its moved-aside copy).
+    pub fn manifests(&self) -> BTreeMap<String, Vec<u8>> {
+        files_under(&self.manifests_dir)
+    }
+
+    pub fn journal(&self) -> PathBuf {
+        self.state_dir.join("restore/journal.json")
+    }
+
+    /// Folders beside the data dir whose name starts with `data-dir-name.`+`prefix`.
+    pub fn siblings_of_data_dir(&self, prefix: &str) -> Vec<PathBuf> {
+        let parent = self.data_dir.parent().unwrap();
+        let want = format!("etcd.{prefix}");
+        let mut v: Vec<PathBuf> = std::fs::read_dir(parent)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&want))
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// Every regular file under `dir`, relative path → bytes.
+pub fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.insert(
+                    p.strip_prefix(base).unwrap().display().to_string(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out
+}
+
+struct Pod {
+    content: Vec<u8>,
+    child: Child,
+}
+
+/// The stand-in kubelet: a thread polling the manifests folder every 100 ms.
+pub struct Kubelet {
+    stop: Arc<AtomicBool>,
+    hold: Arc<AtomicBool>,
+    pods: Arc<Mutex<BTreeMap<String, Pod>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Kubelet {
+    fn start(manifests: &Path, etcd: PathBuf, logs: &Path) -> Kubelet {
+        std::fs::create_dir_all(logs).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let hold = Arc::new(AtomicBool::new(false));
+        let pods: Arc<Mutex<BTreeMap<String, Pod>>> = Arc::default();
+        let (m, l) = (manifests.to_path_buf(), logs.to_path_buf());
+        let (s, h, p) = (stop.clone(), hold.clone(), pods.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                sync_pods(&m, &etcd, &l, &p, h.load(Ordering::SeqCst));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Kubelet {
+            stop,
+            hold,
+            pods,
+            thread: Some(thread),
+        }
+    }
+
+    /// While held, the kubelet starts nothing (it still stops pods whose file left).
+    pub fn hold(&self, on: bool) {
+        self.hold.store(on, Ordering::SeqCst);
+    }
+
+    /// Names of the pods running now.
+    pub fn running(&self) -> Vec<String> {
+        self.pods.lock().unwrap().keys().cloned().collect()
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        for (_, mut pod) in std::mem::take(&mut *self.pods.lock().unwrap()) {
+            let _ = pod.child.kill();
+            let _ = pod.child.wait();
+        }
+    }
+}
+
+fn sync_pods(
+    manifests: &Path,
+    etcd: &Path,
+    logs: &Path,
+    pods: &Mutex<BTreeMap<String, Pod>>,
+    hold: bool,
+) {
+    let mut present = BTreeMap::new();
+    if let Ok(entries) = std::fs::read_dir(manifests) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.ends_with(".yaml") {
+                if let Ok(bytes) = std::fs::read(e.path()) {
+                    present.insert(name, bytes);
+                }
+            }
+        }
+    }
+    let mut pods = pods.lock().unwrap();
+    // Stop pods whose file left or changed, and forget pods that died (to restart them).
+    let names: Vec<String> = pods.keys().cloned().collect();
+    for name in names {
+        let gone = present.get(&name) != Some(&pods[&name].content);
+        let died = matches!(pods.get_mut(&name).unwrap().child.try_wait(), Ok(Some(_)));
+        if gone || died {
+            let mut pod = pods.remove(&name).unwrap();
+            terminate(&mut pod.child);
+        }
+    }
+    if hold {
+        return;
+    }
+    for (name, content) in present {
+        if pods.contains_key(&name) {
+            continue;
+        }
+        if let Some(child) = start_pod(&name, &content, etcd, logs) {
+            pods.insert(name, Pod { content, child });
+        }
+    }
+}
+
+fn start_pod(name: &str, content: &[u8], etcd: &Path, logs: &Path) -> Option<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join(format!("{name}.log")))
+        .ok()?;
+    if name == "etcd.yaml" {
+        let pod: serde_json::Value = serde_norway::from_slice(content).ok()?;
+        let command: Vec<String> = pod["spec"]["containers"][0]["command"]
+            .as_array()?
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        Command::new(etcd)
+            .args(&command[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().ok()?)
+            .stderr(log)
+            .spawn()
+            .ok()
+    } else {
+        Command::new("sleep")
+            .arg("100000")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().ok()?)
+            .stderr(log)
+            .spawn()
+            .ok()
+    }
+}
+
+/// SIGTERM, then SIGKILL after 10 s, like the kubelet's grace period.
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
