@@ -71,6 +71,7 @@ pub struct RestoreSection {
     pub bump_revision: Option<u64>,
     pub stop_timeout: Option<String>,
     pub start_timeout: Option<String>,
+    pub apiserver_timeout: Option<String>,
 }
 
 /// `[drill]`: restore drills (`lifeboat drill`, and on a schedule in `serve`).
@@ -121,8 +122,20 @@ pub fn resolve_serve(
         .clone()
         .or_else(|| file.serve.schedule.clone())
         .unwrap_or_else(|| "0 * * * *".into());
-    let (schedule, interval) = crate::service::normalize_schedule(&schedule_raw)
-        .map_err(|m| invalid("serve.schedule", m))?;
+    let backups_off = schedule_raw.trim() == "off";
+    let (schedule, interval) = if backups_off {
+        ("off".to_string(), Duration::from_secs(3600))
+    } else {
+        crate::service::normalize_schedule(&schedule_raw)
+            .map_err(|m| invalid("serve.schedule", m))?
+    };
+    let drill = resolve_drill_plan(file)?;
+    if backups_off && drill.is_none() {
+        return Err(invalid(
+            "serve.schedule",
+            "\"off\" takes no backups, and without [drill] schedule and identity_file there is nothing left to do",
+        ));
+    }
     let listen_raw = serve
         .listen
         .clone()
@@ -134,7 +147,9 @@ pub fn resolve_serve(
             format!("`{listen_raw}` is not an address like 127.0.0.1:9464"),
         )
     })?;
-    let default_jitter = if file.serve.schedule.is_none() && serve.schedule.is_none() {
+    let default_jitter = if backups_off {
+        Duration::ZERO
+    } else if file.serve.schedule.is_none() && serve.schedule.is_none() {
         Duration::from_secs(300)
     } else {
         Duration::ZERO
@@ -147,7 +162,7 @@ pub fn resolve_serve(
             default_jitter,
         )?,
     };
-    if jitter >= interval {
+    if !backups_off && jitter >= interval {
         return Err(invalid(
             "serve.jitter",
             format!(
@@ -174,9 +189,51 @@ pub fn resolve_serve(
         )?,
         etcd: resolve_etcd(&file.etcd, etcd)?.settings,
         store: resolve_store(&file.backup, &file.s3, dest_flag, s3)?,
-        backup: resolve_backup(&file.backup, backup, Reason::Scheduled)?,
+        backup: if backups_off {
+            None
+        } else {
+            Some(resolve_backup(&file.backup, backup, Reason::Scheduled)?)
+        },
         retention: resolve_retention(&file.retention, &RetentionSection::default())?,
+        drill,
     })
+}
+
+/// `[drill]` for `serve`: present only when a schedule is set, which then needs an identity
+/// file that reads as one (checked now, read again at every drill).
+fn resolve_drill_plan(file: &FileConfig) -> Result<Option<crate::service::DrillPlan>, ConfigError> {
+    let d = &file.drill;
+    let Some(raw) = &d.schedule else {
+        return Ok(None);
+    };
+    let (schedule, _) =
+        crate::service::normalize_schedule(raw).map_err(|m| invalid("drill.schedule", m))?;
+    let identity_file = d.identity_file.clone().ok_or_else(|| {
+        invalid(
+            "drill.identity_file",
+            "drills need the age identity (private key) that decrypts the backups",
+        )
+    })?;
+    crate::stages::encrypt::Identities::from_file(&identity_file)
+        .map_err(|e| invalid("drill.identity_file", e.to_string()))?;
+    Ok(Some(crate::service::DrillPlan {
+        schedule,
+        identity_file,
+        settings: crate::drill::DrillSettings {
+            etcd: d.etcd.clone().unwrap_or_else(|| PathBuf::from("etcd")),
+            tool: d.etcdutl.clone().or_else(|| file.restore.etcdutl.clone()),
+            work_dir: d
+                .work_dir
+                .clone()
+                .or_else(|| file.backup.work_dir.clone())
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_WORK_DIR)),
+            start_timeout: duration(
+                "drill.start_timeout",
+                d.start_timeout.as_ref(),
+                Duration::from_secs(60),
+            )?,
+        },
+    }))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -486,6 +543,7 @@ pub struct RestoreOverrides {
     pub bump_revision: Option<u64>,
     pub stop_timeout: Option<String>,
     pub start_timeout: Option<String>,
+    pub apiserver_timeout: Option<String>,
 }
 
 /// The restore settings after merging.
@@ -497,6 +555,7 @@ pub struct ResolvedRestore {
     pub bump_revision: Option<u64>,
     pub stop_timeout: Duration,
     pub start_timeout: Duration,
+    pub apiserver_timeout: Duration,
 }
 
 /// # Errors
@@ -529,6 +588,13 @@ pub fn resolve_restore(
             "restore.start_timeout",
             o.start_timeout.as_ref().or(file.start_timeout.as_ref()),
             Duration::from_secs(300),
+        )?,
+        apiserver_timeout: duration(
+            "restore.apiserver_timeout",
+            o.apiserver_timeout
+                .as_ref()
+                .or(file.apiserver_timeout.as_ref()),
+            Duration::from_secs(180),
         )?,
     })
 }

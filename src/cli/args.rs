@@ -82,7 +82,11 @@ pub struct RestoreArgs {
     /// How long etcd may take to answer after its manifest comes back (default 300s).
     #[arg(long, value_name = "DURATION")]
     pub start_timeout: Option<String>,
-    /// Do not wait for etcd to answer after its manifest goes back.
+    /// How long to wait for the API server's /readyz after the restore (default 180s; a slow
+    /// API server is reported, not an error).
+    #[arg(long, value_name = "DURATION")]
+    pub apiserver_timeout: Option<String>,
+    /// Do not wait for etcd (or the API server) after the manifests go back.
     #[arg(long)]
     pub no_wait: bool,
     /// Restore although etcd is running on this node (it is stopped first).
@@ -270,7 +274,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub backup: BackupArgs,
     /// Cron schedule, UTC: 5 fields (min hour dom mon dow), or 6 with seconds first.
-    /// Default: hourly ("0 * * * *") with up to 5 minutes of jitter.
+    /// Default: hourly ("0 * * * *") with up to 5 minutes of jitter. `off`: no backups (a
+    /// drill-only instance, see [drill] in the config).
     #[arg(long, env = "LIFEBOAT_SCHEDULE", value_name = "CRON")]
     pub schedule: Option<String>,
     /// Address of /healthz, /readyz and /metrics. Default 127.0.0.1:9464.

@@ -26,6 +26,7 @@ pub async fn run(a: RestoreArgs, config: &FileConfig) -> Result<()> {
             bump_revision: a.bump_revision,
             stop_timeout: a.stop_timeout.clone(),
             start_timeout: a.start_timeout.clone(),
+            apiserver_timeout: a.apiserver_timeout.clone(),
         },
     )?;
     let opts = options(&a, &resolved);
@@ -110,6 +111,7 @@ fn options(a: &RestoreArgs, r: &ResolvedRestore) -> RestoreOptions {
         start_timeout: r.start_timeout,
         wait: !a.no_wait,
         connect_timeout: Duration::from_secs(3),
+        apiserver_timeout: r.apiserver_timeout,
     }
 }
 
@@ -259,7 +261,13 @@ fn print_plan(p: &Plan) {
         "  5 start     etcd.yaml back; wait for etcd at {} (revision >= {})",
         p.client.endpoint, p.expected_min_revision
     );
-    println!("  6 start     the other manifests back");
+    match &p.apiserver {
+        Some(a) => println!(
+            "  6 start     the other manifests back; wait for the API server's /readyz on 127.0.0.1:{}",
+            a.port
+        ),
+        None => println!("  6 start     the other manifests back"),
+    }
     println!(
         "  member      {} ({}), cluster {}, token {}",
         p.member.name,

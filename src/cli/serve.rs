@@ -18,7 +18,11 @@ pub async fn run(a: ServeArgs, config: &FileConfig) -> Result<()> {
             listen: a.listen.clone(),
         },
     )?;
-    if settings.backup.recipients.is_none() {
+    if settings
+        .backup
+        .as_ref()
+        .is_some_and(|b| b.recipients.is_none())
+    {
         tracing::warn!("ENCRYPTION IS OFF (backup.encryption = \"none\"): every backup holds every Secret of the cluster in the clear");
     }
     if a.check_config {

@@ -7,6 +7,7 @@
 //! restore with etcdutl/etcdctl into a fresh folder beside it, then rename that into place →
 //! etcd's manifest back, wait for it → the other manifests back → close the journal.
 
+pub mod apiserver;
 pub mod journal;
 pub mod node;
 pub mod tool;
@@ -191,6 +192,8 @@ pub struct Plan {
     /// The lowest revision the restored member may report.
     pub expected_min_revision: i64,
     pub local_cluster_id: Option<String>,
+    /// Where to ask the API server for readiness once its manifest is back.
+    pub apiserver: Option<apiserver::ApiServerProbe>,
     pub warnings: Vec<String>,
 }
 
@@ -231,6 +234,8 @@ pub struct RestoreOptions {
     pub wait: bool,
     /// Connect/request timeouts for the health checks.
     pub connect_timeout: Duration,
+    /// How long to wait for the API server's `/readyz` (informational, never fails).
+    pub apiserver_timeout: Duration,
 }
 
 /// Reports steps as they run (the CLI prints them).
@@ -351,6 +356,9 @@ pub async fn plan(source: &SnapshotSource, opts: &RestoreOptions) -> Result<Plan
         restore_argv,
         client,
         local_cluster_id,
+        apiserver: apiserver::ApiServerProbe::from_manifest(
+            &opts.manifests_dir.join("kube-apiserver.yaml"),
+        ),
         warnings,
     })
 }
@@ -444,7 +452,7 @@ async fn run_steps(
             Step::MoveDataDir => move_data_dir(&plan),
             Step::Restore => restore_data_dir(&plan),
             Step::StartEtcd => start_etcd(&plan, opts, observer).await,
-            Step::StartControlPlane => start_control_plane(&plan),
+            Step::StartControlPlane => start_control_plane(&plan, opts, observer).await,
             Step::Finish => finish(&plan),
         };
         if let Err(e) = result {
@@ -766,11 +774,25 @@ async fn start_etcd(
     Ok(())
 }
 
-fn start_control_plane(plan: &Plan) -> Result<(), RestoreError> {
+async fn start_control_plane(
+    plan: &Plan,
+    opts: &RestoreOptions,
+    observer: &dyn Observer,
+) -> Result<(), RestoreError> {
     for pod in plan.static_pods.iter().filter(|p| *p != "etcd.yaml") {
         node::move_manifest(pod, &plan.holding_dir, &plan.manifests_dir)?;
     }
     let _ = std::fs::remove_dir(&plan.holding_dir);
+    let restarted_apiserver = plan.static_pods.iter().any(|p| p == "kube-apiserver.yaml");
+    if let (true, true, Some(probe)) = (opts.wait, restarted_apiserver, &plan.apiserver) {
+        match probe.wait_ready(opts.apiserver_timeout).await {
+            Ok(()) => observer.note("the API server is ready (/readyz answered 200)"),
+            Err(why) => observer.note(&format!(
+                "the API server is not ready after {}s ({why}): etcd is restored; check `kubectl get --raw /readyz` and the kube-apiserver logs",
+                opts.apiserver_timeout.as_secs()
+            )),
+        }
+    }
     Ok(())
 }
 

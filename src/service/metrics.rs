@@ -24,6 +24,9 @@ pub struct Metrics {
     pub retention_deleted: Counter,
     pub skipped: Counter,
     pub backups: Counter,
+    pub drill_last_success: Gauge<f64, AtomicU64>,
+    pub drill_failures: Counter,
+    pub drill_duration: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -39,6 +42,9 @@ impl Metrics {
             retention_deleted: Counter::default(),
             skipped: Counter::default(),
             backups: Counter::default(),
+            drill_last_success: Gauge::default(),
+            drill_failures: Counter::default(),
+            drill_duration: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -86,6 +92,21 @@ impl Metrics {
             "Backups committed by this instance",
             m.backups.clone(),
         );
+        registry.register(
+            "lifeboat_drill_last_success_timestamp_seconds",
+            "Unix time of the last restore drill that passed",
+            m.drill_last_success.clone(),
+        );
+        registry.register(
+            "lifeboat_drill_failures",
+            "Restore drills that failed (mismatch, unreadable backup, etcd would not start)",
+            m.drill_failures.clone(),
+        );
+        registry.register(
+            "lifeboat_drill_duration_seconds",
+            "Duration of the last restore drill",
+            m.drill_duration.clone(),
+        );
         // Known failure reasons start at 0, so `increase()` in alerts sees the first failure.
         for reason in ["etcd", "verify", "store", "cancelled", "internal"] {
             let _ = m.failures.get_or_create(&ReasonLabel {
@@ -130,6 +151,8 @@ mod tests {
             "lifeboat_snapshot_revision",
             "lifeboat_is_leader 1",
             "lifeboat_retention_deleted_total",
+            "lifeboat_drill_last_success_timestamp_seconds",
+            "lifeboat_drill_failures_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

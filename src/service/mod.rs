@@ -5,7 +5,11 @@
 //!  election (etcd lease) ──is_leader──▶ worker: jitter → take_backup → retention
 //!  axum: /healthz /readyz /metrics          shutdown token: stop ticks, give the running
 //!                                           backup `shutdown_deadline`, then abort it cleanly
+//!  drill cron (optional, own schedule) ──▶ drill worker: latest backup → sandbox restore → checks
 //! ```
+//!
+//! With `schedule = "off"` the instance takes no backups and needs no etcd: a drill-only
+//! instance off the control plane, the one place that holds the age identity.
 
 pub mod leader;
 pub mod metrics;
@@ -45,8 +49,20 @@ pub struct ServeSettings {
     pub lease_ttl: Duration,
     pub etcd: EtcdSettings,
     pub store: StoreSpec,
-    pub backup: BackupSettings,
+    /// `None` with `schedule = "off"`: a drill-only instance.
+    pub backup: Option<BackupSettings>,
     pub retention: Policy,
+    pub drill: Option<DrillPlan>,
+}
+
+/// Restore drills on their own schedule.
+#[derive(Debug, Clone)]
+pub struct DrillPlan {
+    /// 6-field cron expression, UTC.
+    pub schedule: String,
+    /// Read at every drill, so a rotated key file is picked up.
+    pub identity_file: std::path::PathBuf,
+    pub settings: crate::drill::DrillSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +121,8 @@ struct Shared {
     interval: Duration,
     etcd: EtcdSettings,
     store: Arc<dyn Store>,
+    backups: bool,
+    drill_running: AtomicBool,
 }
 
 /// Runs until `shutdown` is cancelled; returns once the running backup has finished or been
@@ -123,6 +141,8 @@ pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result
         interval: settings.interval,
         etcd: settings.etcd.clone(),
         store: store.clone(),
+        backups: settings.backup.is_some(),
+        drill_running: AtomicBool::new(false),
     });
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -132,9 +152,34 @@ pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result
         })?;
     tracing::info!(listen = %settings.listen, schedule = %settings.schedule, store = %store.location(), "serving");
     let http = tokio::spawn(serve_http(listener, shared.clone(), shutdown.clone()));
+    let drills = match &settings.drill {
+        Some(plan) => Some(start_drills(plan.clone(), shared.clone(), shutdown.clone()).await?),
+        None => None,
+    };
+    let result = match &settings.backup {
+        Some(backup) => run_backups(&settings, backup, &shared, &shutdown).await,
+        None => {
+            shutdown.cancelled().await;
+            Ok(())
+        }
+    };
+    if let Some((mut scheduler, worker)) = drills {
+        let _ = scheduler.shutdown().await;
+        let _ = worker.await;
+    }
+    let _ = http.await;
+    tracing::info!("stopped");
+    result
+}
 
+async fn run_backups(
+    settings: &ServeSettings,
+    backup: &BackupSettings,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) -> Result<(), ServeError> {
+    let shutdown = shutdown.clone();
     let Some(mut source) = connect_until(&settings.etcd, &shutdown).await else {
-        let _ = http.await;
         return Ok(());
     };
     let member = loop {
@@ -143,7 +188,6 @@ pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the member's status; retrying");
                 if sleep_or_cancel(Duration::from_secs(5), &shutdown).await {
-                    let _ = http.await;
                     return Ok(());
                 }
             }
@@ -174,16 +218,113 @@ pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result
             () = shutdown.cancelled() => break,
             tick = ticks.recv() => {
                 if tick.is_none() { break; }
-                run_tick(&settings, &mut source, &shared, &cluster, &shutdown).await;
+                run_tick(settings, backup, &mut source, shared, &cluster, &shutdown).await;
                 shared.running.store(false, Ordering::SeqCst);
             }
         }
     }
     let _ = scheduler.shutdown().await;
     let _ = campaign.await;
-    let _ = http.await;
-    tracing::info!("stopped");
     Ok(())
+}
+
+type DrillWorker = (
+    tokio_cron_scheduler::JobScheduler,
+    tokio::task::JoinHandle<()>,
+);
+
+/// Drills run on every instance that has them configured (no election: typically one
+/// instance off the control plane holds the identity).
+async fn start_drills(
+    plan: DrillPlan,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> Result<DrillWorker, ServeError> {
+    let err = |e: tokio_cron_scheduler::JobSchedulerError| ServeError::Scheduler(e.to_string());
+    let (tx, mut ticks) = mpsc::channel::<()>(1);
+    let scheduler = tokio_cron_scheduler::JobScheduler::new()
+        .await
+        .map_err(err)?;
+    let job_shared = shared.clone();
+    let job = tokio_cron_scheduler::Job::new_async(plan.schedule.as_str(), move |_, _| {
+        let (tx, shared) = (tx.clone(), job_shared.clone());
+        Box::pin(async move {
+            if shared.drill_running.load(Ordering::SeqCst) || tx.try_send(()).is_err() {
+                tracing::warn!("drill tick skipped: the previous drill is still running");
+            }
+        })
+    })
+    .map_err(err)?;
+    scheduler.add(job).await.map_err(err)?;
+    scheduler.start().await.map_err(err)?;
+    tracing::info!(schedule = %plan.schedule, "restore drills scheduled");
+    let worker = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                tick = ticks.recv() => {
+                    if tick.is_none() { break; }
+                    shared.drill_running.store(true, Ordering::SeqCst);
+                    tokio::select! {
+                        () = shutdown.cancelled() => {
+                            tracing::warn!("shutdown: the running drill is stopped (its sandbox etcd is killed)");
+                        }
+                        () = run_drill(&plan, &shared) => {}
+                    }
+                    shared.drill_running.store(false, Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    Ok((scheduler, worker))
+}
+
+async fn run_drill(plan: &DrillPlan, shared: &Arc<Shared>) {
+    let started = Instant::now();
+    let outcome = drill_latest(plan, shared).await;
+    let m = &shared.metrics;
+    m.drill_duration.set(started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(report) if report.ok => {
+            m.drill_last_success.set(Utc::now().timestamp() as f64);
+            tracing::info!(id = %report.id, ms = report.duration_ms, "restore drill passed");
+        }
+        Ok(report) => {
+            m.drill_failures.inc();
+            let failed: Vec<String> = report
+                .checks
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| format!("{}: expected {}, got {}", c.name, c.expected, c.actual))
+                .collect();
+            tracing::error!(id = %report.id, checks = %failed.join("; "), "restore drill FAILED: do not rely on this backup");
+        }
+        Err(e) => {
+            m.drill_failures.inc();
+            tracing::error!(error = %e, "restore drill failed");
+        }
+    }
+}
+
+async fn drill_latest(
+    plan: &DrillPlan,
+    shared: &Arc<Shared>,
+) -> Result<crate::drill::DrillReport, String> {
+    let identities = crate::stages::encrypt::Identities::from_file(&plan.identity_file)
+        .map_err(|e| e.to_string())?;
+    let manifest = Catalog::new(shared.store.clone())
+        .find("latest")
+        .await
+        .map_err(|e| e.to_string())?;
+    crate::drill::drill(
+        shared.store.clone(),
+        &manifest,
+        Some(&Arc::new(identities)),
+        &plan.settings,
+        Arc::new(Silent),
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 async fn connect_until(
@@ -251,6 +392,7 @@ async fn start_scheduler(
 
 async fn run_tick(
     settings: &ServeSettings,
+    backup: &BackupSettings,
     source: &mut EtcdSource,
     shared: &Arc<Shared>,
     cluster: &str,
@@ -284,7 +426,7 @@ async fn run_tick(
     let result = take_backup(
         source,
         shared.store.clone(),
-        &settings.backup,
+        backup,
         Arc::new(Silent),
         &abort,
     )
@@ -383,11 +525,13 @@ async fn metrics_text(
 /// twice the schedule's interval (or the service is younger than that).
 async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
     let mut problems = Vec::new();
-    let mut probe = shared.etcd.clone();
-    probe.connect_timeout = Duration::from_secs(2);
-    probe.request_timeout = Duration::from_secs(2);
-    if let Err(e) = EtcdSource::connect_first(&probe).await {
-        problems.push(format!("etcd: {e}"));
+    if shared.backups {
+        let mut probe = shared.etcd.clone();
+        probe.connect_timeout = Duration::from_secs(2);
+        probe.request_timeout = Duration::from_secs(2);
+        if let Err(e) = EtcdSource::connect_first(&probe).await {
+            problems.push(format!("etcd: {e}"));
+        }
     }
     let listing = shared.store.list("lifeboat-readyz-probe");
     match tokio::time::timeout(Duration::from_secs(5), listing).await {

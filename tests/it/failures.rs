@@ -386,10 +386,14 @@ fn corrupt_plain_files_given_to_status_exit_4() {
 }
 
 /// A small tmpfs, unmounted on drop.
-struct Tmpfs(tempfile::TempDir);
+pub struct Tmpfs(tempfile::TempDir);
 
 impl Tmpfs {
-    fn new(size: &str) -> Tmpfs {
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+
+    pub fn new(size: &str) -> Tmpfs {
         let dir = tempfile::tempdir().unwrap();
         run_ok(
             Command::new("mount")

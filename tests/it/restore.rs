@@ -100,6 +100,11 @@ fn etcdutl_restore_brings_back_the_backup_with_a_bumped_revision() {
     let manifests_before = s.node.manifests();
     let r = run(restore_cmd(&s).args(["--yes", "--force", "-w", "json"])).ok();
     assert!(r.stderr.contains("==> stop-control-plane"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("the API server is ready"),
+        "the stand-in API server's /readyz was awaited: {}",
+        r.stderr
+    );
     s.node.wait_healthy();
     assert_eq!(
         s.node.dump(),
@@ -405,4 +410,86 @@ fn three_members_restored_from_one_backup_form_a_healthy_cluster() {
         assert_eq!(n.dump(), expected, "data on {}", n.name);
     }
     nodes[2].put("/registry/new", "writes work");
+}
+
+#[test]
+fn detach_runs_the_restore_in_its_own_session_and_logs_to_the_state_dir() {
+    let s = setup(Version::V35);
+    let r = run(restore_cmd(&s).args(["--yes", "--force", "--detach"])).ok();
+    assert!(r.stdout.contains("detached as pid"), "{}", r.stdout);
+    let log = PathBuf::from(
+        r.stdout
+            .lines()
+            .find_map(|l| l.split("log: ").nth(1))
+            .unwrap()
+            .trim(),
+    );
+    assert!(log.starts_with(&s.node.state_dir));
+    let pid: u32 = r
+        .stdout
+        .split("pid ")
+        .nth(1)
+        .and_then(|t| t.split(';').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The detached restore is ours: stopped by PID if the test ends before it does.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &self.0.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+    let _guard = KillOnDrop(pid);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("restored ")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    s.node.wait_healthy();
+    assert_eq!(s.node.dump(), s.expected);
+    assert!(!s.node.journal().exists());
+}
+
+#[test]
+fn a_backup_of_another_cluster_is_flagged_and_too_little_disk_is_refused() {
+    let s = setup(Version::V35);
+    let other = FakeNode::start(Version::V35);
+    let mut cmd = other.restore();
+    cmd.arg("latest")
+        .arg("--dest")
+        .arg(&s.dest)
+        .arg("--identity")
+        .arg(&s.key.identity_file)
+        .args(["--force", "--dry-run"]);
+    let r = run(&mut cmd).ok();
+    assert!(
+        r.stdout.contains("WARNING") && r.stdout.contains("is from cluster"),
+        "{}",
+        r.stdout
+    );
+    // A state dir on a 1 MiB tmpfs cannot hold the snapshot copy and its slack.
+    let before = node_state(&s.node);
+    let tmpfs = crate::failures::Tmpfs::new("1m");
+    let mut cmd = s.node.restore_in(tmpfs.path());
+    cmd.arg("latest")
+        .arg("--dest")
+        .arg(&s.dest)
+        .arg("--identity")
+        .arg(&s.key.identity_file)
+        .args(["--force", "--yes"]);
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 8, "{}", r.stderr);
+    assert!(r.stderr.contains("not enough disk"), "{}", r.stderr);
+    assert_unchanged(&s.node, &before);
 }

@@ -543,3 +543,75 @@ fn a_learner_never_uploads() {
     );
     assert_eq!(serve.stop(Duration::from_secs(20)), 0);
 }
+
+#[test]
+fn a_drill_only_instance_drills_the_latest_backup_on_schedule_and_counts_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let etcd = EtcdProcess::start(Version::V35, None);
+    etcd.put("/registry/a", "1");
+    let mut save = lifeboat();
+    save.args(["snapshot", "save", "-r", &key.recipient])
+        .args(etcd.lifeboat_flags())
+        .arg("--dest")
+        .arg(dir.path().join("b"))
+        .arg("--work-dir")
+        .arg(dir.path().join("w"));
+    run(&mut save).ok();
+    // No etcd for this instance: it only reads the store and holds the identity.
+    let config = dir.path().join("drill.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[backup]\ndest = {:?}\n[serve]\nschedule = \"off\"\n[drill]\nschedule = \"*/1 * * * * *\"\nidentity_file = {:?}\netcd = {:?}\netcdutl = {:?}\nwork_dir = {:?}\n",
+            dir.path().join("b"),
+            key.identity_file,
+            crate::harness::etcd_bin(Version::V35),
+            crate::harness::etcdutl_bin(),
+            dir.path().join("drills"),
+        ),
+    )
+    .unwrap();
+    let mut cmd = lifeboat();
+    cmd.arg("--config").arg(&config).arg("serve");
+    let mut serve = Serve::start(cmd, dir.path().join("serve.log"));
+    wait_until("a passed drill", Duration::from_secs(60), || {
+        serve.metric("lifeboat_drill_last_success_timestamp_seconds") > 1.7e9
+    });
+    assert_eq!(serve.metric("lifeboat_drill_failures_total"), 0.0);
+    assert_eq!(
+        serve.get("/readyz").unwrap().0,
+        200,
+        "{:?}",
+        serve.get("/readyz")
+    );
+    assert_eq!(
+        serve.metric("lifeboat_backups_total"),
+        0.0,
+        "drill-only: no backups"
+    );
+    // A manifest whose HashKV the restored etcd contradicts makes the drills fail.
+    let b = dir.path().join("b");
+    let name = files_in(&b)
+        .into_iter()
+        .find(|f| f.ends_with(".manifest.json"))
+        .unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.join(&name)).unwrap()).unwrap();
+    m["hashkv"]["hash"] = serde_json::json!(m["hashkv"]["hash"].as_u64().unwrap() ^ 1);
+    std::fs::write(b.join(&name), serde_json::to_vec(&m).unwrap()).unwrap();
+    wait_until("a failed drill", Duration::from_secs(60), || {
+        serve.metric("lifeboat_drill_failures_total") >= 1.0
+    });
+    assert!(serve.log_text().contains("FAILED"), "{}", serve.log_text());
+    assert_eq!(
+        serve.stop(Duration::from_secs(20)),
+        0,
+        "{}",
+        serve.log_text()
+    );
+    assert!(
+        files_in(&dir.path().join("drills")).is_empty(),
+        "sandboxes removed"
+    );
+}

@@ -110,8 +110,14 @@ impl FakeNode {
         let manifests_dir = root.join("etc/kubernetes/manifests");
         std::fs::create_dir_all(&manifests_dir).unwrap();
         let data_dir = root.join("var/lib/etcd");
-        let pki_dir = root.join("etc/kubernetes/pki/etcd");
+        let pki_root = root.join("etc/kubernetes/pki");
+        let pki_dir = pki_root.join("etcd");
         std::fs::create_dir_all(&pki_dir).unwrap();
+        // The stand-in API server serves with the same test CA (kubeadm uses a cluster CA).
+        std::fs::copy(&pki.ca_cert, pki_root.join("ca.crt")).unwrap();
+        std::fs::copy(&pki.server_cert, pki_root.join("apiserver.crt")).unwrap();
+        std::fs::copy(&pki.server_key, pki_root.join("apiserver.key")).unwrap();
+        let apiserver_port = free_port();
         for (from, to) in [
             (&pki.ca_cert, "ca.crt"),
             (&pki.server_cert, "server.crt"),
@@ -130,7 +136,8 @@ impl FakeNode {
                 .replace(":2379", &format!(":{}", ports.client))
                 .replace(":2380", &format!(":{}", ports.peer))
                 .replace("2381", &ports.metrics.to_string())
-                .replace("/etc/kubernetes/pki/etcd", &pki_dir.display().to_string())
+                .replace("6443", &apiserver_port.to_string())
+                .replace("/etc/kubernetes/pki", &pki_root.display().to_string())
                 .replace("/var/lib/etcd", &data_dir.display().to_string());
             if file == "etcd.yaml" {
                 t = t
@@ -247,12 +254,17 @@ impl FakeNode {
 
     /// `lifeboat restore` with this node's folders and the right restore tool.
     pub fn restore(&self) -> Command {
+        self.restore_in(&self.state_dir)
+    }
+
+    /// As `restore`, with another state dir.
+    pub fn restore_in(&self, state_dir: &Path) -> Command {
         let mut cmd = lifeboat();
         cmd.arg("restore")
             .arg("--manifests-dir")
             .arg(&self.manifests_dir)
             .arg("--state-dir")
-            .arg(&self.state_dir)
+            .arg(state_dir)
             .arg("--etcdutl")
             .arg(match self.version {
                 Version::V34 => etcdctl_bin(Version::V34),
@@ -431,6 +443,26 @@ fn start_pod(name: &str, content: &[u8], etcd: &Path, logs: &Path) -> Option<Chi
             .stderr(log)
             .spawn()
             .ok()
+    } else if name == "kube-apiserver.yaml" {
+        let pod: serde_json::Value = serde_norway::from_slice(content).ok()?;
+        let flag = |f: &str| -> Option<String> {
+            pod["spec"]["containers"][0]["command"]
+                .as_array()?
+                .iter()
+                .filter_map(|v| v.as_str())
+                .find_map(|a| a.strip_prefix(&format!("--{f}=")).map(str::to_string))
+        };
+        Command::new("python3")
+            .arg("-c")
+            .arg(APISERVER_STAND_IN)
+            .arg(flag("secure-port")?)
+            .arg(flag("tls-cert-file")?)
+            .arg(flag("tls-private-key-file")?)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().ok()?)
+            .stderr(log)
+            .spawn()
+            .ok()
     } else {
         Command::new("sleep")
             .arg("100000")
@@ -441,6 +473,28 @@ fn start_pod(name: &str, content: &[u8], etcd: &Path, logs: &Path) -> Option<Chi
             .ok()
     }
 }
+
+/// What lifeboat relies on from kube-apiserver: HTTPS on `--secure-port` with the serving
+/// certificate from the manifest, answering `/readyz`.
+const APISERVER_STAND_IN: &str = r#"
+import http.server, ssl, sys
+port, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = self.path.split("?")[0] in ("/readyz", "/livez", "/healthz")
+        body = b"ok" if ok else b"not found"
+        self.send_response(200 if ok else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+srv = http.server.HTTPServer(("127.0.0.1", port), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
 
 /// SIGTERM, then SIGKILL after 10 s, like the kubelet's grace period.
 fn terminate(child: &mut Child) {

@@ -33,7 +33,9 @@ impl Pki {
 
         let leaf = |cn: &str, server: bool| {
             let key = KeyPair::generate().unwrap();
-            let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+            let mut p =
+                CertificateParams::new(vec!["localhost".to_string(), "kubernetes".to_string()])
+                    .unwrap();
             p.subject_alt_names
                 .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
             p.distinguished_name.push(DnType::CommonName, cn);
