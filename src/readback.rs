@@ -268,7 +268,7 @@ fn decode<R: Read>(
         inner: reader,
         tally,
     };
-    let mut sink = PlainSink::new(BufWriter::with_capacity(256 * 1024, file));
+    let mut sink = SinkThread::spawn(file);
     progress.begin("reading back", Some(manifest.plain_size));
     let copied = match identities {
         Some(ids) => {
@@ -288,13 +288,69 @@ fn decode<R: Read>(
         ),
     };
     progress.end();
-    copied.map_err(|e| classify_copy_error(e, path, &damaged))?;
-    let (writer, tally_out) = sink.finish();
-    let file = writer
-        .into_inner()
-        .map_err(|e| output_err(path, e.into_error()))?;
+    // The writer's own error explains a failed send better than the send does.
+    let written = sink.finish();
+    let (file, tally_out) = match (copied, written) {
+        (Err(CopyError::Read(e)), _) => {
+            return Err(classify_copy_error(CopyError::Read(e), path, &damaged))
+        }
+        (_, Err(e)) | (Err(CopyError::Write(e)), Ok(_)) => return Err(output_err(path, e)),
+        (Ok(()), Ok(done)) => done,
+    };
     file.sync_all().map_err(|e| output_err(path, e))?;
     Ok(tally_out)
+}
+
+/// Hashing and writing the plain bytes run on a thread of their own, overlapping with
+/// decryption and decompression (a bounded channel of 8 chunks keeps memory flat).
+struct SinkThread {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    handle: Option<std::thread::JoinHandle<io::Result<(File, PlainTally)>>>,
+}
+
+impl SinkThread {
+    fn spawn(file: File) -> SinkThread {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let handle = std::thread::spawn(move || {
+            let mut sink = PlainSink::new(BufWriter::with_capacity(256 * 1024, file));
+            for chunk in rx {
+                sink.write_all(&chunk)?;
+            }
+            let (writer, tally) = sink.finish();
+            let file = writer.into_inner().map_err(|e| e.into_error())?;
+            Ok((file, tally))
+        });
+        SinkThread {
+            tx: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(mut self) -> io::Result<(File, PlainTally)> {
+        drop(self.tx.take());
+        self.handle
+            .take()
+            .map_or(Err(io::Error::other("writer thread missing")), |h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("writer thread panicked")))
+            })
+    }
+}
+
+impl Write for SinkThread {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| io::Error::other("writer closed"))?;
+        tx.send(buf.to_vec())
+            .map_err(|_| io::Error::other("the writer thread stopped"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 enum CopyError {
@@ -313,9 +369,9 @@ fn classify_copy_error(
     }
 }
 
-fn copy_decompressed<R: io::BufRead, W: Write>(
+fn copy_decompressed<R: io::BufRead>(
     reader: R,
-    sink: &mut PlainSink<W>,
+    sink: &mut impl Write,
     progress: &dyn Progress,
 ) -> Result<(), CopyError> {
     let mut decoder = compress::decompressor(reader).map_err(CopyError::Read)?;
@@ -347,11 +403,11 @@ fn decrypt_error(e: age::DecryptError, manifest: &Manifest) -> ReadBackError {
     }
 }
 
-/// Writes the plain bytes while hashing them twice: all of them, and all but the last 32
-/// (held back as a possible trailer), so etcd's trailer is checked without a second pass.
+/// Writes the plain bytes while hashing all but the last 32 (held back as a possible trailer):
+/// that digest checks etcd's trailer, and the same state continued with the held-back bytes is
+/// the digest of the whole file — one sha256 pass for both.
 struct PlainSink<W> {
     inner: W,
-    all: Sha256,
     data: Sha256,
     tail: Vec<u8>,
     size: u64,
@@ -361,7 +417,6 @@ impl<W: Write> PlainSink<W> {
     fn new(inner: W) -> Self {
         PlainSink {
             inner,
-            all: Sha256::new(),
             data: Sha256::new(),
             tail: Vec::with_capacity(64),
             size: 0,
@@ -374,12 +429,15 @@ impl<W: Write> PlainSink<W> {
         } else {
             None
         };
+        let data_sha256 = self.data.clone().finalize().into();
+        let mut all = self.data;
+        all.update(&self.tail);
         (
             self.inner,
             PlainTally {
-                sha256: hex::encode(self.all.finalize()),
+                sha256: hex::encode(all.finalize()),
                 size: self.size,
-                data_sha256: self.data.finalize().into(),
+                data_sha256,
                 trailer,
             },
         )
@@ -390,7 +448,6 @@ impl<W: Write> Write for PlainSink<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         let buf = &buf[..n];
-        self.all.update(buf);
         self.size += n as u64;
         if buf.len() >= 32 {
             self.data.update(&self.tail);
@@ -465,6 +522,7 @@ mod tests {
             assert_eq!(t.trailer, Some(digest), "step {step}");
             assert_eq!(t.data_sha256, digest, "step {step}");
             assert_eq!(t.size, file.len() as u64);
+            assert_eq!(t.sha256, hex::encode(Sha256::digest(&file)), "step {step}");
         }
     }
 }
