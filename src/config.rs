@@ -59,6 +59,25 @@ pub struct FileConfig {
     pub restore: RestoreSection,
     #[serde(default)]
     pub drill: DrillSection,
+    #[serde(default)]
+    pub upgrade: UpgradeSection,
+}
+
+/// `[upgrade]`: the tools `lifeboat upgrade` drives and its limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeSection {
+    pub kubeadm: Option<PathBuf>,
+    pub kubectl: Option<PathBuf>,
+    pub systemctl: Option<PathBuf>,
+    pub package_manager: Option<String>,
+    pub kubeconfig: Option<PathBuf>,
+    pub kubernetes_dir: Option<PathBuf>,
+    pub max_snapshot_age: Option<String>,
+    pub drain_timeout: Option<String>,
+    pub ready_timeout: Option<String>,
+    pub command_timeout: Option<String>,
+    pub keep_kubeadm_backups: Option<usize>,
 }
 
 /// `[restore]`: where the node's files are and how to restore.

@@ -88,6 +88,14 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             R::Tool { .. } => Some(FAILURE),
         };
     }
+    if let Some(e) = e.downcast_ref::<crate::upgrade::UpgradeError>() {
+        use crate::upgrade::UpgradeError as U;
+        return match e {
+            U::Refused { .. } | U::Gate { .. } => Some(REFUSED),
+            U::Journal { .. } => Some(STORAGE),
+            U::Command { .. } | U::Tool { .. } | U::Step { .. } => Some(FAILURE),
+        };
+    }
     if let Some(e) = e.downcast_ref::<crate::drill::DrillError>() {
         use crate::drill::DrillError as D;
         return match e {

@@ -10,9 +10,13 @@
 //! - [`store`]: storage backends behind the object-safe [`store::Store`] trait.
 //! - [`catalog`]: manifests and backup ids; a backup exists once its manifest does.
 //! - [`backup`]: one backup run end to end; [`readback`]: reading one back and re-checking it.
+//! - [`restore`]: `lifeboat restore` — plan, journaled steps, resume, rollback; [`drill`]:
+//!   restore drills in a sandbox.
+//! - [`upgrade`]: `lifeboat upgrade` — preflight, the backup gate, the journaled kubeadm steps.
 //! - [`retention`]: which backups to keep (a pure plan from the catalog and a clock) and pruning.
 //! - [`service`]: `lifeboat serve` — schedule, uploader election, health and metrics, shutdown.
-//! - [`config`]: file + env + flags, validated once; [`progress`]: progress reporting.
+//! - [`config`]: file + env + flags, validated once; [`progress`]: progress reporting;
+//!   [`fsutil`]: durable renames and writes.
 //! - [`exit`]: the documented exit codes, derived from the error chain.
 //!
 //! The library never prints; the `lifeboat` binary parses arguments, sets up logging and maps
@@ -33,4 +37,5 @@ pub mod retention;
 pub mod service;
 pub mod stages;
 pub mod store;
+pub mod upgrade;
 pub mod verify;

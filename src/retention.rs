@@ -228,6 +228,12 @@ pub async fn prune(
             let id = BackupId::parse(&m.id).expect("listed manifests have our ids");
             store.delete(&id.manifest_key()).await?;
             store.delete(&m.object.key).await?;
+            // Node bundles saved next to a pre-upgrade backup go with it.
+            for b in store.list(&format!("{}.node-", m.id)).await? {
+                if crate::catalog::id_of_bundle_key(&b.key).is_some() {
+                    store.delete(&b.key).await?;
+                }
+            }
             deleted += 1;
             tracing::info!(id = %m.id, rules = ?d.rules, "retention deleted a backup");
         }
@@ -259,7 +265,8 @@ async fn find_orphans(
     let manifest_keys: HashSet<&str> = all.iter().map(|o| o.key.as_str()).collect();
     let mut out = Vec::new();
     for o in &all {
-        let Some(id) = data_object_id(&o.key) else {
+        let Some(id) = data_object_id(&o.key).or_else(|| crate::catalog::id_of_bundle_key(&o.key))
+        else {
             continue;
         };
         if referenced.contains(o.key.as_str()) || manifest_keys.contains(id.manifest_key().as_str())

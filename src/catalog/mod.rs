@@ -110,6 +110,16 @@ pub fn id_of_manifest_key(key: &str) -> Option<BackupId> {
     BackupId::parse(key.strip_suffix(MANIFEST_SUFFIX)?)
 }
 
+/// The backup id of a node bundle key (`<id>.node-<node>.tar.zst[.age]`), when it is ours.
+pub fn id_of_bundle_key(key: &str) -> Option<BackupId> {
+    let stem = key
+        .strip_suffix(".tar.zst.age")
+        .or_else(|| key.strip_suffix(".tar.zst"))?;
+    let (id, node) = stem.split_once(".node-")?;
+    (!node.is_empty()).then_some(())?;
+    BackupId::parse(id)
+}
+
 /// Manifests that could not be read, reported next to a listing rather than failing it.
 #[derive(Debug)]
 pub struct Skipped {

@@ -7,6 +7,7 @@ mod render;
 mod restore;
 mod serve;
 mod snapshot;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,7 @@ async fn run(cli: Cli, config: FileConfig) -> Result<()> {
         Command::Serve(args) => serve::run(*args, &config).await,
         Command::Restore(args) => restore::run(*args, &config).await,
         Command::Drill(args) => restore::drill(*args, &config).await,
+        Command::Upgrade(args) => upgrade::run(*args, &config).await,
     }
 }
 

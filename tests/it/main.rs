@@ -17,4 +17,5 @@ mod save;
 mod serve;
 mod status;
 mod store_conformance;
+mod upgrade;
 mod zero_config;

@@ -169,6 +169,11 @@ impl FakeNode {
         }
     }
 
+    /// The node's `/etc/kubernetes`.
+    pub fn kubernetes_dir(&self) -> PathBuf {
+        self.manifests_dir.parent().unwrap().to_path_buf()
+    }
+
     pub fn etcd_manifest(&self) -> PathBuf {
         self.manifests_dir.join("etcd.yaml")
     }

@@ -141,6 +141,19 @@ impl S3Server {
             .filter_map(|o| o.key().map(String::from))
             .collect()
     }
+
+    pub async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        let out = self
+            .client()
+            .await
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        out.body.collect().await.unwrap().into_bytes().to_vec()
+    }
 }
 
 fn try_start(pki: Option<&super::Pki>) -> Result<S3Server, String> {

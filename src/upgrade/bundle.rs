@@ -1,0 +1,122 @@
+//! The node bundle saved next to the pre-upgrade backup: `/etc/kubernetes/pki`,
+//! `/etc/kubernetes/manifests` and the kubeadm ClusterConfiguration, as a tar, zstd-compressed
+//! and age-encrypted like the snapshot (it holds the cluster's CA keys).
+//!
+//! Object key `<backup-id>.node-<node>.tar.zst.age`: retention deletes it with its backup.
+//! A few hundred KiB, so it is built in memory.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::catalog::Manifest;
+use crate::stages::encrypt::Recipients;
+use crate::store::{bytes_stream, Store};
+
+use super::tools::{self, Tools};
+
+/// The bundle's key for a backup and node.
+pub fn key(backup_id: &str, node: &str, encrypted: bool) -> String {
+    let safe: String = node
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if encrypted {
+        format!("{backup_id}.node-{safe}.tar.zst.age")
+    } else {
+        format!("{backup_id}.node-{safe}.tar.zst")
+    }
+}
+
+/// Builds and stores the bundle; returns its key.
+///
+/// # Errors
+/// A folder that cannot be read, or the store refusing the object.
+pub async fn save(
+    store: &Arc<dyn Store>,
+    backup: &Manifest,
+    node: &str,
+    kubernetes_dir: &Path,
+    tools: &Tools,
+    recipients: Option<&Recipients>,
+) -> Result<String, String> {
+    let cluster_config = {
+        let argv = tools.kubectl(&[
+            "-n",
+            "kube-system",
+            "get",
+            "configmap",
+            "kubeadm-config",
+            "-o",
+            "jsonpath={.data.ClusterConfiguration}",
+        ]);
+        tokio::task::spawn_blocking(move || tools::run(&argv, std::time::Duration::from_secs(60)))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
+    };
+    let dir = kubernetes_dir.to_path_buf();
+    let recipients = recipients.cloned();
+    let bytes =
+        tokio::task::spawn_blocking(move || build(&dir, &cluster_config, recipients.as_ref()))
+            .await
+            .map_err(|e| e.to_string())??;
+    let key = key(
+        &backup.id,
+        node,
+        recipients_present(&backup.encryption.scheme),
+    );
+    store
+        .put(&key, bytes_stream(bytes.into()))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(key)
+}
+
+fn recipients_present(scheme: &str) -> bool {
+    scheme == "age"
+}
+
+fn build(
+    kubernetes_dir: &Path,
+    cluster_config: &str,
+    recipients: Option<&Recipients>,
+) -> Result<Vec<u8>, String> {
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    for sub in ["pki", "manifests"] {
+        let path = kubernetes_dir.join(sub);
+        if path.is_dir() {
+            tar.append_dir_all(sub, &path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_size(cluster_config.len() as u64);
+    header.set_mode(0o600);
+    header.set_cksum();
+    tar.append_data(
+        &mut header,
+        "kubeadm-config.yaml",
+        cluster_config.as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    let tarball = tar.into_inner().map_err(|e| e.to_string())?;
+    let compressed = zstd::encode_all(tarball.as_slice(), 3).map_err(|e| e.to_string())?;
+    match recipients {
+        None => Ok(compressed),
+        Some(r) => {
+            let mut out = Vec::new();
+            let mut w = r.encryptor(&mut out).map_err(|e| e.to_string())?;
+            w.write_all(&compressed).map_err(|e| e.to_string())?;
+            w.finish().map_err(|e| e.to_string())?;
+            Ok(out)
+        }
+    }
+}
