@@ -247,4 +247,20 @@ mod tests {
             assert_eq!(id_of_manifest_key(name), None, "{name}");
         }
     }
+
+    #[test]
+    fn bundle_keys_are_ours_only_with_a_backup_id_and_a_node() {
+        let id = BackupId::new(chrono::Utc::now(), 0xab);
+        assert_eq!(
+            id_of_bundle_key(&format!("{id}.node-cp1.tar.zst.age")),
+            Some(id.clone())
+        );
+        assert_eq!(
+            id_of_bundle_key(&format!("{id}.node-cp1.tar.zst")),
+            Some(id.clone())
+        );
+        assert_eq!(id_of_bundle_key(&format!("{id}.node-.tar.zst.age")), None);
+        assert_eq!(id_of_bundle_key("etcd-x.node-cp1.tar.zst.age"), None);
+        assert_eq!(id_of_bundle_key(&format!("{id}.db.zst.age")), None);
+    }
 }

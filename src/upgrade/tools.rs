@@ -319,4 +319,35 @@ mod tests {
         let node = r#"{"status":{"conditions":[{"type":"Ready","status":"True"}],"nodeInfo":{"kubeletVersion":"v1.31.0"}}}"#;
         assert_eq!(parse_node(node), Some((true, KubeVersion::parse("1.31.0"))));
     }
+
+    #[test]
+    fn packages_are_pinned_with_apt_and_versioned_with_dnf() {
+        let mut t = Tools {
+            kubeadm: "kubeadm".into(),
+            kubectl: "kubectl".into(),
+            systemctl: "systemctl".into(),
+            packages: PackageKind::Apt,
+            kubeconfig: Some("/etc/kubernetes/admin.conf".into()),
+        };
+        let v = KubeVersion::parse("1.31.2").unwrap();
+        let apt = t.install(&["kubelet", "kubectl"], v);
+        assert_eq!(apt[0], ["apt-mark", "unhold", "kubelet", "kubectl"]);
+        assert_eq!(apt[2].last().unwrap(), "kubectl=1.31.2-*");
+        assert_eq!(apt[3], ["apt-mark", "hold", "kubelet", "kubectl"]);
+        t.packages = PackageKind::Dnf;
+        assert_eq!(
+            t.install(&["kubeadm"], v),
+            vec![vec![
+                "dnf",
+                "install",
+                "-y",
+                "kubeadm-1.31.2",
+                "--disableexcludes=kubernetes"
+            ]]
+        );
+        assert_eq!(
+            t.kubectl(&["uncordon", "n"])[1],
+            "--kubeconfig=/etc/kubernetes/admin.conf"
+        );
+    }
 }

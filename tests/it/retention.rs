@@ -80,6 +80,15 @@ async fn prune_against(store: Arc<dyn Store>) {
     let old_manual = backup_at(&catalog, 24 * 10, "manual", 0xa).await;
     let new_manual = backup_at(&catalog, 24 * 2, "manual", 0xa).await;
     let other_cluster = backup_at(&catalog, 24 * 50, "scheduled", 0xb).await;
+    // Node bundles saved by `lifeboat upgrade` go with their backup.
+    let old_bundle = format!("{old_manual}.node-cp1.tar.zst.age");
+    let new_bundle = format!("{new_manual}.node-cp1.tar.zst.age");
+    for b in [&old_bundle, &new_bundle] {
+        store
+            .put(b, bytes_stream(Bytes::from_static(b"bundle")))
+            .await
+            .unwrap();
+    }
     // Not ours: never touched.
     for foreign in [
         "notes.txt",
@@ -135,6 +144,14 @@ async fn prune_against(store: Arc<dyn Store>) {
     ] {
         assert!(after.contains(&foreign.to_string()), "{foreign} untouched");
     }
+    assert!(
+        !after.contains(&old_bundle),
+        "the bundle went with its backup"
+    );
+    assert!(
+        after.contains(&new_bundle),
+        "a kept backup keeps its bundle"
+    );
     // Every remaining manifest has its object.
     for m in &left {
         assert!(after.contains(&m.object.key), "{} has its object", m.id);

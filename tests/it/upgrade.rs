@@ -665,3 +665,42 @@ fn a_failure_at_each_step_keeps_a_journal_and_resume_continues_from_that_step() 
         std::fs::remove_dir_all(cp.local_dest()).unwrap();
     }
 }
+
+#[test]
+fn kubeadm_backup_folders_beyond_the_newest_are_offered_for_cleanup() {
+    let dir = tempfile::tempdir().unwrap();
+    let kdir = dir.path().join("kubernetes");
+    let tmp = kdir.join("tmp");
+    for day in ["2026-01-10", "2026-03-11", "2026-06-12", "2026-09-13"] {
+        for kind in ["etcd", "manifests"] {
+            std::fs::create_dir_all(tmp.join(format!("kubeadm-backup-{kind}-{day}-10-00-00")))
+                .unwrap();
+        }
+    }
+    std::fs::create_dir_all(tmp.join("something-else")).unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[upgrade]\nkeep_kubeadm_backups = 2\n").unwrap();
+    let clean = |extra: &[&str]| {
+        let mut cmd = lifeboat();
+        cmd.arg("--config")
+            .arg(&config)
+            .args(["upgrade", "--clean-kubeadm-backups", "--kubernetes-dir"])
+            .arg(&kdir)
+            .args(extra);
+        run(&mut cmd).ok()
+    };
+    let r = clean(&["--dry-run"]);
+    assert_eq!(r.stdout.matches("would remove").count(), 4, "{}", r.stdout);
+    assert_eq!(
+        crate::harness::files_in(&tmp).len(),
+        9,
+        "dry run removes nothing"
+    );
+    clean(&["--yes"]);
+    let left = crate::harness::files_in(&tmp);
+    assert_eq!(left.len(), 5, "{left:?}");
+    assert!(left
+        .iter()
+        .all(|f| !f.contains("2026-01-10") && !f.contains("2026-03-11")));
+    assert!(left.contains(&"something-else".to_string()));
+}
