@@ -511,14 +511,7 @@ pub async fn rollback(
         EtcdProbe::new(Some(&plan.client.endpoint), &plan.data_dir)
             .wait_stopped(opts.stop_timeout)?;
     }
-    if plan.restoring_dir.exists() {
-        std::fs::remove_dir_all(&plan.restoring_dir).map_err(|e| {
-            RestoreError::node(
-                &plan.restoring_dir,
-                format!("cannot remove the partial restore: {e}"),
-            )
-        })?;
-    }
+    remove_partial_restore(&plan)?;
     let data_dir_is_restored = if plan.data_dir_existed {
         plan.aside_dir.exists() && plan.data_dir.exists()
     } else {
@@ -716,20 +709,26 @@ fn restore_data_dir(plan: &Plan) -> Result<(), RestoreError> {
             "the data dir exists although it was moved aside: something else recreated it; stop that and `lifeboat restore --rollback`",
         ));
     }
-    if plan.restoring_dir.exists() {
-        std::fs::remove_dir_all(&plan.restoring_dir).map_err(|e| {
-            RestoreError::node(
-                &plan.restoring_dir,
-                format!("cannot remove a partial restore: {e}"),
-            )
-        })?;
-    }
+    remove_partial_restore(plan)?;
     tool::run_restore(&plan.restore_argv)?;
     set_owner_and_mode(&plan.restoring_dir, plan.owner)?;
     fsutil::durable_rename(&plan.restoring_dir, &plan.data_dir).map_err(|e| {
         RestoreError::node(
             &plan.restoring_dir,
             format!("cannot rename into place: {e}"),
+        )
+    })
+}
+
+/// The temp folder of an interrupted restore is ours and incomplete: it goes.
+fn remove_partial_restore(plan: &Plan) -> Result<(), RestoreError> {
+    if !plan.restoring_dir.exists() {
+        return Ok(());
+    }
+    std::fs::remove_dir_all(&plan.restoring_dir).map_err(|e| {
+        RestoreError::node(
+            &plan.restoring_dir,
+            format!("cannot remove the partial restore: {e}"),
         )
     })
 }

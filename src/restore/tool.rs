@@ -160,18 +160,22 @@ pub fn run_restore(argv: &[String]) -> Result<(), RestoreError> {
             detail: format!("cannot run {}: {e}", argv[0]),
         })?;
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let last = stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .to_string();
+        let last = last_line(&String::from_utf8_lossy(&out.stderr));
         return Err(RestoreError::Tool {
             detail: format!("`{}` failed ({}): {last}", argv.join(" "), out.status),
         });
     }
     Ok(())
+}
+
+/// The last non-empty line of a tool's stderr: where Go tools put the error.
+pub fn last_line(stderr: &str) -> String {
+    stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .to_string()
 }
 
 fn parse_version_output(text: &str) -> Option<(ToolKind, (u32, u32, u32))> {

@@ -47,15 +47,7 @@ pub async fn save(
     recipients: Option<&Recipients>,
 ) -> Result<String, String> {
     let cluster_config = {
-        let argv = tools.kubectl(&[
-            "-n",
-            "kube-system",
-            "get",
-            "configmap",
-            "kubeadm-config",
-            "-o",
-            "jsonpath={.data.ClusterConfiguration}",
-        ]);
+        let argv = tools.cluster_configuration();
         tokio::task::spawn_blocking(move || tools::run(&argv, std::time::Duration::from_secs(60)))
             .await
             .map_err(|e| e.to_string())?

@@ -69,18 +69,10 @@ pub async fn run(
         .kubernetes_dir
         .join("manifests/kube-apiserver.yaml")
         .exists();
-    let cluster_version = read(tools.kubectl(&[
-        "-n",
-        "kube-system",
-        "get",
-        "configmap",
-        "kubeadm-config",
-        "-o",
-        "jsonpath={.data.ClusterConfiguration}",
-    ]))
-    .await
-    .ok()
-    .and_then(|y| tools::parse_cluster_config_version(&y));
+    let cluster_version = read(tools.cluster_configuration())
+        .await
+        .ok()
+        .and_then(|y| tools::parse_cluster_config_version(&y));
     let server_version = read(tools.kubectl(&["version", "-o", "json"]))
         .await
         .ok()

@@ -90,6 +90,19 @@ impl Tools {
         v
     }
 
+    /// `kubectl` reading kubeadm's ClusterConfiguration from its ConfigMap.
+    pub fn cluster_configuration(&self) -> Vec<String> {
+        self.kubectl(&[
+            "-n",
+            "kube-system",
+            "get",
+            "configmap",
+            "kubeadm-config",
+            "-o",
+            "jsonpath={.data.ClusterConfiguration}",
+        ])
+    }
+
     pub fn systemctl(&self, args: &[&str]) -> Vec<String> {
         argv(&self.systemctl, args)
     }
@@ -182,12 +195,7 @@ pub fn run(argv: &[String], timeout: Duration) -> Result<String, UpgradeError> {
     let stdout = out_reader.join().unwrap_or_default();
     let stderr = err_reader.join().unwrap_or_default();
     if !status.success() {
-        let last = stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .to_string();
+        let last = crate::restore::tool::last_line(&stderr);
         return Err(UpgradeError::Command {
             command: argv.join(" "),
             detail: format!("{status}: {last}"),

@@ -149,8 +149,8 @@ impl Cp {
         self.dir.path().join("backups")
     }
 
-    /// `lifeboat upgrade` for this node into the local folder (allowed), with `args`.
-    fn upgrade(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+    /// `lifeboat upgrade` for this node, without a destination.
+    fn upgrade_cmd(&self, env: &[(&str, &str)]) -> Command {
         let mut cmd = self.tools.command(env);
         cmd.arg("--config")
             .arg(self.config(""))
@@ -160,6 +160,12 @@ impl Cp {
             .arg("--state-dir")
             .arg(&self.node.state_dir)
             .args(["--node", "cp1", "-r", &self.key.recipient]);
+        cmd
+    }
+
+    /// `lifeboat upgrade` for this node into the local folder (allowed), with `args`.
+    fn upgrade(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = self.upgrade_cmd(env);
         if !args.iter().any(|a| a.starts_with("--dest")) {
             cmd.arg("--dest")
                 .arg(self.local_dest())
@@ -216,16 +222,8 @@ fn first_control_plane_upgrades_behind_an_off_node_backup_and_saves_a_node_bundl
     args.extend(flags.iter().map(String::as_str));
     let env: Vec<(&str, String)> = s3.env();
     let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut cmd = cp.tools.command(&env_ref);
-    cmd.arg("--config")
-        .arg(cp.config(""))
-        .arg("upgrade")
-        .arg("--kubernetes-dir")
-        .arg(cp.node.kubernetes_dir())
-        .arg("--state-dir")
-        .arg(&cp.node.state_dir)
-        .args(["--node", "cp1", "-r", &cp.key.recipient])
-        .args(&args);
+    let mut cmd = cp.upgrade_cmd(&env_ref);
+    cmd.args(&args);
     let r = run(&mut cmd).ok();
     assert!(r.stdout.contains("result: upgraded"), "{}", r.stdout);
     let changing = strip_paths(cp.tools.changing_calls());
@@ -400,24 +398,8 @@ fn assert_kubeadm_never_upgraded(tools: &Standins) {
 fn the_gate_refuses_before_kubeadm_runs() {
     let cp = Cp::new("v1.30.2");
     // A folder on this node, without --allow-local-backup.
-    let mut cmd = cp.tools.command(&[]);
-    cmd.arg("--config")
-        .arg(cp.config(""))
-        .arg("upgrade")
-        .arg("--kubernetes-dir")
-        .arg(cp.node.kubernetes_dir())
-        .arg("--state-dir")
-        .arg(&cp.node.state_dir)
-        .args([
-            "--node",
-            "cp1",
-            "-r",
-            &cp.key.recipient,
-            "--to",
-            "v1.31.2",
-            "--yes",
-            "--dest",
-        ])
+    let mut cmd = cp.upgrade_cmd(&[]);
+    cmd.args(["--to", "v1.31.2", "--yes", "--dest"])
         .arg(cp.local_dest());
     let r = run(&mut cmd);
     assert_eq!(r.code, 8, "{}", r.stderr);

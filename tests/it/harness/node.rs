@@ -213,34 +213,20 @@ impl FakeNode {
 
     /// Waits until this member answers (a leader is not required: see `wait_healthy`).
     pub fn wait_serving(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ok = self
-                .etcdctl()
-                .args(["endpoint", "status"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd on {} never answered",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        self.wait_for(&["endpoint", "status"], "answered");
     }
 
     /// Waits until the member reports itself healthy (it has a leader and serves reads).
     pub fn wait_healthy(&self) {
+        self.wait_for(&["endpoint", "health"], "became healthy");
+    }
+
+    fn wait_for(&self, etcdctl_args: &[&str], what: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let ok = self
                 .etcdctl()
-                .args(["endpoint", "health"])
+                .args(etcdctl_args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
@@ -250,7 +236,7 @@ impl FakeNode {
             }
             assert!(
                 Instant::now() < deadline,
-                "etcd on {} never became healthy",
+                "etcd on {} never {what}",
                 self.name
             );
             std::thread::sleep(Duration::from_millis(200));
