@@ -255,3 +255,42 @@ fn s3_server_side_encryption_is_requested_when_configured() {
         );
     });
 }
+
+#[test]
+fn s3_sse_kms_sends_the_key_id_on_single_and_multipart_uploads() {
+    // No KMS can run here: what is checked is what reaches the wire — the headers AWS S3 acts
+    // on — for both upload paths, through a recording proxy in front of SeaweedFS.
+    let server = S3Server::start();
+    let proxy = crate::harness::http_fault::FaultProxy::start(&server.endpoint, |_, _| None);
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        server.create_bucket("kms").await;
+        let mut settings = s3_settings(&server, dir.path(), "kms", "");
+        settings.endpoint = Some(proxy.endpoint.clone());
+        settings.sse = Some(lifeboat::store::Sse::Kms("alias/etcd-backups".into()));
+        let store = S3Store::open(settings).await.unwrap();
+        let (_, body) = patterned(12 << 20, 5);
+        let _ = store.put("etcd-big.obj", body).await;
+        let _ = store
+            .put("etcd-small.obj", bytes_stream(Bytes::from_static(b"small")))
+            .await;
+    });
+    let heads = proxy.heads();
+    let with_sse = |pred: &dyn Fn(&str) -> bool| {
+        heads.iter().filter(|h| pred(h)).all(|h| {
+            let h = h.to_ascii_lowercase();
+            h.contains("x-amz-server-side-encryption: aws:kms")
+                && h.contains("x-amz-server-side-encryption-aws-kms-key-id: alias/etcd-backups")
+        }) && heads.iter().any(|h| pred(h))
+    };
+    assert!(
+        with_sse(&|h: &str| h.starts_with("PUT ") && h.contains("etcd-small.obj")),
+        "single PUT without SSE-KMS headers: {heads:#?}"
+    );
+    assert!(
+        with_sse(
+            &|h: &str| h.starts_with("POST ") && h.lines().next().unwrap_or("").contains("uploads")
+        ),
+        "CreateMultipartUpload without SSE-KMS headers: {heads:#?}"
+    );
+}

@@ -22,8 +22,12 @@ pub struct FaultProxy {
     pub endpoint: String,
     stop: Arc<AtomicBool>,
     count: Arc<AtomicUsize>,
+    heads: Heads,
     port: u16,
 }
+
+/// Every request head seen, in arrival order.
+type Heads = Arc<Mutex<Vec<String>>>;
 
 type Plan = Arc<Mutex<Box<dyn FnMut(usize, &str) -> Option<HttpFault> + Send>>>;
 
@@ -38,18 +42,24 @@ impl FaultProxy {
         let upstream = upstream.trim_start_matches("http://").to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicUsize::new(0));
+        let heads: Heads = Arc::default();
         let plan: Plan = Arc::new(Mutex::new(Box::new(plan)));
         {
-            let (stop, count) = (stop.clone(), count.clone());
+            let (stop, count, heads) = (stop.clone(), count.clone(), heads.clone());
             thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
                     let Ok(conn) = conn else { continue };
-                    let (upstream, stop, count, plan) =
-                        (upstream.clone(), stop.clone(), count.clone(), plan.clone());
-                    thread::spawn(move || serve(conn, &upstream, &stop, &count, &plan));
+                    let (upstream, stop, count, plan, heads) = (
+                        upstream.clone(),
+                        stop.clone(),
+                        count.clone(),
+                        plan.clone(),
+                        heads.clone(),
+                    );
+                    thread::spawn(move || serve(conn, &upstream, &stop, &count, &plan, &heads));
                 }
             });
         }
@@ -57,8 +67,14 @@ impl FaultProxy {
             endpoint: format!("http://127.0.0.1:{port}"),
             stop,
             count,
+            heads,
             port,
         }
+    }
+
+    /// The request heads seen so far (request line and headers).
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
     }
 
     pub fn requests(&self) -> usize {
@@ -94,11 +110,22 @@ fn force_close(head: &[u8]) -> Vec<u8> {
     format!("{}\r\n\r\n", lines.join("\r\n")).into_bytes()
 }
 
-fn serve(mut conn: TcpStream, upstream: &str, stop: &AtomicBool, count: &AtomicUsize, plan: &Plan) {
+fn serve(
+    mut conn: TcpStream,
+    upstream: &str,
+    stop: &AtomicBool,
+    count: &AtomicUsize,
+    plan: &Plan,
+    heads: &Heads,
+) {
     // One request per connection: the client reconnects for the next one.
     let Some((head, early_body)) = read_head(&mut conn) else {
         return;
     };
+    heads
+        .lock()
+        .unwrap()
+        .push(String::from_utf8_lossy(&head).into_owned());
     let request_line = String::from_utf8_lossy(&head)
         .lines()
         .next()
