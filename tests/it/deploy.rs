@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec, Secret};
 
 use crate::harness::{lifeboat, run};
@@ -138,4 +138,66 @@ fn the_alerts_use_metrics_that_serve_exports() {
             .unwrap_or_else(|| panic!("{expr} uses no lifeboat metric"));
         assert!(exported.contains(metric), "{metric} is not exported");
     }
+}
+
+#[test]
+fn the_drill_instance_runs_off_the_control_plane_unprivileged_with_a_valid_config() {
+    let d: Deployment = parse("drill.yaml");
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    assert_ne!(pod.host_network, Some(true), "no host network");
+    assert!(
+        pod.volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|v| v.host_path.is_none()),
+        "no host mounts"
+    );
+    let terms = pod
+        .affinity
+        .unwrap()
+        .node_affinity
+        .unwrap()
+        .required_during_scheduling_ignored_during_execution
+        .unwrap()
+        .node_selector_terms;
+    assert_eq!(
+        terms[0].match_expressions.as_ref().unwrap()[0].operator,
+        "DoesNotExist"
+    );
+    assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+    let c = &pod.containers[0];
+    let sc = c.security_context.clone().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        sc.capabilities.unwrap().drop.unwrap(),
+        vec!["ALL".to_string()]
+    );
+    // The config is valid once its identity file exists (here: a real key in a temp dir).
+    let cm: ConfigMap = parse("drill-config.yaml");
+    let text = cm.data.unwrap().remove("lifeboat.toml").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = crate::harness::age_key(dir.path(), "identity.txt");
+    let config = dir.path().join("lifeboat.toml");
+    std::fs::write(
+        &config,
+        text.replace(
+            "/var/run/secrets/etcd-lifeboat-drill/identity.txt",
+            key.identity_file.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let r = run(lifeboat()
+        .args(["serve", "--check-config", "--config"])
+        .arg(&config))
+    .ok();
+    assert!(r.stdout.contains("DrillPlan"), "{}", r.stdout);
+    assert!(
+        !r.stdout.contains("AGE-SECRET-KEY"),
+        "the identity is never printed"
+    );
+    let mounted = c.volume_mounts.as_ref().unwrap();
+    assert!(mounted
+        .iter()
+        .any(|m| m.mount_path == "/var/run/secrets/etcd-lifeboat-drill"));
 }
