@@ -212,6 +212,17 @@ const TAIL_SEQUENCE: [&str; 3] = [
     "kubectl uncordon cp1",
 ];
 
+/// What a node that runs `kubeadm upgrade node` (other control planes, workers) calls.
+fn upgrade_node_sequence() -> Vec<String> {
+    FIRST_CP_SEQUENCE[..4]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(std::iter::once("kubeadm upgrade node".to_string()))
+        .chain(FIRST_CP_SEQUENCE[6..].iter().map(|s| s.to_string()))
+        .chain(TAIL_SEQUENCE.iter().map(|s| s.to_string()))
+        .collect()
+}
+
 #[test]
 fn first_control_plane_upgrades_behind_an_off_node_backup_and_saves_a_node_bundle() {
     let cp = Cp::new("v1.30.2");
@@ -331,14 +342,7 @@ fn another_control_plane_runs_upgrade_node_and_reuses_a_fresh_backup() {
     let r = cp.upgrade(&["--to", "v1.31.2", "--yes"], &[]).ok();
     assert!(r.stderr.contains("using backup"), "{}", r.stderr);
     let changing = strip_paths(cp.tools.changing_calls());
-    assert!(
-        changing.contains(&"kubeadm upgrade node".to_string()),
-        "{changing:#?}"
-    );
-    assert!(!changing
-        .iter()
-        .any(|c| c.contains("upgrade apply") || c.contains("upgrade plan")));
-    assert_eq!(changing.last().unwrap(), "kubectl uncordon cp1");
+    assert_eq!(changing, upgrade_node_sequence());
     let backups = cp.backups();
     assert_eq!(
         backups
@@ -372,14 +376,7 @@ fn a_worker_upgrades_without_the_gate() {
     let r = run(&mut cmd).ok();
     assert!(r.stderr.contains("worker"), "{}", r.stderr);
     let changing = strip_paths(tools.changing_calls());
-    let mut expected: Vec<String> = FIRST_CP_SEQUENCE[..4]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    expected.push("kubeadm upgrade node".into());
-    expected.extend(FIRST_CP_SEQUENCE[6..].iter().map(|s| s.to_string()));
-    expected.extend(TAIL_SEQUENCE.iter().map(|s| s.to_string()));
-    assert_eq!(changing, expected);
+    assert_eq!(changing, upgrade_node_sequence());
 }
 
 fn assert_kubeadm_never_upgraded(tools: &Standins) {
@@ -556,6 +553,11 @@ fn a_failure_at_each_step_keeps_a_journal_and_resume_continues_from_that_step() 
             "apt-mark unhold kubeadm",
         ),
         (
+            "kubeadm upgrade plan",
+            "kubeadm-upgrade-plan",
+            "kubeadm upgrade plan",
+        ),
+        (
             "kubeadm upgrade apply",
             "kubeadm-upgrade",
             "kubeadm upgrade apply",
@@ -605,7 +607,7 @@ fn a_failure_at_each_step_keeps_a_journal_and_resume_continues_from_that_step() 
             "restore command for the pre-upgrade backup: {}",
             r.stdout
         );
-        if step != "upgrade-kubeadm" && step != "kubeadm-upgrade" {
+        if !["upgrade-kubeadm", "kubeadm-upgrade-plan", "kubeadm-upgrade"].contains(&step) {
             assert_eq!(
                 cp.tools.state()["cordoned"],
                 true,
