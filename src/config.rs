@@ -166,13 +166,12 @@ pub fn resolve_serve(
             format!("`{listen_raw}` is not an address like 127.0.0.1:9464"),
         )
     })?;
-    let default_jitter = if backups_off {
-        Duration::ZERO
-    } else if file.serve.schedule.is_none() && serve.schedule.is_none() {
-        Duration::from_secs(300)
-    } else {
-        Duration::ZERO
-    };
+    let default_jitter =
+        if !backups_off && file.serve.schedule.is_none() && serve.schedule.is_none() {
+            Duration::from_secs(300)
+        } else {
+            Duration::ZERO
+        };
     let jitter = match file.serve.jitter.as_deref() {
         Some("0") | Some("0s") => Duration::ZERO,
         other => duration(
@@ -218,6 +217,40 @@ pub fn resolve_serve(
     })
 }
 
+/// How drills run: flags (for `lifeboat drill`) over `[drill]`, then `[restore] etcdutl` and
+/// `[backup] work_dir`.
+///
+/// # Errors
+/// A bad `drill.start_timeout`.
+pub fn resolve_drill_settings(
+    file: &FileConfig,
+    etcd: Option<&PathBuf>,
+    tool: Option<&PathBuf>,
+    work_dir: Option<&PathBuf>,
+) -> Result<crate::drill::DrillSettings, ConfigError> {
+    let d = &file.drill;
+    Ok(crate::drill::DrillSettings {
+        etcd: etcd
+            .or(d.etcd.as_ref())
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from("etcd")),
+        tool: tool
+            .or(d.etcdutl.as_ref())
+            .or(file.restore.etcdutl.as_ref())
+            .cloned(),
+        work_dir: work_dir
+            .or(d.work_dir.as_ref())
+            .or(file.backup.work_dir.as_ref())
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_WORK_DIR)),
+        start_timeout: duration(
+            "drill.start_timeout",
+            d.start_timeout.as_ref(),
+            Duration::from_secs(60),
+        )?,
+    })
+}
+
 /// `[drill]` for `serve`: present only when a schedule is set, which then needs an identity
 /// file that reads as one (checked now, read again at every drill).
 fn resolve_drill_plan(file: &FileConfig) -> Result<Option<crate::service::DrillPlan>, ConfigError> {
@@ -238,20 +271,7 @@ fn resolve_drill_plan(file: &FileConfig) -> Result<Option<crate::service::DrillP
     Ok(Some(crate::service::DrillPlan {
         schedule,
         identity_file,
-        settings: crate::drill::DrillSettings {
-            etcd: d.etcd.clone().unwrap_or_else(|| PathBuf::from("etcd")),
-            tool: d.etcdutl.clone().or_else(|| file.restore.etcdutl.clone()),
-            work_dir: d
-                .work_dir
-                .clone()
-                .or_else(|| file.backup.work_dir.clone())
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_WORK_DIR)),
-            start_timeout: duration(
-                "drill.start_timeout",
-                d.start_timeout.as_ref(),
-                Duration::from_secs(60),
-            )?,
-        },
+        settings: resolve_drill_settings(file, None, None, None)?,
     }))
 }
 

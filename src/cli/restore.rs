@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use lifeboat::config::{
-    resolve_duration, resolve_restore, FileConfig, ResolvedRestore, RestoreOverrides,
+    resolve_drill_settings, resolve_restore, FileConfig, ResolvedRestore, RestoreOverrides,
 };
-use lifeboat::drill::{self, DrillReport, DrillSettings};
+use lifeboat::drill::{self, DrillReport};
 use lifeboat::restore::{
     self, JournalDir, MemberOverrides, Observer, Plan, RestoreError, RestoreOptions,
     SnapshotSource, Step,
@@ -314,7 +314,12 @@ pub async fn drill(a: DrillArgs, config: &FileConfig) -> Result<()> {
         identity: a.identity.clone(),
     };
     let (store, manifest) = snapshot::find(&read, config).await?;
-    let settings = drill_settings(&a, config)?;
+    let settings = resolve_drill_settings(
+        config,
+        a.etcd.as_ref(),
+        a.etcdutl.as_ref(),
+        a.work_dir.as_ref(),
+    )?;
     let report = drill::drill(
         store,
         &manifest,
@@ -332,31 +337,6 @@ pub async fn drill(a: DrillArgs, config: &FileConfig) -> Result<()> {
         return Err(drill::DrillError::Mismatch { id: report.id }.into());
     }
     Ok(())
-}
-
-fn drill_settings(a: &DrillArgs, config: &FileConfig) -> Result<DrillSettings> {
-    Ok(DrillSettings {
-        etcd: a
-            .etcd
-            .clone()
-            .or_else(|| config.drill.etcd.clone())
-            .unwrap_or_else(|| PathBuf::from("etcd")),
-        tool: a
-            .etcdutl
-            .clone()
-            .or_else(|| config.drill.etcdutl.clone())
-            .or_else(|| config.restore.etcdutl.clone()),
-        work_dir: a
-            .work_dir
-            .clone()
-            .or_else(|| config.drill.work_dir.clone())
-            .unwrap_or_else(|| snapshot::work_dir(None, config)),
-        start_timeout: resolve_duration(
-            "drill.start_timeout",
-            config.drill.start_timeout.as_ref(),
-            Duration::from_secs(60),
-        )?,
-    })
 }
 
 fn print_report(r: &DrillReport) {

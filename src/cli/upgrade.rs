@@ -52,7 +52,10 @@ pub async fn run(a: UpgradeArgs, config: &FileConfig) -> Result<()> {
             RoleArg::ControlPlane => Some(Role::ControlPlane),
             RoleArg::Worker => Some(Role::Worker),
         },
-        node: a.node.clone().unwrap_or_else(hostname),
+        node: a
+            .node
+            .clone()
+            .unwrap_or_else(|| lifeboat::service::hostname().to_lowercase()),
         kubernetes_dir: kubernetes_dir.clone(),
         state_dir,
         max_snapshot_age: resolve_duration(
@@ -179,12 +182,6 @@ fn clean(opts: &UpgradeOptions, dry_run: bool) -> Result<()> {
         println!("nothing removed: add --yes");
     }
     Ok(())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_lowercase())
-        .unwrap_or_default()
 }
 
 struct Printer {

@@ -124,8 +124,8 @@ impl EtcdSource {
         let mut failures = Vec::new();
         for endpoint in &settings.endpoints {
             match EtcdSource::connect(settings, endpoint).await {
-                Ok(mut source) => match source.status_ping().await {
-                    Ok(()) => return Ok(source),
+                Ok(mut source) => match source.status().await {
+                    Ok(_) => return Ok(source),
                     Err(e) => failures.push(e),
                 },
                 Err(e @ (SourceError::TlsFile { .. } | SourceError::HalfIdentity)) => {
@@ -203,12 +203,6 @@ impl EtcdSource {
             leader: s.leader(),
             version: s.version().to_string(),
         })
-    }
-
-    async fn status_ping(&mut self) -> Result<(), SourceError> {
-        self.call("Status", self.client.clone().status())
-            .await
-            .map(|_| ())
     }
 
     async fn call<T>(

@@ -557,17 +557,10 @@ pub async fn rollback(
 }
 
 fn crash_point(step: Step, before: bool) {
-    let Ok(at) = std::env::var(CRASH_ENV) else {
-        return;
-    };
-    let here = if before {
-        format!("{}:before", step.name())
+    if before {
+        crash_point_named(&format!("{}:before", step.name()));
     } else {
-        step.name().to_string()
-    };
-    if at == here {
-        eprintln!("lifeboat: test crash at {here}");
-        std::process::exit(86);
+        crash_point_named(step.name());
     }
 }
 

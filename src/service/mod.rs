@@ -352,7 +352,8 @@ async fn sleep_or_cancel(d: Duration, token: &CancellationToken) -> bool {
     }
 }
 
-fn hostname() -> String {
+/// This machine's host name (kubeadm's default node name, lowercased there).
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()

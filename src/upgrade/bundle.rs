@@ -54,25 +54,18 @@ pub async fn save(
             .map_err(|e| e.to_string())?
     };
     let dir = kubernetes_dir.to_path_buf();
+    let encrypted = recipients.is_some();
     let recipients = recipients.cloned();
     let bytes =
         tokio::task::spawn_blocking(move || build(&dir, &cluster_config, recipients.as_ref()))
             .await
             .map_err(|e| e.to_string())??;
-    let key = key(
-        &backup.id,
-        node,
-        recipients_present(&backup.encryption.scheme),
-    );
+    let key = key(&backup.id, node, encrypted);
     store
         .put(&key, bytes_stream(bytes.into()))
         .await
         .map_err(|e| e.to_string())?;
     Ok(key)
-}
-
-fn recipients_present(scheme: &str) -> bool {
-    scheme == "age"
 }
 
 fn build(
@@ -110,5 +103,20 @@ fn build(
             w.finish().map_err(|e| e.to_string())?;
             Ok(out)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{id_of_bundle_key, BackupId};
+
+    #[test]
+    fn bundle_keys_name_their_encryption_and_parse_back_to_their_backup() {
+        let id = BackupId::new(chrono::Utc::now(), 0xab).to_string();
+        let plain = key(&id, "cp 1/x", false);
+        assert_eq!(plain, format!("{id}.node-cp_1_x.tar.zst"));
+        assert_eq!(key(&id, "cp1", true), format!("{id}.node-cp1.tar.zst.age"));
+        assert_eq!(id_of_bundle_key(&plain).map(|b| b.to_string()), Some(id));
     }
 }

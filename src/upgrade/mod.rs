@@ -395,7 +395,7 @@ pub async fn upgrade(
         let started = Instant::now();
         let commands = step_commands(step, &opts, tools, journal.role);
         observer.step_started(step, &commands);
-        let outcome = run_step(step, &opts, tools, gate, &commands, &mut journal, observer).await;
+        let outcome = run_step(step, &opts, tools, gate, &mut journal, observer).await;
         let took = started.elapsed();
         report.steps.push(StepReport {
             step,
@@ -404,15 +404,10 @@ pub async fn upgrade(
             status: if outcome.is_ok() { "done" } else { "failed" }.into(),
         });
         if let Err(e) = outcome {
-            journal.failed = Some(step);
-            save_journal(&opts.state_dir, &journal)?;
-            report.gate = journal.gate.clone();
             report.result = "failed".into();
-            report.recovery = recovery(&opts, &journal, step);
-            // A failed gate changed nothing: no journal to resume from.
+            // A failed gate changed nothing: no journal to resume from, nothing to recover.
             if step == Step::Gate {
                 let _ = std::fs::remove_file(journal_path(&opts.state_dir));
-                report.recovery.clear();
                 return Err(match e {
                     UpgradeError::Gate { .. } => e,
                     other => UpgradeError::Gate {
@@ -420,6 +415,10 @@ pub async fn upgrade(
                     },
                 });
             }
+            journal.failed = Some(step);
+            save_journal(&opts.state_dir, &journal)?;
+            report.gate = journal.gate.clone();
+            report.recovery = recovery(&opts, &journal, step);
             return Err(UpgradeError::Step {
                 step: step.name().into(),
                 detail: e.to_string(),
@@ -451,14 +450,31 @@ fn plan_lines(opts: &UpgradeOptions, tools: &Tools, role: Role) -> Vec<String> {
         .collect()
 }
 
+/// What a step shows in the plan and the log: its command lines, or what it does.
 fn step_commands(step: Step, opts: &UpgradeOptions, tools: &Tools, role: Role) -> Vec<String> {
-    let to = opts.to.to_string();
-    let drain_timeout = format!("--timeout={}s", opts.drain_timeout.as_secs());
-    let cmds: Vec<Vec<String>> = match step {
-        Step::Gate => return vec![format!(
+    match step {
+        Step::Gate => vec![format!(
             "pre-upgrade backup (fresh, or one younger than {}s that verifies) + encrypted node bundle",
             opts.max_snapshot_age.as_secs()
         )],
+        Step::WaitReady => vec![format!(
+            "wait until node {} is Ready at {} (up to {}s)",
+            opts.node,
+            opts.to,
+            opts.ready_timeout.as_secs()
+        )],
+        _ => step_argvs(step, opts, tools, role)
+            .into_iter()
+            .map(|c| c.join(" "))
+            .collect(),
+    }
+}
+
+/// The commands a step runs (none for the gate and the readiness wait, which lifeboat does).
+fn step_argvs(step: Step, opts: &UpgradeOptions, tools: &Tools, role: Role) -> Vec<Vec<String>> {
+    let to = opts.to.to_string();
+    match step {
+        Step::Gate | Step::WaitReady => Vec::new(),
         Step::UpgradeKubeadm => tools.install(&["kubeadm"], opts.to),
         Step::UpgradePlan => vec![tools.kubeadm(&["upgrade", "plan"])],
         Step::KubeadmUpgrade => match role {
@@ -470,19 +486,13 @@ fn step_commands(step: Step, opts: &UpgradeOptions, tools: &Tools, role: Role) -
             &opts.node,
             "--ignore-daemonsets",
             "--delete-emptydir-data",
-            &drain_timeout,
+            &format!("--timeout={}s", opts.drain_timeout.as_secs()),
         ])],
         Step::UpgradeKubelet => tools.install(&["kubelet", "kubectl"], opts.to),
         Step::DaemonReload => vec![tools.systemctl(&["daemon-reload"])],
         Step::RestartKubelet => vec![tools.systemctl(&["restart", "kubelet"])],
-        Step::WaitReady => return vec![format!(
-            "wait until node {} is Ready at {to} (up to {}s)",
-            opts.node,
-            opts.ready_timeout.as_secs()
-        )],
         Step::Uncordon => vec![tools.kubectl(&["uncordon", &opts.node])],
-    };
-    cmds.into_iter().map(|c| c.join(" ")).collect()
+    }
 }
 
 async fn run_step(
@@ -490,7 +500,6 @@ async fn run_step(
     opts: &UpgradeOptions,
     tools: &Tools,
     gate: Option<&GateInputs>,
-    commands: &[String],
     journal: &mut Journal,
     observer: &dyn Observer,
 ) -> Result<(), UpgradeError> {
@@ -504,34 +513,14 @@ async fn run_step(
             Ok(())
         }
         Step::WaitReady => wait_ready(opts, tools).await,
-        Step::KubeadmUpgrade => {
-            let argv = match journal.role {
-                Role::FirstControlPlane => {
-                    tools.kubeadm(&["upgrade", "apply", &opts.to.to_string(), "--yes"])
-                }
-                _ => tools.kubeadm(&["upgrade", "node"]),
-            };
-            run_blocking(vec![argv], opts.command_timeout).await
-        }
         _ => {
-            let argvs = match step {
-                Step::UpgradeKubeadm => tools.install(&["kubeadm"], opts.to),
-                Step::UpgradePlan => vec![tools.kubeadm(&["upgrade", "plan"])],
-                Step::UpgradeKubelet => tools.install(&["kubelet", "kubectl"], opts.to),
-                Step::DaemonReload => vec![tools.systemctl(&["daemon-reload"])],
-                Step::RestartKubelet => vec![tools.systemctl(&["restart", "kubelet"])],
-                Step::Drain | Step::Uncordon => commands
-                    .iter()
-                    .map(|c| c.split(' ').map(str::to_string).collect())
-                    .collect(),
-                Step::Gate | Step::WaitReady | Step::KubeadmUpgrade => Vec::new(),
-            };
+            // kubectl drain has its own --timeout; give it room to report before killing it.
             let timeout = if step == Step::Drain {
                 opts.drain_timeout + Duration::from_secs(30)
             } else {
                 opts.command_timeout
             };
-            run_blocking(argvs, timeout).await
+            run_blocking(step_argvs(step, opts, tools, journal.role), timeout).await
         }
     }
 }

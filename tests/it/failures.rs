@@ -113,33 +113,38 @@ fn etcd_dying_mid_stream_leaves_no_backup_behind() {
     assert_nothing_kept(dir.path());
 }
 
-#[test]
-fn a_killed_save_leaves_leftovers_that_the_next_run_cleans() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = age_key(dir.path(), "k");
+/// A save whose etcd stream stalls after 600 kB, returned once its `.part` object exists.
+fn save_stalled_mid_stream(
+    dir: &std::path::Path,
+    key: &crate::harness::AgeKey,
+    stderr: Stdio,
+) -> (EtcdProcess, Proxy, std::process::Child) {
     let etcd = EtcdProcess::start(Version::V35, None);
     fill(&etcd, 2_000_000);
     let target = etcd.client_url.trim_start_matches("http://").to_string();
     let proxy = Proxy::start(&target, Fault::StallAfter(600_000), "http");
-    let mut child = save_cmd(
-        &[format!("--endpoints={}", proxy.url)],
-        dir.path(),
-        &key.recipient,
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    // Wait for the stall: the proxy has forwarded its bytes and the .part object exists.
+    let child = save_cmd(&[format!("--endpoints={}", proxy.url)], dir, &key.recipient)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !(proxy.forwarded() >= 600_000
-        && files_in(&dir.path().join("b"))
+        && files_in(&dir.join("b"))
             .iter()
             .any(|f| f.ends_with(".part")))
     {
         assert!(Instant::now() < deadline, "save never reached the stall");
         std::thread::sleep(Duration::from_millis(50));
     }
+    (etcd, proxy, child)
+}
+
+#[test]
+fn a_killed_save_leaves_leftovers_that_the_next_run_cleans() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "k");
+    let (etcd, _proxy, mut child) = save_stalled_mid_stream(dir.path(), &key, Stdio::null());
     run_ok(Command::new("kill").arg("-9").arg(child.id().to_string()));
     let _ = child.wait();
     assert!(
@@ -485,28 +490,7 @@ fn a_bad_config_key_is_one_line_naming_it_with_exit_2() {
 fn ctrl_c_during_save_aborts_cleanly_leaving_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let key = age_key(dir.path(), "k");
-    let etcd = EtcdProcess::start(Version::V35, None);
-    fill(&etcd, 2_000_000);
-    let target = etcd.client_url.trim_start_matches("http://").to_string();
-    let proxy = Proxy::start(&target, Fault::StallAfter(600_000), "http");
-    let child = save_cmd(
-        &[format!("--endpoints={}", proxy.url)],
-        dir.path(),
-        &key.recipient,
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !(proxy.forwarded() >= 600_000
-        && files_in(&dir.path().join("b"))
-            .iter()
-            .any(|f| f.ends_with(".part")))
-    {
-        assert!(Instant::now() < deadline, "save never reached the stall");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (_etcd, _proxy, child) = save_stalled_mid_stream(dir.path(), &key, Stdio::piped());
     run_ok(Command::new("kill").arg("-INT").arg(child.id().to_string()));
     let out = child.wait_with_output().unwrap();
     assert_eq!(

@@ -175,6 +175,24 @@ impl Cp {
         run(&mut cmd)
     }
 
+    /// An ordinary backup into the local folder, as `serve` or an SRE would have taken.
+    fn save_backup(&self) {
+        let mut save = lifeboat();
+        save.args([
+            "snapshot",
+            "save",
+            "-r",
+            &self.key.recipient,
+            "--etcd-manifest",
+        ])
+        .arg(self.node.etcd_manifest())
+        .arg("--dest")
+        .arg(self.local_dest())
+        .arg("--work-dir")
+        .arg(self.dir.path().join("w"));
+        run(&mut save).ok();
+    }
+
     fn backups(&self) -> Vec<String> {
         crate::harness::files_in(&self.local_dest())
     }
@@ -325,20 +343,7 @@ fn another_control_plane_runs_upgrade_node_and_reuses_a_fresh_backup() {
     // The first control plane already moved the cluster; this node still runs 1.30.2.
     cp.tools.set("cluster", "v1.31.2".into());
     cp.tools.set("server", "v1.31.2".into());
-    let mut save = lifeboat();
-    save.args([
-        "snapshot",
-        "save",
-        "-r",
-        &cp.key.recipient,
-        "--etcd-manifest",
-    ])
-    .arg(cp.node.etcd_manifest())
-    .arg("--dest")
-    .arg(cp.local_dest())
-    .arg("--work-dir")
-    .arg(cp.dir.path().join("w"));
-    run(&mut save).ok();
+    cp.save_backup();
     let r = cp.upgrade(&["--to", "v1.31.2", "--yes"], &[]).ok();
     assert!(r.stderr.contains("using backup"), "{}", r.stderr);
     let changing = strip_paths(cp.tools.changing_calls());
@@ -429,20 +434,7 @@ fn the_gate_refuses_before_kubeadm_runs() {
 
     // Only a stale backup, and no fresh one possible (the work dir has no room).
     cp.tools.reset("v1.30.2");
-    let mut save = lifeboat();
-    save.args([
-        "snapshot",
-        "save",
-        "-r",
-        &cp.key.recipient,
-        "--etcd-manifest",
-    ])
-    .arg(cp.node.etcd_manifest())
-    .arg("--dest")
-    .arg(cp.local_dest())
-    .arg("--work-dir")
-    .arg(cp.dir.path().join("w"));
-    run(&mut save).ok();
+    cp.save_backup();
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let tiny = crate::failures::Tmpfs::new("64k");
     let r = cp.upgrade(
