@@ -258,9 +258,10 @@ async fn verify_and_commit(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "bbolt walk done"
     );
-    verify::check_revision(info.status.revision, member.revision)?;
+    let rev = info.restored_revision;
+    verify::check_revision(rev, member.revision)?;
     // Ask the member first: it may compact the revision away at any moment.
-    let live = source.hash_kv(info.status.revision).await?;
+    let live = source.hash_kv(rev).await?;
     tracing::debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "live HashKV answered"
@@ -268,7 +269,7 @@ async fn verify_and_commit(
     let hashkv = match live {
         LiveHashKv::Compacted => {
             tracing::warn!(
-                revision = info.status.revision,
+                revision = rev,
                 "member has compacted past the snapshot's revision; HashKV comparison skipped"
             );
             HashKvCheck::skipped_compacted()
@@ -279,10 +280,10 @@ async fn verify_and_commit(
         LiveHashKv::Hash {
             compact_revision, ..
         } if info.compact_revision > 0
-            && info.status.revision == info.compact_revision
+            && rev == info.compact_revision
             && compact_revision < info.compact_revision =>
         {
-            tracing::warn!(revision = info.status.revision, "the snapshot's revision is the member's compaction point; HashKV comparison skipped");
+            tracing::warn!(revision = rev, "the snapshot's revision is the member's compaction point; HashKV comparison skipped");
             HashKvCheck::skipped_at_compaction_point(compact_revision)
         }
         LiveHashKv::Hash {
@@ -290,7 +291,6 @@ async fn verify_and_commit(
             compact_revision,
         } => {
             let path = spool_path.to_path_buf();
-            let rev = info.status.revision;
             let offline = blocking(move || verify::hash_kv(&path, rev, compact_revision)).await??;
             if offline != hash {
                 return Err(VerifyError::HashKvMismatch {
@@ -317,7 +317,7 @@ async fn verify_and_commit(
         member_name: member.member_name.clone(),
         endpoint: member.endpoint.clone(),
         etcd_version: member.etcd_version.clone(),
-        revision: info.status.revision,
+        revision: rev,
         raft_index: info.consistent_index.unwrap_or(member.raft_index),
         db_size: member.db_size,
         status: info.status,

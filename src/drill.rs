@@ -96,7 +96,7 @@ pub async fn drill(
     let snapshot = sandbox.path().join("snapshot.db");
     readback::get_backup(store, manifest, identities, &snapshot, true, progress).await?;
     let tool = RestoreTool::find(settings.tool.as_deref())?;
-    let rev = manifest.status.revision;
+    let rev = manifest.revision;
     let offline = offline_facts(&snapshot, rev, manifest)?;
     let data_dir = sandbox.path().join("data");
     let (client_port, peer_port) = (free_port()?, free_port()?);
@@ -166,7 +166,7 @@ async fn check_member(
     manifest: &Manifest,
     offline: &OfflineFacts,
 ) -> Result<(Vec<DrillCheck>, String), DrillError> {
-    let rev = manifest.status.revision;
+    let rev = manifest.revision;
     let etcd_settings = EtcdSettings {
         endpoints: vec![client_url.to_string()],
         cacert: None,

@@ -16,7 +16,7 @@ use crate::progress::Progress;
 use crate::stages::compress;
 use crate::stages::encrypt::Identities;
 use crate::store::{Store, StoreError};
-use crate::verify::{self, SnapshotStatus, VerifyError};
+use crate::verify::{self, SnapshotInfo, SnapshotStatus, VerifyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadBackError {
@@ -196,6 +196,7 @@ async fn read_into(
     let s = info.status;
     verify::expect_equal(key, "status hash", manifest.status.hash, s.hash)?;
     verify::expect_equal(key, "status revision", manifest.status.revision, s.revision)?;
+    verify::expect_equal(key, "revision", manifest.revision, info.restored_revision)?;
     verify::expect_equal(
         key,
         "status totalKey",
@@ -475,7 +476,7 @@ impl<W: Write> Write for PlainSink<W> {
 ///
 /// # Errors
 /// Unreadable, damaged, or a trailer that does not match.
-pub fn plain_file_status(path: &Path) -> Result<SnapshotStatus, VerifyError> {
+pub fn plain_file_info(path: &Path) -> Result<SnapshotInfo, VerifyError> {
     let len = std::fs::metadata(path)
         .map_err(|e| VerifyError::PlainFile {
             path: path.to_path_buf(),
@@ -500,7 +501,7 @@ pub fn plain_file_status(path: &Path) -> Result<SnapshotStatus, VerifyError> {
             },
         )?;
     }
-    Ok(verify::read_snapshot_info(path)?.status)
+    Ok(verify::read_snapshot_info(path)?)
 }
 
 #[cfg(test)]

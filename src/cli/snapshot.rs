@@ -105,7 +105,7 @@ async fn save(a: SaveArgs, config: &FileConfig) -> Result<()> {
 }
 
 fn status(a: StatusArgs) -> Result<()> {
-    let status = readback::plain_file_status(&a.file)?;
+    let status = readback::plain_file_info(&a.file)?.status;
     match a.output {
         Output::Json => println!("{}", serde_json::to_string(&status)?),
         Output::Table => render::status(&status),

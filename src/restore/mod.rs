@@ -641,10 +641,12 @@ fn copy_checked(from: &Path, to: &Path, facts: &BackupFacts) -> Result<(), Resto
         fsutil::sync_dir(&fsutil::parent_of(to))
     };
     copy().map_err(|e| RestoreError::node(to, format!("cannot copy {}: {e}", from.display())))?;
-    let status = readback::plain_file_status(to).map_err(|source| RestoreError::BadFile {
-        path: from.to_path_buf(),
-        source,
-    })?;
+    let status = readback::plain_file_info(to)
+        .map_err(|source| RestoreError::BadFile {
+            path: from.to_path_buf(),
+            source,
+        })?
+        .status;
     if status != facts.status {
         return Err(RestoreError::node(
             from,
@@ -921,7 +923,7 @@ fn backup_facts(source: &SnapshotSource) -> Result<BackupFacts, RestoreError> {
             id: manifest.id.clone(),
             source: store.location(),
             created_at: Some(manifest.created_at),
-            revision: manifest.status.revision,
+            revision: manifest.revision,
             member_name: Some(manifest.member_name.clone()).filter(|n| !n.is_empty()),
             cluster_id: Some(manifest.cluster_id.clone()),
             plain_sha256: manifest.plain_sha256.clone(),
@@ -934,14 +936,15 @@ fn backup_facts(source: &SnapshotSource) -> Result<BackupFacts, RestoreError> {
                 path: path.clone(),
                 source,
             };
-            let status = readback::plain_file_status(path).map_err(bad)?;
+            let info = readback::plain_file_info(path).map_err(bad)?;
+            let status = info.status;
             let (sha, size) = sha256_file(path)
                 .map_err(|e| RestoreError::node(path, format!("cannot read it: {e}")))?;
             Ok(BackupFacts {
                 id: "file".into(),
                 source: path.display().to_string(),
                 created_at: None,
-                revision: status.revision,
+                revision: info.restored_revision,
                 member_name: None,
                 cluster_id: None,
                 plain_sha256: sha,

@@ -27,6 +27,10 @@ pub struct SnapshotInfo {
     /// The compaction point etcd would restore from this file: the scheduled compaction if one
     /// was recorded, else the finished one, else 0.
     pub compact_revision: i64,
+    /// The revision a member started on this file reports: the last key's revision, not below
+    /// the finished compaction (whose keys may all be gone) and not below 1 (an empty store
+    /// starts there). This, not `status.revision`, is the snapshot's revision.
+    pub restored_revision: i64,
     pub term: Option<u64>,
 }
 
@@ -107,8 +111,16 @@ pub fn read_snapshot_info(path: &Path) -> Result<SnapshotInfo, BoltError> {
         },
         consistent_index: meta.consistent_index,
         compact_revision: meta.compact_revision(),
+        restored_revision: restored_revision(revision, meta.finished_compact),
         term: meta.term,
     })
+}
+
+/// etcd's `restore`: the current revision starts at 1, follows the keys, and is raised to the
+/// finished compaction point (a compaction at the head can leave bucket `key` without a key at
+/// the current revision). A scheduled compaction is resumed, not counted.
+fn restored_revision(last_key: i64, finished_compact: Option<i64>) -> i64 {
+    last_key.max(finished_compact.unwrap_or(0)).max(1)
 }
 
 #[derive(Default)]
@@ -145,6 +157,14 @@ impl MetaFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_restored_revision_is_never_below_one_nor_the_finished_compaction() {
+        assert_eq!(restored_revision(0, None), 1);
+        assert_eq!(restored_revision(7, None), 7);
+        assert_eq!(restored_revision(5, Some(9)), 9);
+        assert_eq!(restored_revision(12, Some(9)), 12);
+    }
 
     #[test]
     fn revision_keys_parse_and_tombstones_are_recognised() {
