@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::catalog::Manifest;
 use crate::etcd::{EtcdSettings, EtcdSource, LiveHashKv};
-use crate::progress::Progress;
+use crate::progress::Observer;
 use crate::readback::{self, ReadBackError};
 use crate::restore::{MemberSpec, RestoreError, RestoreTool};
 use crate::stages::encrypt::Identities;
@@ -79,7 +79,7 @@ pub async fn drill(
     manifest: &Manifest,
     identities: Option<&Arc<Identities>>,
     settings: &DrillSettings,
-    progress: Arc<dyn Progress>,
+    progress: Arc<dyn Observer>,
 ) -> Result<DrillReport, DrillError> {
     let started = Instant::now();
     crate::fsutil::create_private_dir(&settings.work_dir).map_err(|e| DrillError::Sandbox {

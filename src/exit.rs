@@ -46,9 +46,7 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
         return match e {
             BackupError::Source(_) => Some(ETCD),
             BackupError::Verify(_) => Some(VERIFY),
-            BackupError::Store(_)
-            | BackupError::WorkDir { .. }
-            | BackupError::WorkDirFull { .. } => Some(STORAGE),
+            BackupError::Store(_) | BackupError::WorkDir(_) => Some(STORAGE),
             BackupError::Catalog(c) => classify(c),
             BackupError::Stage(_) | BackupError::Internal(_) | BackupError::Cancelled => {
                 Some(FAILURE)
@@ -72,7 +70,7 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
                 Some(KEYS)
             }
             ReadBackError::Damaged { .. } | ReadBackError::Verify(_) => Some(VERIFY),
-            ReadBackError::WorkDir(b) => classify(b),
+            ReadBackError::WorkDir(_) => Some(STORAGE),
             ReadBackError::Internal(_) => Some(FAILURE),
         };
     }
@@ -83,17 +81,19 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             R::ReadBack(r) => classify(r),
             R::BadFile { .. } => Some(VERIFY),
             R::StillRunning { .. } | R::NotHealthy { .. } => Some(ETCD),
-            R::Node { .. } | R::Journal { .. } => Some(STORAGE),
+            R::Journal(crate::fsutil::JournalError::Locked { .. }) => Some(REFUSED),
+            R::Node { .. } | R::Journal(_) => Some(STORAGE),
             R::Discovery(_) => Some(USAGE),
-            R::Tool { .. } => Some(FAILURE),
+            R::Tool { .. } | R::ToolRun(_) => Some(FAILURE),
         };
     }
     if let Some(e) = e.downcast_ref::<crate::upgrade::UpgradeError>() {
         use crate::upgrade::UpgradeError as U;
         return match e {
             U::Refused { .. } | U::Gate { .. } => Some(REFUSED),
-            U::Journal { .. } => Some(STORAGE),
-            U::Command { .. } | U::Tool { .. } | U::Step { .. } => Some(FAILURE),
+            U::Journal(crate::fsutil::JournalError::Locked { .. }) => Some(REFUSED),
+            U::Journal(_) => Some(STORAGE),
+            U::Command(_) | U::Tool { .. } | U::Step { .. } => Some(FAILURE),
         };
     }
     if let Some(e) = e.downcast_ref::<crate::drill::DrillError>() {

@@ -1,18 +1,33 @@
-//! How the library reports progress without printing: the CLI plugs in a progress bar on a
-//! terminal and nothing otherwise.
+//! How the library reports what it is doing without printing: one observer for the long byte
+//! phases (a progress bar on a terminal), the steps of journaled commands (restore, upgrade),
+//! preflight checks and notes. The CLI implements it; [`Silent`] reports nothing.
 
-pub trait Progress: Send + Sync {
-    /// A new phase begins; `total` bytes when known.
-    fn begin(&self, phase: &str, total: Option<u64>);
-    fn advance(&self, bytes: u64);
-    fn end(&self);
+use std::time::Duration;
+
+/// How a preflight check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Ok,
+    Warn,
+    Fail,
+}
+
+pub trait Observer: Send + Sync {
+    /// A long phase begins; `total` bytes when known.
+    fn begin(&self, _phase: &str, _total: Option<u64>) {}
+    fn advance(&self, _bytes: u64) {}
+    fn end(&self) {}
+    /// A journaled step starts; `lines` say what it does (commands are shown as `$ …`).
+    fn step_started(&self, _step: &str, _lines: &[String]) {}
+    fn step_done(&self, _step: &str, _took: Duration) {}
+    /// A preflight check's result.
+    fn check(&self, _severity: Severity, _name: &str, _detail: &str) {}
+    /// Something the operator should read.
+    fn note(&self, _message: &str) {}
 }
 
 /// Reports nothing.
 pub struct Silent;
 
-impl Progress for Silent {
-    fn begin(&self, _: &str, _: Option<u64>) {}
-    fn advance(&self, _: u64) {}
-    fn end(&self) {}
-}
+impl Observer for Silent {}

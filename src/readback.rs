@@ -3,17 +3,18 @@
 //! its status). Used by `snapshot verify` and `snapshot get`, and later by restore and drills.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use crate::backup::Spool;
 use crate::catalog::Manifest;
-use crate::progress::Progress;
-use crate::stages::compress;
+use crate::fsutil::{Spool, SpoolError};
+use crate::progress::Observer;
+use crate::stages;
+use crate::stages::decode::DecodeError;
 use crate::stages::encrypt::Identities;
 use crate::store::{Store, StoreError};
 use crate::verify::{self, SnapshotInfo, SnapshotStatus, VerifyError};
@@ -39,7 +40,7 @@ pub enum ReadBackError {
     #[error("{0} already exists: pass --force to overwrite it")]
     Exists(PathBuf),
     #[error(transparent)]
-    WorkDir(#[from] crate::backup::BackupError),
+    WorkDir(#[from] SpoolError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -63,7 +64,7 @@ pub async fn verify_backup(
     manifest: &Manifest,
     identities: Option<&Arc<Identities>>,
     work_dir: &Path,
-    progress: Arc<dyn Progress>,
+    progress: Arc<dyn Observer>,
 ) -> Result<ReadBack, ReadBackError> {
     let spool = Spool::create(work_dir, manifest.plain_size)?;
     let out = spool.path().to_path_buf();
@@ -86,7 +87,7 @@ pub async fn get_backup(
     identities: Option<&Arc<Identities>>,
     out: &Path,
     force: bool,
-    progress: Arc<dyn Progress>,
+    progress: Arc<dyn Observer>,
 ) -> Result<ReadBack, ReadBackError> {
     if out.exists() && !force {
         return Err(ReadBackError::Exists(out.to_path_buf()));
@@ -137,7 +138,7 @@ async fn read_into(
     identities: Option<&Arc<Identities>>,
     file: File,
     path: &Path,
-    progress: Arc<dyn Progress>,
+    progress: Arc<dyn Observer>,
 ) -> Result<ReadBack, ReadBackError> {
     let encrypted = manifest.encryption.scheme == "age";
     if encrypted && identities.is_none() {
@@ -258,7 +259,7 @@ fn decode<R: Read>(
     file: File,
     path: &Path,
     manifest: &Manifest,
-    progress: &dyn Progress,
+    progress: &dyn Observer,
 ) -> Result<PlainTally, ReadBackError> {
     let object = manifest.object.key.clone();
     let damaged = |detail: String| ReadBackError::Damaged {
@@ -271,22 +272,10 @@ fn decode<R: Read>(
     };
     let mut sink = SinkThread::spawn(file);
     progress.begin("reading back", Some(manifest.plain_size));
-    let copied = match identities {
-        Some(ids) => {
-            let plain = ids
-                .decryptor(source)
-                .map_err(|e| decrypt_error(e, manifest))?;
-            copy_decompressed(
-                BufReader::with_capacity(256 * 1024, plain),
-                &mut sink,
-                progress,
-            )
-        }
-        None => copy_decompressed(
-            BufReader::with_capacity(256 * 1024, source),
-            &mut sink,
-            progress,
-        ),
+    let copied = match stages::decode::decoder(source, identities) {
+        Ok(plain) => copy_plain(plain, &mut sink, progress),
+        Err(DecodeError::Decrypt(e)) => return Err(decrypt_error(e, manifest)),
+        Err(DecodeError::Decompress(e)) => Err(CopyError::Read(e)),
     };
     progress.end();
     // The writer's own error explains a failed send better than the send does.
@@ -366,16 +355,15 @@ fn classify_copy_error(
 ) -> ReadBackError {
     match e {
         CopyError::Write(e) => output_err(path, e),
-        CopyError::Read(e) => damaged(crate::etcd::describe(&e)),
+        CopyError::Read(e) => damaged(crate::error_chain::one_line(&e)),
     }
 }
 
-fn copy_decompressed<R: io::BufRead>(
-    reader: R,
+fn copy_plain(
+    mut decoder: impl Read,
     sink: &mut impl Write,
-    progress: &dyn Progress,
+    progress: &dyn Observer,
 ) -> Result<(), CopyError> {
-    let mut decoder = compress::decompressor(reader).map_err(CopyError::Read)?;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match decoder.read(&mut buf) {

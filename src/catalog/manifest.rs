@@ -3,7 +3,12 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::verify::{HashKvCheck, SnapshotStatus};
+use std::time::Duration;
+
+use super::BackupId;
+use crate::etcd::MemberFacts;
+use crate::stages::encrypt::Recipients;
+use crate::verify::{HashKvCheck, SnapshotInfo, SnapshotStatus};
 
 /// Bumped on incompatible changes; readers refuse versions they do not know.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -88,7 +93,69 @@ pub enum ManifestError {
     FutureSchema { key: String, found: u32 },
 }
 
+/// What the streaming pass wrote: the plain snapshot's digest and the stored object.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub plain_sha256: [u8; 32],
+    pub plain_size: u64,
+    pub object: ObjectRef,
+    pub compression: Compression,
+    pub encryption: Encryption,
+}
+
+impl Encryption {
+    /// `age` to these recipients (public keys only), or `none`.
+    pub fn for_recipients(recipients: Option<&Recipients>) -> Encryption {
+        match recipients {
+            Some(r) => Encryption {
+                scheme: "age".into(),
+                recipients: r.public_keys(),
+            },
+            None => Encryption {
+                scheme: "none".into(),
+                recipients: Vec::new(),
+            },
+        }
+    }
+}
+
 impl Manifest {
+    /// The manifest of a backup whose every check passed: who and when from the member and
+    /// the id, what from the snapshot's own reading, the object from what was written.
+    pub fn new(
+        id: &BackupId,
+        member: &MemberFacts,
+        snapshot: &SnapshotInfo,
+        hashkv: HashKvCheck,
+        written: Written,
+        reason: Reason,
+        took: Duration,
+    ) -> Manifest {
+        Manifest {
+            schema_version: SCHEMA_VERSION,
+            id: id.to_string(),
+            created_at: id.time,
+            cluster_id: format!("{:x}", member.cluster_id),
+            member_id: format!("{:x}", member.member_id),
+            member_name: member.member_name.clone(),
+            endpoint: member.endpoint.clone(),
+            etcd_version: member.etcd_version.clone(),
+            revision: snapshot.restored_revision,
+            raft_index: snapshot.consistent_index.unwrap_or(member.raft_index),
+            db_size: member.db_size,
+            status: snapshot.status,
+            hashkv,
+            plain_sha256: hex::encode(written.plain_sha256),
+            plain_size: written.plain_size,
+            object: written.object,
+            compression: written.compression,
+            encryption: written.encryption,
+            reason,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a manifest always serialises")
     }

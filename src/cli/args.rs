@@ -4,6 +4,10 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use lifeboat::config::{
+    BackupSection, DrillSection, EtcdSection, FileConfig, RestoreSection, RetentionSection,
+    S3Section, ServeSection, UpgradeSection,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -65,21 +69,13 @@ pub struct UpgradeArgs {
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
     #[command(flatten)]
-    pub etcd: EtcdArgs,
+    pub writer: WriterArgs,
     #[command(flatten)]
-    pub dest: DestArgs,
-    #[command(flatten)]
-    pub backup: BackupArgs,
-    /// Accept an existing backup younger than this instead of taking one (default 15m).
-    #[arg(long, value_name = "DURATION")]
-    pub max_snapshot_age: Option<String>,
+    pub upgrade: UpgradeSection,
     /// Let a folder on this node pass the gate (it dies with the node).
     #[arg(long)]
     pub allow_local_backup: bool,
-    /// kubeadm's folder (default /etc/kubernetes).
-    #[arg(long, env = "LIFEBOAT_KUBERNETES_DIR", value_name = "DIR")]
-    pub kubernetes_dir: Option<PathBuf>,
-    /// Folder of the upgrade journal (default /var/lib/etcd-lifeboat).
+    /// Folder of the upgrade journal (default /var/lib/etcd-lifeboat; `restore.state_dir`).
     #[arg(long, env = "LIFEBOAT_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Print the preflight results and the plan; change nothing.
@@ -110,18 +106,8 @@ pub struct RestoreArgs {
     /// age identity file (private key) of one of the backup's recipients.
     #[arg(long, short = 'i', env = "LIFEBOAT_IDENTITY", value_name = "KEYFILE")]
     pub identity: Option<PathBuf>,
-    /// kubelet's static pod folder (etcd.yaml in it describes the member).
-    #[arg(long, env = "LIFEBOAT_MANIFESTS_DIR", value_name = "DIR")]
-    pub manifests_dir: Option<PathBuf>,
-    /// Folder of the restore journal and the verified snapshot copy.
-    #[arg(long, env = "LIFEBOAT_STATE_DIR", value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// etcdutl (3.5+) or etcdctl 3.4 to restore with (default: found on PATH).
-    #[arg(long, env = "LIFEBOAT_ETCDUTL", value_name = "PATH")]
-    pub etcdutl: Option<PathBuf>,
-    /// Revision bump with --mark-compacted (etcdutl 3.5.10+); 0 disables.
-    #[arg(long, value_name = "N")]
-    pub bump_revision: Option<u64>,
+    #[command(flatten)]
+    pub restore: RestoreSection,
     /// Member name (default: --name in etcd.yaml).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -134,16 +120,6 @@ pub struct RestoreArgs {
     /// Cluster token, the same on every node (default: derived from the backup).
     #[arg(long, value_name = "TOKEN")]
     pub initial_cluster_token: Option<String>,
-    /// How long etcd may take to stop after its manifest leaves (default 120s).
-    #[arg(long, value_name = "DURATION")]
-    pub stop_timeout: Option<String>,
-    /// How long etcd may take to answer after its manifest comes back (default 300s).
-    #[arg(long, value_name = "DURATION")]
-    pub start_timeout: Option<String>,
-    /// How long to wait for the API server's /readyz after the restore (default 180s; a slow
-    /// API server is reported, not an error).
-    #[arg(long, value_name = "DURATION")]
-    pub apiserver_timeout: Option<String>,
     /// Do not wait for etcd (or the API server) after the manifests go back.
     #[arg(long)]
     pub no_wait: bool,
@@ -176,18 +152,8 @@ pub struct DrillArgs {
     pub backup: String,
     #[command(flatten)]
     pub dest: DestArgs,
-    /// age identity file (private key) of one of the backup's recipients.
-    #[arg(long, short = 'i', env = "LIFEBOAT_IDENTITY", value_name = "KEYFILE")]
-    pub identity: Option<PathBuf>,
-    /// The etcd binary the sandbox member runs (default: etcd on PATH).
-    #[arg(long, env = "LIFEBOAT_ETCD", value_name = "PATH")]
-    pub etcd: Option<PathBuf>,
-    /// etcdutl (3.5+) or etcdctl 3.4 to restore with (default: found on PATH).
-    #[arg(long, env = "LIFEBOAT_ETCDUTL", value_name = "PATH")]
-    pub etcdutl: Option<PathBuf>,
-    /// Parent folder of the sandbox.
-    #[arg(long, env = "LIFEBOAT_WORK_DIR", value_name = "DIR")]
-    pub work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub drill: DrillSection,
     #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
     pub output: Output,
 }
@@ -196,30 +162,8 @@ pub struct DrillArgs {
 pub struct PruneArgs {
     #[command(flatten)]
     pub dest: DestArgs,
-    /// Keep the newest N scheduled backups.
-    #[arg(long, value_name = "N")]
-    pub keep_last: Option<usize>,
-    /// Keep the newest scheduled backup of each of the last N hours that have one.
-    #[arg(long, value_name = "N")]
-    pub keep_hourly: Option<usize>,
-    /// … of each of the last N days.
-    #[arg(long, value_name = "N")]
-    pub keep_daily: Option<usize>,
-    /// … of each of the last N ISO weeks.
-    #[arg(long, value_name = "N")]
-    pub keep_weekly: Option<usize>,
-    /// … of each of the last N months.
-    #[arg(long, value_name = "N")]
-    pub keep_monthly: Option<usize>,
-    /// Keep manual backups this many days.
-    #[arg(long, value_name = "DAYS")]
-    pub manual_keep_days: Option<u32>,
-    /// Keep pre-upgrade backups this many days.
-    #[arg(long, value_name = "DAYS")]
-    pub pre_upgrade_keep_days: Option<u32>,
-    /// Delete objects without manifest only when older than this (e.g. 24h).
-    #[arg(long, value_name = "DURATION")]
-    pub grace: Option<String>,
+    #[command(flatten)]
+    pub retention: RetentionSection,
     /// Only this cluster's backups (hex cluster id, as `snapshot list -w json` shows it).
     #[arg(long, value_name = "ID")]
     pub cluster_id: Option<String>,
@@ -257,67 +201,30 @@ pub enum Output {
     Json,
 }
 
-#[derive(Args, Debug, Clone, Default)]
-pub struct EtcdArgs {
-    /// etcd client URLs, comma-separated; the first that answers is used (one member only).
-    #[arg(
-        long,
-        env = "LIFEBOAT_ENDPOINTS",
-        value_delimiter = ',',
-        value_name = "URLS"
-    )]
-    pub endpoints: Vec<String>,
-    /// CA bundle that signed etcd's server certificate.
-    #[arg(long, env = "LIFEBOAT_CACERT", value_name = "FILE")]
-    pub cacert: Option<PathBuf>,
-    /// Client certificate (PEM).
-    #[arg(long, env = "LIFEBOAT_CERT", value_name = "FILE")]
-    pub cert: Option<PathBuf>,
-    /// Client key (PEM).
-    #[arg(long, env = "LIFEBOAT_KEY", value_name = "FILE")]
-    pub key: Option<PathBuf>,
-    /// etcd user (when etcd auth is on).
-    #[arg(long, env = "LIFEBOAT_USER")]
-    pub user: Option<String>,
-    /// etcd password (prefer LIFEBOAT_PASSWORD or etcd.password_file: flags show in `ps`).
-    #[arg(long, env = "LIFEBOAT_PASSWORD", hide_env_values = true)]
-    pub password: Option<String>,
-    /// kubeadm's etcd static pod manifest, read for endpoint, certificates and member name
-    /// when no endpoint is given.
-    #[arg(long, env = "LIFEBOAT_ETCD_MANIFEST", value_name = "FILE")]
-    pub etcd_manifest: Option<PathBuf>,
-    /// Connect timeout, e.g. 5s.
-    #[arg(long, env = "LIFEBOAT_CONNECT_TIMEOUT", value_name = "DURATION")]
-    pub connect_timeout: Option<String>,
-    /// Timeout of unary calls (status, HashKV), e.g. 60s.
-    #[arg(long, env = "LIFEBOAT_REQUEST_TIMEOUT", value_name = "DURATION")]
-    pub request_timeout: Option<String>,
-}
-
 #[derive(Args, Debug, Clone)]
 pub struct DestArgs {
     /// Where backups are: a local folder, or s3://BUCKET/PREFIX.
     #[arg(long, env = "LIFEBOAT_DEST", value_name = "DIR|s3://BUCKET/PREFIX")]
     pub dest: Option<String>,
-    /// S3 endpoint for MinIO, Ceph, SeaweedFS, R2 … (default: AWS).
-    #[arg(long, env = "LIFEBOAT_S3_ENDPOINT", value_name = "URL")]
-    pub s3_endpoint: Option<String>,
-    /// S3 region (default: from the AWS config, else us-east-1).
-    #[arg(long, env = "LIFEBOAT_S3_REGION", value_name = "REGION")]
-    pub s3_region: Option<String>,
-    /// Path-style addressing (http://host/bucket/key), as most self-hosted S3 servers need.
-    #[arg(long, env = "LIFEBOAT_S3_PATH_STYLE")]
-    pub s3_path_style: bool,
+    #[command(flatten)]
+    pub s3: S3Section,
+}
+
+/// The flags of every command that takes backups: the member, the destination, how to write.
+#[derive(Args, Debug)]
+pub struct WriterArgs {
+    #[command(flatten)]
+    pub etcd: EtcdSection,
+    #[command(flatten)]
+    pub dest: DestArgs,
+    #[command(flatten)]
+    pub backup: BackupSection,
 }
 
 #[derive(Args, Debug)]
 pub struct SaveArgs {
     #[command(flatten)]
-    pub etcd: EtcdArgs,
-    #[command(flatten)]
-    pub dest: DestArgs,
-    #[command(flatten)]
-    pub backup: BackupArgs,
+    pub writer: WriterArgs,
     /// Output format.
     #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -326,44 +233,12 @@ pub struct SaveArgs {
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
-    pub etcd: EtcdArgs,
+    pub writer: WriterArgs,
     #[command(flatten)]
-    pub dest: DestArgs,
-    #[command(flatten)]
-    pub backup: BackupArgs,
-    /// Cron schedule, UTC: 5 fields (min hour dom mon dow), or 6 with seconds first.
-    /// Default: hourly ("0 * * * *") with up to 5 minutes of jitter. `off`: no backups (a
-    /// drill-only instance, see [drill] in the config).
-    #[arg(long, env = "LIFEBOAT_SCHEDULE", value_name = "CRON")]
-    pub schedule: Option<String>,
-    /// Address of /healthz, /readyz and /metrics. Default 127.0.0.1:9464.
-    #[arg(long, env = "LIFEBOAT_LISTEN", value_name = "ADDR")]
-    pub listen: Option<String>,
+    pub serve: ServeSection,
     /// Validate the configuration, print it (secrets redacted) and exit.
     #[arg(long)]
     pub check_config: bool,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct BackupArgs {
-    /// Age recipient (public key age1…); repeatable.
-    #[arg(
-        long = "recipient",
-        short = 'r',
-        env = "LIFEBOAT_RECIPIENTS",
-        value_delimiter = ',',
-        value_name = "AGE1…"
-    )]
-    pub recipients: Vec<String>,
-    /// File with one age recipient per line.
-    #[arg(long, env = "LIFEBOAT_RECIPIENTS_FILE", value_name = "FILE")]
-    pub recipients_file: Option<PathBuf>,
-    /// zstd level, 1–19.
-    #[arg(long, env = "LIFEBOAT_COMPRESSION_LEVEL", value_name = "N")]
-    pub compression_level: Option<i32>,
-    /// Folder for the temporary plain copy the checks read (needs room for the database).
-    #[arg(long, env = "LIFEBOAT_WORK_DIR", value_name = "DIR")]
-    pub work_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -397,7 +272,7 @@ pub struct ReadArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub read: ReadArgs,
-    /// Folder for the temporary plain copy.
+    /// Folder for the temporary plain copy (`backup.work_dir`).
     #[arg(long, env = "LIFEBOAT_WORK_DIR", value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
     #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
@@ -414,4 +289,89 @@ pub struct GetArgs {
     /// Overwrite FILE if it exists.
     #[arg(long)]
     pub force: bool,
+}
+
+// What each command's flags say, as a config to lay over the file's (`FileConfig::overlay`).
+// The sections' own flags are taken whole; the few flags that set one key of a section they do
+// not flatten are mapped here, each in one line.
+
+impl DestArgs {
+    pub fn flags(&self) -> FileConfig {
+        FileConfig {
+            backup: BackupSection {
+                dest: self.dest.clone(),
+                ..Default::default()
+            },
+            s3: self.s3.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+impl WriterArgs {
+    pub fn flags(&self) -> FileConfig {
+        let dest = self.dest.flags();
+        FileConfig {
+            etcd: self.etcd.clone(),
+            backup: self.backup.clone().overlay(dest.backup),
+            ..dest
+        }
+    }
+}
+
+impl ServeArgs {
+    pub fn flags(&self) -> FileConfig {
+        FileConfig {
+            serve: self.serve.clone(),
+            ..self.writer.flags()
+        }
+    }
+}
+
+impl UpgradeArgs {
+    pub fn flags(&self) -> FileConfig {
+        FileConfig {
+            upgrade: self.upgrade.clone(),
+            restore: RestoreSection {
+                state_dir: self.state_dir.clone(),
+                ..Default::default()
+            },
+            ..self.writer.flags()
+        }
+    }
+}
+
+impl RestoreArgs {
+    pub fn flags(&self) -> FileConfig {
+        FileConfig {
+            restore: self.restore.clone(),
+            ..self.dest.flags()
+        }
+    }
+}
+
+impl DrillArgs {
+    pub fn flags(&self) -> FileConfig {
+        FileConfig {
+            drill: self.drill.clone(),
+            ..self.dest.flags()
+        }
+    }
+}
+
+impl PruneArgs {
+    pub fn flags(&self) -> FileConfig {
+        FileConfig {
+            retention: self.retention.clone(),
+            ..self.dest.flags()
+        }
+    }
+}
+
+impl VerifyArgs {
+    pub fn flags(&self) -> FileConfig {
+        let mut c = self.read.dest.flags();
+        c.backup.work_dir = self.work_dir.clone();
+        c
+    }
 }

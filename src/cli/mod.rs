@@ -52,12 +52,12 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli, config: FileConfig) -> Result<()> {
     match cli.command {
-        Command::Snapshot(cmd) => snapshot::run(cmd, &config).await,
-        Command::Prune(args) => prune::run(args, &config).await,
-        Command::Serve(args) => serve::run(*args, &config).await,
-        Command::Restore(args) => restore::run(*args, &config).await,
-        Command::Drill(args) => restore::drill(*args, &config).await,
-        Command::Upgrade(args) => upgrade::run(*args, &config).await,
+        Command::Snapshot(cmd) => snapshot::run(cmd, config).await,
+        Command::Prune(args) => prune::run(args, config).await,
+        Command::Serve(args) => serve::run(*args, config).await,
+        Command::Restore(args) => restore::run(*args, config).await,
+        Command::Drill(args) => restore::drill(*args, config).await,
+        Command::Upgrade(args) => upgrade::run(*args, config).await,
     }
 }
 
@@ -115,17 +115,7 @@ fn init_logging(cli: &Cli, config: &FileConfig) {
 /// Prints the whole error chain on one line and picks the documented exit code. Our messages
 /// already quote their cause, so a link whose text is already printed is left out.
 fn fail(e: &anyhow::Error) -> ExitCode {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    eprintln!("lifeboat: error: {line}");
-    ExitCode::from(lifeboat::exit::code_for(e.as_ref()))
+    let root: &(dyn std::error::Error + 'static) = e.as_ref();
+    eprintln!("lifeboat: error: {}", lifeboat::error_chain::one_line(root));
+    ExitCode::from(lifeboat::exit::code_for(root))
 }

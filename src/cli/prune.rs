@@ -2,27 +2,16 @@
 
 use anyhow::Result;
 use lifeboat::catalog::Catalog;
-use lifeboat::config::{resolve_retention, FileConfig, RetentionSection};
+use lifeboat::config::{resolve_retention, FileConfig};
 use lifeboat::retention::{self, Action};
 
 use super::args::{Output, PruneArgs};
 use super::snapshot::open_store;
 
-pub async fn run(a: PruneArgs, config: &FileConfig) -> Result<()> {
-    let policy = resolve_retention(
-        &config.retention,
-        &RetentionSection {
-            keep_last: a.keep_last,
-            keep_hourly: a.keep_hourly,
-            keep_daily: a.keep_daily,
-            keep_weekly: a.keep_weekly,
-            keep_monthly: a.keep_monthly,
-            manual_keep_days: a.manual_keep_days,
-            pre_upgrade_keep_days: a.pre_upgrade_keep_days,
-            incomplete_grace: a.grace.clone(),
-        },
-    )?;
-    let store = open_store(config, &a.dest).await?;
+pub async fn run(a: PruneArgs, file: FileConfig) -> Result<()> {
+    let config = file.overlay(a.flags());
+    let policy = resolve_retention(&config.retention)?;
+    let store = open_store(&config).await?;
     let catalog = Catalog::new(store.clone());
     let report = retention::prune(
         &catalog,

@@ -4,37 +4,24 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use lifeboat::config::{
-    resolve_drill_settings, resolve_restore, FileConfig, ResolvedRestore, RestoreOverrides,
-};
+use lifeboat::config::{resolve_drill, resolve_restore, FileConfig, ResolvedRestore};
 use lifeboat::drill::{self, DrillReport};
 use lifeboat::restore::{
-    self, JournalDir, MemberOverrides, Observer, Plan, RestoreError, RestoreOptions,
-    SnapshotSource, Step,
+    self, JournalDir, MemberOverrides, Plan, RestoreError, RestoreOptions, SnapshotSource, Step,
 };
 
-use super::args::{DrillArgs, Output, ReadArgs, RestoreArgs};
+use super::args::{DrillArgs, Output, RestoreArgs};
 use super::{progress, snapshot};
 
-pub async fn run(a: RestoreArgs, config: &FileConfig) -> Result<()> {
-    let resolved = resolve_restore(
-        &config.restore,
-        &RestoreOverrides {
-            manifests_dir: a.manifests_dir.clone(),
-            state_dir: a.state_dir.clone(),
-            etcdutl: a.etcdutl.clone(),
-            bump_revision: a.bump_revision,
-            stop_timeout: a.stop_timeout.clone(),
-            start_timeout: a.start_timeout.clone(),
-            apiserver_timeout: a.apiserver_timeout.clone(),
-        },
-    )?;
+pub async fn run(a: RestoreArgs, file: FileConfig) -> Result<()> {
+    let config = &file.overlay(a.flags());
+    let resolved = resolve_restore(&config.restore)?;
     let opts = options(&a, &resolved);
     if a.detach {
         return detach(&resolved.state_dir);
     }
     if a.rollback {
-        let journal = restore::rollback(&opts, &Printer).await?;
+        let journal = restore::rollback(&opts, progress::for_terminal().as_ref()).await?;
         eprintln!(
             "rolled back restore {}: the original data dir and manifests are back",
             journal.plan.run_id
@@ -62,8 +49,7 @@ pub async fn run(a: RestoreArgs, config: &FileConfig) -> Result<()> {
             pending.plan.run_id,
             pending.next_step().map_or("none", Step::name)
         );
-        let journal =
-            restore::resume(source.as_ref(), &opts, &Printer, progress::for_terminal()).await?;
+        let journal = restore::resume(source.as_ref(), &opts, progress::for_terminal()).await?;
         summary(&journal.plan, a.output);
         return Ok(());
     }
@@ -87,7 +73,7 @@ pub async fn run(a: RestoreArgs, config: &FileConfig) -> Result<()> {
         }
         .into());
     }
-    let journal = restore::execute(plan, &source, &opts, &Printer, progress::for_terminal())
+    let journal = restore::execute(plan, &source, &opts, progress::for_terminal())
         .await
         .context("restore stopped")?;
     summary(&journal.plan, a.output);
@@ -130,12 +116,7 @@ async fn source_for(
         return Ok(SnapshotSource::File(as_path.to_path_buf()));
     }
     let identities = snapshot::load_identities(a.identity.as_ref())?;
-    let read = ReadArgs {
-        backup: selector.to_string(),
-        dest: a.dest.clone(),
-        identity: a.identity.clone(),
-    };
-    let (store, manifest) = snapshot::find(&read, config).await?;
+    let (store, manifest) = snapshot::find(selector, config).await?;
     if manifest.encryption.scheme == "age" && identities.is_none() {
         return Err(lifeboat::readback::ReadBackError::IdentityNeeded {
             id: manifest.id.clone(),
@@ -188,23 +169,6 @@ fn detach(state_dir: &Path) -> Result<()> {
         log_path.display()
     );
     Ok(())
-}
-
-struct Printer;
-
-impl Observer for Printer {
-    fn step_started(&self, step: Step, what: &str) {
-        eprintln!("==> {step}: {what}");
-        tracing::info!(step = step.name(), "restore step started");
-    }
-
-    fn step_done(&self, step: Step, took: Duration) {
-        eprintln!("    {step} done in {:.1}s", took.as_secs_f64());
-    }
-
-    fn note(&self, message: &str) {
-        eprintln!("    {message}");
-    }
 }
 
 fn print_plan(p: &Plan) {
@@ -305,21 +269,11 @@ fn summary(p: &Plan, output: Output) {
     }
 }
 
-pub async fn drill(a: DrillArgs, config: &FileConfig) -> Result<()> {
-    let identities =
-        snapshot::load_identities(a.identity.as_ref().or(config.drill.identity_file.as_ref()))?;
-    let read = ReadArgs {
-        backup: a.backup.clone(),
-        dest: a.dest.clone(),
-        identity: a.identity.clone(),
-    };
-    let (store, manifest) = snapshot::find(&read, config).await?;
-    let settings = resolve_drill_settings(
-        config,
-        a.etcd.as_ref(),
-        a.etcdutl.as_ref(),
-        a.work_dir.as_ref(),
-    )?;
+pub async fn drill(a: DrillArgs, file: FileConfig) -> Result<()> {
+    let config = &file.overlay(a.flags());
+    let identities = snapshot::load_identities(config.drill.identity_file.as_ref())?;
+    let (store, manifest) = snapshot::find(&a.backup, config).await?;
+    let settings = resolve_drill(config)?;
     let report = drill::drill(
         store,
         &manifest,

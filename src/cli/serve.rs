@@ -1,23 +1,12 @@
 //! `lifeboat serve` and `serve --check-config`.
 
 use anyhow::{Context, Result};
-use lifeboat::config::{resolve_serve, FileConfig, ServeOverrides};
+use lifeboat::config::{resolve_serve, FileConfig};
 
 use super::args::ServeArgs;
-use super::snapshot::{backup_overrides, etcd_overrides, s3_overrides};
 
-pub async fn run(a: ServeArgs, config: &FileConfig) -> Result<()> {
-    let settings = resolve_serve(
-        config,
-        &etcd_overrides(&a.etcd),
-        &backup_overrides(&a.backup),
-        a.dest.dest.as_ref(),
-        &s3_overrides(&a.dest),
-        &ServeOverrides {
-            schedule: a.schedule.clone(),
-            listen: a.listen.clone(),
-        },
-    )?;
+pub async fn run(a: ServeArgs, file: FileConfig) -> Result<()> {
+    let settings = resolve_serve(&file.overlay(a.flags()))?;
     if settings
         .backup
         .as_ref()

@@ -6,79 +6,47 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use lifeboat::backup::take_backup;
 use lifeboat::catalog::{Catalog, Manifest, Reason};
-use lifeboat::config::{
-    resolve_backup, resolve_etcd, resolve_store, BackupOverrides, EtcdOverrides, FileConfig,
-    S3Overrides, Secret, DEFAULT_WORK_DIR,
-};
+use lifeboat::config::{resolve_backup, resolve_etcd, resolve_store, work_dir, FileConfig};
 use lifeboat::etcd::EtcdSource;
 use lifeboat::readback;
 use lifeboat::stages::encrypt::{too_open, Identities};
 use lifeboat::store::Store;
 
-use super::args::{
-    BackupArgs, DestArgs, EtcdArgs, GetArgs, ListArgs, Output, ReadArgs, SaveArgs, SnapshotCommand,
-    StatusArgs, VerifyArgs,
-};
+use super::args::{GetArgs, ListArgs, Output, SaveArgs, SnapshotCommand, StatusArgs, VerifyArgs};
 use super::{progress, render};
 
-pub async fn run(cmd: SnapshotCommand, config: &FileConfig) -> Result<()> {
+pub async fn run(cmd: SnapshotCommand, file: FileConfig) -> Result<()> {
     match cmd {
-        SnapshotCommand::Save(a) => save(*a, config).await,
+        SnapshotCommand::Save(a) => save(*a, file).await,
         SnapshotCommand::Status(a) => status(a),
-        SnapshotCommand::List(a) => list(a, config).await,
-        SnapshotCommand::Verify(a) => verify(a, config).await,
-        SnapshotCommand::Get(a) => get(a, config).await,
+        SnapshotCommand::List(a) => {
+            let c = file.overlay(a.dest.flags());
+            list(a, &c).await
+        }
+        SnapshotCommand::Verify(a) => {
+            let c = file.overlay(a.flags());
+            verify(a, &c).await
+        }
+        SnapshotCommand::Get(a) => {
+            let c = file.overlay(a.read.dest.flags());
+            get(a, &c).await
+        }
     }
 }
 
-pub(super) fn backup_overrides(a: &BackupArgs) -> BackupOverrides {
-    BackupOverrides {
-        work_dir: a.work_dir.clone(),
-        compression_level: a.compression_level,
-        recipients: a.recipients.clone(),
-        recipients_file: a.recipients_file.clone(),
-    }
-}
-
-pub(super) fn s3_overrides(d: &DestArgs) -> S3Overrides {
-    S3Overrides {
-        endpoint: d.s3_endpoint.clone(),
-        region: d.s3_region.clone(),
-        path_style: d.s3_path_style,
-    }
-}
-
-pub(super) fn etcd_overrides(a: &EtcdArgs) -> EtcdOverrides {
-    EtcdOverrides {
-        endpoints: a.endpoints.clone(),
-        cacert: a.cacert.clone(),
-        cert: a.cert.clone(),
-        key: a.key.clone(),
-        user: a.user.clone(),
-        password: a.password.clone().map(Secret::new),
-        manifest: a.etcd_manifest.clone(),
-        connect_timeout: a.connect_timeout.clone(),
-        request_timeout: a.request_timeout.clone(),
-    }
-}
-
-pub(super) async fn open_store(config: &FileConfig, dest: &DestArgs) -> Result<Arc<dyn Store>> {
-    let spec = resolve_store(
-        &config.backup,
-        &config.s3,
-        dest.dest.as_ref(),
-        &s3_overrides(dest),
-    )?;
+pub(super) async fn open_store(c: &FileConfig) -> Result<Arc<dyn Store>> {
+    let spec = resolve_store(&c.backup, &c.s3)?;
     Ok(lifeboat::store::open(&spec).await?)
 }
 
-async fn save(a: SaveArgs, config: &FileConfig) -> Result<()> {
-    let etcd = resolve_etcd(&config.etcd, &etcd_overrides(&a.etcd))?;
-    let settings = resolve_backup(&config.backup, &backup_overrides(&a.backup), Reason::Manual)?;
+async fn save(a: SaveArgs, file: FileConfig) -> Result<()> {
+    let config = file.overlay(a.writer.flags());
+    let etcd = resolve_etcd(&config.etcd)?;
+    let settings = resolve_backup(&config.backup, Reason::Manual)?;
     if settings.recipients.is_none() {
         tracing::warn!("ENCRYPTION IS OFF (backup.encryption = \"none\"): this backup holds every Secret of the cluster in the clear");
     }
-    let store = open_store(config, &a.dest).await?;
+    let store = open_store(&config).await?;
     if let Some(k) = &etcd.kubeadm {
         tracing::info!(manifest = %k.manifest.display(), "using the kubeadm etcd manifest for defaults");
     }
@@ -114,7 +82,7 @@ fn status(a: StatusArgs) -> Result<()> {
 }
 
 async fn list(a: ListArgs, config: &FileConfig) -> Result<()> {
-    let store = open_store(config, &a.dest).await?;
+    let store = open_store(config).await?;
     let (manifests, skipped) = Catalog::new(store.clone()).list().await?;
     for s in &skipped {
         tracing::warn!(key = %s.key, reason = %s.reason, "skipping an unreadable manifest");
@@ -126,12 +94,13 @@ async fn list(a: ListArgs, config: &FileConfig) -> Result<()> {
     Ok(())
 }
 
+/// The store the config names and the backup `selector` picks in it.
 pub(super) async fn find(
-    read: &ReadArgs,
+    selector: &str,
     config: &FileConfig,
 ) -> Result<(Arc<dyn Store>, Manifest)> {
-    let store = open_store(config, &read.dest).await?;
-    let manifest = Catalog::new(store.clone()).find(&read.backup).await?;
+    let store = open_store(config).await?;
+    let manifest = Catalog::new(store.clone()).find(selector).await?;
     Ok((store, manifest))
 }
 
@@ -145,20 +114,14 @@ pub(super) fn load_identities(path: Option<&PathBuf>) -> Result<Option<Arc<Ident
     Ok(Some(Arc::new(Identities::from_file(path)?)))
 }
 
-pub(super) fn work_dir(flag: Option<&PathBuf>, config: &FileConfig) -> PathBuf {
-    flag.cloned()
-        .or_else(|| config.backup.work_dir.clone())
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_WORK_DIR))
-}
-
 async fn verify(a: VerifyArgs, config: &FileConfig) -> Result<()> {
     let identities = load_identities(a.read.identity.as_ref())?;
-    let (store, manifest) = find(&a.read, config).await?;
+    let (store, manifest) = find(&a.read.backup, config).await?;
     let checked = readback::verify_backup(
         store,
         &manifest,
         identities.as_ref(),
-        &work_dir(a.work_dir.as_ref(), config),
+        &work_dir(&config.backup),
         progress::for_terminal(),
     )
     .await
@@ -181,7 +144,7 @@ async fn verify(a: VerifyArgs, config: &FileConfig) -> Result<()> {
 
 async fn get(a: GetArgs, config: &FileConfig) -> Result<()> {
     let identities = load_identities(a.read.identity.as_ref())?;
-    let (store, manifest) = find(&a.read, config).await?;
+    let (store, manifest) = find(&a.read.backup, config).await?;
     let checked = readback::get_backup(
         store,
         &manifest,

@@ -1,42 +1,26 @@
 //! `lifeboat upgrade`.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
 use anyhow::Result;
 use lifeboat::catalog::Reason;
 use lifeboat::config::{
-    resolve_backup, resolve_duration, resolve_etcd, resolve_store, FileConfig, StoreSpec,
-    DEFAULT_STATE_DIR,
+    resolve_backup, resolve_etcd, resolve_store, resolve_upgrade, state_dir, ConfigError,
+    FileConfig,
 };
-use lifeboat::upgrade::tools::{ToolPaths, Tools};
+use lifeboat::upgrade::tools::Tools;
 use lifeboat::upgrade::version::KubeVersion;
-use lifeboat::upgrade::{
-    self, Check, GateInputs, Mode, Observer, Report, Role, Severity, Step, UpgradeOptions,
-};
+use lifeboat::upgrade::{self, GateInputs, Mode, Report, Role, UpgradeOptions};
 
 use super::args::{Output, RoleArg, UpgradeArgs};
-use super::snapshot::{backup_overrides, etcd_overrides, s3_overrides};
 
-pub async fn run(a: UpgradeArgs, config: &FileConfig) -> Result<()> {
-    let u = &config.upgrade;
-    let kubernetes_dir = a
-        .kubernetes_dir
-        .clone()
-        .or_else(|| u.kubernetes_dir.clone())
-        .unwrap_or_else(|| PathBuf::from("/etc/kubernetes"));
-    let state_dir = a
-        .state_dir
-        .clone()
-        .or_else(|| config.restore.state_dir.clone())
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+pub async fn run(a: UpgradeArgs, file: FileConfig) -> Result<()> {
+    let config = &file.overlay(a.flags());
+    let resolved = resolve_upgrade(&config.upgrade)?;
+    let state_dir = state_dir(&config.restore);
     let to = match (&a.to, upgrade::load_journal(&state_dir)?) {
-        (Some(t), _) => {
-            KubeVersion::parse(t).ok_or_else(|| lifeboat::config::ConfigError::Invalid {
-                key: "--to",
-                message: format!("`{t}` is not a version like v1.31.2"),
-            })?
-        }
+        (Some(t), _) => KubeVersion::parse(t).ok_or_else(|| ConfigError::Invalid {
+            key: "--to",
+            message: format!("`{t}` is not a version like v1.31.2"),
+        })?,
         (None, Some(j)) => j.to,
         (None, None) => KubeVersion {
             major: 0,
@@ -56,46 +40,20 @@ pub async fn run(a: UpgradeArgs, config: &FileConfig) -> Result<()> {
             .node
             .clone()
             .unwrap_or_else(|| lifeboat::service::hostname().to_lowercase()),
-        kubernetes_dir: kubernetes_dir.clone(),
+        kubernetes_dir: resolved.kubernetes_dir.clone(),
         state_dir,
-        max_snapshot_age: resolve_duration(
-            "upgrade.max_snapshot_age",
-            a.max_snapshot_age.as_ref().or(u.max_snapshot_age.as_ref()),
-            Duration::from_secs(15 * 60),
-        )?,
+        max_snapshot_age: resolved.max_snapshot_age,
         allow_local_backup: a.allow_local_backup,
-        drain_timeout: resolve_duration(
-            "upgrade.drain_timeout",
-            u.drain_timeout.as_ref(),
-            Duration::from_secs(600),
-        )?,
-        ready_timeout: resolve_duration(
-            "upgrade.ready_timeout",
-            u.ready_timeout.as_ref(),
-            Duration::from_secs(600),
-        )?,
-        command_timeout: resolve_duration(
-            "upgrade.command_timeout",
-            u.command_timeout.as_ref(),
-            Duration::from_secs(1800),
-        )?,
-        keep_kubeadm_backups: u.keep_kubeadm_backups.unwrap_or(2),
+        drain_timeout: resolved.drain_timeout,
+        ready_timeout: resolved.ready_timeout,
+        command_timeout: resolved.command_timeout,
+        keep_kubeadm_backups: resolved.keep_kubeadm_backups,
     };
     if a.clean_kubeadm_backups {
         return clean(&opts, a.dry_run || !a.yes);
     }
-    let admin_conf = kubernetes_dir.join("admin.conf");
-    let tools = Tools::find(&ToolPaths {
-        kubeadm: u.kubeadm.clone(),
-        kubectl: u.kubectl.clone(),
-        systemctl: u.systemctl.clone(),
-        package_manager: u.package_manager.clone(),
-        kubeconfig: u
-            .kubeconfig
-            .clone()
-            .or_else(|| admin_conf.exists().then_some(admin_conf)),
-    })?;
-    let gate = gate_inputs(&a, config, &kubernetes_dir).await?;
+    let tools = Tools::find(&resolved.tools)?;
+    let gate = gate_inputs(&a, config, &opts.kubernetes_dir).await?;
     let mode = if a.dry_run {
         Mode::DryRun
     } else if a.yes || a.resume {
@@ -104,16 +62,14 @@ pub async fn run(a: UpgradeArgs, config: &FileConfig) -> Result<()> {
         Mode::PlanOnly
     };
     let mut report = Report::default();
-    let printer = Printer {
-        quiet: a.output == Output::Json,
-    };
+    let printer = super::progress::Printer::new(a.output == Output::Json);
     let result = upgrade::upgrade(
         &opts,
         &tools,
         gate.as_ref(),
         mode,
         a.resume,
-        &printer,
+        printer.as_ref(),
         &mut report,
     )
     .await;
@@ -140,22 +96,13 @@ async fn gate_inputs(
     if !may_be_control_plane {
         return Ok(None);
     }
-    let mut eo = etcd_overrides(&a.etcd);
-    eo.manifest = eo.manifest.or(Some(etcd_manifest));
-    let etcd = resolve_etcd(&config.etcd, &eo)?;
-    let spec = resolve_store(
-        &config.backup,
-        &config.s3,
-        a.dest.dest.as_ref(),
-        &s3_overrides(&a.dest),
-    )?;
-    let store_is_local = matches!(spec, StoreSpec::Local(_));
+    let mut etcd_section = config.etcd.clone();
+    etcd_section.manifest = etcd_section.manifest.or(Some(etcd_manifest));
+    let etcd = resolve_etcd(&etcd_section)?;
+    let spec = resolve_store(&config.backup, &config.s3)?;
+    let store_is_local = spec.is_local();
     let store = lifeboat::store::open(&spec).await?;
-    let backup = resolve_backup(
-        &config.backup,
-        &backup_overrides(&a.backup),
-        Reason::PreUpgrade,
-    )?;
+    let backup = resolve_backup(&config.backup, Reason::PreUpgrade)?;
     Ok(Some(GateInputs {
         etcd: etcd.settings,
         store,
@@ -182,44 +129,6 @@ fn clean(opts: &UpgradeOptions, dry_run: bool) -> Result<()> {
         println!("nothing removed: add --yes");
     }
     Ok(())
-}
-
-struct Printer {
-    quiet: bool,
-}
-
-impl Observer for Printer {
-    fn check(&self, c: &Check) {
-        if !self.quiet {
-            let mark = match c.severity {
-                Severity::Ok => "ok  ",
-                Severity::Warn => "WARN",
-                Severity::Fail => "FAIL",
-            };
-            eprintln!("[{mark}] {:<16} {}", c.name, c.detail);
-        }
-    }
-
-    fn step_started(&self, step: Step, commands: &[String]) {
-        if !self.quiet {
-            eprintln!("==> {}", step.name());
-            for c in commands {
-                eprintln!("    $ {c}");
-            }
-        }
-    }
-
-    fn step_done(&self, step: Step, took: Duration) {
-        if !self.quiet {
-            eprintln!("    {} done in {:.1}s", step.name(), took.as_secs_f64());
-        }
-    }
-
-    fn note(&self, message: &str) {
-        if !self.quiet {
-            eprintln!("    {message}");
-        }
-    }
 }
 
 fn summary(r: &Report) {

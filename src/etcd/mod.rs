@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
+use crate::error_chain::one_line;
+use crate::secret::Secret;
+
 /// How to reach etcd: endpoints, TLS files, optional user.
 #[derive(Clone, Debug, Default)]
 pub struct EtcdSettings {
@@ -19,7 +22,7 @@ pub struct EtcdSettings {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub user: Option<String>,
-    pub password: Option<crate::config::Secret>,
+    pub password: Option<Secret>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     /// How long the snapshot stream may send nothing before it counts as dead.
@@ -105,6 +108,41 @@ pub struct MemberStatus {
     pub version: String,
 }
 
+/// The snapshot as a stream of pieces; ends after the trailer (or when the server closes).
+pub type PieceStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<SnapshotPiece, SourceError>> + Send>>;
+
+/// What a backup needs from the member it backs up. [`EtcdSource`] is the real one; tests of
+/// the backup run use fakes.
+#[async_trait::async_trait]
+pub trait Source: Send {
+    /// Status and member list, just before the snapshot.
+    async fn member_facts(&mut self) -> Result<MemberFacts, SourceError>;
+    /// The `Maintenance.Snapshot` stream.
+    async fn snapshot(&mut self) -> Result<PieceStream, SourceError>;
+    /// The member's `HashKV(revision)`.
+    async fn hash_kv(&mut self, revision: i64) -> Result<LiveHashKv, SourceError>;
+}
+
+#[async_trait::async_trait]
+impl Source for EtcdSource {
+    async fn member_facts(&mut self) -> Result<MemberFacts, SourceError> {
+        EtcdSource::member_facts(self).await
+    }
+
+    async fn snapshot(&mut self) -> Result<PieceStream, SourceError> {
+        let stream = self.open_snapshot().await?;
+        Ok(Box::pin(futures::stream::try_unfold(
+            stream,
+            |mut s| async move { Ok(s.next().await?.map(|piece| (piece, s))) },
+        )))
+    }
+
+    async fn hash_kv(&mut self, revision: i64) -> Result<LiveHashKv, SourceError> {
+        EtcdSource::hash_kv(self, revision).await
+    }
+}
+
 /// A client bound to exactly one member.
 pub struct EtcdSource {
     client: Client,
@@ -167,11 +205,11 @@ impl EtcdSource {
                 (Some(user), true) => SourceError::Auth {
                     endpoint: endpoint.clone(),
                     user: user.clone(),
-                    detail: describe(&e),
+                    detail: one_line(&e),
                 },
                 _ => SourceError::Unreachable {
                     endpoint: endpoint.clone(),
-                    detail: describe(&e),
+                    detail: one_line(&e),
                 },
             })?;
         Ok(EtcdSource {
@@ -220,12 +258,12 @@ impl EtcdSource {
             }),
             Ok(Err(e)) if is_unreachable(&e) => Err(SourceError::Unreachable {
                 endpoint: self.endpoint.clone(),
-                detail: describe(&e),
+                detail: one_line(&e),
             }),
             Ok(Err(e)) => Err(SourceError::Call {
                 endpoint: self.endpoint.clone(),
                 call,
-                detail: describe(&e),
+                detail: one_line(&e),
             }),
             Ok(Ok(v)) => Ok(v),
         }
@@ -338,7 +376,7 @@ impl SnapshotStream {
             .map_err(|e| SourceError::StreamBroken {
                 endpoint: self.endpoint.clone(),
                 bytes: self.bytes,
-                detail: describe(&e),
+                detail: one_line(&e),
             })?;
         let Some(message) = message else {
             self.done = true;
@@ -433,20 +471,6 @@ fn is_unreachable(e: &etcd_client::Error) -> bool {
         ),
         _ => false,
     }
-}
-
-/// The whole source chain: tonic's top-level messages ("transport error") say too little.
-pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        cur = s.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

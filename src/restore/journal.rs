@@ -2,16 +2,16 @@
 //! crash or `kill -9` at any point leaves a file that says exactly what to resume or undo.
 //!
 //! `<state-dir>/restore/journal.json` exists exactly while a restore is unfinished; a finished
-//! or rolled-back run's journal is moved into its run folder for the record.
+//! or rolled-back run's journal is moved into its run folder for the record. The file, its
+//! durability and the run lock are `fsutil::JournalFile`'s.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{Plan, RestoreError, Step};
-use crate::fsutil;
+use crate::fsutil::{JournalFile, RunLock};
 
 pub const JOURNAL_VERSION: u32 = 1;
 
@@ -94,53 +94,46 @@ impl Journal {
     }
 }
 
-/// Where journals live: `<state-dir>/restore/`.
+/// Where journals live: `<state-dir>/restore/`, one run folder per run beside the journal.
 #[derive(Debug, Clone)]
 pub struct JournalDir {
-    dir: PathBuf,
+    file: JournalFile,
 }
 
 impl JournalDir {
     pub fn new(state_dir: &Path) -> JournalDir {
         JournalDir {
-            dir: state_dir.join("restore"),
+            file: JournalFile::new(state_dir.join("restore"), "restore"),
         }
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.file.dir()
     }
 
     pub fn path(&self) -> PathBuf {
-        self.dir.join("journal.json")
+        self.file.path()
     }
 
     pub fn run_dir(&self, run_id: &str) -> PathBuf {
-        self.dir.join(run_id)
+        self.file.dir().join(run_id)
     }
 
     /// The unfinished journal, if there is one.
     ///
     /// # Errors
-    /// The file exists but cannot be read or parsed (never silently ignored: it guards a node).
+    /// The file exists but cannot be read or parsed (never silently ignored: it guards a
+    /// node), or was written by another journal version.
     pub fn load(&self) -> Result<Option<Journal>, RestoreError> {
-        let path = self.path();
-        let text = match std::fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(RestoreError::journal(&path, e.to_string())),
+        let Some(journal) = self.file.load::<Journal>()? else {
+            return Ok(None);
         };
-        let journal: Journal = serde_json::from_slice(&text).map_err(|e| {
-            RestoreError::journal(&path, format!("not a journal lifeboat can read: {e}"))
-        })?;
         if journal.version != JOURNAL_VERSION {
-            return Err(RestoreError::journal(
-                &path,
-                format!(
-                    "journal version {} is not {JOURNAL_VERSION}: finish it with the lifeboat version that wrote it",
-                    journal.version
-                ),
-            ));
+            return Err(RestoreError::refused(format!(
+                "the journal {} has version {}, not {JOURNAL_VERSION}: finish it with the lifeboat version that wrote it",
+                self.path().display(),
+                journal.version
+            )));
         }
         Ok(Some(journal))
     }
@@ -148,12 +141,7 @@ impl JournalDir {
     /// # Errors
     /// The state dir cannot be written.
     pub fn save(&self, journal: &Journal) -> Result<(), RestoreError> {
-        let path = self.path();
-        fsutil::create_private_dir(&self.dir)
-            .map_err(|e| RestoreError::journal(&self.dir, e.to_string()))?;
-        let json = serde_json::to_vec_pretty(journal)
-            .map_err(|e| RestoreError::journal(&path, e.to_string()))?;
-        fsutil::write_atomic(&path, &json).map_err(|e| RestoreError::journal(&path, e.to_string()))
+        Ok(self.file.save(journal)?)
     }
 
     /// Moves the journal of an ended run into its run folder, so a new restore may start.
@@ -161,36 +149,21 @@ impl JournalDir {
     /// # Errors
     /// The state dir cannot be written.
     pub fn close(&self, journal: &Journal) -> Result<(), RestoreError> {
-        self.save(journal)?;
-        let run_dir = self.run_dir(&journal.plan.run_id);
-        fsutil::create_private_dir(&run_dir)
-            .map_err(|e| RestoreError::journal(&run_dir, e.to_string()))?;
-        let to = run_dir.join("journal.json");
-        fsutil::durable_rename(&self.path(), &to)
-            .map_err(|e| RestoreError::journal(&to, e.to_string()))
+        let to = self.run_dir(&journal.plan.run_id).join("journal.json");
+        Ok(self.file.archive(journal, &to)?)
     }
 
-    /// An exclusive lock on the journal folder for the whole run, so two restores on one node
-    /// cannot interleave (flock: released by the kernel if the process dies).
+    /// Drops the journal of a run that changed nothing (its fetch failed).
+    pub fn discard(&self, run_id: &str) {
+        self.file.discard();
+        let _ = std::fs::remove_dir_all(self.run_dir(run_id));
+    }
+
+    /// The run lock, so two restores on one node cannot interleave.
     ///
     /// # Errors
     /// Another restore holds it, or the folder cannot be created.
-    pub fn lock(&self) -> Result<File, RestoreError> {
-        fsutil::create_private_dir(&self.dir)
-            .map_err(|e| RestoreError::journal(&self.dir, e.to_string()))?;
-        let lock_path = self.dir.join(".lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| RestoreError::journal(&lock_path, e.to_string()))?;
-        file.try_lock().map_err(|_| RestoreError::Refused {
-            reason: format!(
-                "another lifeboat restore is running on this node (it holds {}): wait for it, or check `ps`",
-                lock_path.display()
-            ),
-        })?;
-        Ok(file)
+    pub fn lock(&self) -> Result<RunLock, RestoreError> {
+        Ok(self.file.lock()?)
     }
 }

@@ -9,7 +9,9 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::plan::LocalClient;
 use super::RestoreError;
+use crate::etcd::{EtcdSettings, EtcdSource};
 use crate::fsutil;
 
 /// The control-plane static pods a restore stops, etcd first; other files stay.
@@ -106,7 +108,7 @@ fn db_locked(db: &Path) -> bool {
 /// With a container runtime, `crictl ps` is the last word on whether the container runs.
 /// Absent or failing crictl says nothing (tests and non-CRI hosts).
 fn crictl_reports_etcd() -> Option<String> {
-    let crictl = super::tool::on_path("crictl")?;
+    let crictl = crate::process::on_path("crictl")?;
     let out = std::process::Command::new(crictl)
         .args(["ps", "--name", "^etcd$", "--state", "running", "-q"])
         .output()
@@ -123,6 +125,41 @@ pub fn socket_addr_of_url(url: &str) -> Option<SocketAddr> {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let hostport = rest.split('/').next()?;
     hostport.to_socket_addrs().ok()?.next()
+}
+
+pub(super) async fn probe_status(
+    settings: &EtcdSettings,
+    endpoint: &str,
+) -> Result<crate::etcd::MemberStatus, String> {
+    let mut source = EtcdSource::connect(settings, endpoint)
+        .await
+        .map_err(|e| e.to_string())?;
+    source.status().await.map_err(|e| e.to_string())
+}
+
+pub(super) fn client_settings(client: &LocalClient, connect_timeout: Duration) -> EtcdSettings {
+    EtcdSettings {
+        endpoints: vec![client.endpoint.clone()],
+        cacert: client.cacert.clone(),
+        cert: client.cert.clone(),
+        key: client.key.clone(),
+        user: None,
+        password: None,
+        connect_timeout,
+        request_timeout: Duration::from_secs(5),
+        stall_timeout: Duration::from_secs(60),
+    }
+}
+
+pub(super) async fn local_cluster_id(
+    client: &LocalClient,
+    connect_timeout: Duration,
+) -> Option<String> {
+    let settings = client_settings(client, connect_timeout);
+    probe_status(&settings, &client.endpoint)
+        .await
+        .ok()
+        .map(|s| format!("{:x}", s.cluster_id))
 }
 
 #[cfg(test)]

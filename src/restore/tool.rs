@@ -50,7 +50,7 @@ impl RestoreTool {
         }
         let mut tried = Vec::new();
         for name in ["etcdutl", "etcdctl"] {
-            if let Some(path) = on_path(name) {
+            if let Some(path) = crate::process::on_path(name) {
                 match RestoreTool::probe(&path) {
                     Ok(t) => return Ok(t),
                     Err(e) => tried.push(e.to_string()),
@@ -147,36 +147,17 @@ impl RestoreTool {
     }
 }
 
-/// Runs a restore argv; its output goes to the log on failure.
+/// Runs a restore argv (etcdctl 3.4 needs `ETCDCTL_API=3`).
 ///
 /// # Errors
-/// The tool could not run or exited non-zero (its stderr is in the message).
+/// The tool could not run, hung, or exited non-zero (its last stderr line in the message).
 pub fn run_restore(argv: &[String]) -> Result<(), RestoreError> {
-    let out = Command::new(&argv[0])
-        .args(&argv[1..])
-        .env("ETCDCTL_API", "3")
-        .output()
-        .map_err(|e| RestoreError::Tool {
-            detail: format!("cannot run {}: {e}", argv[0]),
-        })?;
-    if !out.status.success() {
-        let last = last_line(&String::from_utf8_lossy(&out.stderr));
-        return Err(RestoreError::Tool {
-            detail: format!("`{}` failed ({}): {last}", argv.join(" "), out.status),
-        });
-    }
+    crate::process::run(argv, &[("ETCDCTL_API", "3")], RESTORE_TIMEOUT)?;
     Ok(())
 }
 
-/// The last non-empty line of a tool's stderr: where Go tools put the error.
-pub fn last_line(stderr: &str) -> String {
-    stderr
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .to_string()
-}
+/// etcdutl restores about 1 GB a minute here; an hour means it is stuck.
+const RESTORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 fn parse_version_output(text: &str) -> Option<(ToolKind, (u32, u32, u32))> {
     let first = text.lines().next()?.trim();
@@ -193,17 +174,6 @@ fn parse_version_output(text: &str) -> Option<(ToolKind, (u32, u32, u32))> {
         p.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
     };
     Some((kind, (num()?, num()?, num().unwrap_or(0))))
-}
-
-/// The first executable called `name` on PATH.
-pub fn on_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
 }
 
 #[cfg(test)]

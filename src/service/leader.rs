@@ -50,7 +50,7 @@ pub async fn campaign_forever(
         {
             Ok(()) => {}
             Err(e) => {
-                tracing::warn!(error = %crate::etcd::describe(&e), "leader election: lost or could not campaign; retrying")
+                tracing::warn!(error = %crate::error_chain::one_line(&e), "leader election: lost or could not campaign; retrying")
             }
         }
         if leadership.is_leader() {

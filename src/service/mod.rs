@@ -29,7 +29,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backup::{take_backup, BackupError, BackupSettings};
 use crate::catalog::Catalog;
-use crate::config::StoreSpec;
 use crate::etcd::{EtcdSettings, EtcdSource};
 use crate::progress::Silent;
 use crate::retention::{self, Policy};
@@ -48,7 +47,7 @@ pub struct ServeSettings {
     pub shutdown_deadline: Duration,
     pub lease_ttl: Duration,
     pub etcd: EtcdSettings,
-    pub store: StoreSpec,
+    pub store: crate::store::Spec,
     /// `None` with `schedule = "off"`: a drill-only instance.
     pub backup: Option<BackupSettings>,
     pub retention: Policy,
@@ -483,10 +482,7 @@ fn failure_reason(e: &BackupError) -> &'static str {
     match e {
         BackupError::Source(_) => "etcd",
         BackupError::Verify(_) => "verify",
-        BackupError::Store(_)
-        | BackupError::Catalog(_)
-        | BackupError::WorkDir { .. }
-        | BackupError::WorkDirFull { .. } => "store",
+        BackupError::Store(_) | BackupError::Catalog(_) | BackupError::WorkDir(_) => "store",
         BackupError::Cancelled => "cancelled",
         BackupError::Stage(_) | BackupError::Internal(_) => "internal",
     }

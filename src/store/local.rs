@@ -5,7 +5,7 @@
 //! `.part` name removed, and the folder fsynced. A `.part` file nobody holds a lock on is a
 //! leftover of a killed writer and is removed by `clean_incomplete`.
 
-use std::fs::{DirBuilder, File, OpenOptions, TryLockError};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -77,7 +77,7 @@ impl LocalStore {
                     return Ok(file);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    if !remove_if_unlocked(part).map_err(self.write_err(key))? {
+                    if !crate::fsutil::remove_if_unlocked(part).map_err(self.write_err(key))? {
                         return Err(self.write_err(key)(io::Error::other(
                             "another lifeboat process is writing this object right now",
                         )));
@@ -93,24 +93,6 @@ impl LocalStore {
 
     fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.root)?.sync_all()
-    }
-}
-
-/// Removes a file that writers flock while in use (`.part` objects, spool copies) unless a
-/// live writer holds its lock; true when removed (or already gone).
-pub fn remove_if_unlocked(part: &Path) -> io::Result<bool> {
-    let file = match File::open(part) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
-        Err(e) => return Err(e),
-    };
-    match file.try_lock() {
-        Ok(()) => {
-            std::fs::remove_file(part)?;
-            Ok(true)
-        }
-        Err(TryLockError::WouldBlock) => Ok(false),
-        Err(TryLockError::Error(e)) => Err(e),
     }
 }
 
@@ -245,7 +227,9 @@ impl Store for LocalStore {
         for entry in std::fs::read_dir(&self.root).map_err(other)? {
             let entry = entry.map_err(other)?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(PART_SUFFIX) && remove_if_unlocked(&entry.path()).map_err(other)? {
+            if name.ends_with(PART_SUFFIX)
+                && crate::fsutil::remove_if_unlocked(&entry.path()).map_err(other)?
+            {
                 removed.push(name);
             }
         }

@@ -10,13 +10,15 @@ mod local;
 mod s3;
 
 use std::io;
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::Stream;
 
-pub use local::{remove_if_unlocked, LocalStore};
+pub use local::LocalStore;
 pub use s3::{S3Settings, S3Store, Sse, MIN_PART_SIZE};
 
 /// A stream of object bytes. An `Err` item means "the producer failed: abort".
@@ -82,18 +84,62 @@ pub trait Store: Send + Sync {
     async fn clean_incomplete(&self) -> Result<Vec<String>, StoreError>;
 }
 
+/// Where backups are, as the user wrote it: a folder, or `s3://BUCKET/PREFIX`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dest {
+    Local(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+/// Parses a destination: a path (or `file://path`), or `s3://BUCKET[/PREFIX]`.
+///
+/// # Errors
+/// Empty, no bucket, or a scheme this build does not support (the message says which).
+pub fn parse_dest(raw: &str) -> Result<Dest, String> {
+    if let Some(rest) = raw.strip_prefix("file://") {
+        return Ok(Dest::Local(PathBuf::from(rest)));
+    }
+    if let Some(rest) = raw.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("`{raw}` names no bucket (s3://BUCKET/PREFIX)"));
+        }
+        return Ok(Dest::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        });
+    }
+    if raw.contains("://") {
+        return Err(format!("`{raw}`: use a folder path or s3://BUCKET/PREFIX"));
+    }
+    if raw.is_empty() {
+        return Err("is empty".into());
+    }
+    Ok(Dest::Local(PathBuf::from(raw)))
+}
+
+/// A destination with everything needed to open its store.
+#[derive(Debug, Clone)]
+pub enum Spec {
+    Local(PathBuf),
+    S3(Box<S3Settings>),
+}
+
+impl Spec {
+    /// A folder on this node (it dies with the node: the upgrade gate refuses it by default).
+    pub fn is_local(&self) -> bool {
+        matches!(self, Spec::Local(_))
+    }
+}
+
 /// Opens the store a destination names.
 ///
 /// # Errors
 /// The folder cannot be created, or the S3 client cannot be configured.
-pub async fn open(
-    spec: &crate::config::StoreSpec,
-) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+pub async fn open(spec: &Spec) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match spec {
-        crate::config::StoreSpec::Local(path) => std::sync::Arc::new(LocalStore::open(path)?),
-        crate::config::StoreSpec::S3(settings) => {
-            std::sync::Arc::new(S3Store::open((**settings).clone()).await?)
-        }
+        Spec::Local(path) => Arc::new(LocalStore::open(path)?),
+        Spec::S3(settings) => Arc::new(S3Store::open((**settings).clone()).await?),
     })
 }
 
@@ -135,4 +181,38 @@ fn valid_key(key: &str) -> bool {
         && key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_parse() {
+        assert_eq!(
+            parse_dest("s3://bucket/some/prefix/").unwrap(),
+            Dest::S3 {
+                bucket: "bucket".into(),
+                prefix: "some/prefix".into()
+            }
+        );
+        assert_eq!(
+            parse_dest("s3://bucket").unwrap(),
+            Dest::S3 {
+                bucket: "bucket".into(),
+                prefix: String::new()
+            }
+        );
+        assert!(parse_dest("s3:///x").is_err());
+        assert!(parse_dest("gs://x").is_err());
+        assert!(parse_dest("").is_err());
+        assert_eq!(
+            parse_dest("/backups").unwrap(),
+            Dest::Local("/backups".into())
+        );
+        assert_eq!(
+            parse_dest("file:///backups").unwrap(),
+            Dest::Local("/backups".into())
+        );
+    }
 }

@@ -451,7 +451,7 @@ where
             return format!("{code}: {}{hint}", err.message().unwrap_or(""));
         }
     }
-    let chain = crate::etcd::describe(e);
+    let chain = crate::error_chain::one_line(e);
     if chain.contains("invalid peer certificate") || chain.contains("UnknownIssuer") {
         return format!("{chain}; if the endpoint uses a private CA, set s3.ca_bundle to it");
     }

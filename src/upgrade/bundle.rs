@@ -5,7 +5,6 @@
 //! Object key `<backup-id>.node-<node>.tar.zst.age`: retention deletes it with its backup.
 //! A few hundred KiB, so it is built in memory.
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -93,18 +92,11 @@ fn build(
     )
     .map_err(|e| e.to_string())?;
     let tarball = tar.into_inner().map_err(|e| e.to_string())?;
-    let compressed = zstd::encode_all(tarball.as_slice(), 3).map_err(|e| e.to_string())?;
-    match recipients {
-        None => Ok(compressed),
-        Some(r) => {
-            let mut out = Vec::new();
-            let mut w = r.encryptor(&mut out).map_err(|e| e.to_string())?;
-            w.write_all(&compressed).map_err(|e| e.to_string())?;
-            w.finish().map_err(|e| e.to_string())?;
-            Ok(out)
-        }
-    }
+    crate::stages::encode::encode_all(&tarball, BUNDLE_LEVEL, recipients).map_err(|e| e.to_string())
 }
+
+/// A few hundred KiB of certificates and YAML: the level hardly matters.
+const BUNDLE_LEVEL: i32 = 3;
 
 #[cfg(test)]
 mod tests {

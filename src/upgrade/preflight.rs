@@ -11,13 +11,7 @@ use super::version::{skew_violation, KubeVersion};
 use super::{Role, UpgradeOptions};
 use crate::etcd::{EtcdSettings, EtcdSource};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Ok,
-    Warn,
-    Fail,
-}
+pub use crate::progress::Severity;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {

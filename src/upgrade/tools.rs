@@ -2,12 +2,11 @@
 //! manager. Every call is logged; outputs lifeboat depends on are parsed here, in one place.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use super::version::KubeVersion;
 use super::UpgradeError;
-use crate::restore::tool::on_path;
+use crate::process::on_path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -151,65 +150,15 @@ fn argv(program: &Path, args: &[&str]) -> Vec<String> {
     v
 }
 
-/// Runs a command to completion within `timeout`; stdout on success.
+/// Runs a command to completion within `timeout` (killed with its children when it passes);
+/// stdout on success. Package managers run non-interactively.
 ///
 /// # Errors
 /// It cannot start, times out, or exits non-zero (its last stderr line in the message).
 pub fn run(argv: &[String], timeout: Duration) -> Result<String, UpgradeError> {
     tracing::info!(command = %argv.join(" "), "running");
-    let mut child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| UpgradeError::Command {
-            command: argv.join(" "),
-            detail: format!("cannot start it: {e}"),
-        })?;
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let out_reader = std::thread::spawn(move || read_all(stdout));
-    let err_reader = std::thread::spawn(move || read_all(stderr));
-    let deadline = std::time::Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().map_err(|e| UpgradeError::Command {
-            command: argv.join(" "),
-            detail: e.to_string(),
-        })? {
-            break s;
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(UpgradeError::Command {
-                command: argv.join(" "),
-                detail: format!(
-                    "did not finish within {}s and was killed",
-                    timeout.as_secs()
-                ),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = out_reader.join().unwrap_or_default();
-    let stderr = err_reader.join().unwrap_or_default();
-    if !status.success() {
-        let last = crate::restore::tool::last_line(&stderr);
-        return Err(UpgradeError::Command {
-            command: argv.join(" "),
-            detail: format!("{status}: {last}"),
-        });
-    }
-    Ok(stdout)
-}
-
-fn read_all(r: Option<impl std::io::Read>) -> String {
-    let mut s = String::new();
-    if let Some(mut r) = r {
-        let _ = r.read_to_string(&mut s);
-    }
-    s
+    crate::process::run(argv, &[("DEBIAN_FRONTEND", "noninteractive")], timeout)
+        .map_err(UpgradeError::from)
 }
 
 /// `kubectl version -o json` → the server's version.

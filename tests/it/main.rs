@@ -9,6 +9,7 @@ mod drill;
 mod failures;
 mod harness;
 mod hashkv;
+mod layers;
 mod restore;
 mod retention;
 mod s3_cli;

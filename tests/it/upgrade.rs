@@ -368,7 +368,7 @@ fn a_worker_upgrades_without_the_gate() {
     let tools = Standins::new(&kdir, "v1.30.2");
     tools.set("cluster", "v1.31.2".into());
     let config = dir.path().join("c.toml");
-    std::fs::write(&config, "[upgrade]\nready_timeout = \"3s\"\n").unwrap();
+    std::fs::write(&config, "[upgrade]\nready_timeout = \"60s\"\n").unwrap();
     let mut cmd = tools.command(&[]);
     cmd.arg("--config")
         .arg(&config)
@@ -382,6 +382,48 @@ fn a_worker_upgrades_without_the_gate() {
     assert!(r.stderr.contains("worker"), "{}", r.stderr);
     let changing = strip_paths(tools.changing_calls());
     assert_eq!(changing, upgrade_node_sequence());
+}
+
+/// Regression: the upgrade had no run lock; two runs on one node interleaved their steps.
+#[test]
+fn a_second_upgrade_is_refused_while_one_runs_on_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let kdir = dir.path().join("kubernetes");
+    std::fs::create_dir_all(&kdir).unwrap();
+    let tools = Standins::new(&kdir, "v1.30.2");
+    tools.set("cluster", "v1.31.2".into());
+    let state = dir.path().join("state");
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[upgrade]\nready_timeout = \"60s\"\n").unwrap();
+    let upgrade = || {
+        let mut cmd = tools.command(&[]);
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("upgrade")
+            .arg("--kubernetes-dir")
+            .arg(&kdir)
+            .arg("--state-dir")
+            .arg(&state)
+            .args([
+                "--node", "cp1", "--to", "v1.31.2", "--yes", "--role", "worker",
+            ]);
+        run(&mut cmd)
+    };
+    // The lock a running `lifeboat upgrade` holds (flock on the same file).
+    std::fs::create_dir_all(state.join("upgrade")).unwrap();
+    let held = std::fs::File::create(state.join("upgrade/.lock")).unwrap();
+    held.try_lock().unwrap();
+    let r = upgrade();
+    assert_eq!(r.code, 8, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("another lifeboat upgrade is running"),
+        "{}",
+        r.stderr
+    );
+    assert!(tools.changing_calls().is_empty(), "{:?}", tools.calls());
+    drop(held);
+    upgrade().ok();
+    assert_eq!(strip_paths(tools.changing_calls()), upgrade_node_sequence());
 }
 
 fn assert_kubeadm_never_upgraded(tools: &Standins) {

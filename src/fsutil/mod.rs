@@ -1,6 +1,13 @@
-//! Small filesystem helpers for the never-lose-data rules: durable renames and free space.
+//! Small filesystem helpers for the never-lose-data rules: durable renames and writes, private
+//! folders, free space, lock-aware removal, and the scratch spool.
 
-use std::fs::{File, OpenOptions};
+mod journal;
+mod spool;
+
+pub use journal::{JournalError, JournalFile, RunLock};
+pub use spool::{Spool, SpoolError};
+
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -60,4 +67,22 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
 pub fn free_bytes(dir: &Path) -> io::Result<u64> {
     let st = rustix::fs::statvfs(dir).map_err(io::Error::from)?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Removes a file that writers flock while in use (`.part` objects, spool copies) unless a
+/// live writer holds its lock; true when removed (or already gone).
+pub fn remove_if_unlocked(part: &Path) -> io::Result<bool> {
+    let file = match File::open(part) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            std::fs::remove_file(part)?;
+            Ok(true)
+        }
+        Err(TryLockError::WouldBlock) => Ok(false),
+        Err(TryLockError::Error(e)) => Err(e),
+    }
 }

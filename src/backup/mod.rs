@@ -1,0 +1,363 @@
+//! One backup, in one streaming pass: etcd source → (sha256, spool) → zstd → age → store,
+//! then the checks, then the manifest.
+//!
+//! ```text
+//!  async: etcd stream ──(bounded, 32 × 32 KiB)──▶ blocking thread: sha256 + spool copy
+//!                                                   └▶ zstd ▶ age ▶ sha256 ──(bounded, 8 × 256 KiB)──▶ async: store.put
+//! ```
+//! The spool copy (0600, flock'ed, in the work dir) exists only for the checks that need
+//! random access (the bbolt walk and the offline HashKV); it is removed afterwards. Until the
+//! manifest is written the backup does not exist: any failure removes the data object.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{
+    BackupId, Catalog, CatalogError, Compression, Encryption, Manifest, ObjectRef, Reason, Written,
+};
+use crate::etcd::{MemberFacts, SnapshotPiece, Source, SourceError};
+use crate::fsutil::{Spool, SpoolError};
+use crate::progress::Observer;
+use crate::stages::encode::Encoder;
+use crate::stages::encrypt::Recipients;
+use crate::stages::pipe;
+use crate::store::{Store, StoreError};
+use crate::verify::{self, HashKvStep, SnapshotInfo, VerifyError};
+
+/// Settings of one backup run, validated before it starts.
+#[derive(Clone, Debug)]
+pub struct BackupSettings {
+    pub work_dir: PathBuf,
+    pub compression_level: i32,
+    /// `None` only when the config says `encryption = "none"`.
+    pub recipients: Option<Recipients>,
+    pub reason: Reason,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("backup failed verification, nothing was kept: {0}")]
+    Verify(#[from] VerifyError),
+    #[error(transparent)]
+    WorkDir(#[from] SpoolError),
+    #[error("the compress/encrypt stage failed: {0}")]
+    Stage(io::Error),
+    #[error("the backup was cancelled (shutdown); nothing was kept")]
+    Cancelled,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Takes, verifies and stores one backup; returns its manifest once committed.
+///
+/// # Errors
+/// Any source, stage, store or verification failure. On error no manifest exists and the
+/// data object has been removed.
+pub async fn take_backup(
+    source: &mut dyn Source,
+    store: Arc<dyn Store>,
+    settings: &BackupSettings,
+    progress: Arc<dyn Observer>,
+    cancel: &CancellationToken,
+) -> Result<Manifest, BackupError> {
+    let started = Instant::now();
+    let member = source.member_facts().await?;
+    let spool = Spool::create(&settings.work_dir, member.db_size)?;
+    let removed = store.clean_incomplete().await?;
+    if !removed.is_empty() {
+        tracing::info!(removed = ?removed, "removed leftovers of interrupted backups");
+    }
+    let id = BackupId::new(Utc::now(), member.cluster_id);
+    let run = Run {
+        object_key: id.object_key(settings.recipients.is_some()),
+        id,
+        store,
+        settings,
+        member,
+        spool,
+        started,
+        cancel,
+    };
+    tracing::info!(id = %run.id, endpoint = %run.member.endpoint, member = %run.member.member_name, db_size = run.member.db_size, "taking snapshot");
+    let result = match stream_to_store(source, &run, progress).await {
+        Ok(streamed) => {
+            run.debug_elapsed("streamed and stored");
+            verify_and_commit(source, &run, &streamed).await
+        }
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        if let Err(e) = run.store.delete(&run.object_key).await {
+            tracing::error!(key = %run.object_key, error = %e, "could not remove the data object of a failed backup; it has no manifest and will be ignored");
+        }
+    }
+    result
+}
+
+/// One run's context, decided before the first byte.
+struct Run<'a> {
+    id: BackupId,
+    object_key: String,
+    store: Arc<dyn Store>,
+    settings: &'a BackupSettings,
+    member: MemberFacts,
+    spool: Spool,
+    started: Instant,
+    cancel: &'a CancellationToken,
+}
+
+impl Run<'_> {
+    fn debug_elapsed(&self, what: &str) {
+        tracing::debug!(
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "{what}"
+        );
+    }
+}
+
+/// What the streaming pass produced.
+struct Streamed {
+    trailer: Option<Vec<u8>>,
+    data_sha256: [u8; 32],
+    plain_sha256: [u8; 32],
+    plain_size: u64,
+    object_sha256: [u8; 32],
+    object_size: u64,
+}
+
+async fn stream_to_store(
+    source: &mut dyn Source,
+    run: &Run<'_>,
+    progress: Arc<dyn Observer>,
+) -> Result<Streamed, BackupError> {
+    let mut stream = source.snapshot().await?;
+    let (feed_tx, feed_rx) = mpsc::channel::<Feed>(32);
+    let (pipe_writer, object_stream) = pipe::pipe(8);
+    let put = {
+        let store = run.store.clone();
+        let key = run.object_key.clone();
+        tokio::spawn(async move { store.put(&key, object_stream).await })
+    };
+    let spool_file = run.spool.file()?;
+    let recipients = run.settings.recipients.clone();
+    let level = run.settings.compression_level;
+    progress.begin("snapshot", Some(run.member.db_size));
+    let stage = {
+        let progress = progress.clone();
+        tokio::task::spawn_blocking(move || {
+            encode(
+                feed_rx,
+                spool_file,
+                recipients,
+                level,
+                pipe_writer,
+                progress.as_ref(),
+            )
+        })
+    };
+
+    // On cancel the feed stops without `End`: the stage then fails, the pipe aborts, and the
+    // store removes the partial object (or aborts the multipart upload) before we return.
+    let fed: Result<(), BackupError> = async {
+        loop {
+            let piece = tokio::select! {
+                piece = stream.next() => piece.transpose()?,
+                () = run.cancel.cancelled() => return Err(BackupError::Cancelled),
+            };
+            let Some(piece) = piece else { break };
+            if feed_tx.send(Feed::Piece(piece)).await.is_err() {
+                return Ok(()); // the stage failed; its error is reported below
+            }
+        }
+        let _ = feed_tx.send(Feed::End).await;
+        Ok(())
+    }
+    .await;
+    drop(feed_tx);
+    let staged = stage
+        .await
+        .map_err(|e| BackupError::Internal(format!("stage thread: {e}")))?;
+    let put = put
+        .await
+        .map_err(|e| BackupError::Internal(format!("store task: {e}")))?;
+    progress.end();
+    fed?;
+    match (staged, put) {
+        (Ok(s), Ok(stored)) if stored == s.object_size => Ok(s),
+        (Ok(s), Ok(stored)) => Err(BackupError::Internal(format!(
+            "the store wrote {stored} bytes of {} but the pipeline produced {}",
+            run.object_key, s.object_size
+        ))),
+        // The store's own error is the cause when the stage only saw the pipe close.
+        (Err(e), Err(store_err)) if e.kind() == io::ErrorKind::BrokenPipe => Err(store_err.into()),
+        (Err(e), _) => Err(stage_error(e, &run.spool)),
+        (Ok(_), Err(store_err)) => Err(store_err.into()),
+    }
+}
+
+fn stage_error(e: io::Error, spool: &Spool) -> BackupError {
+    if e.raw_os_error() == Some(28) {
+        return spool.error(e).into();
+    }
+    BackupError::Stage(e)
+}
+
+/// The checks (verify/), then the manifest (catalog/): the moment the backup exists.
+async fn verify_and_commit(
+    source: &mut dyn Source,
+    run: &Run<'_>,
+    streamed: &Streamed,
+) -> Result<Manifest, BackupError> {
+    verify::check_trailer(streamed.trailer.as_deref(), &streamed.data_sha256)?;
+    let path = run.spool.path().to_path_buf();
+    let info: SnapshotInfo = blocking(move || verify::read_snapshot_info(&path)).await??;
+    run.debug_elapsed("bbolt walk done");
+    let rev = info.restored_revision;
+    verify::check_revision(rev, run.member.revision)?;
+    // Ask the member first: it may compact the revision away at any moment.
+    let live = source.hash_kv(rev).await?;
+    run.debug_elapsed("live HashKV answered");
+    let hashkv = match verify::plan_hashkv(rev, info.compact_revision, live) {
+        HashKvStep::Skip(skipped) => {
+            tracing::warn!(revision = rev, why = %skipped.result, "HashKV comparison skipped");
+            skipped
+        }
+        HashKvStep::Compare {
+            live,
+            compact_revision,
+        } => {
+            let path = run.spool.path().to_path_buf();
+            let offline = blocking(move || verify::hash_kv(&path, rev, compact_revision)).await??;
+            run.debug_elapsed("offline HashKV done");
+            verify::compare_hashkv(rev, offline, live, compact_revision)?
+        }
+    };
+    let manifest = Manifest::new(
+        &run.id,
+        &run.member,
+        &info,
+        hashkv,
+        written(run, streamed),
+        run.settings.reason,
+        run.started.elapsed(),
+    );
+    if run.cancel.is_cancelled() {
+        return Err(BackupError::Cancelled);
+    }
+    Catalog::new(run.store.clone()).commit(&manifest).await?;
+    tracing::info!(id = %manifest.id, revision = manifest.revision, object_size = manifest.object.size, "backup committed");
+    Ok(manifest)
+}
+
+fn written(run: &Run<'_>, streamed: &Streamed) -> Written {
+    Written {
+        plain_sha256: streamed.plain_sha256,
+        plain_size: streamed.plain_size,
+        object: ObjectRef {
+            key: run.object_key.clone(),
+            size: streamed.object_size,
+            sha256: hex::encode(streamed.object_sha256),
+        },
+        compression: Compression {
+            algorithm: "zstd".into(),
+            level: run.settings.compression_level,
+        },
+        encryption: Encryption::for_recipients(run.settings.recipients.as_ref()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, BackupError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BackupError::Internal(format!("blocking task: {e}")))
+}
+
+impl From<crate::bbolt::BoltError> for BackupError {
+    fn from(e: crate::bbolt::BoltError) -> Self {
+        BackupError::Verify(VerifyError::Bolt(e))
+    }
+}
+
+enum Feed {
+    Piece(SnapshotPiece),
+    End,
+}
+
+/// The blocking stage: sha256 of the plain bytes, the spool copy, zstd, age, object sha256.
+fn encode(
+    mut rx: mpsc::Receiver<Feed>,
+    spool: File,
+    recipients: Option<Recipients>,
+    level: i32,
+    out: pipe::PipeWriter,
+    progress: &dyn Observer,
+) -> io::Result<Streamed> {
+    let mut spool = BufWriter::with_capacity(256 * 1024, spool);
+    let mut encoder = Encoder::new(out, level, recipients.as_ref())?;
+    // The plain bytes are the data followed by the trailer, so one hash over the data serves
+    // both: the plain hash is the data hash's state, cloned, plus the trailer.
+    let mut data_hash = Sha256::new();
+    let mut plain_hash: Option<Sha256> = None;
+    let mut plain_size = 0u64;
+    let mut trailer = None;
+    let mut complete = false;
+    while let Some(feed) = rx.blocking_recv() {
+        let bytes = match feed {
+            Feed::End => {
+                complete = true;
+                break;
+            }
+            Feed::Piece(SnapshotPiece::Data(b)) => {
+                data_hash.update(&b);
+                progress.advance(b.len() as u64);
+                b
+            }
+            Feed::Piece(SnapshotPiece::Trailer(b)) => {
+                let mut h = data_hash.clone();
+                h.update(&b);
+                plain_hash = Some(h);
+                trailer = Some(b.to_vec());
+                b
+            }
+        };
+        plain_size += bytes.len() as u64;
+        spool.write_all(&bytes)?;
+        encoder.write_all(&bytes)?;
+    }
+    if !complete {
+        return Err(io::Error::other("the snapshot stream was cut off"));
+    }
+    // The spool copy is scratch for the checks: flushed to the page cache, never fsynced.
+    spool.into_inner().map_err(|e| e.into_error())?;
+    let object = encoder.finish()?;
+    object.out.finish()?;
+    let data_sha256 = data_hash.clone().finalize().into();
+    Ok(Streamed {
+        trailer,
+        data_sha256,
+        plain_sha256: plain_hash.unwrap_or(data_hash).finalize().into(),
+        plain_size,
+        object_sha256: object.sha256,
+        object_size: object.size,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,140 @@
+//! `[serve]`: the service's schedule, endpoint and shutdown; it also pulls in `[etcd]`,
+//! `[backup]`, `[s3]`, `[retention]` and `[drill]`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{
+    duration, invalid, resolve_backup, resolve_drill, resolve_etcd, resolve_retention,
+    resolve_store, section, ConfigError, FileConfig,
+};
+use crate::catalog::Reason;
+use crate::service::{normalize_schedule, DrillPlan, ServeSettings};
+use crate::stages::encrypt::Identities;
+
+section! {
+    #[derive(clap::Args, Debug, Default, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ServeSection {
+        /// Cron schedule, UTC: 5 fields (min hour dom mon dow), or 6 with seconds first.
+        /// Default: hourly ("0 * * * *") with up to 5 minutes of jitter. `off`: no backups (a
+        /// drill-only instance, see [drill] in the config).
+        #[arg(long, env = "LIFEBOAT_SCHEDULE", value_name = "CRON")]
+        pub schedule: Option<String>,
+        #[arg(skip)]
+        pub jitter: Option<String>,
+        /// Address of /healthz, /readyz and /metrics. Default 127.0.0.1:9464.
+        #[arg(long, env = "LIFEBOAT_LISTEN", value_name = "ADDR")]
+        pub listen: Option<String>,
+        #[arg(skip)]
+        pub shutdown_deadline: Option<String>,
+        #[arg(skip)]
+        pub lease_ttl: Option<String>,
+    }
+}
+
+const DEFAULT_SCHEDULE: &str = "0 * * * *";
+
+/// Everything `serve` needs, validated. Reads only local files (recipients, manifest,
+/// identity).
+///
+/// # Errors
+/// Any invalid value, naming its key.
+pub fn resolve_serve(c: &FileConfig) -> Result<ServeSettings, ConfigError> {
+    let s = &c.serve;
+    let schedule_raw = s.schedule.as_deref().unwrap_or(DEFAULT_SCHEDULE);
+    let backups_off = schedule_raw.trim() == "off";
+    let (schedule, interval) = if backups_off {
+        ("off".to_string(), Duration::from_secs(3600))
+    } else {
+        normalize_schedule(schedule_raw).map_err(|m| invalid("serve.schedule", m))?
+    };
+    let drill = resolve_drill_plan(c)?;
+    if backups_off && drill.is_none() {
+        return Err(invalid(
+            "serve.schedule",
+            "\"off\" takes no backups, and without [drill] schedule and identity_file there is nothing left to do",
+        ));
+    }
+    let listen_raw = s.listen.as_deref().unwrap_or("127.0.0.1:9464");
+    let listen = listen_raw.parse().map_err(|_| {
+        invalid(
+            "serve.listen",
+            format!("`{listen_raw}` is not an address like 127.0.0.1:9464"),
+        )
+    })?;
+    let jitter = jitter(s, backups_off)?;
+    if !backups_off && jitter >= interval {
+        return Err(invalid(
+            "serve.jitter",
+            format!(
+                "{} is not shorter than the schedule's interval ({} s)",
+                humantime::format_duration(jitter),
+                interval.as_secs()
+            ),
+        ));
+    }
+    Ok(ServeSettings {
+        schedule,
+        interval,
+        jitter,
+        listen,
+        shutdown_deadline: duration(
+            "serve.shutdown_deadline",
+            s.shutdown_deadline.as_ref(),
+            Duration::from_secs(120),
+        )?,
+        lease_ttl: duration(
+            "serve.lease_ttl",
+            s.lease_ttl.as_ref(),
+            Duration::from_secs(15),
+        )?,
+        etcd: resolve_etcd(&c.etcd)?.settings,
+        store: resolve_store(&c.backup, &c.s3)?,
+        backup: if backups_off {
+            None
+        } else {
+            Some(resolve_backup(&c.backup, Reason::Scheduled)?)
+        },
+        retention: resolve_retention(&c.retention)?,
+        drill,
+    })
+}
+
+/// Up to 5 minutes with the default schedule (spreading clusters that share a bucket), none
+/// with an explicit one unless set.
+fn jitter(s: &super::ServeSection, backups_off: bool) -> Result<Duration, ConfigError> {
+    let default = if !backups_off && s.schedule.is_none() {
+        Duration::from_secs(300)
+    } else {
+        Duration::ZERO
+    };
+    match s.jitter.as_deref() {
+        Some("0") | Some("0s") => Ok(Duration::ZERO),
+        other => duration("serve.jitter", other.map(String::from).as_ref(), default),
+    }
+}
+
+/// `[drill]` for `serve`: present only when a schedule is set, which then needs an identity
+/// file that reads as one (checked now, read again at every drill).
+fn resolve_drill_plan(c: &FileConfig) -> Result<Option<DrillPlan>, ConfigError> {
+    let d = &c.drill;
+    let Some(raw) = &d.schedule else {
+        return Ok(None);
+    };
+    let (schedule, _) = normalize_schedule(raw).map_err(|m| invalid("drill.schedule", m))?;
+    let identity_file = d.identity_file.clone().ok_or_else(|| {
+        invalid(
+            "drill.identity_file",
+            "drills need the age identity (private key) that decrypts the backups",
+        )
+    })?;
+    Identities::from_file(&identity_file)
+        .map_err(|e| invalid("drill.identity_file", e.to_string()))?;
+    Ok(Some(DrillPlan {
+        schedule,
+        identity_file,
+        settings: resolve_drill(c)?,
+    }))
+}

@@ -1,0 +1,291 @@
+//! `[backup]` and `[s3]`: where backups go and how they are written. `--dest` and the S3 flags
+//! are on every command that opens the store; the writing flags (`--recipient`,
+//! `--compression-level`, `--work-dir`) on the commands that take backups.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{duration, invalid, section, ConfigError, DEFAULT_WORK_DIR};
+use crate::backup::BackupSettings;
+use crate::catalog::Reason;
+use crate::stages::compress;
+use crate::stages::encrypt::Recipients;
+use crate::store::{self, Dest, S3Settings, Spec, Sse};
+
+section! {
+    /// `[backup]`. `dest` is set by `--dest` (see `DestArgs` in the CLI), `encryption` only here.
+    #[derive(clap::Args, Debug, Default, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct BackupSection {
+        #[arg(skip)]
+        pub dest: Option<String>,
+        /// Folder for the temporary plain copy the checks read (needs room for the database).
+        #[arg(long, env = "LIFEBOAT_WORK_DIR", value_name = "DIR")]
+        pub work_dir: Option<PathBuf>,
+        /// zstd level, 1–19.
+        #[arg(long, env = "LIFEBOAT_COMPRESSION_LEVEL", value_name = "N")]
+        pub compression_level: Option<i32>,
+        #[arg(skip)]
+        pub encryption: Option<String>,
+        /// Age recipient (public key age1…); repeatable.
+        #[arg(long = "recipient", short = 'r', env = "LIFEBOAT_RECIPIENTS", value_delimiter = ',', value_name = "AGE1…")]
+        pub recipients: Option<Vec<String>>,
+        /// File with one age recipient per line.
+        #[arg(long, env = "LIFEBOAT_RECIPIENTS_FILE", value_name = "FILE")]
+        pub recipients_file: Option<PathBuf>,
+    }
+}
+
+section! {
+    /// `[s3]`: used when `backup.dest` is `s3://BUCKET/PREFIX`.
+    #[derive(clap::Args, Debug, Default, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct S3Section {
+        /// S3 endpoint for MinIO, Ceph, SeaweedFS, R2 … (default: AWS).
+        #[arg(long = "s3-endpoint", env = "LIFEBOAT_S3_ENDPOINT", value_name = "URL")]
+        pub endpoint: Option<String>,
+        /// S3 region (default: from the AWS config, else us-east-1).
+        #[arg(long = "s3-region", env = "LIFEBOAT_S3_REGION", value_name = "REGION")]
+        pub region: Option<String>,
+        /// Path-style addressing (http://host/bucket/key), as most self-hosted S3 servers need.
+        #[arg(
+            long = "s3-path-style",
+            env = "LIFEBOAT_S3_PATH_STYLE",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "true",
+            value_parser = clap::builder::FalseyValueParser::new()
+        )]
+        pub path_style: Option<bool>,
+        #[arg(skip)]
+        pub ca_bundle: Option<PathBuf>,
+        #[arg(skip)]
+        pub access_key_file: Option<PathBuf>,
+        #[arg(skip)]
+        pub secret_key_file: Option<PathBuf>,
+        #[arg(skip)]
+        pub sse: Option<String>,
+        #[arg(skip)]
+        pub kms_key_id: Option<String>,
+        #[arg(skip)]
+        pub part_size_mib: Option<usize>,
+        #[arg(skip)]
+        pub parts_in_flight: Option<usize>,
+        #[arg(skip)]
+        pub request_timeout: Option<String>,
+        #[arg(skip)]
+        pub max_attempts: Option<u32>,
+        #[arg(skip)]
+        pub incomplete_grace: Option<String>,
+    }
+}
+
+/// The destination and, for `s3://`, the S3 settings.
+///
+/// # Errors
+/// A missing or malformed destination, or a bad `[s3]` value (naming the key).
+pub fn resolve_store(backup: &BackupSection, s3: &S3Section) -> Result<Spec, ConfigError> {
+    let raw = backup.dest.as_ref().ok_or_else(|| {
+        invalid(
+            "backup.dest",
+            "no destination: pass --dest DIR or set backup.dest",
+        )
+    })?;
+    match store::parse_dest(raw).map_err(|m| invalid("backup.dest", m))? {
+        Dest::Local(p) => Ok(Spec::Local(p)),
+        Dest::S3 { bucket, prefix } => Ok(Spec::S3(Box::new(s3_settings(&bucket, &prefix, s3)?))),
+    }
+}
+
+fn s3_settings(bucket: &str, prefix: &str, s3: &S3Section) -> Result<S3Settings, ConfigError> {
+    let mut st = S3Settings::new(bucket, prefix);
+    st.endpoint = s3.endpoint.clone();
+    st.region = s3.region.clone();
+    st.path_style = s3.path_style.unwrap_or(false);
+    st.ca_bundle = s3.ca_bundle.clone();
+    st.access_key_file = s3.access_key_file.clone();
+    st.secret_key_file = s3.secret_key_file.clone();
+    if st.access_key_file.is_some() != st.secret_key_file.is_some() {
+        return Err(invalid(
+            "s3.access_key_file",
+            "s3.access_key_file and s3.secret_key_file go together",
+        ));
+    }
+    st.sse = sse(s3)?;
+    if let Some(mib) = s3.part_size_mib {
+        st.part_size = in_range("s3.part_size_mib", mib, 5, 5120)? * 1024 * 1024;
+    }
+    if let Some(n) = s3.parts_in_flight {
+        st.parts_in_flight = in_range("s3.parts_in_flight", n, 1, 16)?;
+    }
+    if let Some(n) = s3.max_attempts {
+        st.max_attempts = in_range("s3.max_attempts", n, 1, 20)?;
+    }
+    st.attempt_timeout = duration(
+        "s3.request_timeout",
+        s3.request_timeout.as_ref(),
+        st.attempt_timeout,
+    )?;
+    st.incomplete_grace = duration(
+        "s3.incomplete_grace",
+        s3.incomplete_grace.as_ref(),
+        st.incomplete_grace,
+    )?;
+    Ok(st)
+}
+
+fn sse(s3: &S3Section) -> Result<Option<Sse>, ConfigError> {
+    match (s3.sse.as_deref(), &s3.kms_key_id) {
+        (None, None) => Ok(None),
+        (Some("AES256"), None) => Ok(Some(Sse::Aes256)),
+        (Some("aws:kms"), Some(id)) => Ok(Some(Sse::Kms(id.clone()))),
+        (Some("aws:kms"), None) => Err(invalid(
+            "s3.kms_key_id",
+            "sse = \"aws:kms\" needs kms_key_id",
+        )),
+        (None, Some(_)) => Err(invalid("s3.sse", "kms_key_id needs sse = \"aws:kms\"")),
+        (Some(other), _) => Err(invalid(
+            "s3.sse",
+            format!("`{other}` is not one of AES256, aws:kms"),
+        )),
+    }
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &'static str,
+    v: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if v < min || v > max {
+        return Err(invalid(key, format!("{v} is outside {min}..={max}")));
+    }
+    Ok(v)
+}
+
+/// Everything a backup run needs.
+///
+/// # Errors
+/// A bad level, encryption mode, recipient or recipients file.
+pub fn resolve_backup(b: &BackupSection, reason: Reason) -> Result<BackupSettings, ConfigError> {
+    let level = b.compression_level.unwrap_or(compress::DEFAULT_LEVEL);
+    if !compress::valid_level(level) {
+        return Err(invalid(
+            "backup.compression_level",
+            format!("{level} is outside 1..=19"),
+        ));
+    }
+    let recipients = match b.encryption.as_deref().unwrap_or("age") {
+        "age" => Some(recipients(b)?),
+        "none" => None,
+        other => {
+            return Err(invalid(
+                "backup.encryption",
+                format!("`{other}` is not one of age, none"),
+            ))
+        }
+    };
+    Ok(BackupSettings {
+        work_dir: work_dir(b),
+        compression_level: level,
+        recipients,
+        reason,
+    })
+}
+
+/// The work dir for scratch copies: `backup.work_dir`, else the default.
+pub fn work_dir(b: &BackupSection) -> PathBuf {
+    b.work_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_WORK_DIR))
+}
+
+fn recipients(b: &BackupSection) -> Result<Recipients, ConfigError> {
+    let mut r = Recipients::parse(
+        "backup.recipients",
+        b.recipients.iter().flatten().map(String::as_str),
+    )?;
+    if let Some(path) = &b.recipients_file {
+        r.extend(Recipients::from_file(path)?);
+    }
+    if r.is_empty() {
+        return Err(invalid(
+            "backup.recipients",
+            "backups are encrypted and no age recipient is configured: pass --recipient age1… (or --recipients-file), or set encryption = \"none\" explicitly",
+        ));
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encryption_without_recipients_is_refused_naming_the_key() {
+        let err = resolve_backup(&BackupSection::default(), Reason::Manual)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("backup.recipients"), "{err}");
+    }
+
+    #[test]
+    fn bad_levels_and_modes_name_their_key() {
+        let bad = |b: BackupSection| {
+            resolve_backup(&b, Reason::Manual)
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        assert!(bad(BackupSection {
+            compression_level: Some(42),
+            ..Default::default()
+        })
+        .contains("backup.compression_level"));
+        assert!(bad(BackupSection {
+            encryption: Some("rot13".into()),
+            ..Default::default()
+        })
+        .contains("backup.encryption"));
+    }
+
+    #[test]
+    fn s3_values_are_validated_naming_the_key() {
+        let backup = BackupSection {
+            dest: Some("s3://b/p".into()),
+            ..Default::default()
+        };
+        let bad = |s3: S3Section| resolve_store(&backup, &s3).err().unwrap().to_string();
+        let sse = |v: &str| S3Section {
+            sse: Some(v.into()),
+            ..Default::default()
+        };
+        assert!(bad(sse("rot13")).contains("s3.sse"));
+        assert!(bad(sse("aws:kms")).contains("s3.kms_key_id"));
+        assert!(bad(S3Section {
+            part_size_mib: Some(1),
+            ..Default::default()
+        })
+        .contains("s3.part_size_mib"));
+        assert!(bad(S3Section {
+            access_key_file: Some("/a".into()),
+            ..Default::default()
+        })
+        .contains("s3.access_key_file"));
+        let flags = S3Section {
+            path_style: Some(true),
+            ..Default::default()
+        };
+        match resolve_store(&backup, &flags).unwrap() {
+            Spec::S3(s) => assert!(s.path_style && s.prefix == "p/"),
+            Spec::Local(_) => panic!("s3 expected"),
+        }
+    }
+
+    #[test]
+    fn a_missing_destination_names_the_key() {
+        let err = resolve_store(&BackupSection::default(), &S3Section::default()).unwrap_err();
+        assert!(err.to_string().contains("backup.dest"), "{err}");
+    }
+}
