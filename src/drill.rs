@@ -32,12 +32,20 @@ pub enum DrillError {
         waited: Duration,
         detail: String,
     },
-    #[error("drill sandbox {path}: {detail}")]
-    Sandbox { path: PathBuf, detail: String },
+    #[error("drill sandbox {path}: {source}")]
+    Sandbox {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("drill of backup {id} FAILED: the restored etcd does not match the backup (see the checks); do not rely on this backup, and take a new one")]
     Mismatch { id: String },
-    #[error("reading the restored snapshot {path}: {detail}")]
-    Offline { path: PathBuf, detail: String },
+    #[error("reading the restored snapshot {path}: {source}")]
+    Offline {
+        path: PathBuf,
+        #[source]
+        source: crate::bbolt::BoltError,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -84,14 +92,14 @@ pub async fn drill(
     let started = Instant::now();
     crate::fsutil::create_private_dir(&settings.work_dir).map_err(|e| DrillError::Sandbox {
         path: settings.work_dir.clone(),
-        detail: e.to_string(),
+        source: e,
     })?;
     let sandbox = tempfile::Builder::new()
         .prefix("lifeboat-drill-")
         .tempdir_in(&settings.work_dir)
         .map_err(|e| DrillError::Sandbox {
             path: settings.work_dir.clone(),
-            detail: e.to_string(),
+            source: e,
         })?;
     let snapshot = sandbox.path().join("snapshot.db");
     readback::get_backup(store, manifest, identities, &snapshot, true, progress).await?;
@@ -142,9 +150,9 @@ fn offline_facts(
     rev: i64,
     manifest: &Manifest,
 ) -> Result<OfflineFacts, DrillError> {
-    let err = |e: crate::bbolt::BoltError| DrillError::Offline {
+    let err = |source| DrillError::Offline {
         path: snapshot.to_path_buf(),
-        detail: e.to_string(),
+        source,
     };
     let info = verify::read_snapshot_info(snapshot).map_err(err)?;
     let compact_revision = manifest
@@ -252,9 +260,9 @@ impl SandboxEtcd {
         client_url: &str,
     ) -> Result<SandboxEtcd, DrillError> {
         let log = sandbox.join("etcd.log");
-        let sandbox_err = |e: std::io::Error| DrillError::Sandbox {
+        let sandbox_err = |source| DrillError::Sandbox {
             path: sandbox.to_path_buf(),
-            detail: e.to_string(),
+            source,
         };
         let out = std::fs::File::create(&log).map_err(sandbox_err)?;
         let err = out.try_clone().map_err(sandbox_err)?;
@@ -336,8 +344,8 @@ fn free_port() -> Result<u16, DrillError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| DrillError::Sandbox {
-            path: PathBuf::from("127.0.0.1"),
-            detail: format!("no free port: {e}"),
+        .map_err(|source| DrillError::Sandbox {
+            path: PathBuf::from("127.0.0.1 (no free port)"),
+            source,
         })
 }

@@ -63,7 +63,7 @@ impl Source for Fake {
                 pieces.push(Err(SourceError::StreamBroken {
                     endpoint: self.facts.endpoint.clone(),
                     bytes: (i * 8 * 1024) as u64,
-                    detail: "connection reset".into(),
+                    cause: crate::etcd::Cause::text("connection reset"),
                 }));
                 return Ok(Box::pin(futures::stream::iter(pieces)));
             }

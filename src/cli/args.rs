@@ -107,6 +107,8 @@ pub struct RestoreArgs {
     #[arg(long, short = 'i', env = "LIFEBOAT_IDENTITY", value_name = "KEYFILE")]
     pub identity: Option<PathBuf>,
     #[command(flatten)]
+    pub pick: PickArgs,
+    #[command(flatten)]
     pub restore: RestoreSection,
     /// Member name (default: --name in etcd.yaml).
     #[arg(long, value_name = "NAME")]
@@ -154,6 +156,8 @@ pub struct DrillArgs {
     pub dest: DestArgs,
     #[command(flatten)]
     pub drill: DrillSection,
+    #[command(flatten)]
+    pub pick: PickArgs,
     #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
     pub output: Output,
 }
@@ -266,6 +270,22 @@ pub struct ReadArgs {
     /// age identity file (private key) of one of the backup's recipients.
     #[arg(long, short = 'i', env = "LIFEBOAT_IDENTITY", value_name = "KEYFILE")]
     pub identity: Option<PathBuf>,
+    #[command(flatten)]
+    pub pick: PickArgs,
+}
+
+/// Which backup a reader may take.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PickArgs {
+    /// Only this cluster's backups (hex, as `snapshot list` shows it); `latest` needs it when
+    /// the store holds backups of several clusters.
+    #[arg(long, value_name = "ID")]
+    pub cluster_id: Option<String>,
+    /// Accept a backup stored without encryption although an identity is given (a reader
+    /// with an identity otherwise refuses one: whoever can write the bucket could swap in
+    /// a plaintext snapshot).
+    #[arg(long)]
+    pub allow_unencrypted: bool,
 }
 
 #[derive(Args, Debug)]

@@ -42,27 +42,34 @@ pub enum SourceError {
     },
     #[error("--cert and --key go together: give both or neither")]
     HalfIdentity,
-    #[error("cannot reach etcd at {endpoint}: {detail}; check the endpoint, that etcd runs, and the TLS files (--cacert/--cert/--key)")]
-    Unreachable { endpoint: String, detail: String },
-    #[error("etcd at {endpoint} refused the credentials of user `{user}`: {detail}; check --user and the password (LIFEBOAT_PASSWORD or etcd.password_file)")]
+    #[error("cannot reach etcd at {endpoint}: {cause}; check the endpoint, that etcd runs, and the TLS files (--cacert/--cert/--key)")]
+    Unreachable {
+        endpoint: String,
+        #[source]
+        cause: Cause,
+    },
+    #[error("etcd at {endpoint} refused the credentials of user `{user}`: {cause}; check --user and the password (LIFEBOAT_PASSWORD or etcd.password_file)")]
     Auth {
         endpoint: String,
         user: String,
-        detail: String,
+        #[source]
+        cause: Cause,
     },
     #[error("none of the endpoints answered ({0}); check that etcd runs and the TLS files")]
     NoneReachable(String),
-    #[error("etcd at {endpoint} failed {call}: {detail}")]
+    #[error("etcd at {endpoint} failed {call}: {cause}")]
     Call {
         endpoint: String,
         call: &'static str,
-        detail: String,
+        #[source]
+        cause: Cause,
     },
-    #[error("the snapshot stream from {endpoint} broke after {bytes} bytes: {detail}; etcd may have restarted; take the snapshot again")]
+    #[error("the snapshot stream from {endpoint} broke after {bytes} bytes: {cause}; etcd may have restarted; take the snapshot again")]
     StreamBroken {
         endpoint: String,
         bytes: u64,
-        detail: String,
+        #[source]
+        cause: Cause,
     },
     #[error("the snapshot stream from {endpoint} sent nothing for {secs} s after {bytes} bytes; etcd is stuck or overloaded")]
     Stalled {
@@ -70,6 +77,47 @@ pub enum SourceError {
         bytes: u64,
         secs: u64,
     },
+}
+
+/// Why an etcd call failed: the client's error, kept as the source, and its whole chain on one
+/// line (tonic's top-level "transport error" says too little) for messages and logs; or just
+/// a sentence, when lifeboat itself gave up (a deadline).
+#[derive(Debug)]
+pub struct Cause {
+    line: String,
+    error: Option<etcd_client::Error>,
+}
+
+impl Cause {
+    pub fn text(line: impl Into<String>) -> Cause {
+        Cause {
+            line: line.into(),
+            error: None,
+        }
+    }
+}
+
+impl From<etcd_client::Error> for Cause {
+    fn from(error: etcd_client::Error) -> Cause {
+        Cause {
+            line: one_line(&error),
+            error: Some(error),
+        }
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.line)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 /// What the member says about itself just before a snapshot.
@@ -199,17 +247,17 @@ impl EtcdSource {
             .await
             .map_err(|_| SourceError::Unreachable {
                 endpoint: endpoint.clone(),
-                detail: format!("no answer within {:?}", settings.connect_timeout),
+                cause: Cause::text(format!("no answer within {:?}", settings.connect_timeout)),
             })?
             .map_err(|e| match (&settings.user, is_auth_failure(&e)) {
                 (Some(user), true) => SourceError::Auth {
                     endpoint: endpoint.clone(),
                     user: user.clone(),
-                    detail: one_line(&e),
+                    cause: e.into(),
                 },
                 _ => SourceError::Unreachable {
                     endpoint: endpoint.clone(),
-                    detail: one_line(&e),
+                    cause: e.into(),
                 },
             })?;
         Ok(EtcdSource {
@@ -251,19 +299,19 @@ impl EtcdSource {
         match tokio::time::timeout(self.settings.request_timeout, fut).await {
             Err(_) => Err(SourceError::Unreachable {
                 endpoint: self.endpoint.clone(),
-                detail: format!(
+                cause: Cause::text(format!(
                     "{call} got no answer within {:?}",
                     self.settings.request_timeout
-                ),
+                )),
             }),
             Ok(Err(e)) if is_unreachable(&e) => Err(SourceError::Unreachable {
                 endpoint: self.endpoint.clone(),
-                detail: one_line(&e),
+                cause: e.into(),
             }),
             Ok(Err(e)) => Err(SourceError::Call {
                 endpoint: self.endpoint.clone(),
                 call,
-                detail: one_line(&e),
+                cause: e.into(),
             }),
             Ok(Ok(v)) => Ok(v),
         }
@@ -332,7 +380,7 @@ impl EtcdSource {
                 hash: r.hash(),
                 compact_revision: r.compact_version(),
             }),
-            Err(SourceError::Call { detail, .. }) if detail.contains("compacted") => {
+            Err(SourceError::Call { cause, .. }) if cause.to_string().contains("compacted") => {
                 Ok(LiveHashKv::Compacted)
             }
             Err(e) => Err(e),
@@ -376,7 +424,7 @@ impl SnapshotStream {
             .map_err(|e| SourceError::StreamBroken {
                 endpoint: self.endpoint.clone(),
                 bytes: self.bytes,
-                detail: one_line(&e),
+                cause: e.into(),
             })?;
         let Some(message) = message else {
             self.done = true;

@@ -40,14 +40,7 @@ fn backup_with_history(
     etcd.put("/registry/last", "x");
     let dir = tempfile::tempdir().unwrap();
     let key = age_key(dir.path(), "key.txt");
-    let mut save = lifeboat();
-    save.args(["snapshot", "save", "-r", &key.recipient])
-        .args(etcd.lifeboat_flags())
-        .arg("--dest")
-        .arg(dir.path().join("b"))
-        .arg("--work-dir")
-        .arg(dir.path().join("w"));
-    run(&mut save).ok();
+    crate::harness::save_into(&etcd, dir.path(), &key.recipient);
     (etcd, dir, key)
 }
 
@@ -134,4 +127,24 @@ fn drill_reports_a_mismatch_the_read_back_cannot_see() {
         .unwrap();
     assert_eq!(hashkv["ok"], false);
     assert!(r.stderr.contains("FAILED"), "{}", r.stderr);
+}
+
+/// A brand-new cluster's backup (no key at all, revision 1) restores and drills clean: the
+/// drill compares the revision etcd restores to, not the last key's (which is 0).
+#[test]
+fn drill_passes_on_the_backup_of_an_empty_etcd() {
+    let etcd = EtcdProcess::start(Version::V35, None);
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    crate::harness::save_into(&etcd, dir.path(), &key.recipient);
+    let report = run(&mut drill_cmd(
+        Version::V35,
+        &dir.path().join("b"),
+        &key.identity_file,
+        &dir.path().join("drills"),
+    ))
+    .ok()
+    .json();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["checks"][0]["actual"], "1", "{report}");
 }

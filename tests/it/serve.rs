@@ -550,14 +550,7 @@ fn a_drill_only_instance_drills_the_latest_backup_on_schedule_and_counts_failure
     let key = age_key(dir.path(), "key.txt");
     let etcd = EtcdProcess::start(Version::V35, None);
     etcd.put("/registry/a", "1");
-    let mut save = lifeboat();
-    save.args(["snapshot", "save", "-r", &key.recipient])
-        .args(etcd.lifeboat_flags())
-        .arg("--dest")
-        .arg(dir.path().join("b"))
-        .arg("--work-dir")
-        .arg(dir.path().join("w"));
-    run(&mut save).ok();
+    crate::harness::save_into(&etcd, dir.path(), &key.recipient);
     // No etcd for this instance: it only reads the store and holds the identity.
     let config = dir.path().join("drill.toml");
     std::fs::write(

@@ -153,3 +153,16 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// `lifeboat snapshot save` of `etcd` into `<dir>/b` (scratch in `<dir>/w`), encrypted to
+/// `recipient`; panics unless it succeeds.
+pub fn save_into(etcd: &EtcdProcess, dir: &Path, recipient: &str) {
+    let mut save = lifeboat();
+    save.args(["snapshot", "save", "-r", recipient])
+        .args(etcd.lifeboat_flags())
+        .arg("--dest")
+        .arg(dir.join("b"))
+        .arg("--work-dir")
+        .arg(dir.join("w"));
+    run(&mut save).ok();
+}

@@ -10,11 +10,8 @@
 //! Credentials come from the standard AWS chain (env, shared files, web identity/IRSA, instance
 //! metadata), or from two key files re-read on every request (rotation without restart).
 
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use aws_credential_types::provider::{self, ProvideCredentials};
-use aws_credential_types::Credentials;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, IdentityCache, Region};
@@ -25,107 +22,19 @@ use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt};
 
+mod settings;
+
+use settings::KeyFiles;
+pub use settings::{S3Settings, Sse};
+
 use super::{valid_key, ByteStream, ObjectInfo, Store, StoreError};
 
 /// S3 part size floor (except the last part), from the S3 API.
 pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sse {
-    Aes256,
-    Kms(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct S3Settings {
-    pub bucket: String,
-    /// Empty, or ending in `/`.
-    pub prefix: String,
-    pub region: Option<String>,
-    pub endpoint: Option<String>,
-    pub path_style: bool,
-    pub ca_bundle: Option<PathBuf>,
-    pub access_key_file: Option<PathBuf>,
-    pub secret_key_file: Option<PathBuf>,
-    pub sse: Option<Sse>,
-    pub part_size: usize,
-    pub parts_in_flight: usize,
-    pub attempt_timeout: Duration,
-    pub max_attempts: u32,
-    /// Multipart uploads older than this are leftovers of dead writers.
-    pub incomplete_grace: Duration,
-    /// Keys per listing page (S3's default, 1000, when unset).
-    pub list_page_size: Option<i32>,
-}
-
-impl S3Settings {
-    pub fn new(bucket: &str, prefix: &str) -> S3Settings {
-        let prefix = prefix.trim_matches('/');
-        S3Settings {
-            bucket: bucket.to_string(),
-            prefix: if prefix.is_empty() {
-                String::new()
-            } else {
-                format!("{prefix}/")
-            },
-            region: None,
-            endpoint: None,
-            path_style: false,
-            ca_bundle: None,
-            access_key_file: None,
-            secret_key_file: None,
-            sse: None,
-            part_size: 8 * 1024 * 1024,
-            parts_in_flight: 2,
-            attempt_timeout: Duration::from_secs(60),
-            max_attempts: 5,
-            incomplete_grace: Duration::from_secs(24 * 3600),
-            list_page_size: None,
-        }
-    }
-}
-
 pub struct S3Store {
     client: Client,
     settings: S3Settings,
-}
-
-/// Credentials read from files on every request.
-#[derive(Debug)]
-struct KeyFiles {
-    access_key: PathBuf,
-    secret_key: PathBuf,
-}
-
-impl KeyFiles {
-    fn read(&self) -> provider::Result {
-        let read = |p: &PathBuf| {
-            std::fs::read_to_string(p)
-                .map(|s| s.trim().to_string())
-                .map_err(|e| {
-                    provider::error::CredentialsError::provider_error(format!(
-                        "cannot read S3 key file {}: {e}",
-                        p.display()
-                    ))
-                })
-        };
-        Ok(Credentials::new(
-            read(&self.access_key)?,
-            read(&self.secret_key)?,
-            None,
-            None,
-            "lifeboat-key-files",
-        ))
-    }
-}
-
-impl ProvideCredentials for KeyFiles {
-    fn provide_credentials<'a>(&'a self) -> provider::future::ProvideCredentials<'a>
-    where
-        Self: 'a,
-    {
-        provider::future::ProvideCredentials::ready(self.read())
-    }
 }
 
 impl S3Store {
