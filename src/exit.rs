@@ -56,6 +56,7 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
     if let Some(e) = e.downcast_ref::<CatalogError>() {
         return match e {
             CatalogError::Empty { .. } | CatalogError::NoSuchBackup { .. } => Some(NOT_FOUND),
+            CatalogError::AmbiguousLatest { .. } => Some(USAGE),
             CatalogError::Store(_) => Some(STORAGE),
             CatalogError::Manifest(_) => Some(VERIFY),
         };
@@ -63,13 +64,16 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
     if let Some(e) = e.downcast_ref::<ReadBackError>() {
         return match e {
             ReadBackError::Store(StoreError::NotFound { .. }) => Some(VERIFY),
-            ReadBackError::Store(_) | ReadBackError::Output { .. } | ReadBackError::Exists(_) => {
-                Some(STORAGE)
-            }
+            ReadBackError::Store(_)
+            | ReadBackError::Output { .. }
+            | ReadBackError::NoSpace { .. }
+            | ReadBackError::Exists(_) => Some(STORAGE),
             ReadBackError::IdentityNeeded { .. } | ReadBackError::WrongIdentity { .. } => {
                 Some(KEYS)
             }
-            ReadBackError::Damaged { .. } | ReadBackError::Verify(_) => Some(VERIFY),
+            ReadBackError::Damaged { .. }
+            | ReadBackError::Verify(_)
+            | ReadBackError::Unencrypted { .. } => Some(VERIFY),
             ReadBackError::WorkDir(_) => Some(STORAGE),
             ReadBackError::Internal(_) => Some(FAILURE),
         };
@@ -129,7 +133,9 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
     }
     if let Some(k) = e.downcast_ref::<KeyError>() {
         return match k {
-            KeyError::IdentityFile { .. } | KeyError::NoIdentity { .. } => Some(KEYS),
+            KeyError::IdentityFile { .. }
+            | KeyError::NoIdentity { .. }
+            | KeyError::WorldReadable { .. } => Some(KEYS),
             _ => Some(USAGE),
         };
     }

@@ -4,7 +4,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -25,6 +24,8 @@ pub enum ReadBackError {
     Store(#[from] StoreError),
     #[error("backup {id} is encrypted: pass --identity KEYFILE with a private key of one of its recipients ({recipients})")]
     IdentityNeeded { id: String, recipients: String },
+    #[error("backup {id} is stored without encryption although an identity was given: refused, since whoever can write the store could swap in a plaintext snapshot of their choosing; if it was taken with encryption = \"none\" on purpose, pass --allow-unencrypted")]
+    Unencrypted { id: String },
     #[error("cannot decrypt {object}: {detail}; the backup was encrypted to {recipients}: use the identity file of one of these")]
     WrongIdentity {
         object: String,
@@ -35,14 +36,43 @@ pub enum ReadBackError {
     Damaged { object: String, detail: String },
     #[error(transparent)]
     Verify(#[from] VerifyError),
-    #[error("{path}: {detail}")]
-    Output { path: PathBuf, detail: String },
+    #[error("{path}: {source}")]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: no space left on the device: free space or write elsewhere")]
+    NoSpace { path: PathBuf },
     #[error("{0} already exists: pass --force to overwrite it")]
     Exists(PathBuf),
     #[error(transparent)]
     WorkDir(#[from] SpoolError),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Before reading: a reader that holds identities expects encrypted backups, and refuses a
+/// plaintext one unless told otherwise; one without identities cannot read an encrypted one.
+///
+/// # Errors
+/// `Unencrypted` or `IdentityNeeded`.
+pub fn check_encryption(
+    manifest: &Manifest,
+    has_identities: bool,
+    allow_unencrypted: bool,
+) -> Result<(), ReadBackError> {
+    match (manifest.encryption.scheme.as_str(), has_identities) {
+        ("age", false) => Err(ReadBackError::IdentityNeeded {
+            id: manifest.id.clone(),
+            recipients: manifest.encryption.recipients.join(", "),
+        }),
+        ("age", true) => Ok(()),
+        (_, true) if !allow_unencrypted => Err(ReadBackError::Unencrypted {
+            id: manifest.id.clone(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// What reading the backup back established.
@@ -93,13 +123,7 @@ pub async fn get_backup(
         return Err(ReadBackError::Exists(out.to_path_buf()));
     }
     let part = part_path(out);
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&part)
-        .map_err(|e| output_err(&part, e))?;
+    let file = crate::fsutil::create_private_file(&part).map_err(|e| output_err(&part, e))?;
     let result = read_into(store, manifest, identities, file, &part, progress).await;
     if result.is_err() {
         let _ = std::fs::remove_file(&part);
@@ -120,15 +144,12 @@ fn part_path(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
-fn output_err(path: &Path, e: io::Error) -> ReadBackError {
-    let detail = if e.raw_os_error() == Some(28) {
-        "no space left on the device: free space or write elsewhere".to_string()
+fn output_err(path: &Path, source: io::Error) -> ReadBackError {
+    let path = path.to_path_buf();
+    if source.raw_os_error() == Some(28) {
+        ReadBackError::NoSpace { path }
     } else {
-        e.to_string()
-    };
-    ReadBackError::Output {
-        path: path.to_path_buf(),
-        detail,
+        ReadBackError::Output { path, source }
     }
 }
 
@@ -273,7 +294,7 @@ fn decode<R: Read>(
     let mut sink = SinkThread::spawn(file);
     progress.begin("reading back", Some(manifest.plain_size));
     let copied = match stages::decode::decoder(source, identities) {
-        Ok(plain) => copy_plain(plain, &mut sink, progress),
+        Ok(plain) => copy_plain(plain, &mut sink, manifest.plain_size, progress),
         Err(DecodeError::Decrypt(e)) => return Err(decrypt_error(e, manifest)),
         Err(DecodeError::Decompress(e)) => Err(CopyError::Read(e)),
     };
@@ -359,12 +380,17 @@ fn classify_copy_error(
     }
 }
 
+/// Copies the plain bytes, but never more than the manifest says there are: a tampered
+/// object that expands further (a decompression bomb) would otherwise fill the disk — during
+/// a restore, the disk of a running etcd — before any hash could catch it.
 fn copy_plain(
     mut decoder: impl Read,
     sink: &mut impl Write,
+    limit: u64,
     progress: &dyn Observer,
 ) -> Result<(), CopyError> {
     let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
     loop {
         let n = match decoder.read(&mut buf) {
             Ok(0) => return Ok(()),
@@ -372,6 +398,12 @@ fn copy_plain(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(CopyError::Read(e)),
         };
+        total += n as u64;
+        if total > limit {
+            return Err(CopyError::Read(io::Error::other(format!(
+                "it expands to more than the {limit} bytes its manifest records; stopped there (do not trust it)"
+            ))));
+        }
         sink.write_all(&buf[..n]).map_err(CopyError::Write)?;
         progress.advance(n as u64);
     }
@@ -495,6 +527,60 @@ pub fn plain_file_info(path: &Path) -> Result<SnapshotInfo, VerifyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: decompression was unbounded; a tampered object that expands far beyond
+    /// the manifest's plain size filled the disk during a restore's fetch.
+    #[test]
+    fn an_object_that_expands_beyond_its_manifest_is_stopped_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::LocalStore::open(&dir.path().join("s")).unwrap());
+        let bomb = crate::stages::encode::encode_all(&vec![0u8; 8 << 20], 3, None).unwrap();
+        let m: Manifest = serde_json::from_str(&format!(
+            r#"{{"schema_version":1,"id":"x","created_at":"2026-11-22T03:04:05Z","cluster_id":"a","member_id":"1","member_name":"m","endpoint":"e","etcd_version":"3.5.16","revision":1,"raft_index":1,"db_size":1,"status":{{"hash":1,"revision":1,"totalKey":1,"totalSize":1}},"hashkv":{{"hash":1,"compact_revision":0,"checked":true,"result":"equal"}},"plain_sha256":"00","plain_size":4096,"object":{{"key":"bomb.db.zst","size":{},"sha256":"00"}},"compression":{{"algorithm":"zstd","level":3}},"encryption":{{"scheme":"none","recipients":[]}},"reason":"manual","tool_version":"t","duration_ms":1}}"#,
+            bomb.len()
+        ))
+        .unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(store.put("bomb.db.zst", crate::store::bytes_stream(bomb.into())))
+            .unwrap();
+        let out = dir.path().join("out.db");
+        let err = rt
+            .block_on(get_backup(
+                store,
+                &m,
+                None,
+                &out,
+                false,
+                Arc::new(crate::progress::Silent),
+            ))
+            .unwrap_err();
+        assert!(matches!(err, ReadBackError::Damaged { .. }), "{err}");
+        assert!(err.to_string().contains("4096 bytes"), "{err}");
+        assert!(!out.exists() && !dir.path().join("out.db.part").exists());
+    }
+
+    /// Regression: the manifest decided whether to decrypt, so a plaintext object swapped in
+    /// by whoever could write the bucket was read although the reader held an identity.
+    #[test]
+    fn a_reader_with_an_identity_refuses_a_plaintext_backup_unless_told() {
+        let mut m: Manifest = serde_json::from_str(
+            r#"{"schema_version":1,"id":"x","created_at":"2026-11-22T03:04:05Z","cluster_id":"a","member_id":"1","member_name":"m","endpoint":"e","etcd_version":"3.5.16","revision":1,"raft_index":1,"db_size":1,"status":{"hash":1,"revision":1,"totalKey":1,"totalSize":1},"hashkv":{"hash":1,"compact_revision":0,"checked":true,"result":"equal"},"plain_sha256":"00","plain_size":1,"object":{"key":"x.db.zst","size":1,"sha256":"00"},"compression":{"algorithm":"zstd","level":3},"encryption":{"scheme":"none","recipients":[]},"reason":"manual","tool_version":"t","duration_ms":1}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            check_encryption(&m, true, false),
+            Err(ReadBackError::Unencrypted { .. })
+        ));
+        assert!(check_encryption(&m, true, true).is_ok());
+        assert!(check_encryption(&m, false, false).is_ok());
+        m.encryption.scheme = "age".into();
+        assert!(check_encryption(&m, true, false).is_ok());
+        assert!(matches!(
+            check_encryption(&m, false, false),
+            Err(ReadBackError::IdentityNeeded { .. })
+        ));
+    }
 
     #[test]
     fn plain_sink_separates_data_and_trailer_whatever_the_write_sizes() {

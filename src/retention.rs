@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, Utc};
 use serde::Serialize;
 
-use crate::catalog::{BackupId, Catalog, CatalogError, Manifest, Reason};
+use crate::catalog::{cluster_of, BackupId, Catalog, CatalogError, Manifest, Reason};
 use crate::store::Store;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -80,21 +80,26 @@ pub struct Decision {
 }
 
 /// Decides, for every backup of every cluster (or of `only_cluster`), whether it stays.
+/// Clusters are told apart by the id in each backup's name (the catalog has checked that the
+/// manifest says the same), so `0abc` and `abc` are one cluster.
 pub fn plan(
     backups: &[Manifest],
     now: DateTime<Utc>,
     policy: &Policy,
-    only_cluster: Option<&str>,
+    only_cluster: Option<u64>,
 ) -> Vec<Decision> {
-    let mut clusters: Vec<&str> = backups.iter().map(|m| m.cluster_id.as_str()).collect();
-    clusters.sort();
+    let mut clusters: Vec<u64> = backups.iter().filter_map(cluster_of).collect();
+    clusters.sort_unstable();
     clusters.dedup();
     let mut out = Vec::new();
     for cluster in clusters {
         if only_cluster.is_some_and(|c| c != cluster) {
             continue;
         }
-        let mut mine: Vec<&Manifest> = backups.iter().filter(|m| m.cluster_id == cluster).collect();
+        let mut mine: Vec<&Manifest> = backups
+            .iter()
+            .filter(|m| cluster_of(m) == Some(cluster))
+            .collect();
         mine.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
         out.extend(plan_cluster(&mine, now, policy));
     }
@@ -211,7 +216,7 @@ pub async fn prune(
     catalog: &Catalog,
     policy: &Policy,
     now: DateTime<Utc>,
-    only_cluster: Option<&str>,
+    only_cluster: Option<u64>,
     dry_run: bool,
 ) -> Result<PruneReport, PruneError> {
     let store: &dyn Store = catalog.store().as_ref();
@@ -225,7 +230,12 @@ pub async fn prune(
             let Some(m) = manifests.iter().find(|m| m.id == d.id) else {
                 continue;
             };
-            let id = BackupId::parse(&m.id).expect("listed manifests have our ids");
+            // The catalog lists only manifests whose id, cluster and object follow from their
+            // key; anything else never reaches this point.
+            let Some(id) = BackupId::parse(&m.id) else {
+                tracing::warn!(id = %m.id, "not deleting a backup whose id does not parse");
+                continue;
+            };
             store.delete(&id.manifest_key()).await?;
             store.delete(&m.object.key).await?;
             // Node bundles saved next to a pre-upgrade backup go with it.
@@ -258,7 +268,7 @@ async fn find_orphans(
     manifests: &[Manifest],
     now: DateTime<Utc>,
     policy: &Policy,
-    only_cluster: Option<&str>,
+    only_cluster: Option<u64>,
 ) -> Result<Vec<Orphan>, PruneError> {
     let referenced: HashSet<&str> = manifests.iter().map(|m| m.object.key.as_str()).collect();
     let all = store.list("etcd-").await?;
@@ -273,7 +283,7 @@ async fn find_orphans(
         {
             continue;
         }
-        if only_cluster.is_some_and(|c| u64::from_str_radix(c, 16).ok() != Some(id.cluster_id)) {
+        if only_cluster.is_some_and(|c| c != id.cluster_id) {
             continue;
         }
         let age = o
@@ -476,8 +486,25 @@ mod tests {
         ];
         let ds = plan(&all, now(), &zero(), None);
         assert_eq!(kept(&ds), vec![all[0].created_at, all[1].created_at]);
-        let ds = plan(&all, now(), &zero(), Some("2"));
+        let ds = plan(&all, now(), &zero(), Some(2));
         assert_eq!(ds.len(), 2, "only the named cluster is considered");
+    }
+
+    /// Regression: clusters were told apart (and `--cluster-id` matched) as strings, so a
+    /// zero-padded id as backup names show it matched no backup.
+    #[test]
+    fn a_cluster_is_one_cluster_however_its_id_is_written() {
+        let mut padded = manifest_at(hours_ago(2), Reason::Scheduled, 0xab);
+        padded.cluster_id = "00000000000000ab".into();
+        let all = vec![manifest_at(hours_ago(1), Reason::Scheduled, 0xab), padded];
+        let ds = plan(
+            &all,
+            now(),
+            &zero(),
+            crate::catalog::parse_cluster_id("00000000000000ab"),
+        );
+        assert_eq!(ds.len(), 2);
+        assert_eq!(kept(&ds).len(), 1, "one cluster, one newest");
     }
 
     #[test]

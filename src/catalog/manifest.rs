@@ -91,6 +91,8 @@ pub enum ManifestError {
     },
     #[error("{key} has schema version {found}; this lifeboat reads up to {SCHEMA_VERSION}: upgrade lifeboat")]
     FutureSchema { key: String, found: u32 },
+    #[error("{key} is not trusted: {what}; nothing it names is read or deleted")]
+    Inconsistent { key: String, what: String },
 }
 
 /// What the streaming pass wrote: the plain snapshot's digest and the stored object.

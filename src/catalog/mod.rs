@@ -22,6 +22,8 @@ const MANIFEST_SUFFIX: &str = ".manifest.json";
 const TIME_FORMAT: &str = "%Y%m%dT%H%M%S%.3fZ";
 /// Manifests are a few KiB; anything far larger is not one of ours.
 const MANIFEST_LIMIT: usize = 1 << 20;
+/// How far in the future a manifest may be dated (clocks of the nodes that write backups).
+const MAX_CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -34,6 +36,11 @@ pub enum CatalogError {
     },
     #[error("no backup with id {id} in {location}; `lifeboat snapshot list` shows the ids")]
     NoSuchBackup { id: String, location: String },
+    #[error("`latest` is ambiguous: {location} holds backups of clusters {}; pass --cluster-id ID (or a backup id)", .clusters.join(", "))]
+    AmbiguousLatest {
+        location: String,
+        clusters: Vec<String>,
+    },
     #[error(transparent)]
     Manifest(#[from] ManifestError),
 }
@@ -120,6 +127,61 @@ pub fn id_of_bundle_key(key: &str) -> Option<BackupId> {
     BackupId::parse(id)
 }
 
+/// The cluster a manifest belongs to, from its (checked) id.
+pub fn cluster_of(m: &Manifest) -> Option<u64> {
+    BackupId::parse(&m.id).map(|id| id.cluster_id)
+}
+
+/// Parses a cluster id as the user may write it: hex, with or without leading zeros (as
+/// backup names show it) or a `0x`.
+pub fn parse_cluster_id(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let hex = s.strip_prefix("0x").unwrap_or(s);
+    if hex.is_empty() || hex.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// A manifest is what its key says, or it is not trusted: the id, the cluster, the time and
+/// the object it names must all follow from the key, and it may not be dated in the future.
+fn check_names(key: &str, m: &Manifest, now: DateTime<Utc>) -> Result<(), ManifestError> {
+    let bad = |what: String| ManifestError::Inconsistent {
+        key: key.to_string(),
+        what,
+    };
+    let id = id_of_manifest_key(key).ok_or_else(|| bad("the name is not a backup id".into()))?;
+    if m.id != id.to_string() {
+        return Err(bad(format!("it says it is backup {:?}", m.id)));
+    }
+    if parse_cluster_id(&m.cluster_id) != Some(id.cluster_id) {
+        return Err(bad(format!(
+            "it names cluster {:?}, its id cluster {:x}",
+            m.cluster_id, id.cluster_id
+        )));
+    }
+    if m.created_at != id.time {
+        return Err(bad(format!(
+            "it is dated {}, its id {}",
+            m.created_at, id.time
+        )));
+    }
+    if m.created_at > now + MAX_CLOCK_SKEW {
+        return Err(bad(format!(
+            "it is dated {} — in the future; a node's clock is wrong, or the manifest is not ours",
+            m.created_at
+        )));
+    }
+    let expected = id.object_key(m.encryption.scheme == "age");
+    if m.object.key != expected {
+        return Err(bad(format!(
+            "it names the object {:?}, not {expected:?}",
+            m.object.key
+        )));
+    }
+    Ok(())
+}
+
 /// Manifests that could not be read, reported next to a listing rather than failing it.
 #[derive(Debug)]
 pub struct Skipped {
@@ -163,44 +225,62 @@ impl Catalog {
         Ok((manifests, skipped))
     }
 
+    /// Reads a manifest and checks that it is what its name says: nothing it names is
+    /// trusted otherwise (retention deletes the object a manifest names).
     async fn read_manifest(&self, key: &str) -> Result<Manifest, CatalogError> {
         let bytes = get_small(self.store.as_ref(), key, MANIFEST_LIMIT).await?;
-        Ok(Manifest::parse(key, &bytes)?)
+        let manifest = Manifest::parse(key, &bytes)?;
+        check_names(key, &manifest, Utc::now())?;
+        Ok(manifest)
     }
 
-    /// Finds `latest` or a backup by id (a unique prefix of an id is accepted too).
+    /// Finds `latest` or a backup by id (a unique prefix of an id is accepted too), in
+    /// `cluster` when given. `latest` without a cluster is refused when the store holds
+    /// backups of several clusters: restoring another cluster's newest backup is not what
+    /// anyone means.
     ///
     /// # Errors
-    /// `Empty`, `NoSuchBackup`, or store errors.
-    pub async fn find(&self, selector: &str) -> Result<Manifest, CatalogError> {
+    /// `Empty`, `NoSuchBackup`, `AmbiguousLatest`, an inconsistent manifest, or store errors.
+    pub async fn find(
+        &self,
+        selector: &str,
+        cluster: Option<u64>,
+    ) -> Result<Manifest, CatalogError> {
         let location = self.store.location();
+        let in_cluster = |m: &Manifest| cluster.is_none_or(|c| cluster_of(m) == Some(c));
         if selector == "latest" {
             let (all, _) = self.list().await?;
-            return all.into_iter().next().ok_or(CatalogError::Empty {
+            let mine: Vec<Manifest> = all.into_iter().filter(|m| in_cluster(m)).collect();
+            let mut clusters: Vec<String> = mine.iter().map(|m| m.cluster_id.clone()).collect();
+            clusters.sort();
+            clusters.dedup();
+            if clusters.len() > 1 {
+                return Err(CatalogError::AmbiguousLatest { location, clusters });
+            }
+            return mine.into_iter().next().ok_or(CatalogError::Empty {
                 location,
-                cluster: None,
+                cluster: cluster.map(|c| format!("{c:x}")),
             });
         }
+        let no_such = || CatalogError::NoSuchBackup {
+            id: selector.to_string(),
+            location: location.clone(),
+        };
         let key = format!("{selector}{MANIFEST_SUFFIX}");
         if id_of_manifest_key(&key).is_some() {
             return match self.read_manifest(&key).await {
-                Err(CatalogError::Store(StoreError::NotFound { .. })) => {
-                    Err(CatalogError::NoSuchBackup {
-                        id: selector.to_string(),
-                        location,
-                    })
-                }
+                Err(CatalogError::Store(StoreError::NotFound { .. })) => Err(no_such()),
+                Ok(m) if !in_cluster(&m) => Err(no_such()),
                 other => other,
             };
         }
         let (all, _) = self.list().await?;
-        let mut matching = all.into_iter().filter(|m| m.id.starts_with(selector));
+        let mut matching = all
+            .into_iter()
+            .filter(|m| m.id.starts_with(selector) && in_cluster(m));
         match (matching.next(), matching.next()) {
             (Some(m), None) => Ok(m),
-            _ => Err(CatalogError::NoSuchBackup {
-                id: selector.to_string(),
-                location,
-            }),
+            _ => Err(no_such()),
         }
     }
 
@@ -209,7 +289,10 @@ impl Catalog {
     /// # Errors
     /// Store errors, including `AlreadyExists`.
     pub async fn commit(&self, manifest: &Manifest) -> Result<(), CatalogError> {
-        let id = BackupId::parse(&manifest.id).expect("manifests carry ids made by BackupId");
+        let id = BackupId::parse(&manifest.id).ok_or_else(|| ManifestError::Inconsistent {
+            key: manifest.id.clone(),
+            what: "its id is not a backup id".into(),
+        })?;
         let body = bytes::Bytes::from(manifest.to_json().into_bytes());
         self.store
             .put(&id.manifest_key(), bytes_stream(body))
@@ -262,5 +345,132 @@ mod tests {
         assert_eq!(id_of_bundle_key(&format!("{id}.node-.tar.zst.age")), None);
         assert_eq!(id_of_bundle_key("etcd-x.node-cp1.tar.zst.age"), None);
         assert_eq!(id_of_bundle_key(&format!("{id}.db.zst.age")), None);
+    }
+
+    /// A manifest as `Manifest::new` would write it for a backup of `cluster` at `t`.
+    fn manifest(t: DateTime<Utc>, cluster: u64) -> Manifest {
+        let id = BackupId::new(t, cluster);
+        let text = format!(
+            r#"{{"schema_version":1,"id":"{id}","created_at":"{}","cluster_id":"{cluster:x}","member_id":"1","member_name":"m","endpoint":"e","etcd_version":"3.5.16","revision":1,"raft_index":1,"db_size":1,"status":{{"hash":1,"revision":1,"totalKey":1,"totalSize":1}},"hashkv":{{"hash":1,"compact_revision":0,"checked":true,"result":"equal"}},"plain_sha256":"00","plain_size":1,"object":{{"key":"{}","size":1,"sha256":"00"}},"compression":{{"algorithm":"zstd","level":3}},"encryption":{{"scheme":"age","recipients":[]}},"reason":"scheduled","tool_version":"t","duration_ms":1}}"#,
+            id.time.to_rfc3339(),
+            id.object_key(true)
+        );
+        Manifest::parse("t", text.as_bytes()).unwrap()
+    }
+
+    fn key_of(m: &Manifest) -> String {
+        format!("{}{MANIFEST_SUFFIX}", m.id)
+    }
+
+    #[test]
+    fn a_manifest_must_be_what_its_name_says() {
+        let now = Utc::now();
+        let good = manifest(now - chrono::Duration::hours(1), 0xab);
+        assert!(check_names(&key_of(&good), &good, now).is_ok());
+        let refused = |m: &Manifest, key: &str| check_names(key, m, now).unwrap_err().to_string();
+
+        let other = manifest(now - chrono::Duration::hours(2), 0xab);
+        assert!(refused(&good, &key_of(&other)).contains("says it is backup"));
+
+        let mut elsewhere = good.clone();
+        elsewhere.object.key = "etcd-20261122T030405.000Z-00000000000000cd-0001.db.zst.age".into();
+        assert!(refused(&elsewhere, &key_of(&good)).contains("names the object"));
+
+        let mut foreign = good.clone();
+        foreign.object.key = "kube-apiserver.yaml".into();
+        assert!(refused(&foreign, &key_of(&good)).contains("names the object"));
+
+        let mut downgraded = good.clone();
+        downgraded.encryption.scheme = "none".into();
+        assert!(refused(&downgraded, &key_of(&good)).contains("names the object"));
+
+        let mut cluster = good.clone();
+        cluster.cluster_id = "cd".into();
+        assert!(refused(&cluster, &key_of(&good)).contains("names cluster"));
+
+        let mut padded = good.clone();
+        padded.cluster_id = "00000000000000ab".into();
+        assert!(check_names(&key_of(&good), &padded, now).is_ok());
+
+        let mut redated = good.clone();
+        redated.created_at = now;
+        assert!(refused(&redated, &key_of(&good)).contains("dated"));
+
+        let future = manifest(now + chrono::Duration::hours(1), 0xab);
+        assert!(refused(&future, &key_of(&future)).contains("in the future"));
+        let slightly = manifest(now + chrono::Duration::minutes(1), 0xab);
+        assert!(
+            check_names(&key_of(&slightly), &slightly, now).is_ok(),
+            "clock skew"
+        );
+    }
+
+    #[test]
+    fn cluster_ids_parse_padded_or_not() {
+        assert_eq!(parse_cluster_id("ab"), Some(0xab));
+        assert_eq!(parse_cluster_id("00000000000000ab"), Some(0xab));
+        assert_eq!(parse_cluster_id("0xab"), Some(0xab));
+        assert_eq!(parse_cluster_id("xyz"), None);
+        assert_eq!(parse_cluster_id("00000000000000000ab"), None);
+    }
+
+    fn store_with(manifests: &[(String, Vec<u8>)]) -> (tempfile::TempDir, Catalog) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::LocalStore::open(dir.path()).unwrap());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        for (key, body) in manifests {
+            rt.block_on(store.put(key, bytes_stream(body.clone().into())))
+                .unwrap();
+        }
+        (dir, Catalog::new(store))
+    }
+
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Runtime::new().unwrap().block_on(f)
+    }
+
+    /// Regression: a manifest under a valid name whose id did not parse made `prune` (and so
+    /// `serve`'s retention) panic; one naming another object made retention delete it.
+    #[test]
+    fn untrusted_manifests_are_skipped_not_listed() {
+        let now = Utc::now();
+        let good = manifest(now - chrono::Duration::hours(1), 0xab);
+        let mut garbage_id = manifest(now - chrono::Duration::hours(2), 0xab);
+        let garbage_key = key_of(&garbage_id);
+        garbage_id.id = "not-an-id".into();
+        let future = manifest(now + chrono::Duration::days(365), 0xab);
+        let (_dir, catalog) = store_with(&[
+            (key_of(&good), good.to_json().into_bytes()),
+            (garbage_key.clone(), garbage_id.to_json().into_bytes()),
+            (key_of(&future), future.to_json().into_bytes()),
+        ]);
+        let (listed, skipped) = block_on(catalog.list()).unwrap();
+        assert_eq!(listed, vec![good.clone()], "the future one is not `latest`");
+        let mut skipped: Vec<String> = skipped.into_iter().map(|s| s.key).collect();
+        skipped.sort();
+        let mut expected = vec![garbage_key, key_of(&future)];
+        expected.sort();
+        assert_eq!(skipped, expected);
+        assert_eq!(block_on(catalog.find("latest", None)).unwrap(), good);
+    }
+
+    #[test]
+    fn latest_is_of_one_cluster() {
+        let now = Utc::now();
+        let a = manifest(now - chrono::Duration::hours(2), 0xa);
+        let b = manifest(now - chrono::Duration::hours(1), 0xb);
+        let (_dir, catalog) = store_with(&[
+            (key_of(&a), a.to_json().into_bytes()),
+            (key_of(&b), b.to_json().into_bytes()),
+        ]);
+        let err = block_on(catalog.find("latest", None)).unwrap_err();
+        assert!(matches!(err, CatalogError::AmbiguousLatest { .. }), "{err}");
+        assert!(err.to_string().contains("--cluster-id"), "{err}");
+        assert_eq!(block_on(catalog.find("latest", Some(0xa))).unwrap(), a);
+        assert_eq!(block_on(catalog.find(&b.id, None)).unwrap(), b);
+        assert!(matches!(
+            block_on(catalog.find(&b.id, Some(0xa))),
+            Err(CatalogError::NoSuchBackup { .. })
+        ));
     }
 }

@@ -11,16 +11,11 @@ use super::snapshot::open_store;
 pub async fn run(a: PruneArgs, file: FileConfig) -> Result<()> {
     let config = file.overlay(a.flags());
     let policy = resolve_retention(&config.retention)?;
+    let cluster = super::snapshot::cluster_flag(a.cluster_id.as_deref())?;
     let store = open_store(&config).await?;
     let catalog = Catalog::new(store.clone());
-    let report = retention::prune(
-        &catalog,
-        &policy,
-        chrono::Utc::now(),
-        a.cluster_id.as_deref(),
-        a.dry_run,
-    )
-    .await?;
+    let report =
+        retention::prune(&catalog, &policy, chrono::Utc::now(), cluster, a.dry_run).await?;
     match a.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => {

@@ -116,14 +116,7 @@ async fn source_for(
         return Ok(SnapshotSource::File(as_path.to_path_buf()));
     }
     let identities = snapshot::load_identities(a.identity.as_ref())?;
-    let (store, manifest) = snapshot::find(selector, config).await?;
-    if manifest.encryption.scheme == "age" && identities.is_none() {
-        return Err(lifeboat::readback::ReadBackError::IdentityNeeded {
-            id: manifest.id.clone(),
-            recipients: manifest.encryption.recipients.join(", "),
-        }
-        .into());
-    }
+    let (store, manifest) = snapshot::find(selector, &a.pick, identities.as_ref(), config).await?;
     Ok(SnapshotSource::Backup {
         store,
         manifest: Box::new(manifest),
@@ -272,7 +265,7 @@ fn summary(p: &Plan, output: Output) {
 pub async fn drill(a: DrillArgs, file: FileConfig) -> Result<()> {
     let config = &file.overlay(a.flags());
     let identities = snapshot::load_identities(config.drill.identity_file.as_ref())?;
-    let (store, manifest) = snapshot::find(&a.backup, config).await?;
+    let (store, manifest) = snapshot::find(&a.backup, &a.pick, identities.as_ref(), config).await?;
     let settings = resolve_drill(config)?;
     let report = drill::drill(
         store,

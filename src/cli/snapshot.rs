@@ -6,13 +6,17 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use lifeboat::backup::take_backup;
 use lifeboat::catalog::{Catalog, Manifest, Reason};
-use lifeboat::config::{resolve_backup, resolve_etcd, resolve_store, work_dir, FileConfig};
+use lifeboat::config::{
+    resolve_backup, resolve_etcd, resolve_store, work_dir, ConfigError, FileConfig,
+};
 use lifeboat::etcd::EtcdSource;
 use lifeboat::readback;
-use lifeboat::stages::encrypt::{too_open, Identities};
+use lifeboat::stages::encrypt::Identities;
 use lifeboat::store::Store;
 
-use super::args::{GetArgs, ListArgs, Output, SaveArgs, SnapshotCommand, StatusArgs, VerifyArgs};
+use super::args::{
+    GetArgs, ListArgs, Output, PickArgs, SaveArgs, SnapshotCommand, StatusArgs, VerifyArgs,
+};
 use super::{progress, render};
 
 pub async fn run(cmd: SnapshotCommand, file: FileConfig) -> Result<()> {
@@ -94,13 +98,18 @@ async fn list(a: ListArgs, config: &FileConfig) -> Result<()> {
     Ok(())
 }
 
-/// The store the config names and the backup `selector` picks in it.
+/// The store the config names and the backup `selector` picks in it, checked against the
+/// identities the reader holds (no encryption downgrade).
 pub(super) async fn find(
     selector: &str,
+    pick: &PickArgs,
+    identities: Option<&Arc<Identities>>,
     config: &FileConfig,
 ) -> Result<(Arc<dyn Store>, Manifest)> {
     let store = open_store(config).await?;
-    let manifest = Catalog::new(store.clone()).find(selector).await?;
+    let cluster = cluster_flag(pick.cluster_id.as_deref())?;
+    let manifest = Catalog::new(store.clone()).find(selector, cluster).await?;
+    readback::check_encryption(&manifest, identities.is_some(), pick.allow_unencrypted)?;
     Ok((store, manifest))
 }
 
@@ -108,15 +117,25 @@ pub(super) fn load_identities(path: Option<&PathBuf>) -> Result<Option<Arc<Ident
     let Some(path) = path else {
         return Ok(None);
     };
-    if too_open(path) {
-        tracing::warn!(path = %path.display(), "the identity file is readable by others: chmod 600 it");
-    }
     Ok(Some(Arc::new(Identities::from_file(path)?)))
+}
+
+/// `--cluster-id` as the user wrote it (hex, padded or not).
+///
+/// # Errors
+/// Not a hex cluster id.
+pub(super) fn cluster_flag(raw: Option<&str>) -> Result<Option<u64>> {
+    let Some(raw) = raw else { return Ok(None) };
+    let id = lifeboat::catalog::parse_cluster_id(raw).ok_or_else(|| ConfigError::Invalid {
+        key: "--cluster-id",
+        message: format!("`{raw}` is not a hex cluster id (as `snapshot list` shows it)"),
+    })?;
+    Ok(Some(id))
 }
 
 async fn verify(a: VerifyArgs, config: &FileConfig) -> Result<()> {
     let identities = load_identities(a.read.identity.as_ref())?;
-    let (store, manifest) = find(&a.read.backup, config).await?;
+    let (store, manifest) = find(&a.read.backup, &a.read.pick, identities.as_ref(), config).await?;
     let checked = readback::verify_backup(
         store,
         &manifest,
@@ -144,7 +163,7 @@ async fn verify(a: VerifyArgs, config: &FileConfig) -> Result<()> {
 
 async fn get(a: GetArgs, config: &FileConfig) -> Result<()> {
     let identities = load_identities(a.read.identity.as_ref())?;
-    let (store, manifest) = find(&a.read.backup, config).await?;
+    let (store, manifest) = find(&a.read.backup, &a.read.pick, identities.as_ref(), config).await?;
     let checked = readback::get_backup(
         store,
         &manifest,

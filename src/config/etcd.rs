@@ -93,6 +93,7 @@ pub fn resolve_etcd(s: &EtcdSection) -> Result<ResolvedEtcd, ConfigError> {
         )),
         (None, None) => None,
     };
+    check_plaintext(&endpoints, s)?;
     if s.user.is_some() && password.is_none() {
         return Err(invalid(
             "etcd.user",
@@ -128,6 +129,40 @@ pub fn resolve_etcd(s: &EtcdSection) -> Result<ResolvedEtcd, ConfigError> {
     Ok(ResolvedEtcd { settings, kubeadm })
 }
 
+/// An explicit `http://` endpoint: TLS files given for it are not used (warned), and a user's
+/// password would cross the network in clear (refused, unless the endpoint is this machine's
+/// loopback, where nothing leaves the host).
+fn check_plaintext(endpoints: &[String], s: &EtcdSection) -> Result<(), ConfigError> {
+    for e in endpoints.iter().filter(|e| e.starts_with("http://")) {
+        if let Some(user) = &s.user {
+            if !is_loopback(e) {
+                return Err(invalid(
+                    "etcd.endpoints",
+                    format!("{e} is plain http: the password of user `{user}` would cross the network in clear; use https:// with --cacert (etcd with TLS)"),
+                ));
+            }
+            tracing::warn!(endpoint = %e, user = %user, "the etcd password goes over plain http (loopback only)");
+        }
+        if s.cacert.is_some() || s.cert.is_some() || s.key.is_some() {
+            tracing::warn!(endpoint = %e, "the endpoint is plain http: --cacert/--cert/--key are not used for it; use https:// to have TLS");
+        }
+    }
+    Ok(())
+}
+
+fn is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +176,26 @@ mod tests {
         };
         let err = resolve_etcd(&s).unwrap_err();
         assert!(err.to_string().contains("etcd.connect_timeout"), "{err}");
+    }
+
+    /// Regression: an explicit http:// endpoint with a user sent the password in clear with
+    /// no word.
+    #[test]
+    fn a_password_over_plain_http_off_this_machine_is_refused() {
+        let with = |endpoint: &str| EtcdSection {
+            user: Some("root".into()),
+            password: Some(Secret::new("pw")),
+            endpoints: Some(vec![endpoint.into()]),
+            manifest: Some(PathBuf::from("/nonexistent/etcd.yaml")),
+            ..Default::default()
+        };
+        let err = resolve_etcd(&with("http://10.0.0.5:2379")).unwrap_err();
+        assert!(err.to_string().contains("etcd.endpoints"), "{err}");
+        assert!(err.to_string().contains("in clear"), "{err}");
+        assert!(resolve_etcd(&with("http://127.0.0.1:2379")).is_ok());
+        assert!(resolve_etcd(&with("http://[::1]:2379")).is_ok());
+        assert!(resolve_etcd(&with("http://localhost:2379")).is_ok());
+        assert!(resolve_etcd(&with("https://10.0.0.5:2379")).is_ok());
     }
 
     #[test]

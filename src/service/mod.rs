@@ -211,13 +211,12 @@ async fn run_backups(
 
     let (tick_tx, mut ticks) = mpsc::channel::<()>(1);
     let mut scheduler = start_scheduler(&settings.schedule, tick_tx, shared.clone()).await?;
-    let cluster = format!("{:x}", member.cluster_id);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             tick = ticks.recv() => {
                 if tick.is_none() { break; }
-                run_tick(settings, backup, &mut source, shared, &cluster, &shutdown).await;
+                run_tick(settings, backup, &mut source, shared, &shutdown).await;
                 shared.running.store(false, Ordering::SeqCst);
             }
         }
@@ -311,10 +310,17 @@ async fn drill_latest(
 ) -> Result<crate::drill::DrillReport, String> {
     let identities = crate::stages::encrypt::Identities::from_file(&plan.identity_file)
         .map_err(|e| e.to_string())?;
-    let manifest = Catalog::new(shared.store.clone())
-        .find("latest")
+    // A drill-only instance may watch a bucket shared by several clusters: it drills the
+    // newest backup in it, whichever cluster's.
+    let (all, _) = Catalog::new(shared.store.clone())
+        .list()
         .await
         .map_err(|e| e.to_string())?;
+    let manifest = all
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("no backup in {}", shared.store.location()))?;
+    crate::readback::check_encryption(&manifest, true, false).map_err(|e| e.to_string())?;
     crate::drill::drill(
         shared.store.clone(),
         &manifest,
@@ -395,7 +401,6 @@ async fn run_tick(
     backup: &BackupSettings,
     source: &mut EtcdSource,
     shared: &Arc<Shared>,
-    cluster: &str,
     shutdown: &CancellationToken,
 ) {
     if !settings.jitter.is_zero() {
@@ -444,7 +449,11 @@ async fn run_tick(
             if let Ok(mut t) = shared.last_success.lock() {
                 *t = Some(Instant::now());
             }
-            apply_retention(settings, shared, cluster).await;
+            // The cluster of the backup just taken, not the one at start: after a restore
+            // underneath a running serve the cluster id is new, and its backups must be pruned.
+            if let Some(cluster) = crate::catalog::cluster_of(&manifest) {
+                apply_retention(settings, shared, cluster).await;
+            }
         }
         Err(e) => {
             m.failures
@@ -457,7 +466,7 @@ async fn run_tick(
     }
 }
 
-async fn apply_retention(settings: &ServeSettings, shared: &Arc<Shared>, cluster: &str) {
+async fn apply_retention(settings: &ServeSettings, shared: &Arc<Shared>, cluster: u64) {
     let catalog = Catalog::new(shared.store.clone());
     match retention::prune(
         &catalog,

@@ -111,12 +111,13 @@ mod tests {
     fn key_pair(dir: &std::path::Path) -> (Recipients, Identities) {
         let id = age::x25519::Identity::generate();
         let path = dir.join("key.txt");
-        std::fs::write(
+        crate::fsutil::write_atomic(
             &path,
             format!(
                 "{}\n",
                 age::secrecy::ExposeSecret::expose_secret(&id.to_string())
-            ),
+            )
+            .as_bytes(),
         )
         .unwrap();
         let r = Recipients::parse("test", [id.to_public().to_string().as_str()]).unwrap();

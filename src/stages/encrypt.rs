@@ -27,6 +27,8 @@ pub enum KeyError {
     },
     #[error("the identity file {path} holds no usable age identity ({detail})")]
     NoIdentity { path: PathBuf, detail: String },
+    #[error("the identity file {path} is readable by every user of this machine: a private key that everyone can read protects nothing; `chmod 600 {path}` (and rotate the key if others had access)")]
+    WorldReadable { path: PathBuf },
 }
 
 /// A set of recipients, each remembered with its text for the manifest.
@@ -56,7 +58,7 @@ impl Recipients {
             if value.is_empty() || value.starts_with('#') {
                 continue;
             }
-            if value.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+            if looks_secret(value) {
                 return Err(KeyError::PrivateKeyAsRecipient {
                     origin: origin.to_string(),
                     shown: "AGE-SECRET-KEY-…".into(),
@@ -65,7 +67,7 @@ impl Recipients {
             let key =
                 age::x25519::Recipient::from_str(value).map_err(|_| KeyError::BadRecipient {
                     origin: origin.to_string(),
-                    value: value.chars().take(80).collect(),
+                    value: shown(value),
                 })?;
             keys.push(key);
         }
@@ -124,6 +126,18 @@ impl Identities {
     /// # Errors
     /// Unreadable file, a line that is not an identity, or no identity at all.
     pub fn from_file(path: &Path) -> Result<Identities, KeyError> {
+        match permissions(path) {
+            Some(mode) if mode & 0o004 != 0 => {
+                return Err(KeyError::WorldReadable {
+                    path: path.to_path_buf(),
+                })
+            }
+            Some(mode) if mode & 0o070 != 0 => {
+                tracing::warn!(path = %path.display(), "the identity file is readable by its group: chmod 600 it");
+            }
+            _ => {}
+        }
+        no_core_dumps();
         let text = std::fs::read_to_string(path).map_err(|source| KeyError::IdentityFile {
             path: path.to_path_buf(),
             source,
@@ -165,12 +179,40 @@ impl Identities {
     }
 }
 
-/// Is a file readable by group or others? Identity files should not be.
-pub fn too_open(path: &Path) -> bool {
+/// What a message may show of a rejected recipient: a public key's text, never more than 80
+/// characters of it; anything else only by its length (it might be a mangled secret).
+fn shown(value: &str) -> String {
+    if value.starts_with("age1") && value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        value.chars().take(80).collect()
+    } else {
+        format!("<{} characters, not shown>", value.chars().count())
+    }
+}
+
+/// Once a private key is in memory, the process may not dump core (a core file would hold the
+/// key, readable wherever cores go) and other processes of the same user may not attach to it
+/// or read its memory: `PR_SET_DUMPABLE` 0 does both. For the rest of the process's life:
+/// there is no safe moment to turn it back on.
+fn no_core_dumps() {
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        tracing::warn!(error = %e, "could not disable core dumps while the identity is loaded");
+    }
+}
+
+/// The permission bits of a file (after following links, as a reader sees it).
+fn permissions(path: &Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o077 != 0)
-        .unwrap_or(false)
+    std::fs::metadata(path).ok().map(|m| m.permissions().mode())
+}
+
+/// Does `value` look like any kind of age private key? Such text is never echoed.
+fn looks_secret(value: &str) -> bool {
+    let upper = value.to_ascii_uppercase();
+    upper.contains("AGE-SECRET-KEY-")
+        || upper.contains("SECRET")
+        || upper.starts_with("AGE-PLUGIN-")
 }
 
 #[cfg(test)]
@@ -193,6 +235,71 @@ mod tests {
         );
     }
 
+    /// Regression: a quoted private key slipped past the prefix check and was echoed into
+    /// the log as a "bad recipient".
+    #[test]
+    fn a_mangled_private_key_is_never_echoed() {
+        let id = age::x25519::Identity::generate();
+        let secret = id.to_string();
+        let body = &secret.expose_secret()[16..];
+        for mangled in [
+            format!("\"{}\"", secret.expose_secret()),
+            format!("'{}'", secret.expose_secret().to_lowercase()),
+            format!("key={}", secret.expose_secret()),
+            body.to_string(),
+        ] {
+            let msg = Recipients::parse("backup.recipients", [mangled.as_str()])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                !msg.to_lowercase().contains(&body.to_lowercase()),
+                "echoed: {msg}"
+            );
+        }
+        let msg = Recipients::parse("r", ["age1notavalidkey"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.contains("age1notavalidkey"),
+            "public keys are shown: {msg}"
+        );
+    }
+
+    #[test]
+    fn a_world_readable_identity_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.txt");
+        let id = age::x25519::Identity::generate();
+        std::fs::write(&path, format!("{}\n", id.to_string().expose_secret())).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Identities::from_file(&path).err().unwrap();
+        assert!(matches!(err, KeyError::WorldReadable { .. }), "{err}");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(
+            Identities::from_file(&path).is_ok(),
+            "group-readable only warns"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Identities::from_file(&path).is_ok());
+    }
+
+    #[test]
+    fn loading_an_identity_makes_the_process_not_dumpable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.txt");
+        let id = age::x25519::Identity::generate();
+        crate::fsutil::write_atomic(&path, id.to_string().expose_secret().as_bytes()).unwrap();
+        Identities::from_file(&path).unwrap();
+        assert_eq!(
+            rustix::process::dumpable_behavior().unwrap(),
+            rustix::process::DumpableBehavior::NotDumpable
+        );
+    }
+
     #[test]
     fn round_trip_through_age() {
         let id = age::x25519::Identity::generate();
@@ -202,7 +309,7 @@ mod tests {
         let sealed = w.finish().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("key.txt");
-        std::fs::write(&key, id.to_string().expose_secret()).unwrap();
+        crate::fsutil::write_atomic(&key, id.to_string().expose_secret().as_bytes()).unwrap();
         let ids = Identities::from_file(&key).unwrap();
         let mut out = Vec::new();
         ids.decryptor(&sealed[..])

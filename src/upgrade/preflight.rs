@@ -40,6 +40,29 @@ async fn read(argv: Vec<String>) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A role given with `--role` that the node contradicts: a worker upgrade skips the backup
+/// gate, so it must never run on a node that has control-plane manifests.
+fn role_mismatch(opts: &UpgradeOptions) -> Option<String> {
+    let manifests = opts.kubernetes_dir.join("manifests");
+    let present: Vec<&str> = ["kube-apiserver.yaml", "etcd.yaml"]
+        .into_iter()
+        .filter(|m| manifests.join(m).exists())
+        .collect();
+    match opts.role? {
+        Role::Worker if !present.is_empty() => Some(format!(
+            "--role worker, but {} has {}: this is a control-plane node, whose upgrade goes behind the backup gate; drop --role (or use control-plane)",
+            manifests.display(),
+            present.join(" and ")
+        )),
+        r if r.is_control_plane() && !present.contains(&"kube-apiserver.yaml") => Some(format!(
+            "--role {}, but {} has no kube-apiserver.yaml: this is not a control-plane node; drop --role",
+            r.name(),
+            manifests.display()
+        )),
+        _ => None,
+    }
+}
+
 /// Runs every check; the role when it could be determined.
 pub async fn run(
     opts: &UpgradeOptions,
@@ -91,8 +114,10 @@ pub async fn run(
         (true, Some(_)) => Some(Role::ControlPlane),
         (true, None) => None,
     });
-    if let Some(r) = role {
-        checks.push(check("role", Severity::Ok, r.name()));
+    match (role, role_mismatch(opts)) {
+        (_, Some(why)) => checks.push(check("role", Severity::Fail, why)),
+        (Some(r), None) => checks.push(check("role", Severity::Ok, r.name())),
+        (None, None) => {}
     }
     // The node's own version decides the skew; the first control plane also moves the cluster.
     let current = match (role, node_version, cluster) {

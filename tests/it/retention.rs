@@ -102,7 +102,7 @@ async fn prune_against(store: Arc<dyn Store>) {
     }
     let before = keys(store.as_ref()).await;
 
-    let dry = prune(&catalog, &policy(), now(), Some("a"), true)
+    let dry = prune(&catalog, &policy(), now(), Some(0xa), true)
         .await
         .unwrap();
     assert_eq!(
@@ -123,7 +123,7 @@ async fn prune_against(store: Arc<dyn Store>) {
     assert!(doomed.contains(&old_manual.as_str()));
     assert!(doomed.contains(&scheduled.last().unwrap().as_str()));
 
-    let done = prune(&catalog, &policy(), now(), Some("a"), false)
+    let done = prune(&catalog, &policy(), now(), Some(0xa), false)
         .await
         .unwrap();
     assert_eq!(done.deleted, doomed.len());

@@ -274,6 +274,25 @@ fn unencrypted_backups_need_the_explicit_setting_and_warn_loudly() {
         .args(["snapshot", "verify", "latest", "--config"])
         .arg(&config))
     .ok();
+    // A reader holding an identity refuses a plaintext backup (an encryption downgrade by
+    // whoever can write the store) unless told it is expected.
+    let key = age_key(dir.path(), "key.txt");
+    let verify = |extra: &[&str]| {
+        run(lifeboat()
+            .args(["snapshot", "verify", "latest", "--config"])
+            .arg(&config)
+            .arg("--identity")
+            .arg(&key.identity_file)
+            .args(extra))
+    };
+    let refused = verify(&[]);
+    assert_eq!(refused.code, 4, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("--allow-unencrypted"),
+        "{}",
+        refused.stderr
+    );
+    verify(&["--allow-unencrypted"]).ok();
 }
 
 #[test]

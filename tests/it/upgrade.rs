@@ -513,6 +513,27 @@ fn the_gate_refuses_before_kubeadm_runs() {
     assert_kubeadm_never_upgraded(&cp.tools);
 }
 
+/// Regression: `--role worker` on a control-plane node skipped the backup gate and ran
+/// `kubeadm upgrade node` and the package upgrades with no backup.
+#[test]
+fn a_role_the_node_contradicts_is_refused_before_anything_runs() {
+    let cp = Cp::new("v1.30.2");
+    let r = cp.upgrade(&["--to", "v1.31.2", "--yes", "--role", "worker"], &[]);
+    assert_eq!(r.code, 8, "{}", r.stderr);
+    assert!(r.stderr.contains("[FAIL] role"), "{}", r.stderr);
+    assert!(r.stderr.contains("control-plane node"), "{}", r.stderr);
+    assert_kubeadm_never_upgraded(&cp.tools);
+    assert!(
+        cp.tools.changing_calls().is_empty(),
+        "{:?}",
+        cp.tools.calls()
+    );
+    assert!(
+        !cp.backups().iter().any(|f| f.contains(".node-")),
+        "no bundle"
+    );
+}
+
 fn wait_etcd_down(node: &FakeNode) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while node.kubelet.running().contains(&"etcd.yaml".to_string()) {
