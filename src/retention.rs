@@ -82,8 +82,13 @@ pub struct Decision {
 /// Decides, for every backup of every cluster (or of `only_cluster`), whether it stays.
 /// Clusters are told apart by the id in each backup's name (the catalog has checked that the
 /// manifest says the same), so `0abc` and `abc` are one cluster.
+///
+/// `bundled` names the backups the upgrade gate attached a node bundle to (the cluster's CA
+/// keys, needed to undo an upgrade): whatever their reason, they are kept like pre-upgrade
+/// backups, since the gate may reuse a recent scheduled one.
 pub fn plan(
     backups: &[Manifest],
+    bundled: &HashSet<String>,
     now: DateTime<Utc>,
     policy: &Policy,
     only_cluster: Option<u64>,
@@ -101,12 +106,17 @@ pub fn plan(
             .filter(|m| cluster_of(m) == Some(cluster))
             .collect();
         mine.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
-        out.extend(plan_cluster(&mine, now, policy));
+        out.extend(plan_cluster(&mine, bundled, now, policy));
     }
     out
 }
 
-fn plan_cluster(newest_first: &[&Manifest], now: DateTime<Utc>, policy: &Policy) -> Vec<Decision> {
+fn plan_cluster(
+    newest_first: &[&Manifest],
+    bundled: &HashSet<String>,
+    now: DateTime<Utc>,
+    policy: &Policy,
+) -> Vec<Decision> {
     let mut rules: Vec<Vec<String>> = vec![Vec::new(); newest_first.len()];
     if let Some(first) = rules.first_mut() {
         first.push("newest".into());
@@ -145,14 +155,24 @@ fn plan_cluster(newest_first: &[&Manifest], now: DateTime<Utc>, policy: &Policy)
             }
         }
     }
+    let younger_than = |m: &Manifest, days: u32| {
+        now.signed_duration_since(m.created_at) < chrono::Duration::days(i64::from(days))
+    };
     for (i, m) in newest_first.iter().enumerate() {
         let days = match m.reason {
             Reason::Manual => policy.manual_keep_days,
             Reason::PreUpgrade => policy.pre_upgrade_keep_days,
-            Reason::Scheduled => continue,
+            Reason::Scheduled => 0,
         };
-        if now.signed_duration_since(m.created_at) < chrono::Duration::days(i64::from(days)) {
+        if days > 0 && younger_than(m, days) {
             rules[i].push(format!("{} < {days} days", m.reason));
+        }
+        let upgrade_days = policy.pre_upgrade_keep_days;
+        if m.reason != Reason::PreUpgrade
+            && bundled.contains(&m.id)
+            && younger_than(m, upgrade_days)
+        {
+            rules[i].push(format!("node bundle < {upgrade_days} days"));
         }
     }
     newest_first
@@ -221,7 +241,8 @@ pub async fn prune(
 ) -> Result<PruneReport, PruneError> {
     let store: &dyn Store = catalog.store().as_ref();
     let (manifests, skipped) = catalog.list().await?;
-    let decisions = plan(&manifests, now, policy, only_cluster);
+    let bundled = bundled_backups(store).await?;
+    let decisions = plan(&manifests, &bundled, now, policy, only_cluster);
     let orphans = find_orphans(store, &manifests, now, policy, only_cluster).await?;
     let mut deleted = 0;
     let mut incomplete_cleaned = Vec::new();
@@ -303,6 +324,17 @@ async fn find_orphans(
     Ok(out)
 }
 
+/// The ids of the backups that have a node bundle beside them.
+async fn bundled_backups(store: &dyn Store) -> Result<HashSet<String>, PruneError> {
+    Ok(store
+        .list("etcd-")
+        .await?
+        .iter()
+        .filter_map(|o| crate::catalog::id_of_bundle_key(&o.key))
+        .map(|id| id.to_string())
+        .collect())
+}
+
 /// The id of a data object key (`<id>.db.zst.age` or `<id>.db.zst`), when it is one of ours.
 fn data_object_id(key: &str) -> Option<BackupId> {
     let stem = key
@@ -352,6 +384,35 @@ mod tests {
             pre_upgrade_keep_days: 0,
             incomplete_grace: Duration::from_secs(3600),
         }
+    }
+
+    /// Regression: the upgrade gate attaches the node bundle to a recent scheduled backup,
+    /// which retention then deleted (bundle included) after hours instead of days.
+    #[test]
+    fn a_backup_with_a_node_bundle_is_kept_like_a_pre_upgrade_backup() {
+        let all = vec![
+            manifest_at(hours_ago(1), Reason::Scheduled, 1),
+            manifest_at(hours_ago(48), Reason::Scheduled, 1),
+            manifest_at(hours_ago(24 * 40), Reason::Scheduled, 1),
+        ];
+        let policy = Policy {
+            pre_upgrade_keep_days: 30,
+            ..zero()
+        };
+        let bundled: HashSet<String> = [all[1].id.clone(), all[2].id.clone()].into();
+        let ds = plan(&all, &bundled, now(), &policy, None);
+        assert_eq!(kept(&ds), vec![all[0].created_at, all[1].created_at]);
+        assert!(
+            ds[1].rules.contains(&"node bundle < 30 days".to_string()),
+            "{:?}",
+            ds[1]
+        );
+        let ds = plan(&all, &HashSet::new(), now(), &policy, None);
+        assert_eq!(
+            kept(&ds),
+            vec![all[0].created_at],
+            "no bundle: scheduled rules only"
+        );
     }
 
     #[test]
@@ -421,7 +482,7 @@ mod tests {
             },
         ];
         for c in cases {
-            let ds = plan(&all, now(), &c.policy, None);
+            let ds = plan(&all, &HashSet::new(), now(), &c.policy, None);
             let k = kept(&ds);
             assert_eq!(k.len(), c.expect_kept, "{}", c.name);
             for h in c.must_keep {
@@ -443,6 +504,7 @@ mod tests {
         ];
         let ds = plan(
             &all,
+            &HashSet::new(),
             now(),
             &Policy {
                 keep_daily: 5,
@@ -470,7 +532,7 @@ mod tests {
             keep_last: 10,
             ..zero()
         };
-        let ds = plan(&all, now(), &policy, None);
+        let ds = plan(&all, &HashSet::new(), now(), &policy, None);
         let k = kept(&ds);
         assert!(k.contains(&all[1].created_at) && k.contains(&all[3].created_at));
         assert!(!k.contains(&all[2].created_at) && !k.contains(&all[4].created_at));
@@ -484,9 +546,9 @@ mod tests {
             manifest_at(hours_ago(24 * 300), Reason::Scheduled, 2),
             manifest_at(hours_ago(24 * 301), Reason::Scheduled, 2),
         ];
-        let ds = plan(&all, now(), &zero(), None);
+        let ds = plan(&all, &HashSet::new(), now(), &zero(), None);
         assert_eq!(kept(&ds), vec![all[0].created_at, all[1].created_at]);
-        let ds = plan(&all, now(), &zero(), Some(2));
+        let ds = plan(&all, &HashSet::new(), now(), &zero(), Some(2));
         assert_eq!(ds.len(), 2, "only the named cluster is considered");
     }
 
@@ -499,6 +561,7 @@ mod tests {
         let all = vec![manifest_at(hours_ago(1), Reason::Scheduled, 0xab), padded];
         let ds = plan(
             &all,
+            &HashSet::new(),
             now(),
             &zero(),
             crate::catalog::parse_cluster_id("00000000000000ab"),

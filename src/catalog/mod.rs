@@ -117,7 +117,7 @@ pub fn id_of_manifest_key(key: &str) -> Option<BackupId> {
     BackupId::parse(key.strip_suffix(MANIFEST_SUFFIX)?)
 }
 
-/// The backup id of a node bundle key (`<id>.node-<node>.tar.zst[.age]`), when it is ours.
+/// The backup id of a node bundle key (`<id>.node-<node>[.<time>].tar.zst[.age]`), when it is ours.
 pub fn id_of_bundle_key(key: &str) -> Option<BackupId> {
     let stem = key
         .strip_suffix(".tar.zst.age")

@@ -6,6 +6,8 @@
 //! A few hundred KiB, so it is built in memory.
 
 use std::path::Path;
+
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
 
 use crate::catalog::Manifest;
@@ -14,8 +16,10 @@ use crate::store::{bytes_stream, Store};
 
 use super::tools::{self, Tools};
 
-/// The bundle's key for a backup and node.
-pub fn key(backup_id: &str, node: &str, encrypted: bool) -> String {
+/// The bundle's key for a backup, node and time: several upgrades of one node may reuse one
+/// backup (within `--max-snapshot-age`), and each keeps its own bundle (kubeadm renews
+/// certificates on upgrade, so the pki differs).
+pub fn key(backup_id: &str, node: &str, at: DateTime<Utc>, encrypted: bool) -> String {
     let safe: String = node
         .chars()
         .map(|c| {
@@ -26,10 +30,11 @@ pub fn key(backup_id: &str, node: &str, encrypted: bool) -> String {
             }
         })
         .collect();
+    let at = at.format("%Y%m%dT%H%M%S%.3fZ");
     if encrypted {
-        format!("{backup_id}.node-{safe}.tar.zst.age")
+        format!("{backup_id}.node-{safe}.{at}.tar.zst.age")
     } else {
-        format!("{backup_id}.node-{safe}.tar.zst")
+        format!("{backup_id}.node-{safe}.{at}.tar.zst")
     }
 }
 
@@ -59,7 +64,7 @@ pub async fn save(
         tokio::task::spawn_blocking(move || build(&dir, &cluster_config, recipients.as_ref()))
             .await
             .map_err(|e| e.to_string())??;
-    let key = key(&backup.id, node, encrypted);
+    let key = key(&backup.id, node, Utc::now(), encrypted);
     store
         .put(&key, bytes_stream(bytes.into()))
         .await
@@ -106,9 +111,23 @@ mod tests {
     #[test]
     fn bundle_keys_name_their_encryption_and_parse_back_to_their_backup() {
         let id = BackupId::new(chrono::Utc::now(), 0xab).to_string();
-        let plain = key(&id, "cp 1/x", false);
-        assert_eq!(plain, format!("{id}.node-cp_1_x.tar.zst"));
-        assert_eq!(key(&id, "cp1", true), format!("{id}.node-cp1.tar.zst.age"));
-        assert_eq!(id_of_bundle_key(&plain).map(|b| b.to_string()), Some(id));
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-29T02:03:04.5Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let plain = key(&id, "cp 1/x", at, false);
+        assert_eq!(
+            plain,
+            format!("{id}.node-cp_1_x.20261129T020304.500Z.tar.zst")
+        );
+        assert_eq!(
+            key(&id, "cp1", at, true),
+            format!("{id}.node-cp1.20261129T020304.500Z.tar.zst.age")
+        );
+        assert_eq!(
+            id_of_bundle_key(&plain).map(|b| b.to_string()),
+            Some(id.clone())
+        );
+        let later = at + chrono::Duration::seconds(1);
+        assert_ne!(key(&id, "cp1", at, true), key(&id, "cp1", later, true));
     }
 }

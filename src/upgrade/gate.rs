@@ -61,6 +61,10 @@ pub(super) async fn run_gate(
             (m, false)
         }
     };
+    if g.backup.recipients.is_none() {
+        observer.note("WARNING: encryption is off (backup.encryption = \"none\"): the node bundle — /etc/kubernetes/pki with the cluster's CA keys — is stored IN THE CLEAR; anyone who can read the store can impersonate the cluster");
+        tracing::warn!("the node bundle is stored unencrypted (backup.encryption = \"none\")");
+    }
     let bundle_key = bundle::save(
         &g.store,
         &manifest,

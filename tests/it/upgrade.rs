@@ -271,7 +271,7 @@ fn first_control_plane_upgrades_behind_an_off_node_backup_and_saves_a_node_bundl
     let manifest = keys.iter().find(|k| k.ends_with(".manifest.json")).unwrap();
     let bundle = keys
         .iter()
-        .find(|k| k.contains(".node-cp1.tar.zst.age"))
+        .find(|k| k.contains(".node-cp1.") && k.ends_with(".tar.zst.age"))
         .unwrap();
     let mut verify = lifeboat();
     verify
@@ -358,6 +358,33 @@ fn another_control_plane_runs_upgrade_node_and_reuses_a_fresh_backup() {
         "the fresh backup was reused: {backups:?}"
     );
     assert!(backups.iter().any(|f| f.contains(".node-cp1.")));
+}
+
+/// Regression: the bundle key was the backup id and the node only, so a second upgrade of the
+/// node that reused the same recent backup was refused ("already exists").
+#[test]
+fn a_second_upgrade_of_the_node_reusing_the_backup_keeps_a_bundle_each() {
+    let cp = Cp::new("v1.30.2");
+    cp.tools.set("cluster", "v1.31.2".into());
+    cp.tools.set("server", "v1.31.2".into());
+    cp.save_backup();
+    cp.upgrade(&["--to", "v1.31.2", "--yes"], &[]).ok();
+    cp.tools.reset("v1.30.2");
+    cp.tools.set("cluster", "v1.31.2".into());
+    cp.tools.set("server", "v1.31.2".into());
+    let r = cp.upgrade(&["--to", "v1.31.2", "--yes"], &[]).ok();
+    assert!(r.stderr.contains("using backup"), "{}", r.stderr);
+    let backups = cp.backups();
+    let bundles = backups.iter().filter(|f| f.contains(".node-cp1.")).count();
+    assert_eq!(bundles, 2, "{backups:?}");
+    assert_eq!(
+        backups
+            .iter()
+            .filter(|f| f.ends_with(".manifest.json"))
+            .count(),
+        1,
+        "{backups:?}"
+    );
 }
 
 #[test]
