@@ -11,6 +11,7 @@
 //! With `schedule = "off"` the instance takes no backups and needs no etcd: a drill-only
 //! instance off the control plane, the one place that holds the age identity.
 
+mod http;
 pub mod leader;
 pub mod metrics;
 
@@ -19,10 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::Router;
 use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -122,6 +119,8 @@ struct Shared {
     store: Arc<dyn Store>,
     backups: bool,
     drill_running: AtomicBool,
+    /// The last readiness verdict and when it was reached (`/readyz` answers from it).
+    readiness: tokio::sync::Mutex<Option<http::Verdict>>,
 }
 
 /// Runs until `shutdown` is cancelled; returns once the running backup has finished or been
@@ -142,6 +141,7 @@ pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result
         store: store.clone(),
         backups: settings.backup.is_some(),
         drill_running: AtomicBool::new(false),
+        readiness: tokio::sync::Mutex::new(None),
     });
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -150,7 +150,7 @@ pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result
             source,
         })?;
     tracing::info!(listen = %settings.listen, schedule = %settings.schedule, store = %store.location(), "serving");
-    let http = tokio::spawn(serve_http(listener, shared.clone(), shutdown.clone()));
+    let http = tokio::spawn(http::serve(listener, shared.clone(), shutdown.clone()));
     let drills = match &settings.drill {
         Some(plan) => Some(start_drills(plan.clone(), shared.clone(), shutdown.clone()).await?),
         None => None,
@@ -494,79 +494,6 @@ fn failure_reason(e: &BackupError) -> &'static str {
         BackupError::Store(_) | BackupError::Catalog(_) | BackupError::WorkDir(_) => "store",
         BackupError::Cancelled => "cancelled",
         BackupError::Stage(_) | BackupError::Internal(_) => "internal",
-    }
-}
-
-async fn serve_http(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(shared);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "the HTTP server failed");
-    }
-}
-
-async fn metrics_text(
-    State(shared): State<Arc<Shared>>,
-) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        shared.metrics.render(),
-    )
-}
-
-/// Ready when etcd and the store answer and, on the uploader, the last success is younger than
-/// twice the schedule's interval (or the service is younger than that).
-async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
-    let mut problems = Vec::new();
-    if shared.backups {
-        let mut probe = shared.etcd.clone();
-        probe.connect_timeout = Duration::from_secs(2);
-        probe.request_timeout = Duration::from_secs(2);
-        if let Err(e) = EtcdSource::connect_first(&probe).await {
-            problems.push(format!("etcd: {e}"));
-        }
-    }
-    let listing = shared.store.list("lifeboat-readyz-probe");
-    match tokio::time::timeout(Duration::from_secs(5), listing).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => problems.push(format!("store: {e}")),
-        Err(_) => problems.push(format!(
-            "store: {} did not answer within 5 s",
-            shared.store.location()
-        )),
-    }
-    let window = shared.interval * 2;
-    if shared.leadership.is_leader() && shared.started.elapsed() > window {
-        let fresh = shared
-            .last_success
-            .lock()
-            .ok()
-            .and_then(|t| *t)
-            .is_some_and(|t| t.elapsed() < window);
-        if !fresh {
-            problems.push(format!(
-                "no successful backup in the last {} s",
-                window.as_secs()
-            ));
-        }
-    }
-    if problems.is_empty() {
-        (StatusCode::OK, "ready\n".into())
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
     }
 }
 

@@ -608,3 +608,50 @@ fn a_drill_only_instance_drills_the_latest_backup_on_schedule_and_counts_failure
         "sandboxes removed"
     );
 }
+
+/// Regression: `/readyz` opened an etcd connection and listed the store on every request,
+/// with no cache or bound, and its 503 body named the endpoints and the store to anyone.
+#[test]
+fn readyz_names_components_only_and_logs_the_details() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let mut etcd = EtcdProcess::start(Version::V35, None);
+    let port = etcd.client_url.rsplit(':').next().unwrap().to_string();
+    let serve = Serve::start(
+        serve_cmd(
+            &etcd.lifeboat_flags(),
+            dir.path(),
+            &key.recipient,
+            "0 0 * * *",
+        ),
+        dir.path().join("serve.log"),
+    );
+    wait_until("ready", Duration::from_secs(30), || {
+        serve.get("/readyz").is_some_and(|(code, _)| code == 200)
+    });
+    etcd.stop();
+    let mut last = (0, String::new());
+    wait_until("not ready", Duration::from_secs(30), || {
+        last = serve.get("/readyz").unwrap_or_default();
+        last.0 == 503
+    });
+    assert_eq!(last.1, "not ready: etcd (details in the log)\n");
+    assert!(!last.1.contains(&port), "{}", last.1);
+    let dest = dir.path().join("b").display().to_string();
+    assert!(!last.1.contains(&dest), "{}", last.1);
+    // Many requests at once are answered from one check.
+    let answers: Vec<Option<(u16, String)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..20).map(|_| s.spawn(|| serve.get("/readyz"))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(answers
+        .iter()
+        .all(|a| a.as_ref().is_some_and(|(c, _)| *c == 503)));
+    let log = serve.log_text();
+    assert!(log.contains("not ready") && log.contains(&port), "{log}");
+    let checks = log.matches("not ready").count();
+    assert!(
+        checks <= 6,
+        "the verdict is cached, not re-checked per request: {checks} checks in {log}"
+    );
+}
