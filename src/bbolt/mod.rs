@@ -130,12 +130,22 @@ impl Db {
     }
 
     /// `meta.pgid × page size`: what bbolt reports as the transaction size (`totalSize`).
+    /// [`Db::open`] has checked that it fits in the file, so it does not overflow.
     pub fn high_water_size(&self) -> u64 {
-        self.meta.pgid * u64::from(self.meta.page_size)
+        self.meta
+            .pgid
+            .saturating_mul(u64::from(self.meta.page_size))
     }
 
+    /// The meta page is checksummed, but the checksum is no secret: a crafted file can claim
+    /// any page count. Everything later sizes itself from it, so it must fit the file.
     fn check_meta_fits(&self) -> Result<(), BoltError> {
-        if self.high_water_size() > self.file_len {
+        let fits = self
+            .meta
+            .pgid
+            .checked_mul(u64::from(self.meta.page_size))
+            .is_some_and(|size| size <= self.file_len);
+        if !fits {
             return Err(BoltError::Truncated {
                 path: self.path.clone(),
                 page: self.meta.pgid.saturating_sub(1),
@@ -439,6 +449,9 @@ impl BucketRef {
 pub fn has_sha256_trailer(file_len: u64) -> bool {
     file_len % 512 == 32
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {
