@@ -5,6 +5,7 @@
 mod connect;
 mod data;
 mod deploy;
+mod docs;
 mod drill;
 mod failures;
 mod harness;
