@@ -48,9 +48,10 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             BackupError::Verify(_) => Some(VERIFY),
             BackupError::Store(_) | BackupError::WorkDir(_) => Some(STORAGE),
             BackupError::Catalog(c) => classify(c),
-            BackupError::Stage(_) | BackupError::Internal(_) | BackupError::Cancelled => {
-                Some(FAILURE)
-            }
+            BackupError::Stage(_)
+            | BackupError::Internal(_)
+            | BackupError::Cancelled
+            | BackupError::Fenced(_) => Some(FAILURE),
         };
     }
     if let Some(e) = e.downcast_ref::<CatalogError>() {
@@ -113,6 +114,7 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
         return match e {
             crate::retention::PruneError::Catalog(c) => classify(c),
             crate::retention::PruneError::Store(_) => Some(STORAGE),
+            crate::retention::PruneError::Fenced(_) => Some(FAILURE),
         };
     }
     if let Some(e) = e.downcast_ref::<crate::service::ServeError>() {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, Utc};
 use serde::Serialize;
 
-use crate::catalog::{cluster_of, BackupId, Catalog, CatalogError, Manifest, Reason};
+use crate::catalog::{cluster_of, BackupId, Catalog, CatalogError, Fence, Manifest, Reason};
 use crate::store::Store;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -225,6 +225,8 @@ pub enum PruneError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("retention stopped: {0}; what was deleted before stays deleted, the rest is left to the current uploader")]
+    Fenced(String),
 }
 
 /// Plans and (unless `dry_run`) applies retention to a store.
@@ -238,6 +240,7 @@ pub async fn prune(
     now: DateTime<Utc>,
     only_cluster: Option<u64>,
     dry_run: bool,
+    fence: Option<&dyn Fence>,
 ) -> Result<PruneReport, PruneError> {
     let store: &dyn Store = catalog.store().as_ref();
     let (manifests, skipped) = catalog.list().await?;
@@ -257,6 +260,7 @@ pub async fn prune(
                 tracing::warn!(id = %m.id, "not deleting a backup whose id does not parse");
                 continue;
             };
+            check_fence(fence).await?;
             store.delete(&id.manifest_key()).await?;
             store.delete(&m.object.key).await?;
             // Node bundles saved next to a pre-upgrade backup go with it.
@@ -269,6 +273,7 @@ pub async fn prune(
             tracing::info!(id = %m.id, rules = ?d.rules, "retention deleted a backup");
         }
         for o in orphans.iter().filter(|o| o.action == Action::Delete) {
+            check_fence(fence).await?;
             store.delete(&o.key).await?;
             tracing::info!(key = %o.key, "retention deleted an object without manifest");
         }
@@ -322,6 +327,13 @@ async fn find_orphans(
         });
     }
     Ok(out)
+}
+
+async fn check_fence(fence: Option<&dyn Fence>) -> Result<(), PruneError> {
+    match fence {
+        Some(f) => f.check().await.map_err(PruneError::Fenced),
+        None => Ok(()),
+    }
 }
 
 /// The ids of the backups that have a node bundle beside them.

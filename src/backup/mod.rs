@@ -22,7 +22,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{
-    BackupId, Catalog, CatalogError, Compression, Encryption, Manifest, ObjectRef, Reason, Written,
+    BackupId, Catalog, CatalogError, Compression, Encryption, Fence, Manifest, ObjectRef, Reason,
+    Written,
 };
 use crate::etcd::{MemberFacts, SnapshotPiece, Source, SourceError};
 use crate::fsutil::{Spool, SpoolError};
@@ -59,6 +60,8 @@ pub enum BackupError {
     Stage(io::Error),
     #[error("the backup was cancelled (shutdown); nothing was kept")]
     Cancelled,
+    #[error("the backup was not committed: {0}; nothing was kept (the current uploader takes the next one)")]
+    Fenced(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -74,6 +77,7 @@ pub async fn take_backup(
     settings: &BackupSettings,
     progress: Arc<dyn Observer>,
     cancel: &CancellationToken,
+    fence: Option<&dyn Fence>,
 ) -> Result<Manifest, BackupError> {
     let started = Instant::now();
     let member = source.member_facts().await?;
@@ -92,6 +96,7 @@ pub async fn take_backup(
         spool,
         started,
         cancel,
+        fence,
     };
     tracing::info!(id = %run.id, endpoint = %run.member.endpoint, member = %run.member.member_name, db_size = run.member.db_size, "taking snapshot");
     let result = match stream_to_store(source, &run, progress).await {
@@ -119,6 +124,7 @@ struct Run<'a> {
     spool: Spool,
     started: Instant,
     cancel: &'a CancellationToken,
+    fence: Option<&'a dyn Fence>,
 }
 
 impl Run<'_> {
@@ -259,6 +265,10 @@ async fn verify_and_commit(
     if run.cancel.is_cancelled() {
         return Err(BackupError::Cancelled);
     }
+    hold::before_commit().await;
+    if let Some(fence) = run.fence {
+        fence.check().await.map_err(BackupError::Fenced)?;
+    }
     Catalog::new(run.store.clone()).commit(&manifest).await?;
     tracing::info!(id = %manifest.id, revision = manifest.revision, object_size = manifest.object.size, "backup committed");
     Ok(manifest)
@@ -358,6 +368,8 @@ fn encode(
         object_size: object.size,
     })
 }
+
+mod hold;
 
 #[cfg(test)]
 mod tests;

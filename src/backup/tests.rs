@@ -87,6 +87,17 @@ struct Setup {
     dir: tempfile::TempDir,
     store: Arc<dyn Store>,
     settings: BackupSettings,
+    fence: Option<Lost>,
+}
+
+/// A fence whose holder lost the election.
+struct Lost;
+
+#[async_trait::async_trait]
+impl Fence for Lost {
+    async fn check(&self) -> Result<(), String> {
+        Err("another instance is the uploader now".into())
+    }
 }
 
 fn setup() -> Setup {
@@ -102,6 +113,7 @@ fn setup() -> Setup {
         dir,
         store,
         settings,
+        fence: None,
     }
 }
 
@@ -118,6 +130,7 @@ impl Setup {
             &self.settings,
             Arc::new(crate::progress::Silent),
             cancel,
+            self.fence.as_ref().map(|f| f as &dyn Fence),
         ))
     }
 
@@ -290,4 +303,13 @@ fn a_work_dir_without_room_refuses_before_anything_is_streamed() {
     let err = s.run(fake, &CancellationToken::new()).unwrap_err();
     assert!(matches!(err, BackupError::WorkDir(_)), "{err}");
     assert_eq!(s.files("store"), Vec::<String>::new());
+}
+
+#[test]
+fn an_uploader_that_lost_its_election_commits_nothing() {
+    let mut s = setup();
+    s.fence = Some(Lost);
+    let err = s.run(Fake::good(), &CancellationToken::new()).unwrap_err();
+    assert!(matches!(err, BackupError::Fenced(_)), "{err}");
+    s.assert_nothing_kept();
 }

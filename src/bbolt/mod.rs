@@ -451,9 +451,6 @@ pub fn has_sha256_trailer(file_len: u64) -> bool {
 }
 
 #[cfg(test)]
-mod fuzz;
-
-#[cfg(test)]
 mod tests {
     use super::*;
 

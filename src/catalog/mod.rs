@@ -127,6 +127,16 @@ pub fn id_of_bundle_key(key: &str) -> Option<BackupId> {
     BackupId::parse(id)
 }
 
+/// A writer's right to change the catalog, checked right before each commit and each
+/// deletion: `serve` passes its hold on the uploader election, so an uploader that was paused
+/// (SIGSTOP, a long GC, a frozen VM) past its lease, while another took over, cannot commit or
+/// prune on stale authority.
+#[async_trait::async_trait]
+pub trait Fence: Send + Sync {
+    /// `Err(why)` when the right is lost.
+    async fn check(&self) -> Result<(), String>;
+}
+
 /// The cluster a manifest belongs to, from its (checked) id.
 pub fn cluster_of(m: &Manifest) -> Option<u64> {
     BackupId::parse(&m.id).map(|id| id.cluster_id)

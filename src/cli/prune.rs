@@ -14,8 +14,15 @@ pub async fn run(a: PruneArgs, file: FileConfig) -> Result<()> {
     let cluster = super::snapshot::cluster_flag(a.cluster_id.as_deref())?;
     let store = open_store(&config).await?;
     let catalog = Catalog::new(store.clone());
-    let report =
-        retention::prune(&catalog, &policy, chrono::Utc::now(), cluster, a.dry_run).await?;
+    let report = retention::prune(
+        &catalog,
+        &policy,
+        chrono::Utc::now(),
+        cluster,
+        a.dry_run,
+        None,
+    )
+    .await?;
     match a.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => {

@@ -66,6 +66,7 @@ async fn save(a: SaveArgs, file: FileConfig) -> Result<()> {
         &settings,
         progress::for_terminal(),
         &cancel,
+        None,
     )
     .await
     .with_context(|| format!("backup to {}", store.location()))?;

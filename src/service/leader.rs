@@ -3,24 +3,76 @@
 //! dies, its lease is not renewed and expires after `ttl`, and the next candidate wins.
 //! Learners never campaign: they cannot serve a consistent snapshot.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Client, LeaderKey};
+use etcd_client::{Client, Compare, CompareOp, LeaderKey, Txn};
 use tokio_util::sync::CancellationToken;
 
-/// Shared flag: true while this instance holds the election.
+/// Shared: the election key this instance holds, while it holds it.
 #[derive(Clone, Default)]
-pub struct Leadership(Arc<AtomicBool>);
+pub struct Leadership(Arc<Mutex<Option<Held>>>);
+
+/// The key the campaign created (`<election>/<lease>`) and its create revision: as long as
+/// that key exists with that revision, nobody else holds the election.
+#[derive(Clone, Debug)]
+struct Held {
+    key: Vec<u8>,
+    revision: i64,
+}
 
 impl Leadership {
     pub fn is_leader(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.held().is_some()
     }
 
-    fn set(&self, v: bool) {
-        self.0.store(v, Ordering::SeqCst);
+    fn held(&self) -> Option<Held> {
+        self.0.lock().ok().and_then(|h| h.clone())
+    }
+
+    fn set(&self, v: Option<Held>) {
+        if let Ok(mut h) = self.0.lock() {
+            *h = v;
+        }
+    }
+}
+
+/// Fences catalog writes on still holding the election — asked of etcd itself, not of the
+/// local flag, which a paused process cannot have updated: a transaction that succeeds only
+/// while the election key exists with the revision this instance created it at.
+pub struct LeaseFence {
+    pub client: Client,
+    pub leadership: Leadership,
+}
+
+#[async_trait::async_trait]
+impl crate::catalog::Fence for LeaseFence {
+    async fn check(&self) -> Result<(), String> {
+        let held = self
+            .leadership
+            .held()
+            .ok_or("this instance no longer holds the uploader election")?;
+        let txn = Txn::new().when([Compare::create_revision(
+            held.key.clone(),
+            CompareOp::Equal,
+            held.revision,
+        )]);
+        let mut client = self.client.clone();
+        let answer = tokio::time::timeout(Duration::from_secs(5), client.txn(txn)).await;
+        match answer {
+            Ok(Ok(r)) if r.succeeded() => Ok(()),
+            Ok(Ok(_)) => {
+                self.leadership.set(None);
+                Err("the uploader election key is gone: another instance took over while this one was stalled".into())
+            }
+            Ok(Err(e)) => Err(format!(
+                "cannot confirm the uploader election ({})",
+                crate::error_chain::one_line(&e)
+            )),
+            Err(_) => {
+                Err("cannot confirm the uploader election (etcd did not answer in 5 s)".into())
+            }
+        }
     }
 }
 
@@ -54,7 +106,7 @@ pub async fn campaign_forever(
             }
         }
         if leadership.is_leader() {
-            leadership.set(false);
+            leadership.set(None);
             on_change(false);
         }
         tokio::select! {
@@ -108,14 +160,17 @@ async fn hold_once(
         r = &mut keep => { r?; return Ok(()) }
         () = shutdown.cancelled() => { let _ = c.lease_revoke(lease).await; return Ok(()) }
     };
-    leadership.set(true);
+    leadership.set(Some(Held {
+        key: leader_key.key().to_vec(),
+        revision: leader_key.rev(),
+    }));
     on_change(true);
     tracing::info!(election, "this instance is now the uploader");
     let result = tokio::select! {
         r = &mut keep => r,
         () = shutdown.cancelled() => Ok(()),
     };
-    leadership.set(false);
+    leadership.set(None);
     on_change(false);
     let _ = c
         .resign(Some(

@@ -428,12 +428,17 @@ async fn run_tick(
             abort.cancel();
         })
     };
+    let fence = leader::LeaseFence {
+        client: source.client(),
+        leadership: shared.leadership.clone(),
+    };
     let result = take_backup(
         source,
         shared.store.clone(),
         backup,
         Arc::new(Silent),
         &abort,
+        Some(&fence),
     )
     .await;
     watchdog.abort();
@@ -452,7 +457,7 @@ async fn run_tick(
             // The cluster of the backup just taken, not the one at start: after a restore
             // underneath a running serve the cluster id is new, and its backups must be pruned.
             if let Some(cluster) = crate::catalog::cluster_of(&manifest) {
-                apply_retention(settings, shared, cluster).await;
+                apply_retention(settings, shared, cluster, &fence).await;
             }
         }
         Err(e) => {
@@ -466,7 +471,12 @@ async fn run_tick(
     }
 }
 
-async fn apply_retention(settings: &ServeSettings, shared: &Arc<Shared>, cluster: u64) {
+async fn apply_retention(
+    settings: &ServeSettings,
+    shared: &Arc<Shared>,
+    cluster: u64,
+    fence: &leader::LeaseFence,
+) {
     let catalog = Catalog::new(shared.store.clone());
     match retention::prune(
         &catalog,
@@ -474,6 +484,7 @@ async fn apply_retention(settings: &ServeSettings, shared: &Arc<Shared>, cluster
         Utc::now(),
         Some(cluster),
         false,
+        Some(fence),
     )
     .await
     {
@@ -493,6 +504,7 @@ fn failure_reason(e: &BackupError) -> &'static str {
         BackupError::Verify(_) => "verify",
         BackupError::Store(_) | BackupError::Catalog(_) | BackupError::WorkDir(_) => "store",
         BackupError::Cancelled => "cancelled",
+        BackupError::Fenced(_) => "fenced",
         BackupError::Stage(_) | BackupError::Internal(_) => "internal",
     }
 }

@@ -55,6 +55,7 @@ pub(super) async fn run_gate(
                 &settings,
                 Arc::new(crate::progress::Silent),
                 &cancel,
+                None,
             )
             .await
             .map_err(|e| gate_err(format!("the pre-upgrade backup failed: {e}")))?;

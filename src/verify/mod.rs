@@ -6,6 +6,8 @@
 //! 3. the snapshot's revision is not older than the member's revision just before it;
 //! 4. the offline HashKV at that revision equals the live member's `HashKV(revision)`.
 
+#[cfg(test)]
+mod fuzz;
 mod hashkv;
 mod status;
 

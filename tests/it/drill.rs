@@ -10,6 +10,16 @@ fn drill_cmd(
     identity: &std::path::Path,
     work: &std::path::Path,
 ) -> std::process::Command {
+    drill_cmd_with_etcd(version, &etcd_bin(version), dest, identity, work)
+}
+
+fn drill_cmd_with_etcd(
+    version: Version,
+    etcd: &std::path::Path,
+    dest: &std::path::Path,
+    identity: &std::path::Path,
+    work: &std::path::Path,
+) -> std::process::Command {
     let mut cmd = lifeboat();
     cmd.args(["drill", "latest", "-w", "json"])
         .arg("--dest")
@@ -17,7 +27,7 @@ fn drill_cmd(
         .arg("--identity")
         .arg(identity)
         .arg("--etcd")
-        .arg(etcd_bin(version))
+        .arg(etcd)
         .arg("--etcdutl")
         .arg(match version {
             Version::V34 => etcdctl_bin(Version::V34),
@@ -147,4 +157,54 @@ fn drill_passes_on_the_backup_of_an_empty_etcd() {
     .json();
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["checks"][0]["actual"], "1", "{report}");
+}
+
+/// Regression: the sandbox etcd, which holds every Secret while a drill runs, served plain
+/// http on a loopback port anyone on the machine could reach. It now requires a client
+/// certificate only the drill holds, on client and peer ports alike.
+#[test]
+fn the_sandbox_etcd_serves_only_the_drill_over_mutual_tls() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_etcd, dir, key) = backup_with_history(Version::V35);
+    let argv_log = dir.path().join("etcd-argv.txt");
+    let wrapper = dir.path().join("etcd-wrapper.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > {}\nexec {} \"$@\"\n",
+            argv_log.display(),
+            etcd_bin(Version::V35).display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = drill_cmd_with_etcd(
+        Version::V35,
+        &wrapper,
+        &dir.path().join("b"),
+        &key.identity_file,
+        &dir.path().join("drills"),
+    );
+    let report = run(&mut cmd).ok().json();
+    assert_eq!(report["ok"], true, "{report}");
+    let argv = std::fs::read_to_string(&argv_log).unwrap();
+    let args: Vec<&str> = argv.lines().collect();
+    for flag in ["--client-cert-auth", "--peer-client-cert-auth"] {
+        assert!(args.contains(&flag), "{flag} missing: {args:?}");
+    }
+    for prefix in [
+        "--listen-client-urls=https://127.0.0.1:",
+        "--listen-peer-urls=https://127.0.0.1:",
+        "--trusted-ca-file=",
+        "--peer-trusted-ca-file=",
+    ] {
+        assert!(
+            args.iter().any(|a| a.starts_with(prefix)),
+            "{prefix} missing: {args:?}"
+        );
+    }
+    assert!(
+        !args.iter().any(|a| a.contains("http://")),
+        "plain http: {args:?}"
+    );
 }

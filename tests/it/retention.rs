@@ -102,7 +102,7 @@ async fn prune_against(store: Arc<dyn Store>) {
     }
     let before = keys(store.as_ref()).await;
 
-    let dry = prune(&catalog, &policy(), now(), Some(0xa), true)
+    let dry = prune(&catalog, &policy(), now(), Some(0xa), true, None)
         .await
         .unwrap();
     assert_eq!(
@@ -123,7 +123,7 @@ async fn prune_against(store: Arc<dyn Store>) {
     assert!(doomed.contains(&old_manual.as_str()));
     assert!(doomed.contains(&scheduled.last().unwrap().as_str()));
 
-    let done = prune(&catalog, &policy(), now(), Some(0xa), false)
+    let done = prune(&catalog, &policy(), now(), Some(0xa), false, None)
         .await
         .unwrap();
     assert_eq!(done.deleted, doomed.len());
@@ -230,7 +230,7 @@ fn a_crash_mid_prune_never_leaves_a_manifest_without_its_object() {
         let catalog = Catalog::new(store.clone());
         let _newest = backup_at(&catalog, 0, "manual", 0xa).await;
         let old = backup_at(&catalog, 24 * 30, "manual", 0xa).await;
-        assert!(prune(&catalog, &policy(), now(), None, false)
+        assert!(prune(&catalog, &policy(), now(), None, false, None)
             .await
             .is_err());
         let (left, _) = catalog.list().await.unwrap();
@@ -247,6 +247,7 @@ fn a_crash_mid_prune_never_leaves_a_manifest_without_its_object() {
             Utc::now() + chrono::Duration::hours(1),
             None,
             false,
+            None,
         )
         .await
         .unwrap();

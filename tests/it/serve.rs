@@ -655,3 +655,81 @@ fn readyz_names_components_only_and_logs_the_details() {
         "the verdict is cached, not re-checked per request: {checks} checks in {log}"
     );
 }
+
+/// Regression: leadership was checked only at the start of a tick, so an uploader paused past
+/// its lease (SIGSTOP here; a long GC or a frozen VM in life) finished its backup — and its
+/// prune — after another had taken over. The commit is now fenced on still holding the
+/// election key in etcd.
+#[test]
+fn an_uploader_paused_past_its_lease_commits_nothing_after_another_took_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let cluster = start_cluster(Version::V35, 3);
+    let config = dir.path().join("lifeboat.toml");
+    std::fs::write(
+        &config,
+        "[serve]\nlease_ttl = \"3s\"\n[retention]\nkeep_last = 1000\n",
+    )
+    .unwrap();
+    let release = dir.path().join("release");
+    let start = |i: usize, hold: bool| {
+        let mut cmd = serve_cmd(
+            &[format!("--endpoints={}", cluster[i].client_url)],
+            dir.path(),
+            &key.recipient,
+            "*/2 * * * * *",
+        );
+        cmd.arg("--config").arg(&config);
+        if hold {
+            cmd.env("LIFEBOAT_TEST_HOLD_BEFORE_COMMIT", &release);
+        }
+        Serve::start(cmd, dir.path().join(format!("serve{i}.log")))
+    };
+    // A first, so that it is the uploader; its backups wait before their commit.
+    let mut a = start(0, true);
+    wait_until("A uploads", Duration::from_secs(30), || {
+        a.metric("lifeboat_is_leader") == 1.0
+    });
+    let mut b = start(1, false);
+    wait_until(
+        "A holds a backup before its commit",
+        Duration::from_secs(30),
+        || a.log_text().contains("test hold before commit"),
+    );
+    let pid = a.child.id().to_string();
+    run_ok(Command::new("kill").args(["-STOP", &pid]));
+    wait_until("B takes over", Duration::from_secs(30), || {
+        b.metric("lifeboat_is_leader") == 1.0
+    });
+    wait_until("a backup by B", Duration::from_secs(30), || {
+        manifests(dir.path())
+            .iter()
+            .any(|m| m["member_name"] == "m1")
+    });
+    std::fs::write(&release, b"go").unwrap();
+    run_ok(Command::new("kill").args(["-CONT", &pid]));
+    wait_until("A's commit refused", Duration::from_secs(30), || {
+        a.log_text().contains("another instance took over")
+    });
+    let all = manifests(dir.path());
+    assert!(
+        all.iter().all(|m| m["member_name"] == "m1"),
+        "the stalled uploader committed: {all:?}\n{}",
+        a.log_text()
+    );
+    let mut slots: Vec<i64> = all
+        .iter()
+        .map(|m| {
+            chrono::DateTime::parse_from_rfc3339(m["created_at"].as_str().unwrap())
+                .unwrap()
+                .timestamp()
+                / 2
+        })
+        .collect();
+    let n = slots.len();
+    slots.sort();
+    slots.dedup();
+    assert_eq!(slots.len(), n, "two backups in one tick: {all:?}");
+    assert_eq!(a.stop(Duration::from_secs(20)), 0);
+    assert_eq!(b.stop(Duration::from_secs(20)), 0);
+}

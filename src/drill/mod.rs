@@ -1,6 +1,6 @@
 //! `lifeboat drill`: prove a backup restorable without touching any node — read it back and
 //! verify it, restore it with etcd's own tool into a sandbox, start a throwaway etcd on
-//! loopback, and compare what that etcd serves with the manifest and with our own reading of
+//! loopback (mutual TLS with throwaway certificates: see `pki.rs`), and compare what that etcd serves with the manifest and with our own reading of
 //! the file (revision, number of keys, HashKV).
 
 use std::path::{Path, PathBuf};
@@ -19,6 +19,9 @@ use crate::restore::{MemberSpec, RestoreError, RestoreTool};
 use crate::stages::encrypt::Identities;
 use crate::store::Store;
 use crate::verify;
+pub use pki::SandboxPki;
+
+mod pki;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DrillError {
@@ -107,8 +110,12 @@ pub async fn drill(
     let rev = manifest.revision;
     let offline = offline_facts(&snapshot, rev, manifest)?;
     let data_dir = sandbox.path().join("data");
+    let pki = SandboxPki::generate(sandbox.path()).map_err(|detail| DrillError::Sandbox {
+        path: sandbox.path().to_path_buf(),
+        source: std::io::Error::other(detail),
+    })?;
     let (client_port, peer_port) = (free_port()?, free_port()?);
-    let peer = format!("http://127.0.0.1:{peer_port}");
+    let peer = format!("https://127.0.0.1:{peer_port}");
     let member = MemberSpec {
         name: "drill".into(),
         initial_advertise_peer_urls: peer.clone(),
@@ -124,9 +131,16 @@ pub async fn drill(
         None,
     );
     crate::restore::tool::run_restore(&argv)?;
-    let client_url = format!("http://127.0.0.1:{client_port}");
-    let mut etcd = SandboxEtcd::start(settings, sandbox.path(), &data_dir, &member, &client_url)?;
-    let result = check_member(&mut etcd, settings, &client_url, manifest, &offline).await;
+    let client_url = format!("https://127.0.0.1:{client_port}");
+    let mut etcd = SandboxEtcd::start(
+        settings,
+        sandbox.path(),
+        &data_dir,
+        &member,
+        &client_url,
+        &pki,
+    )?;
+    let result = check_member(&mut etcd, settings, &client_url, &pki, manifest, &offline).await;
     etcd.stop().await;
     let (checks, etcd_version) = result?;
     Ok(DrillReport {
@@ -171,15 +185,16 @@ async fn check_member(
     etcd: &mut SandboxEtcd,
     settings: &DrillSettings,
     client_url: &str,
+    pki: &SandboxPki,
     manifest: &Manifest,
     offline: &OfflineFacts,
 ) -> Result<(Vec<DrillCheck>, String), DrillError> {
     let rev = manifest.revision;
     let etcd_settings = EtcdSettings {
         endpoints: vec![client_url.to_string()],
-        cacert: None,
-        cert: None,
-        key: None,
+        cacert: Some(pki.ca.clone()),
+        cert: Some(pki.client_cert.clone()),
+        key: Some(pki.client_key.clone()),
         user: None,
         password: None,
         connect_timeout: Duration::from_secs(2),
@@ -258,6 +273,7 @@ impl SandboxEtcd {
         data_dir: &Path,
         member: &MemberSpec,
         client_url: &str,
+        pki: &SandboxPki,
     ) -> Result<SandboxEtcd, DrillError> {
         let log = sandbox.join("etcd.log");
         let sandbox_err = |source| DrillError::Sandbox {
@@ -280,6 +296,14 @@ impl SandboxEtcd {
                 member.initial_advertise_peer_urls
             ))
             .arg(format!("--initial-cluster={}", member.initial_cluster))
+            .arg("--client-cert-auth")
+            .arg(format!("--trusted-ca-file={}", pki.ca.display()))
+            .arg(format!("--cert-file={}", pki.server_cert.display()))
+            .arg(format!("--key-file={}", pki.server_key.display()))
+            .arg("--peer-client-cert-auth")
+            .arg(format!("--peer-trusted-ca-file={}", pki.ca.display()))
+            .arg(format!("--peer-cert-file={}", pki.server_cert.display()))
+            .arg(format!("--peer-key-file={}", pki.server_key.display()))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
