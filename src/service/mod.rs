@@ -192,22 +192,9 @@ async fn run_backups(
             }
         }
     };
-    let election = format!("/lifeboat/uploader/{:x}", member.cluster_id);
     let me = format!("{} {}", member.member_name, hostname());
-    let campaign = {
-        let shared = shared.clone();
-        tokio::spawn(leader::campaign_forever(
-            source.client(),
-            election,
-            me,
-            settings.lease_ttl,
-            shared.leadership.clone(),
-            move |leader| {
-                shared.metrics.is_leader.set(i64::from(leader));
-            },
-            shutdown.clone(),
-        ))
-    };
+    let mut campaign =
+        Campaign::start(&source, member.cluster_id, &me, settings, shared, &shutdown);
 
     let (tick_tx, mut ticks) = mpsc::channel::<()>(1);
     let mut scheduler = start_scheduler(&settings.schedule, tick_tx, shared.clone()).await?;
@@ -216,14 +203,86 @@ async fn run_backups(
             () = shutdown.cancelled() => break,
             tick = ticks.recv() => {
                 if tick.is_none() { break; }
+                campaign.follow_cluster(&mut source, &me, settings, shared, &shutdown).await;
                 run_tick(settings, backup, &mut source, shared, &shutdown).await;
                 shared.running.store(false, Ordering::SeqCst);
             }
         }
     }
     let _ = scheduler.shutdown().await;
-    let _ = campaign.await;
+    campaign.stop().await;
     Ok(())
+}
+
+/// The uploader election of one cluster. Its key names the cluster; when the cluster id the
+/// member reports changes (a restore underneath a running serve makes a new cluster), every
+/// instance moves to the new cluster's election at its next tick — else instances started
+/// before and after the restore would campaign under different keys and both upload.
+struct Campaign {
+    cluster: u64,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Campaign {
+    fn start(
+        source: &EtcdSource,
+        cluster: u64,
+        me: &str,
+        settings: &ServeSettings,
+        shared: &Arc<Shared>,
+        shutdown: &CancellationToken,
+    ) -> Campaign {
+        let stop = shutdown.child_token();
+        let metrics_shared = shared.clone();
+        let task = tokio::spawn(leader::campaign_forever(
+            source.client(),
+            format!("/lifeboat/uploader/{cluster:x}"),
+            me.to_string(),
+            settings.lease_ttl,
+            shared.leadership.clone(),
+            move |leader| {
+                metrics_shared.metrics.is_leader.set(i64::from(leader));
+            },
+            stop.clone(),
+        ));
+        Campaign {
+            cluster,
+            stop,
+            task,
+        }
+    }
+
+    async fn follow_cluster(
+        &mut self,
+        source: &mut EtcdSource,
+        me: &str,
+        settings: &ServeSettings,
+        shared: &Arc<Shared>,
+        shutdown: &CancellationToken,
+    ) {
+        let Ok(status) = source.status().await else {
+            return; // unreachable now: the tick's backup reports it
+        };
+        if status.cluster_id == self.cluster || status.cluster_id == 0 {
+            return;
+        }
+        tracing::warn!(
+            old = %format!("{:x}", self.cluster),
+            new = %format!("{:x}", status.cluster_id),
+            "the member now belongs to another cluster (restored?): moving to that cluster's uploader election"
+        );
+        // The old campaign resigns and clears the shared leadership first, so it cannot
+        // clobber what the new one sets.
+        self.stop.cancel();
+        let _ = (&mut self.task).await;
+        *self = Campaign::start(source, status.cluster_id, me, settings, shared, shutdown);
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
 }
 
 type DrillWorker = (

@@ -733,3 +733,74 @@ fn an_uploader_paused_past_its_lease_commits_nothing_after_another_took_over() {
     assert_eq!(a.stop(Duration::from_secs(20)), 0);
     assert_eq!(b.stop(Duration::from_secs(20)), 0);
 }
+
+/// Regression: the cluster id was read once at start, for the election key and for
+/// retention. When the cluster behind the endpoint is replaced (a restore underneath a running
+/// serve makes a new cluster), serve moves to the new cluster's election and keeps taking
+/// backups, named for the new cluster.
+#[test]
+fn serve_follows_a_new_cluster_behind_its_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let mut first = EtcdProcess::start(Version::V35, None);
+    let port: u16 = first
+        .client_url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let config = dir.path().join("lifeboat.toml");
+    std::fs::write(
+        &config,
+        "[serve]\nlease_ttl = \"3s\"\n[retention]\nkeep_last = 1000\n",
+    )
+    .unwrap();
+    let mut cmd = serve_cmd(
+        &first.lifeboat_flags(),
+        dir.path(),
+        &key.recipient,
+        "*/1 * * * * *",
+    );
+    cmd.arg("--config").arg(&config);
+    let mut serve = Serve::start(cmd, dir.path().join("serve.log"));
+    wait_until(
+        "a backup of the first cluster",
+        Duration::from_secs(30),
+        || !manifests(dir.path()).is_empty(),
+    );
+    let old_cluster = manifests(dir.path())[0]["cluster_id"].clone();
+    first.stop();
+    let second = EtcdProcess::start_at_port(Version::V35, port);
+    let mut new_cluster = serde_json::Value::Null;
+    wait_until(
+        "a backup of the new cluster",
+        Duration::from_secs(60),
+        || {
+            manifests(dir.path()).iter().any(|m| {
+                let new = m["cluster_id"] != old_cluster;
+                if new {
+                    new_cluster = m["cluster_id"].clone();
+                }
+                new
+            })
+        },
+    );
+    let election = format!("/lifeboat/uploader/{}", new_cluster.as_str().unwrap());
+    let keys = run_ok(
+        second
+            .etcdctl()
+            .args(["get", "--prefix", "--keys-only", &election]),
+    );
+    assert!(
+        !String::from_utf8_lossy(&keys.stdout).trim().is_empty(),
+        "no campaign under {election}: {}",
+        serve.log_text()
+    );
+    assert!(
+        serve.log_text().contains("another cluster"),
+        "{}",
+        serve.log_text()
+    );
+    assert_eq!(serve.stop(Duration::from_secs(20)), 0);
+}

@@ -33,6 +33,24 @@ impl EtcdProcess {
         p
     }
 
+    /// A fresh single-member etcd (a new cluster) on a given client port: what a client that
+    /// keeps its endpoint sees after the cluster behind it was replaced.
+    pub fn start_at_port(version: Version, client_port: u16) -> EtcdProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            match try_start_at(version, None, &data_dir, None, client_port) {
+                Ok(mut p) => {
+                    p._dir = Some(dir);
+                    return p;
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("etcd {version:?} did not start on port {client_port}: {last_err}");
+    }
+
     /// An etcd on an existing (e.g. restored) data dir. `name`/`peer_url` must match what the
     /// data dir was restored with, when given.
     pub fn start_on(
@@ -171,7 +189,16 @@ fn try_start(
     data_dir: &Path,
     member: Option<(&str, &str)>,
 ) -> Result<EtcdProcess, String> {
-    let client_port = free_port();
+    try_start_at(version, tls, data_dir, member, free_port())
+}
+
+fn try_start_at(
+    version: Version,
+    tls: Option<Pki>,
+    data_dir: &Path,
+    member: Option<(&str, &str)>,
+    client_port: u16,
+) -> Result<EtcdProcess, String> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let client_url = format!("{scheme}://127.0.0.1:{client_port}");
     let (name, peer_url) = match member {
