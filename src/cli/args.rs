@@ -395,3 +395,26 @@ impl VerifyArgs {
         c
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: the parsed arguments kept `--password` in a `Debug`-printable `String`.
+    #[test]
+    fn the_password_flag_never_prints() {
+        let cli = Cli::try_parse_from([
+            "lifeboat",
+            "snapshot",
+            "save",
+            "--password",
+            "hunter2",
+            "--dest",
+            "/x",
+        ])
+        .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+    }
+}
