@@ -60,6 +60,7 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             CatalogError::AmbiguousLatest { .. } => Some(USAGE),
             CatalogError::Store(_) => Some(STORAGE),
             CatalogError::Manifest(_) => Some(VERIFY),
+            CatalogError::Trust(_) => Some(KEYS),
         };
     }
     if let Some(e) = e.downcast_ref::<ReadBackError>() {
@@ -139,6 +140,15 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             | KeyError::NoIdentity { .. }
             | KeyError::WorldReadable { .. } => Some(KEYS),
             _ => Some(USAGE),
+        };
+    }
+    if let Some(t) = e.downcast_ref::<crate::trust::TrustError>() {
+        return match t {
+            crate::trust::TrustError::Write { .. } | crate::trust::TrustError::Exists { .. } => {
+                Some(STORAGE)
+            }
+            crate::trust::TrustError::Untrusted { .. } => Some(VERIFY),
+            _ => Some(KEYS),
         };
     }
     if let Some(c) = e.downcast_ref::<ConfigError>() {

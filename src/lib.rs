@@ -40,5 +40,6 @@ pub mod secret;
 pub mod service;
 pub mod stages;
 pub mod store;
+pub mod trust;
 pub mod upgrade;
 pub mod verify;

@@ -262,6 +262,9 @@ pub async fn prune(
             };
             check_fence(fence).await?;
             store.delete(&id.manifest_key()).await?;
+            store
+                .delete(&crate::catalog::signature_key(&id.manifest_key()))
+                .await?;
             store.delete(&m.object.key).await?;
             // Node bundles saved next to a pre-upgrade backup go with it.
             for b in store.list(&format!("{}.node-", m.id)).await? {

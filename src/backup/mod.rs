@@ -32,6 +32,7 @@ use crate::stages::encode::Encoder;
 use crate::stages::encrypt::Recipients;
 use crate::stages::pipe;
 use crate::store::{Store, StoreError};
+use crate::trust::SigningKey;
 use crate::verify::{self, HashKvStep, SnapshotInfo, VerifyError};
 
 /// Settings of one backup run, validated before it starts.
@@ -42,6 +43,8 @@ pub struct BackupSettings {
     /// `None` only when the config says `encryption = "none"`.
     pub recipients: Option<Recipients>,
     pub reason: Reason,
+    /// Signs every manifest when set (`[trust] signing_key`).
+    pub signer: Option<Arc<SigningKey>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,7 +272,9 @@ async fn verify_and_commit(
     if let Some(fence) = run.fence {
         fence.check().await.map_err(BackupError::Fenced)?;
     }
-    Catalog::new(run.store.clone()).commit(&manifest).await?;
+    Catalog::new(run.store.clone())
+        .commit(&manifest, run.settings.signer.as_deref())
+        .await?;
     tracing::info!(id = %manifest.id, revision = manifest.revision, object_size = manifest.object.size, "backup committed");
     Ok(manifest)
 }

@@ -108,6 +108,7 @@ fn setup() -> Setup {
         compression_level: 3,
         recipients: None,
         reason: Reason::Manual,
+        signer: None,
     };
     Setup {
         dir,

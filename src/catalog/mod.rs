@@ -16,6 +16,7 @@ pub use manifest::{
 };
 
 use crate::store::{bytes_stream, get_small, Store, StoreError};
+use crate::trust::SigningKey;
 
 const ID_PREFIX: &str = "etcd-";
 const MANIFEST_SUFFIX: &str = ".manifest.json";
@@ -43,6 +44,8 @@ pub enum CatalogError {
     },
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
 }
 
 fn cluster_hint(cluster: &Option<String>) -> String {
@@ -135,6 +138,11 @@ pub fn id_of_bundle_key(key: &str) -> Option<BackupId> {
 pub trait Fence: Send + Sync {
     /// `Err(why)` when the right is lost.
     async fn check(&self) -> Result<(), String>;
+}
+
+/// Where the signature of the manifest stored under `manifest_key` is.
+pub fn signature_key(manifest_key: &str) -> String {
+    format!("{manifest_key}{}", crate::trust::SIGNATURE_SUFFIX)
 }
 
 /// The cluster a manifest belongs to, from its (checked) id.
@@ -294,18 +302,34 @@ impl Catalog {
         }
     }
 
-    /// Writes the manifest: the moment a backup starts to exist. Never overwrites.
+    /// Writes the manifest: the moment a backup starts to exist. Never overwrites. With a
+    /// signing key, the signature of the manifest's exact bytes goes first, so a manifest never
+    /// exists without it.
     ///
     /// # Errors
-    /// Store errors, including `AlreadyExists`.
-    pub async fn commit(&self, manifest: &Manifest) -> Result<(), CatalogError> {
+    /// Store errors, including `AlreadyExists`; a signature that cannot be made.
+    pub async fn commit(
+        &self,
+        manifest: &Manifest,
+        signer: Option<&SigningKey>,
+    ) -> Result<(), CatalogError> {
         let id = BackupId::parse(&manifest.id).ok_or_else(|| ManifestError::Inconsistent {
             key: manifest.id.clone(),
             what: "its id is not a backup id".into(),
         })?;
-        let body = bytes::Bytes::from(manifest.to_json().into_bytes());
+        let key = id.manifest_key();
+        let body = manifest.to_json().into_bytes();
+        if let Some(signer) = signer {
+            let signature = signer.sign(&key, &body)?;
+            self.store
+                .put(
+                    &signature_key(&key),
+                    bytes_stream(bytes::Bytes::from(signature.into_bytes())),
+                )
+                .await?;
+        }
         self.store
-            .put(&id.manifest_key(), bytes_stream(body))
+            .put(&key, bytes_stream(bytes::Bytes::from(body)))
             .await?;
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lifeboat::config::{
     BackupSection, DrillSection, EtcdSection, FileConfig, RestoreSection, RetentionSection,
-    S3Section, ServeSection, UpgradeSection,
+    S3Section, ServeSection, TrustSection, UpgradeSection,
 };
 
 #[derive(Parser, Debug)]
@@ -45,6 +45,19 @@ pub enum Command {
     Drill(Box<DrillArgs>),
     /// Upgrade this node with kubeadm, only behind a fresh, verified, off-node backup.
     Upgrade(Box<UpgradeArgs>),
+    /// Manage the key that signs manifests.
+    #[command(subcommand)]
+    SigningKey(SigningKeyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SigningKeyCommand {
+    /// Write a new minisign key pair: the secret key to FILE (0600) and the public key to
+    /// FILE.pub. Writers sign with FILE; readers trust FILE.pub.
+    Generate {
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -223,6 +236,8 @@ pub struct WriterArgs {
     pub dest: DestArgs,
     #[command(flatten)]
     pub backup: BackupSection,
+    #[command(flatten)]
+    pub trust: TrustSection,
 }
 
 #[derive(Args, Debug)]
@@ -334,6 +349,7 @@ impl WriterArgs {
         FileConfig {
             etcd: self.etcd.clone(),
             backup: self.backup.clone().overlay(dest.backup),
+            trust: self.trust.clone(),
             ..dest
         }
     }

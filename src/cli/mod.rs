@@ -1,6 +1,7 @@
 //! The CLI edge: logging, config loading, context on errors, exit codes.
 
 mod args;
+mod keys;
 mod progress;
 mod prune;
 mod render;
@@ -58,6 +59,7 @@ async fn run(cli: Cli, config: FileConfig) -> Result<()> {
         Command::Restore(args) => restore::run(*args, config).await,
         Command::Drill(args) => restore::drill(*args, config).await,
         Command::Upgrade(args) => upgrade::run(*args, config).await,
+        Command::SigningKey(cmd) => keys::run(cmd),
     }
 }
 

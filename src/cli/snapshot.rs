@@ -46,7 +46,7 @@ pub(super) async fn open_store(c: &FileConfig) -> Result<Arc<dyn Store>> {
 async fn save(a: SaveArgs, file: FileConfig) -> Result<()> {
     let config = file.overlay(a.writer.flags());
     let etcd = resolve_etcd(&config.etcd)?;
-    let settings = resolve_backup(&config.backup, Reason::Manual)?;
+    let settings = resolve_backup(&config.backup, &config.trust, Reason::Manual)?;
     if settings.recipients.is_none() {
         tracing::warn!("ENCRYPTION IS OFF (backup.encryption = \"none\"): this backup holds every Secret of the cluster in the clear");
     }

@@ -102,7 +102,7 @@ async fn gate_inputs(
     let spec = resolve_store(&config.backup, &config.s3)?;
     let store_is_local = spec.is_local();
     let store = lifeboat::store::open(&spec).await?;
-    let backup = resolve_backup(&config.backup, Reason::PreUpgrade)?;
+    let backup = resolve_backup(&config.backup, &config.trust, Reason::PreUpgrade)?;
     Ok(Some(GateInputs {
         etcd: etcd.settings,
         store,

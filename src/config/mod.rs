@@ -14,6 +14,7 @@ mod restore;
 mod retention;
 mod serve;
 mod store;
+mod trust;
 mod upgrade;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ pub use restore::{resolve_restore, state_dir, ResolvedRestore, RestoreSection};
 pub use retention::{resolve_retention, RetentionSection};
 pub use serve::{resolve_serve, ServeSection};
 pub use store::{resolve_backup, resolve_store, work_dir, BackupSection, S3Section};
+pub use trust::{resolve_signer, TrustSection};
 pub use upgrade::{resolve_upgrade, ResolvedUpgrade, UpgradeSection};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/etcd-lifeboat/lifeboat.toml";
@@ -76,6 +78,8 @@ pub struct FileConfig {
     pub drill: DrillSection,
     #[serde(default)]
     pub upgrade: UpgradeSection,
+    #[serde(default)]
+    pub trust: TrustSection,
 }
 
 section! {
@@ -152,6 +156,7 @@ impl FileConfig {
             restore: flags.restore.overlay(self.restore),
             drill: flags.drill.overlay(self.drill),
             upgrade: flags.upgrade.overlay(self.upgrade),
+            trust: flags.trust.overlay(self.trust),
         }
     }
 }

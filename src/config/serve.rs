@@ -95,7 +95,7 @@ pub fn resolve_serve(c: &FileConfig) -> Result<ServeSettings, ConfigError> {
         backup: if backups_off {
             None
         } else {
-            Some(resolve_backup(&c.backup, Reason::Scheduled)?)
+            Some(resolve_backup(&c.backup, &c.trust, Reason::Scheduled)?)
         },
         retention: resolve_retention(&c.retention)?,
         drill,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{duration, invalid, section, ConfigError, DEFAULT_WORK_DIR};
+use super::{duration, invalid, section, ConfigError, TrustSection, DEFAULT_WORK_DIR};
 use crate::backup::BackupSettings;
 use crate::catalog::Reason;
 use crate::stages::compress;
@@ -168,7 +168,11 @@ fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
 ///
 /// # Errors
 /// A bad level, encryption mode, recipient or recipients file.
-pub fn resolve_backup(b: &BackupSection, reason: Reason) -> Result<BackupSettings, ConfigError> {
+pub fn resolve_backup(
+    b: &BackupSection,
+    t: &TrustSection,
+    reason: Reason,
+) -> Result<BackupSettings, ConfigError> {
     let level = b.compression_level.unwrap_or(compress::DEFAULT_LEVEL);
     if !compress::valid_level(level) {
         return Err(invalid(
@@ -191,6 +195,7 @@ pub fn resolve_backup(b: &BackupSection, reason: Reason) -> Result<BackupSetting
         compression_level: level,
         recipients,
         reason,
+        signer: super::trust::resolve_signer(t)?,
     })
 }
 
@@ -224,16 +229,20 @@ mod tests {
 
     #[test]
     fn encryption_without_recipients_is_refused_naming_the_key() {
-        let err = resolve_backup(&BackupSection::default(), Reason::Manual)
-            .err()
-            .unwrap();
+        let err = resolve_backup(
+            &BackupSection::default(),
+            &TrustSection::default(),
+            Reason::Manual,
+        )
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("backup.recipients"), "{err}");
     }
 
     #[test]
     fn bad_levels_and_modes_name_their_key() {
         let bad = |b: BackupSection| {
-            resolve_backup(&b, Reason::Manual)
+            resolve_backup(&b, &TrustSection::default(), Reason::Manual)
                 .err()
                 .unwrap()
                 .to_string()

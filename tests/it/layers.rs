@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
         "bbolt",
         "etcd",
     ],
-    &["store", "verify"],
+    &["store", "verify", "trust"],
     &["stages", "catalog"],
     &["backup", "retention"],
     &["readback"],

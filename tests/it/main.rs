@@ -17,6 +17,7 @@ mod s3_cli;
 mod s3_faults;
 mod save;
 mod serve;
+mod signing;
 mod status;
 mod store_conformance;
 mod upgrade;

@@ -43,7 +43,7 @@ async fn backup_at(catalog: &Catalog, hours: i64, reason: &str, cluster: u64) ->
         "reason": reason, "tool_version": "test", "duration_ms": 1
     });
     let manifest = Manifest::parse("test", m.to_string().as_bytes()).unwrap();
-    catalog.commit(&manifest).await.unwrap();
+    catalog.commit(&manifest, None).await.unwrap();
     id.to_string()
 }
 
