@@ -128,6 +128,26 @@ fn manifests(dir: &std::path::Path) -> Vec<serde_json::Value> {
     .clone()
 }
 
+/// With ticks 2 s apart, no two backups may share a 2-second slot.
+fn assert_one_backup_per_two_second_tick(manifests: &[serde_json::Value]) {
+    let mut slots: Vec<i64> = manifests
+        .iter()
+        .map(|m| {
+            chrono::DateTime::parse_from_rfc3339(m["created_at"].as_str().unwrap())
+                .unwrap()
+                .timestamp()
+                / 2
+        })
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    assert_eq!(
+        slots.len(),
+        manifests.len(),
+        "two backups in one tick: {manifests:?}"
+    );
+}
+
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -245,23 +265,8 @@ fn three_instances_make_one_backup_per_tick_and_fail_over_when_the_uploader_dies
     assert_eq!(leaders.len(), 1, "exactly one uploader");
     let leader = leaders[0];
     // One backup per tick: ticks are 2 s apart, so no two backups share a 2-second slot.
-    let slots = |ms: &[serde_json::Value]| {
-        let mut v: Vec<i64> = ms
-            .iter()
-            .map(|m| {
-                chrono::DateTime::parse_from_rfc3339(m["created_at"].as_str().unwrap())
-                    .unwrap()
-                    .timestamp()
-                    / 2
-            })
-            .collect();
-        v.sort();
-        v
-    };
     let before = manifests(dir.path());
-    let mut s = slots(&before);
-    s.dedup();
-    assert_eq!(s.len(), before.len(), "two backups in one tick: {before:?}");
+    assert_one_backup_per_two_second_tick(&before);
     assert!(before
         .iter()
         .all(|m| m["member_name"] == format!("m{leader}")));
@@ -717,19 +722,7 @@ fn an_uploader_paused_past_its_lease_commits_nothing_after_another_took_over() {
         "the stalled uploader committed: {all:?}\n{}",
         a.log_text()
     );
-    let mut slots: Vec<i64> = all
-        .iter()
-        .map(|m| {
-            chrono::DateTime::parse_from_rfc3339(m["created_at"].as_str().unwrap())
-                .unwrap()
-                .timestamp()
-                / 2
-        })
-        .collect();
-    let n = slots.len();
-    slots.sort();
-    slots.dedup();
-    assert_eq!(slots.len(), n, "two backups in one tick: {all:?}");
+    assert_one_backup_per_two_second_tick(&all);
     assert_eq!(a.stop(Duration::from_secs(20)), 0);
     assert_eq!(b.stop(Duration::from_secs(20)), 0);
 }

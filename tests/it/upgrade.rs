@@ -387,25 +387,52 @@ fn a_second_upgrade_of_the_node_reusing_the_backup_keeps_a_bundle_each() {
     );
 }
 
+/// A worker node (no control-plane manifests) whose cluster already runs v1.31.2.
+struct Worker {
+    dir: tempfile::TempDir,
+    tools: Standins,
+}
+
+impl Worker {
+    fn new() -> Worker {
+        let dir = tempfile::tempdir().unwrap();
+        let kdir = dir.path().join("kubernetes");
+        std::fs::create_dir_all(&kdir).unwrap();
+        let tools = Standins::new(&kdir, "v1.30.2");
+        tools.set("cluster", "v1.31.2".into());
+        std::fs::write(
+            dir.path().join("c.toml"),
+            "[upgrade]\nready_timeout = \"60s\"\n",
+        )
+        .unwrap();
+        Worker { dir, tools }
+    }
+
+    fn state_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// `lifeboat upgrade --to v1.31.2 --yes` for this node, with `extra` flags.
+    fn upgrade(&self, extra: &[&str]) -> Run {
+        let mut cmd = self.tools.command(&[]);
+        cmd.arg("--config")
+            .arg(self.dir.path().join("c.toml"))
+            .arg("upgrade")
+            .arg("--kubernetes-dir")
+            .arg(self.dir.path().join("kubernetes"))
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(["--node", "cp1", "--to", "v1.31.2", "--yes"])
+            .args(extra);
+        run(&mut cmd)
+    }
+}
+
 #[test]
 fn a_worker_upgrades_without_the_gate() {
-    let dir = tempfile::tempdir().unwrap();
-    let kdir = dir.path().join("kubernetes");
-    std::fs::create_dir_all(&kdir).unwrap();
-    let tools = Standins::new(&kdir, "v1.30.2");
-    tools.set("cluster", "v1.31.2".into());
-    let config = dir.path().join("c.toml");
-    std::fs::write(&config, "[upgrade]\nready_timeout = \"60s\"\n").unwrap();
-    let mut cmd = tools.command(&[]);
-    cmd.arg("--config")
-        .arg(&config)
-        .arg("upgrade")
-        .arg("--kubernetes-dir")
-        .arg(&kdir)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .args(["--node", "cp1", "--to", "v1.31.2", "--yes"]);
-    let r = run(&mut cmd).ok();
+    let w = Worker::new();
+    let tools = &w.tools;
+    let r = w.upgrade(&[]).ok();
     assert!(r.stderr.contains("worker"), "{}", r.stderr);
     let changing = strip_paths(tools.changing_calls());
     assert_eq!(changing, upgrade_node_sequence());
@@ -414,28 +441,10 @@ fn a_worker_upgrades_without_the_gate() {
 /// Regression: the upgrade had no run lock; two runs on one node interleaved their steps.
 #[test]
 fn a_second_upgrade_is_refused_while_one_runs_on_the_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let kdir = dir.path().join("kubernetes");
-    std::fs::create_dir_all(&kdir).unwrap();
-    let tools = Standins::new(&kdir, "v1.30.2");
-    tools.set("cluster", "v1.31.2".into());
-    let state = dir.path().join("state");
-    let config = dir.path().join("c.toml");
-    std::fs::write(&config, "[upgrade]\nready_timeout = \"60s\"\n").unwrap();
-    let upgrade = || {
-        let mut cmd = tools.command(&[]);
-        cmd.arg("--config")
-            .arg(&config)
-            .arg("upgrade")
-            .arg("--kubernetes-dir")
-            .arg(&kdir)
-            .arg("--state-dir")
-            .arg(&state)
-            .args([
-                "--node", "cp1", "--to", "v1.31.2", "--yes", "--role", "worker",
-            ]);
-        run(&mut cmd)
-    };
+    let w = Worker::new();
+    let tools = &w.tools;
+    let state = w.state_dir();
+    let upgrade = || w.upgrade(&["--role", "worker"]);
     // The lock a running `lifeboat upgrade` holds (flock on the same file).
     std::fs::create_dir_all(state.join("upgrade")).unwrap();
     let held = std::fs::File::create(state.join("upgrade/.lock")).unwrap();
