@@ -491,6 +491,16 @@ impl<W: Write> Write for PlainSink<W> {
     }
 }
 
+fn plain_file_error(
+    path: &Path,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> VerifyError {
+    VerifyError::PlainFile {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    }
+}
+
 /// Status of a plain snapshot file given on the command line (with or without trailer).
 /// When the file carries a trailer, it is checked too.
 ///
@@ -498,28 +508,15 @@ impl<W: Write> Write for PlainSink<W> {
 /// Unreadable, damaged, or a trailer that does not match.
 pub fn plain_file_info(path: &Path) -> Result<SnapshotInfo, VerifyError> {
     let len = std::fs::metadata(path)
-        .map_err(|e| VerifyError::PlainFile {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?
+        .map_err(|e| plain_file_error(path, e))?
         .len();
     if crate::bbolt::has_sha256_trailer(len) {
-        let mut f = File::open(path).map_err(|e| VerifyError::PlainFile {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let mut f = File::open(path).map_err(|e| plain_file_error(path, e))?;
         let mut sink = PlainSink::new(io::sink());
-        io::copy(&mut f, &mut sink).map_err(|e| VerifyError::PlainFile {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        io::copy(&mut f, &mut sink).map_err(|e| plain_file_error(path, e))?;
         let (_, tally) = sink.finish();
-        verify::check_trailer(tally.trailer.as_ref().map(|t| &t[..]), &tally.data_sha256).map_err(
-            |e| VerifyError::PlainFile {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            },
-        )?;
+        verify::check_trailer(tally.trailer.as_ref().map(|t| &t[..]), &tally.data_sha256)
+            .map_err(|e| plain_file_error(path, e))?;
     }
     Ok(verify::read_snapshot_info(path)?)
 }

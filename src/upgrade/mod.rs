@@ -45,9 +45,13 @@ pub enum UpgradeError {
     #[error("{detail}")]
     Tool { detail: String },
     #[error(
-        "step {step} failed: {detail}; the node stays cordoned — see the recovery commands above"
+        "step {step} failed: {source}; the node stays cordoned — see the recovery commands above"
     )]
-    Step { step: String, detail: String },
+    Step {
+        step: String,
+        #[source]
+        source: Box<UpgradeError>,
+    },
     #[error(transparent)]
     Journal(#[from] crate::fsutil::JournalError),
 }

@@ -144,7 +144,7 @@ fn step_failed(
     report.recovery = recovery(opts, journal, step);
     UpgradeError::Step {
         step: step.name().into(),
-        detail: e.to_string(),
+        source: Box::new(e),
     }
 }
 

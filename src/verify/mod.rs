@@ -47,8 +47,12 @@ pub enum VerifyError {
         expected: String,
         actual: String,
     },
-    #[error("{path}: {reason}")]
-    PlainFile { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    PlainFile {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// What the HashKV check found; stored in the manifest.
