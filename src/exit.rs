@@ -60,7 +60,7 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             CatalogError::AmbiguousLatest { .. } => Some(USAGE),
             CatalogError::Store(_) => Some(STORAGE),
             CatalogError::Manifest(_) => Some(VERIFY),
-            CatalogError::Trust(_) => Some(KEYS),
+            CatalogError::Trust(t) => classify(t),
         };
     }
     if let Some(e) = e.downcast_ref::<ReadBackError>() {

@@ -48,6 +48,8 @@ pub enum TrustError {
     Sign(String),
     #[error("{key}: {detail}")]
     Untrusted { key: String, detail: String },
+    #[error("no trusted signing key: pass --trusted-key FILE.pub (or [trust] trusted_keys) — the public half of the writers' signing key — or, to read backups written before signing, --allow-unsigned")]
+    NoTrustedKey,
 }
 
 /// The key a writer signs with.
@@ -215,6 +217,13 @@ impl TrustedKeys {
         self.keys.is_empty()
     }
 
+    /// The public half of a signing key: a writer trusts what it writes itself.
+    pub fn add_own(&mut self, signer: &SigningKey) {
+        if !self.keys.iter().any(|k| k.keynum() == signer.pk.keynum()) {
+            self.keys.push(signer.pk.clone());
+        }
+    }
+
     /// Checks that `signature` (a `.minisig` text) is a signature of `bytes`, made for `key`,
     /// by one of the trusted keys; returns that key's id.
     ///
@@ -245,6 +254,72 @@ impl TrustedKeys {
             )));
         }
         Ok(signer)
+    }
+}
+
+/// What a reader accepts: manifests signed by one of `keys`; with `allow_unsigned`, also
+/// manifests without a signature (backups written before signing — said loudly).
+pub struct ReadPolicy {
+    keys: TrustedKeys,
+    allow_unsigned: bool,
+}
+
+impl std::fmt::Debug for ReadPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadPolicy")
+            .field("keys", &self.keys)
+            .field("allow_unsigned", &self.allow_unsigned)
+            .finish()
+    }
+}
+
+impl ReadPolicy {
+    /// # Errors
+    /// `NoTrustedKey`: no key and unsigned backups not allowed would refuse everything.
+    pub fn new(keys: TrustedKeys, allow_unsigned: bool) -> Result<ReadPolicy, TrustError> {
+        if keys.is_empty() && !allow_unsigned {
+            return Err(TrustError::NoTrustedKey);
+        }
+        Ok(ReadPolicy {
+            keys,
+            allow_unsigned,
+        })
+    }
+
+    /// For a catalog that only commits: it reads nothing, so it trusts nothing.
+    pub fn refuse_all() -> ReadPolicy {
+        ReadPolicy {
+            keys: TrustedKeys::default(),
+            allow_unsigned: false,
+        }
+    }
+
+    /// Decides on a manifest stored under `key` with `bytes` and its `.minisig` text, if any.
+    /// Returns the signer's key id when it was checked.
+    ///
+    /// # Errors
+    /// `Untrusted`, naming `key`.
+    pub fn check(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        signature: Option<&str>,
+    ) -> Result<Option<String>, TrustError> {
+        match signature {
+            Some(sig) if !self.keys.is_empty() => self.keys.verify(key, bytes, sig).map(Some),
+            None if self.allow_unsigned => {
+                tracing::warn!(key, "UNSIGNED manifest accepted (--allow-unsigned): nothing proves who wrote it");
+                Ok(None)
+            }
+            Some(_) if self.allow_unsigned => {
+                tracing::warn!(key, "signature NOT checked: no trusted key is configured (--allow-unsigned)");
+                Ok(None)
+            }
+            _ => Err(TrustError::Untrusted {
+                key: key.to_string(),
+                detail: "it is not signed; a backup counts only with a signature by a trusted key (--allow-unsigned reads unsigned ones)".into(),
+            }),
+        }
     }
 }
 
@@ -284,6 +359,29 @@ mod tests {
             msg(stranger.verify("x.manifest.json", b"{\"id\":1}", &sig)).contains("not trusted")
         );
         assert!(msg(trusted.verify("x.manifest.json", b"{}", "garbage")).contains("does not parse"));
+    }
+
+    #[test]
+    fn a_reader_refuses_unsigned_manifests_unless_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let (signer, trusted) = pair(dir.path(), "a.key");
+        assert!(matches!(
+            ReadPolicy::new(TrustedKeys::default(), false),
+            Err(TrustError::NoTrustedKey)
+        ));
+        let strict = ReadPolicy::new(trusted, false).unwrap();
+        let sig = signer.sign("k", b"m").unwrap();
+        assert_eq!(
+            strict.check("k", b"m", Some(&sig)).unwrap(),
+            Some(signer.id())
+        );
+        assert!(strict.check("k", b"m", None).is_err());
+        assert!(strict.check("k", b"x", Some(&sig)).is_err());
+        let lenient = ReadPolicy::new(TrustedKeys::default(), true).unwrap();
+        assert_eq!(lenient.check("k", b"m", None).unwrap(), None);
+        assert!(ReadPolicy::refuse_all()
+            .check("k", b"m", Some(&sig))
+            .is_err());
     }
 
     #[test]

@@ -272,7 +272,7 @@ async fn verify_and_commit(
     if let Some(fence) = run.fence {
         fence.check().await.map_err(BackupError::Fenced)?;
     }
-    Catalog::new(run.store.clone())
+    Catalog::writer(run.store.clone())
         .commit(&manifest, run.settings.signer.as_deref())
         .await?;
     tracing::info!(id = %manifest.id, revision = manifest.revision, object_size = manifest.object.size, "backup committed");

@@ -16,13 +16,15 @@ pub use manifest::{
 };
 
 use crate::store::{bytes_stream, get_small, Store, StoreError};
-use crate::trust::SigningKey;
+use crate::trust::{ReadPolicy, SigningKey};
 
 const ID_PREFIX: &str = "etcd-";
 const MANIFEST_SUFFIX: &str = ".manifest.json";
 const TIME_FORMAT: &str = "%Y%m%dT%H%M%S%.3fZ";
 /// Manifests are a few KiB; anything far larger is not one of ours.
 const MANIFEST_LIMIT: usize = 1 << 20;
+/// A minisign signature is a few hundred bytes.
+const SIGNATURE_LIMIT: usize = 16 << 10;
 /// How far in the future a manifest may be dated (clocks of the nodes that write backups).
 const MAX_CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(5);
 
@@ -209,11 +211,18 @@ pub struct Skipped {
 
 pub struct Catalog {
     store: Arc<dyn Store>,
+    policy: Arc<ReadPolicy>,
 }
 
 impl Catalog {
-    pub fn new(store: Arc<dyn Store>) -> Catalog {
-        Catalog { store }
+    /// A catalog whose reads accept what `policy` accepts.
+    pub fn new(store: Arc<dyn Store>, policy: Arc<ReadPolicy>) -> Catalog {
+        Catalog { store, policy }
+    }
+
+    /// A catalog that only commits (a backup run): it trusts, and so lists, nothing.
+    pub fn writer(store: Arc<dyn Store>) -> Catalog {
+        Catalog::new(store, Arc::new(ReadPolicy::refuse_all()))
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -249,6 +258,13 @@ impl Catalog {
         let bytes = get_small(self.store.as_ref(), key, MANIFEST_LIMIT).await?;
         let manifest = Manifest::parse(key, &bytes)?;
         check_names(key, &manifest, Utc::now())?;
+        let signature =
+            match get_small(self.store.as_ref(), &signature_key(key), SIGNATURE_LIMIT).await {
+                Ok(s) => Some(String::from_utf8_lossy(&s).into_owned()),
+                Err(StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            };
+        self.policy.check(key, &bytes, signature.as_deref())?;
         Ok(manifest)
     }
 
@@ -456,7 +472,64 @@ mod tests {
             rt.block_on(store.put(key, bytes_stream(body.clone().into())))
                 .unwrap();
         }
-        (dir, Catalog::new(store))
+        (dir, Catalog::new(store, lenient()))
+    }
+
+    fn lenient() -> Arc<ReadPolicy> {
+        Arc::new(ReadPolicy::new(crate::trust::TrustedKeys::default(), true).unwrap())
+    }
+
+    /// #11: a reader with trusted keys lists only manifests signed by one of them.
+    #[test]
+    fn only_manifests_signed_by_a_trusted_key_are_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ours_pub, _) = crate::trust::generate(&dir.path().join("ours.key")).unwrap();
+        crate::trust::generate(&dir.path().join("theirs.key")).unwrap();
+        let ours = SigningKey::from_file(&dir.path().join("ours.key")).unwrap();
+        let theirs = SigningKey::from_file(&dir.path().join("theirs.key")).unwrap();
+        let now = Utc::now();
+        let signed = manifest(now - chrono::Duration::hours(3), 0xab);
+        let forged = manifest(now - chrono::Duration::hours(2), 0xab);
+        let unsigned = manifest(now - chrono::Duration::hours(1), 0xab);
+        let (_d, catalog) = store_with(&[]);
+        block_on(catalog.commit(&signed, Some(&ours))).unwrap();
+        block_on(catalog.commit(&forged, Some(&theirs))).unwrap();
+        block_on(catalog.commit(&unsigned, None)).unwrap();
+        let strict = Catalog::new(
+            catalog.store().clone(),
+            Arc::new(
+                ReadPolicy::new(
+                    crate::trust::TrustedKeys::from_files(&[ours_pub]).unwrap(),
+                    false,
+                )
+                .unwrap(),
+            ),
+        );
+        let (listed, skipped) = block_on(strict.list()).unwrap();
+        assert_eq!(listed, vec![signed.clone()]);
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(skipped.iter().any(|s| s.reason.contains("not trusted")));
+        assert!(skipped.iter().any(|s| s.reason.contains("not signed")));
+        assert_eq!(
+            block_on(strict.find("latest", None)).unwrap(),
+            signed,
+            "newest trusted"
+        );
+        assert!(block_on(strict.find(&unsigned.id, None)).is_err());
+        // A signed manifest changed afterwards is refused.
+        let key = key_of(&signed);
+        let mut tampered = signed.clone();
+        tampered.revision += 1;
+        block_on(catalog.store().delete(&key)).unwrap();
+        block_on(
+            catalog
+                .store()
+                .put(&key, bytes_stream(tampered.to_json().into_bytes().into())),
+        )
+        .unwrap();
+        assert!(block_on(strict.find(&signed.id, None)).is_err());
+        let (listed, _) = block_on(strict.list()).unwrap();
+        assert!(listed.is_empty());
     }
 
     fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {

@@ -225,6 +225,8 @@ pub struct DestArgs {
     pub dest: Option<String>,
     #[command(flatten)]
     pub s3: S3Section,
+    #[command(flatten)]
+    pub trust: TrustSection,
 }
 
 /// The flags of every command that takes backups: the member, the destination, how to write.
@@ -236,8 +238,6 @@ pub struct WriterArgs {
     pub dest: DestArgs,
     #[command(flatten)]
     pub backup: BackupSection,
-    #[command(flatten)]
-    pub trust: TrustSection,
 }
 
 #[derive(Args, Debug)]
@@ -338,6 +338,7 @@ impl DestArgs {
                 ..Default::default()
             },
             s3: self.s3.clone(),
+            trust: self.trust.clone(),
             ..Default::default()
         }
     }
@@ -349,7 +350,6 @@ impl WriterArgs {
         FileConfig {
             etcd: self.etcd.clone(),
             backup: self.backup.clone().overlay(dest.backup),
-            trust: self.trust.clone(),
             ..dest
         }
     }

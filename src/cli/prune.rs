@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use lifeboat::catalog::Catalog;
-use lifeboat::config::{resolve_retention, FileConfig};
+use lifeboat::config::{resolve_read_policy, resolve_retention, FileConfig};
 use lifeboat::retention::{self, Action};
 
 use super::args::{Output, PruneArgs};
@@ -13,7 +13,7 @@ pub async fn run(a: PruneArgs, file: FileConfig) -> Result<()> {
     let policy = resolve_retention(&config.retention)?;
     let cluster = super::snapshot::cluster_flag(a.cluster_id.as_deref())?;
     let store = open_store(&config).await?;
-    let catalog = Catalog::new(store.clone());
+    let catalog = Catalog::new(store.clone(), resolve_read_policy(&config.trust)?);
     let report = retention::prune(
         &catalog,
         &policy,

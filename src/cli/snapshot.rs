@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use lifeboat::backup::take_backup;
 use lifeboat::catalog::{Catalog, Manifest, Reason};
 use lifeboat::config::{
-    resolve_backup, resolve_etcd, resolve_store, work_dir, ConfigError, FileConfig,
+    resolve_backup, resolve_etcd, resolve_read_policy, resolve_store, work_dir, ConfigError,
+    FileConfig,
 };
 use lifeboat::etcd::EtcdSource;
 use lifeboat::readback;
@@ -88,7 +89,8 @@ fn status(a: StatusArgs) -> Result<()> {
 
 async fn list(a: ListArgs, config: &FileConfig) -> Result<()> {
     let store = open_store(config).await?;
-    let (manifests, skipped) = Catalog::new(store.clone()).list().await?;
+    let policy = resolve_read_policy(&config.trust)?;
+    let (manifests, skipped) = Catalog::new(store.clone(), policy).list().await?;
     for s in &skipped {
         tracing::warn!(key = %s.key, reason = %s.reason, "skipping an unreadable manifest");
     }
@@ -109,7 +111,10 @@ pub(super) async fn find(
 ) -> Result<(Arc<dyn Store>, Manifest)> {
     let store = open_store(config).await?;
     let cluster = cluster_flag(pick.cluster_id.as_deref())?;
-    let manifest = Catalog::new(store.clone()).find(selector, cluster).await?;
+    let policy = resolve_read_policy(&config.trust)?;
+    let manifest = Catalog::new(store.clone(), policy)
+        .find(selector, cluster)
+        .await?;
     readback::check_encryption(&manifest, identities.is_some(), pick.allow_unencrypted)?;
     Ok((store, manifest))
 }

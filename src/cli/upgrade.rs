@@ -3,8 +3,8 @@
 use anyhow::Result;
 use lifeboat::catalog::Reason;
 use lifeboat::config::{
-    resolve_backup, resolve_etcd, resolve_store, resolve_upgrade, state_dir, ConfigError,
-    FileConfig,
+    resolve_backup, resolve_etcd, resolve_read_policy, resolve_store, resolve_upgrade, state_dir,
+    ConfigError, FileConfig,
 };
 use lifeboat::upgrade::tools::Tools;
 use lifeboat::upgrade::version::KubeVersion;
@@ -108,6 +108,7 @@ async fn gate_inputs(
         store,
         store_is_local,
         backup,
+        read_policy: resolve_read_policy(&config.trust)?,
     }))
 }
 

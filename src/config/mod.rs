@@ -28,7 +28,7 @@ pub use restore::{resolve_restore, state_dir, ResolvedRestore, RestoreSection};
 pub use retention::{resolve_retention, RetentionSection};
 pub use serve::{resolve_serve, ServeSection};
 pub use store::{resolve_backup, resolve_store, work_dir, BackupSection, S3Section};
-pub use trust::{resolve_signer, TrustSection};
+pub use trust::{resolve_read_policy, resolve_signer, TrustSection};
 pub use upgrade::{resolve_upgrade, ResolvedUpgrade, UpgradeSection};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/etcd-lifeboat/lifeboat.toml";

@@ -99,6 +99,7 @@ pub fn resolve_serve(c: &FileConfig) -> Result<ServeSettings, ConfigError> {
         },
         retention: resolve_retention(&c.retention)?,
         drill,
+        read_policy: super::resolve_read_policy(&c.trust)?,
     })
 }
 

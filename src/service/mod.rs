@@ -49,6 +49,8 @@ pub struct ServeSettings {
     pub backup: Option<BackupSettings>,
     pub retention: Policy,
     pub drill: Option<DrillPlan>,
+    /// What retention and drills accept as a backup (`[trust]`).
+    pub read_policy: Arc<crate::trust::ReadPolicy>,
 }
 
 /// Restore drills on their own schedule.
@@ -121,6 +123,7 @@ struct Shared {
     drill_running: AtomicBool,
     /// The last readiness verdict and when it was reached (`/readyz` answers from it).
     readiness: tokio::sync::Mutex<Option<http::Verdict>>,
+    read_policy: Arc<crate::trust::ReadPolicy>,
 }
 
 /// Runs until `shutdown` is cancelled; returns once the running backup has finished or been
@@ -142,6 +145,7 @@ pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result
         backups: settings.backup.is_some(),
         drill_running: AtomicBool::new(false),
         readiness: tokio::sync::Mutex::new(None),
+        read_policy: settings.read_policy.clone(),
     });
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -371,7 +375,7 @@ async fn drill_latest(
         .map_err(|e| e.to_string())?;
     // A drill-only instance may watch a bucket shared by several clusters: it drills the
     // newest backup in it, whichever cluster's.
-    let (all, _) = Catalog::new(shared.store.clone())
+    let (all, _) = Catalog::new(shared.store.clone(), shared.read_policy.clone())
         .list()
         .await
         .map_err(|e| e.to_string())?;
@@ -536,7 +540,7 @@ async fn apply_retention(
     cluster: u64,
     fence: &leader::LeaseFence,
 ) {
-    let catalog = Catalog::new(shared.store.clone());
+    let catalog = Catalog::new(shared.store.clone(), shared.read_policy.clone());
     match retention::prune(
         &catalog,
         &settings.retention,

@@ -31,7 +31,7 @@ pub(super) async fn run_gate(
         .await
         .map_err(|e| gate_err(format!("etcd: {e}")))?;
     let cluster = format!("{:x}", facts.cluster_id);
-    let catalog = Catalog::new(g.store.clone());
+    let catalog = Catalog::new(g.store.clone(), g.read_policy.clone());
     let recent = recent_verified_backup(&catalog, &cluster, opts.max_snapshot_age).await;
     let (manifest, reused) = match recent {
         Some(m) => {

@@ -112,6 +112,8 @@ pub struct GateInputs {
     pub store: Arc<dyn Store>,
     pub store_is_local: bool,
     pub backup: BackupSettings,
+    /// Which existing backups the gate may reuse (`[trust]`).
+    pub read_policy: Arc<crate::trust::ReadPolicy>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -95,10 +95,14 @@ fn the_static_pod_variant_is_a_valid_pod() {
 fn the_secret_holds_the_key_files_the_config_names() {
     let secret: Secret = parse("secret.yaml");
     let keys: Vec<String> = secret.string_data.unwrap().into_keys().collect();
-    assert_eq!(keys, vec!["access-key", "secret-key"]);
+    assert_eq!(keys, vec!["access-key", "secret-key", "signing-key"]);
     let config = config_text();
-    assert!(config.contains("/var/run/secrets/etcd-lifeboat/access-key"));
-    assert!(config.contains("/var/run/secrets/etcd-lifeboat/secret-key"));
+    for key in keys {
+        assert!(
+            config.contains(&format!("/var/run/secrets/etcd-lifeboat/{key}")),
+            "the config does not use {key}"
+        );
+    }
 }
 
 fn config_text() -> String {

@@ -120,6 +120,7 @@ fn drill_reports_a_mismatch_the_read_back_cannot_see() {
     assert_eq!(m["hashkv"]["checked"], true);
     m["hashkv"]["hash"] = serde_json::json!(m["hashkv"]["hash"].as_u64().unwrap() ^ 1);
     std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    crate::harness::resign(&path);
     let r = run(&mut drill_cmd(
         Version::V35,
         &dest,

@@ -171,7 +171,8 @@ fn a_killed_save_leaves_leftovers_that_the_next_run_cleans() {
         files_in(&dir.path().join("b")),
         vec![
             m["object"]["key"].as_str().unwrap().to_string(),
-            format!("{id}.manifest.json")
+            format!("{id}.manifest.json"),
+            format!("{id}.manifest.json.minisig")
         ]
     );
     assert!(

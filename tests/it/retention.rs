@@ -71,7 +71,7 @@ async fn keys(store: &dyn Store) -> Vec<String> {
 }
 
 async fn prune_against(store: Arc<dyn Store>) {
-    let catalog = Catalog::new(store.clone());
+    let catalog = Catalog::new(store.clone(), crate::harness::lenient_trust());
     // Scheduled every 8 hours for 5 days, one old and one fresh manual backup, another cluster.
     let mut scheduled = Vec::new();
     for h in (0..120).step_by(8) {
@@ -227,7 +227,7 @@ fn a_crash_mid_prune_never_leaves_a_manifest_without_its_object() {
             inner: LocalStore::open(dir.path()).unwrap(),
             fail: AtomicBool::new(true),
         });
-        let catalog = Catalog::new(store.clone());
+        let catalog = Catalog::new(store.clone(), crate::harness::lenient_trust());
         let _newest = backup_at(&catalog, 0, "manual", 0xa).await;
         let old = backup_at(&catalog, 24 * 30, "manual", 0xa).await;
         assert!(prune(&catalog, &policy(), now(), None, false, None)
@@ -294,8 +294,9 @@ fn prune_cli_dry_run_lists_rules_and_deletes_nothing() {
         "{}",
         dry.stdout
     );
-    assert_eq!(crate::harness::files_in(&dest).len(), 6);
+    // Three backups: object, manifest and signature each.
+    assert_eq!(crate::harness::files_in(&dest).len(), 9);
     let done = prune_cmd(&["-w", "json"]).ok().json();
     assert_eq!(done["deleted"], 2);
-    assert_eq!(crate::harness::files_in(&dest).len(), 2);
+    assert_eq!(crate::harness::files_in(&dest).len(), 3);
 }

@@ -52,6 +52,7 @@ fn save_list_verify_and_get_work_against_s3() {
         vec![
             format!("clusters/prod/{}", m["object"]["key"].as_str().unwrap()),
             format!("clusters/prod/{id}.manifest.json"),
+            format!("clusters/prod/{id}.manifest.json.minisig"),
         ]
     );
     assert_eq!(rt().block_on(server.multipart_uploads("etcd-backups")), 0);
@@ -156,7 +157,11 @@ fn credentials_come_from_the_shared_files_of_the_standard_chain() {
         .env("AWS_EC2_METADATA_DISABLED", "true");
     let m = run(&mut save).ok().json();
     assert_eq!(m["hashkv"]["checked"], true);
-    assert_eq!(rt().block_on(server.keys("shared")).len(), 2);
+    assert_eq!(
+        rt().block_on(server.keys("shared")).len(),
+        3,
+        "object, manifest, signature"
+    );
     // The same files with a wrong secret: refused by the server, one clear line.
     std::fs::write(
         &credentials,

@@ -95,12 +95,16 @@ fn round_trip(v: Version, tls: bool) {
         format!("{:x}", header["member_id"].as_u64().unwrap())
     );
 
-    // Object and manifest only, private.
+    // Object, manifest and its signature only, private.
     let object = m["object"]["key"].as_str().unwrap();
     let id = m["id"].as_str().unwrap();
     assert_eq!(
         files_in(&dest),
-        vec![object.to_string(), format!("{id}.manifest.json")]
+        vec![
+            object.to_string(),
+            format!("{id}.manifest.json"),
+            format!("{id}.manifest.json.minisig")
+        ]
     );
     assert!(files_in(&work).is_empty(), "the spool copy is removed");
     use std::os::unix::fs::PermissionsExt;
@@ -324,7 +328,7 @@ fn flags_win_over_env_and_env_over_the_config_file() {
     assert_eq!(m["compression"]["level"], 2, "flag beats env and file");
     assert_eq!(
         files_in(&dir.path().join("from-env")).len(),
-        2,
+        3,
         "env beats file"
     );
     assert!(!dir.path().join("from-file").exists());

@@ -598,6 +598,7 @@ fn a_drill_only_instance_drills_the_latest_backup_on_schedule_and_counts_failure
         serde_json::from_slice(&std::fs::read(b.join(&name)).unwrap()).unwrap();
     m["hashkv"]["hash"] = serde_json::json!(m["hashkv"]["hash"].as_u64().unwrap() ^ 1);
     std::fs::write(b.join(&name), serde_json::to_vec(&m).unwrap()).unwrap();
+    crate::harness::resign(&b.join(&name));
     wait_until("a failed drill", Duration::from_secs(60), || {
         serve.metric("lifeboat_drill_failures_total") >= 1.0
     });

@@ -94,7 +94,9 @@ fn manifests_are_signed_and_the_minisign_cli_checks_them() {
             "0",
             "--dest",
         ])
-        .arg(&dest))
+        .arg(&dest)
+        .arg("--trusted-key")
+        .arg(&public))
     .ok();
     let left = files_in(&dest);
     assert!(
@@ -134,4 +136,163 @@ fn a_signing_key_others_can_read_is_refused_naming_the_key() {
         .arg(&signing));
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("trust.signing_key"), "{}", r.stderr);
+}
+
+/// #11: a backup written straight into the store by someone without the writers' key — signed
+/// with another key, or not at all, or a real one replayed under a newer name — is never
+/// listed, read, drilled or pruned; `--allow-unsigned` lets unsigned ones through, loudly.
+#[test]
+fn forged_backups_are_refused_by_every_reader_and_ignored_by_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let dest = dir.path().join("b");
+    let etcd = EtcdProcess::start(Version::V35, None);
+    etcd.put("/registry/a", "1");
+    let save = |extra: &[&str], unsigned: bool| {
+        let mut cmd = lifeboat();
+        cmd.args(["snapshot", "save", "-w", "json", "-r", &key.recipient])
+            .args(etcd.lifeboat_flags())
+            .arg("--dest")
+            .arg(&dest)
+            .arg("--work-dir")
+            .arg(dir.path().join("w"))
+            .args(extra);
+        if unsigned {
+            cmd.env_remove("LIFEBOAT_SIGNING_KEY");
+        }
+        run(&mut cmd).ok().json()
+    };
+    let genuine = save(&[], false);
+    let genuine_id = genuine["id"].as_str().unwrap().to_string();
+    // An attacker's backup, signed with their own key, and one not signed at all: both newer.
+    let attacker = dir.path().join("attacker.key");
+    run(lifeboat()
+        .args(["signing-key", "generate", "-o"])
+        .arg(&attacker))
+    .ok();
+    etcd.put("/registry/clusterrolebindings/evil", "cluster-admin");
+    let foreign = save(&["--signing-key", attacker.to_str().unwrap()], false);
+    let unsigned = save(&[], true);
+    // A genuine backup replayed under a newer name.
+    let replay_id = unsigned["id"]
+        .as_str()
+        .unwrap()
+        .replace(&unsigned["id"].as_str().unwrap()[..9], "etcd-2099");
+    for (suffix_from, suffix_to) in [
+        (".manifest.json", ".manifest.json"),
+        (".manifest.json.minisig", ".manifest.json.minisig"),
+    ] {
+        std::fs::copy(
+            dest.join(format!("{genuine_id}{suffix_from}")),
+            dest.join(format!("{replay_id}{suffix_to}")),
+        )
+        .unwrap();
+    }
+
+    let listed = run(lifeboat()
+        .args(["snapshot", "list", "-w", "json", "--dest"])
+        .arg(&dest))
+    .ok();
+    let ids: Vec<String> = listed
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, vec![genuine_id.clone()], "{}", listed.stderr);
+
+    let read = |what: &str, id: &str, extra: &[&str]| {
+        run(lifeboat()
+            .args(["snapshot", what, id, "--dest"])
+            .arg(&dest)
+            .arg("-i")
+            .arg(&key.identity_file)
+            .args(extra))
+    };
+    for forged in [
+        foreign["id"].as_str().unwrap(),
+        unsigned["id"].as_str().unwrap(),
+        &replay_id,
+    ] {
+        let work = dir.path().join("w");
+        let r = read("verify", forged, &["--work-dir", work.to_str().unwrap()]);
+        assert_eq!(r.code, 4, "{forged}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("not trusted") || r.stderr.contains("not signed"),
+            "{}",
+            r.stderr
+        );
+    }
+    let out = dir.path().join("latest.db");
+    read("get", "latest", &["-o", out.to_str().unwrap()]).ok();
+    let got = run(lifeboat()
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&out))
+    .ok()
+    .json();
+    assert_eq!(
+        got, genuine["status"],
+        "latest is the newest trusted backup"
+    );
+
+    // Drill: the forged one is refused, `latest` drills the genuine one.
+    let drill = |id: &str| {
+        run(lifeboat()
+            .args(["drill", id, "-w", "json", "--dest"])
+            .arg(&dest)
+            .arg("--identity")
+            .arg(&key.identity_file)
+            .arg("--etcd")
+            .arg(crate::harness::etcd_bin(Version::V35))
+            .arg("--etcdutl")
+            .arg(crate::harness::etcdutl_bin())
+            .arg("--work-dir")
+            .arg(dir.path().join("d")))
+    };
+    assert_eq!(drill(foreign["id"].as_str().unwrap()).code, 4);
+    assert_eq!(drill("latest").ok().json()["id"], genuine_id.as_str());
+
+    // Retention deletes nothing on the word of an untrusted manifest.
+    run(lifeboat()
+        .args([
+            "prune",
+            "--keep-last",
+            "0",
+            "--manual-keep-days",
+            "0",
+            "--dest",
+        ])
+        .arg(&dest))
+    .ok();
+    let left = files_in(&dest);
+    for forged in [
+        foreign["id"].as_str().unwrap(),
+        unsigned["id"].as_str().unwrap(),
+        &replay_id,
+    ] {
+        assert!(
+            left.iter().any(|f| f.starts_with(forged)),
+            "{forged} was touched: {left:?}"
+        );
+    }
+
+    // Migration: --allow-unsigned lets the unsigned one through, and says so.
+    let r = run(lifeboat()
+        .args([
+            "snapshot",
+            "list",
+            "-w",
+            "json",
+            "--allow-unsigned",
+            "--dest",
+        ])
+        .arg(&dest))
+    .ok();
+    assert!(
+        r.stdout.contains(unsigned["id"].as_str().unwrap()),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stderr.contains("UNSIGNED"), "{}", r.stderr);
 }

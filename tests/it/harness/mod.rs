@@ -82,7 +82,49 @@ pub fn lifeboat() -> Command {
         }
     }
     cmd.env("LIFEBOAT_LOG_LEVEL", "warn");
+    // Every writer signs and every reader checks, as in production (#11); tests of the
+    // trust model override these with flags.
+    let keys = test_keys();
+    cmd.env("LIFEBOAT_SIGNING_KEY", &keys.secret)
+        .env("LIFEBOAT_TRUSTED_KEYS", &keys.public);
     cmd
+}
+
+/// The test run's signing key pair (generated once per test binary).
+pub struct TestKeys {
+    pub secret: PathBuf,
+    pub public: PathBuf,
+}
+
+pub fn test_keys() -> &'static TestKeys {
+    static KEYS: std::sync::OnceLock<TestKeys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        // In cargo's scratch folder for integration tests (target/tmp), one per run.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("signing-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("signing.key");
+        let (public, _) = lifeboat::trust::generate(&secret).unwrap();
+        TestKeys { secret, public }
+    })
+}
+
+/// Signs a manifest file again with the run's key, after a test changed it on purpose (as a
+/// writer's bug would): the reader must then catch the change by its own checks.
+pub fn resign(manifest: &Path) {
+    let name = manifest.file_name().unwrap().to_str().unwrap();
+    let bytes = std::fs::read(manifest).unwrap();
+    let key = lifeboat::trust::SigningKey::from_file(&test_keys().secret).unwrap();
+    let sig = key.sign(name, &bytes).unwrap();
+    std::fs::write(format!("{}.minisig", manifest.display()), sig).unwrap();
+}
+
+/// A read policy that accepts unsigned manifests: for tests that commit through the library.
+pub fn lenient_trust() -> std::sync::Arc<lifeboat::trust::ReadPolicy> {
+    std::sync::Arc::new(
+        lifeboat::trust::ReadPolicy::new(lifeboat::trust::TrustedKeys::default(), true).unwrap(),
+    )
 }
 
 pub struct Run {
