@@ -23,6 +23,22 @@ fn minisign_verifies(public: &Path, manifest: &Path) -> bool {
         .success()
 }
 
+/// `lifeboat prune` with a policy that keeps only the newest backup of each cluster.
+fn prune_all_but_the_newest(dest: &Path, extra: &[&str]) {
+    run(lifeboat()
+        .args([
+            "prune",
+            "--keep-last",
+            "0",
+            "--manual-keep-days",
+            "0",
+            "--dest",
+        ])
+        .arg(dest)
+        .args(extra))
+    .ok();
+}
+
 #[test]
 fn manifests_are_signed_and_the_minisign_cli_checks_them() {
     use std::os::unix::fs::PermissionsExt;
@@ -85,19 +101,7 @@ fn manifests_are_signed_and_the_minisign_cli_checks_them() {
     // Retention removes the signature with its manifest.
     etcd.put("/registry/b", "2");
     let second = save();
-    run(lifeboat()
-        .args([
-            "prune",
-            "--keep-last",
-            "0",
-            "--manual-keep-days",
-            "0",
-            "--dest",
-        ])
-        .arg(&dest)
-        .arg("--trusted-key")
-        .arg(&public))
-    .ok();
+    prune_all_but_the_newest(&dest, &["--trusted-key", public.to_str().unwrap()]);
     let left = files_in(&dest);
     assert!(
         !left.iter().any(|f| f.starts_with(id)),
@@ -254,17 +258,7 @@ fn forged_backups_are_refused_by_every_reader_and_ignored_by_retention() {
     assert_eq!(drill("latest").ok().json()["id"], genuine_id.as_str());
 
     // Retention deletes nothing on the word of an untrusted manifest.
-    run(lifeboat()
-        .args([
-            "prune",
-            "--keep-last",
-            "0",
-            "--manual-keep-days",
-            "0",
-            "--dest",
-        ])
-        .arg(&dest))
-    .ok();
+    prune_all_but_the_newest(&dest, &[]);
     let left = files_in(&dest);
     for forged in [
         foreign["id"].as_str().unwrap(),
