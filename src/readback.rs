@@ -161,13 +161,10 @@ async fn read_into(
     path: &Path,
     progress: Arc<dyn Observer>,
 ) -> Result<ReadBack, ReadBackError> {
+    // Callers have refused a downgrade already (`check_encryption` with their own setting);
+    // here only "encrypted, but no identity" remains to catch.
+    check_encryption(manifest, identities.is_some(), true)?;
     let encrypted = manifest.encryption.scheme == "age";
-    if encrypted && identities.is_none() {
-        return Err(ReadBackError::IdentityNeeded {
-            id: manifest.id.clone(),
-            recipients: manifest.encryption.recipients.join(", "),
-        });
-    }
     let stream = store.get(&manifest.object.key).await?;
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let object_tally = Arc::new(Mutex::new(Tally::default()));

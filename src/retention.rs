@@ -17,7 +17,7 @@ use chrono::{DateTime, Datelike, Utc};
 use serde::Serialize;
 
 use crate::catalog::{cluster_of, BackupId, Catalog, CatalogError, Fence, Manifest, Reason};
-use crate::store::Store;
+use crate::store::{ObjectInfo, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Policy {
@@ -244,9 +244,11 @@ pub async fn prune(
 ) -> Result<PruneReport, PruneError> {
     let store: &dyn Store = catalog.store().as_ref();
     let (manifests, skipped) = catalog.list().await?;
-    let bundled = bundled_backups(store).await?;
+    // One listing of everything named as ours serves the bundles and the orphans.
+    let all = store.list("etcd-").await?;
+    let bundled = bundled_backups(&all);
     let decisions = plan(&manifests, &bundled, now, policy, only_cluster);
-    let orphans = find_orphans(store, &manifests, now, policy, only_cluster).await?;
+    let orphans = find_orphans(&all, &manifests, now, policy, only_cluster);
     let mut deleted = 0;
     let mut incomplete_cleaned = Vec::new();
     if !dry_run {
@@ -267,10 +269,11 @@ pub async fn prune(
                 .await?;
             store.delete(&m.object.key).await?;
             // Node bundles saved next to a pre-upgrade backup go with it.
-            for b in store.list(&format!("{}.node-", m.id)).await? {
-                if crate::catalog::id_of_bundle_key(&b.key).is_some() {
-                    store.delete(&b.key).await?;
-                }
+            let bundles = all.iter().filter(|o| {
+                crate::catalog::id_of_bundle_key(&o.key).is_some_and(|b| b.to_string() == m.id)
+            });
+            for b in bundles {
+                store.delete(&b.key).await?;
             }
             deleted += 1;
             tracing::info!(id = %m.id, rules = ?d.rules, "retention deleted a backup");
@@ -292,18 +295,17 @@ pub async fn prune(
     })
 }
 
-async fn find_orphans(
-    store: &dyn Store,
+fn find_orphans(
+    all: &[ObjectInfo],
     manifests: &[Manifest],
     now: DateTime<Utc>,
     policy: &Policy,
     only_cluster: Option<u64>,
-) -> Result<Vec<Orphan>, PruneError> {
+) -> Vec<Orphan> {
     let referenced: HashSet<&str> = manifests.iter().map(|m| m.object.key.as_str()).collect();
-    let all = store.list("etcd-").await?;
     let manifest_keys: HashSet<&str> = all.iter().map(|o| o.key.as_str()).collect();
     let mut out = Vec::new();
-    for o in &all {
+    for o in all {
         let Some(id) = data_object_id(&o.key).or_else(|| crate::catalog::id_of_bundle_key(&o.key))
         else {
             continue;
@@ -329,7 +331,7 @@ async fn find_orphans(
             },
         });
     }
-    Ok(out)
+    out
 }
 
 async fn check_fence(fence: Option<&dyn Fence>) -> Result<(), PruneError> {
@@ -340,14 +342,11 @@ async fn check_fence(fence: Option<&dyn Fence>) -> Result<(), PruneError> {
 }
 
 /// The ids of the backups that have a node bundle beside them.
-async fn bundled_backups(store: &dyn Store) -> Result<HashSet<String>, PruneError> {
-    Ok(store
-        .list("etcd-")
-        .await?
-        .iter()
+fn bundled_backups(all: &[ObjectInfo]) -> HashSet<String> {
+    all.iter()
         .filter_map(|o| crate::catalog::id_of_bundle_key(&o.key))
         .map(|id| id.to_string())
-        .collect())
+        .collect()
 }
 
 /// The id of a data object key (`<id>.db.zst.age` or `<id>.db.zst`), when it is one of ours.

@@ -416,6 +416,33 @@ impl VerifyArgs {
 mod tests {
     use super::*;
 
+    /// `--s3-path-style` alone means true; `=false` turns a config file's `true` off; absent,
+    /// the file decides.
+    #[test]
+    fn the_path_style_flag_overrides_the_file_either_way() {
+        let file = FileConfig {
+            s3: S3Section {
+                path_style: Some(true),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let style = |flag: &[&str]| {
+            let args = [&["lifeboat", "snapshot", "list"][..], flag].concat();
+            let Cli {
+                command: Command::Snapshot(SnapshotCommand::List(a)),
+                ..
+            } = Cli::try_parse_from(args).unwrap()
+            else {
+                panic!("not snapshot list")
+            };
+            file.clone().overlay(a.dest.flags()).s3.path_style
+        };
+        assert_eq!(style(&[]), Some(true));
+        assert_eq!(style(&["--s3-path-style=false"]), Some(false));
+        assert_eq!(style(&["--s3-path-style"]), Some(true));
+    }
+
     /// Regression: the parsed arguments kept `--password` in a `Debug`-printable `String`.
     #[test]
     fn the_password_flag_never_prints() {

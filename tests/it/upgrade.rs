@@ -387,6 +387,55 @@ fn a_second_upgrade_of_the_node_reusing_the_backup_keeps_a_bundle_each() {
     );
 }
 
+/// With `encryption = "none"` the node bundle (pki with the CA keys) goes up in the clear: the
+/// run says so loudly, and the bundle is a plain tar.zst the standard tools read.
+#[test]
+fn a_plaintext_node_bundle_is_stored_with_a_loud_warning() {
+    let cp = Cp::new("v1.30.2");
+    cp.tools.set("cluster", "v1.31.2".into());
+    cp.tools.set("server", "v1.31.2".into());
+    let config = cp.dir.path().join("plain.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[upgrade]\nready_timeout = \"3s\"\n[backup]\nencryption = \"none\"\nwork_dir = {:?}\n",
+            cp.dir.path().join("work")
+        ),
+    )
+    .unwrap();
+    let mut cmd = cp.tools.command(&[]);
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("upgrade")
+        .arg("--kubernetes-dir")
+        .arg(cp.node.kubernetes_dir())
+        .arg("--state-dir")
+        .arg(&cp.node.state_dir)
+        .args([
+            "--node",
+            "cp1",
+            "--to",
+            "v1.31.2",
+            "--yes",
+            "--allow-local-backup",
+        ])
+        .arg("--dest")
+        .arg(cp.local_dest());
+    let r = run(&mut cmd).ok();
+    assert!(r.stderr.contains("IN THE CLEAR"), "{}", r.stderr);
+    let bundle = cp
+        .backups()
+        .into_iter()
+        .find(|f| f.contains(".node-cp1.") && f.ends_with(".tar.zst"))
+        .expect("a plaintext bundle");
+    let listing = crate::harness::run_ok(Command::new("sh").arg("-c").arg(format!(
+        "zstd -dc {:?} | tar -t",
+        cp.local_dest().join(bundle)
+    )));
+    let names = String::from_utf8_lossy(&listing.stdout);
+    assert!(names.contains("kubeadm-config.yaml"), "{names}");
+}
+
 /// A worker node (no control-plane manifests) whose cluster already runs v1.31.2.
 struct Worker {
     dir: tempfile::TempDir,
