@@ -9,6 +9,10 @@
 //! first, then the object, so a crash mid-prune never leaves a manifest without its object.
 //! Objects named as ours without a manifest (interrupted uploads) are removed once older than a
 //! grace period.
+//!
+//! Object Lock: before deleting, retention asks the store whether a lock still holds any
+//! object of the backup; if one does, the backup is reported as locked and not touched (a plain
+//! delete of a locked object in a versioned bucket would only hide it behind a delete marker).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -17,7 +21,7 @@ use chrono::{DateTime, Datelike, Utc};
 use serde::Serialize;
 
 use crate::catalog::{cluster_of, BackupId, Catalog, CatalogError, Fence, Manifest, Reason};
-use crate::store::{ObjectInfo, Store};
+use crate::store::{Lock, ObjectInfo, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Policy {
@@ -64,6 +68,8 @@ impl Default for Policy {
 pub enum Action {
     Keep,
     Delete,
+    /// The rules would delete it, an S3 Object Lock still holds it: left alone.
+    Locked,
 }
 
 /// The verdict on one backup and the rules behind it.
@@ -216,6 +222,8 @@ pub struct PruneReport {
     /// Leftovers the store itself cleaned (`.part` files, stale multipart uploads).
     pub incomplete_cleaned: Vec<String>,
     pub deleted: usize,
+    /// Backups and orphans the rules would delete that an Object Lock still holds.
+    pub locked: usize,
     pub skipped_manifests: Vec<String>,
 }
 
@@ -247,8 +255,9 @@ pub async fn prune(
     // One listing of everything named as ours serves the bundles and the orphans.
     let all = store.list("etcd-").await?;
     let bundled = bundled_backups(&all);
-    let decisions = plan(&manifests, &bundled, now, policy, only_cluster);
-    let orphans = find_orphans(&all, &manifests, now, policy, only_cluster);
+    let mut decisions = plan(&manifests, &bundled, now, policy, only_cluster);
+    let mut orphans = find_orphans(&all, &manifests, now, policy, only_cluster);
+    let locked = hold_locked(store, &manifests, &all, &mut decisions, &mut orphans, now).await?;
     let mut deleted = 0;
     let mut incomplete_cleaned = Vec::new();
     if !dry_run {
@@ -263,17 +272,9 @@ pub async fn prune(
                 continue;
             };
             check_fence(fence).await?;
-            store.delete(&id.manifest_key()).await?;
-            store
-                .delete(&crate::catalog::signature_key(&id.manifest_key()))
-                .await?;
-            store.delete(&m.object.key).await?;
-            // Node bundles saved next to a pre-upgrade backup go with it.
-            let bundles = all.iter().filter(|o| {
-                crate::catalog::id_of_bundle_key(&o.key).is_some_and(|b| b.to_string() == m.id)
-            });
-            for b in bundles {
-                store.delete(&b.key).await?;
+            // Manifest first: a crash mid-way leaves an orphan, never a manifest without data.
+            for key in backup_keys(m, &id, &all) {
+                store.delete(&key).await?;
             }
             deleted += 1;
             tracing::info!(id = %m.id, rules = ?d.rules, "retention deleted a backup");
@@ -291,8 +292,97 @@ pub async fn prune(
         orphans,
         incomplete_cleaned,
         deleted,
+        locked,
         skipped_manifests: skipped.into_iter().map(|s| s.key).collect(),
     })
+}
+
+/// Every object of a backup, manifest first: the manifest, its signature, the data object and
+/// the node bundles saved next to it.
+fn backup_keys(m: &Manifest, id: &BackupId, all: &[ObjectInfo]) -> Vec<String> {
+    let manifest = id.manifest_key();
+    let mut keys = vec![
+        manifest.clone(),
+        crate::catalog::signature_key(&manifest),
+        m.object.key.clone(),
+    ];
+    keys.extend(
+        all.iter()
+            .filter(|o| crate::catalog::id_of_bundle_key(&o.key).is_some_and(|b| b == *id))
+            .map(|o| o.key.clone()),
+    );
+    keys
+}
+
+/// Turns every planned deletion that an Object Lock still prevents into `Locked`, naming the
+/// lock in its rules; returns how many.
+async fn hold_locked(
+    store: &dyn Store,
+    manifests: &[Manifest],
+    all: &[ObjectInfo],
+    decisions: &mut [Decision],
+    orphans: &mut [Orphan],
+    now: DateTime<Utc>,
+) -> Result<usize, PruneError> {
+    let mut locked = 0;
+    for d in decisions.iter_mut().filter(|d| d.action == Action::Delete) {
+        let (Some(m), Some(id)) = (
+            manifests.iter().find(|m| m.id == d.id),
+            BackupId::parse(&d.id),
+        ) else {
+            continue;
+        };
+        if let Some(lock) = holding_lock(store, &backup_keys(m, &id, all), now).await? {
+            d.action = Action::Locked;
+            d.rules.push(describe_lock(&lock));
+            locked += 1;
+        }
+    }
+    for o in orphans.iter_mut().filter(|o| o.action == Action::Delete) {
+        if holding_lock(store, std::slice::from_ref(&o.key), now)
+            .await?
+            .is_some()
+        {
+            o.action = Action::Locked;
+            locked += 1;
+        }
+    }
+    Ok(locked)
+}
+
+/// The lock that holds longest among those still holding any of `keys` at `now`.
+async fn holding_lock(
+    store: &dyn Store,
+    keys: &[String],
+    now: DateTime<Utc>,
+) -> Result<Option<Lock>, PruneError> {
+    let now = std::time::SystemTime::from(now);
+    let mut longest: Option<Lock> = None;
+    for key in keys {
+        let Some(lock) = store.lock_of(key).await? else {
+            continue;
+        };
+        let outlasts = |l: &Lock| match (lock.until, l.until) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => a > b,
+        };
+        if lock.holds_at(now) && longest.as_ref().is_none_or(outlasts) {
+            longest = Some(lock);
+        }
+    }
+    Ok(longest)
+}
+
+fn describe_lock(lock: &Lock) -> String {
+    match lock.until {
+        Some(until) => format!(
+            "Object Lock ({}) until {}",
+            lock.mode,
+            DateTime::<Utc>::from(until).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+        None => format!("Object Lock ({})", lock.mode),
+    }
 }
 
 fn find_orphans(

@@ -30,6 +30,7 @@ pub async fn run(a: PruneArgs, file: FileConfig) -> Result<()> {
                 (Action::Keep, _) => "keep",
                 (Action::Delete, true) => "would delete",
                 (Action::Delete, false) => "deleted",
+                (Action::Locked, _) => "locked",
             };
             for d in &report.decisions {
                 println!(
@@ -58,7 +59,7 @@ pub async fn run(a: PruneArgs, file: FileConfig) -> Result<()> {
                 .filter(|d| d.action == Action::Delete)
                 .count();
             println!(
-                "{} backups, {} kept, {} {}{}",
+                "{} backups, {} kept, {} {}{}{}",
                 report.decisions.len(),
                 report.decisions.len() - deletes,
                 deletes,
@@ -66,6 +67,14 @@ pub async fn run(a: PruneArgs, file: FileConfig) -> Result<()> {
                     "to delete (dry run: nothing deleted)"
                 } else {
                     "deleted"
+                },
+                if report.locked == 0 {
+                    String::new()
+                } else {
+                    format!(
+                        "; {} held by an S3 Object Lock, left until it ends",
+                        report.locked
+                    )
                 },
                 if report.skipped_manifests.is_empty() {
                     String::new()

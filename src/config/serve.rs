@@ -31,6 +31,10 @@ section! {
         pub shutdown_deadline: Option<String>,
         #[arg(skip)]
         pub lease_ttl: Option<String>,
+        /// `false`: no retention after backups; a separate pruner holding the delete
+        /// permission runs `lifeboat prune` (deploy/kubernetes/pruner.yaml). Default `true`.
+        #[arg(skip)]
+        pub prune: Option<bool>,
     }
 }
 
@@ -97,7 +101,11 @@ pub fn resolve_serve(c: &FileConfig) -> Result<ServeSettings, ConfigError> {
         } else {
             Some(resolve_backup(&c.backup, &c.trust, Reason::Scheduled)?)
         },
-        retention: resolve_retention(&c.retention)?,
+        retention: if s.prune.unwrap_or(true) {
+            Some(resolve_retention(&c.retention)?)
+        } else {
+            None
+        },
         drill,
         read_policy: super::resolve_read_policy(&c.trust)?,
     })

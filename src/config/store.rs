@@ -11,7 +11,7 @@ use crate::backup::BackupSettings;
 use crate::catalog::Reason;
 use crate::stages::compress;
 use crate::stages::encrypt::Recipients;
-use crate::store::{self, Dest, S3Settings, Spec, Sse};
+use crate::store::{self, Dest, LockMode, ObjectLock, S3Settings, Spec, Sse};
 
 section! {
     /// `[backup]`. `dest` is set by `--dest` (see `DestArgs` in the CLI), `encryption` only here.
@@ -68,6 +68,13 @@ section! {
         pub sse: Option<String>,
         #[arg(skip)]
         pub kms_key_id: Option<String>,
+        /// S3 Object Lock for every object written: `governance` or `compliance` (the bucket
+        /// must have Object Lock enabled); needs --s3-lock-period.
+        #[arg(long = "s3-lock-mode", env = "LIFEBOAT_S3_LOCK_MODE", value_name = "MODE")]
+        pub lock_mode: Option<String>,
+        /// How long each object stays locked after its upload (e.g. 30d).
+        #[arg(long = "s3-lock-period", env = "LIFEBOAT_S3_LOCK_PERIOD", value_name = "DURATION")]
+        pub lock_period: Option<String>,
         #[arg(skip)]
         pub part_size_mib: Option<usize>,
         #[arg(skip)]
@@ -93,7 +100,15 @@ pub fn resolve_store(backup: &BackupSection, s3: &S3Section) -> Result<Spec, Con
         )
     })?;
     match store::parse_dest(raw).map_err(|m| invalid("backup.dest", m))? {
-        Dest::Local(p) => Ok(Spec::Local(p)),
+        Dest::Local(p) => {
+            if s3.lock_mode.is_some() {
+                return Err(invalid(
+                    "s3.lock_mode",
+                    "Object Lock needs an s3:// destination; a folder cannot lock its files",
+                ));
+            }
+            Ok(Spec::Local(p))
+        }
         Dest::S3 { bucket, prefix } => Ok(Spec::S3(Box::new(s3_settings(&bucket, &prefix, s3)?))),
     }
 }
@@ -113,6 +128,7 @@ fn s3_settings(bucket: &str, prefix: &str, s3: &S3Section) -> Result<S3Settings,
         ));
     }
     st.sse = sse(s3)?;
+    st.lock = object_lock(s3)?;
     if let Some(mib) = s3.part_size_mib {
         st.part_size = in_range("s3.part_size_mib", mib, 5, 5120)? * 1024 * 1024;
     }
@@ -150,6 +166,50 @@ fn sse(s3: &S3Section) -> Result<Option<Sse>, ConfigError> {
             format!("`{other}` is not one of AES256, aws:kms"),
         )),
     }
+}
+
+/// The longest lock we accept: a typo such as `30y` for `30d` would make objects undeletable
+/// for decades in compliance mode, with no way back.
+const MAX_LOCK_DAYS: u64 = 3660;
+
+fn object_lock(s3: &S3Section) -> Result<Option<ObjectLock>, ConfigError> {
+    let Some(raw) = s3.lock_mode.as_deref() else {
+        if s3.lock_period.is_some() {
+            return Err(invalid(
+                "s3.lock_period",
+                "needs s3.lock_mode (governance or compliance)",
+            ));
+        }
+        return Ok(None);
+    };
+    let mode = match raw.to_ascii_lowercase().as_str() {
+        "governance" => LockMode::Governance,
+        "compliance" => LockMode::Compliance,
+        _ => {
+            return Err(invalid(
+                "s3.lock_mode",
+                format!("`{raw}` is not one of governance, compliance"),
+            ))
+        }
+    };
+    let Some(period_raw) = &s3.lock_period else {
+        return Err(invalid(
+            "s3.lock_period",
+            "s3.lock_mode needs a period, e.g. lock_period = \"30d\"",
+        ));
+    };
+    let period = duration(
+        "s3.lock_period",
+        Some(period_raw),
+        std::time::Duration::ZERO,
+    )?;
+    if period.as_secs() < 1 || period.as_secs() > MAX_LOCK_DAYS * 86400 {
+        return Err(invalid(
+            "s3.lock_period",
+            format!("`{period_raw}` is outside 1s..={MAX_LOCK_DAYS}d"),
+        ));
+    }
+    Ok(Some(ObjectLock { mode, period }))
 }
 
 fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -272,6 +332,31 @@ mod tests {
         };
         assert!(bad(sse("rot13")).contains("s3.sse"));
         assert!(bad(sse("aws:kms")).contains("s3.kms_key_id"));
+        let lock = |mode: Option<&str>, period: Option<&str>| S3Section {
+            lock_mode: mode.map(String::from),
+            lock_period: period.map(String::from),
+            ..Default::default()
+        };
+        assert!(bad(lock(Some("forever"), Some("1d"))).contains("s3.lock_mode"));
+        assert!(bad(lock(Some("compliance"), None)).contains("s3.lock_period"));
+        assert!(bad(lock(None, Some("1d"))).contains("s3.lock_period"));
+        assert!(bad(lock(Some("compliance"), Some("30y"))).contains("s3.lock_period"));
+        match resolve_store(&backup, &lock(Some("Governance"), Some("30d"))).unwrap() {
+            Spec::S3(s) => assert_eq!(
+                s.lock,
+                Some(ObjectLock {
+                    mode: LockMode::Governance,
+                    period: std::time::Duration::from_secs(30 * 86400)
+                })
+            ),
+            Spec::Local(_) => panic!("s3 expected"),
+        }
+        let local = BackupSection {
+            dest: Some("/backups".into()),
+            ..Default::default()
+        };
+        let err = resolve_store(&local, &lock(Some("compliance"), Some("1d"))).unwrap_err();
+        assert!(err.to_string().contains("s3.lock_mode"), "{err}");
         assert!(bad(S3Section {
             part_size_mib: Some(1),
             ..Default::default()

@@ -47,7 +47,8 @@ pub struct ServeSettings {
     pub store: crate::store::Spec,
     /// `None` with `schedule = "off"`: a drill-only instance.
     pub backup: Option<BackupSettings>,
-    pub retention: Policy,
+    /// `None` with `[serve] prune = false`: a separate pruner deletes.
+    pub retention: Option<Policy>,
     pub drill: Option<DrillPlan>,
     /// What retention and drills accept as a backup (`[trust]`).
     pub read_policy: Arc<crate::trust::ReadPolicy>,
@@ -540,10 +541,13 @@ async fn apply_retention(
     cluster: u64,
     fence: &leader::LeaseFence,
 ) {
+    let Some(policy) = &settings.retention else {
+        return;
+    };
     let catalog = Catalog::new(shared.store.clone(), shared.read_policy.clone());
     match retention::prune(
         &catalog,
-        &settings.retention,
+        policy,
         Utc::now(),
         Some(cluster),
         false,

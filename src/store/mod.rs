@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures::Stream;
 
 pub use local::LocalStore;
-pub use s3::{S3Settings, S3Store, Sse, MIN_PART_SIZE};
+pub use s3::{LockMode, ObjectLock, S3Settings, S3Store, Sse, MIN_PART_SIZE};
 
 /// A stream of object bytes. An `Err` item means "the producer failed: abort".
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
@@ -62,6 +62,23 @@ pub struct ObjectInfo {
     pub modified: Option<SystemTime>,
 }
 
+/// An S3 Object Lock on an object: until it ends, nobody (compliance) or nobody without the
+/// bypass permission (governance) can delete or overwrite it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lock {
+    /// `governance`, `compliance`, or `legal hold`.
+    pub mode: String,
+    /// When the retention ends; `None` for a legal hold, which ends only when lifted.
+    pub until: Option<SystemTime>,
+}
+
+impl Lock {
+    /// Whether the lock still holds at `now`.
+    pub fn holds_at(&self, now: SystemTime) -> bool {
+        self.until.is_none_or(|until| until > now)
+    }
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
     /// Where this store writes, for messages (`/var/backups/etcd`, `s3://bucket/prefix`).
@@ -76,8 +93,16 @@ pub trait Store: Send + Sync {
     /// Every complete object whose key starts with `prefix`.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
 
-    /// Removes an object; removing a missing one is not an error.
+    /// Removes an object (every version of it, where the store keeps versions); removing a
+    /// missing one is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// The Object Lock on an object, if it has one (expired or not); `None` for a missing
+    /// object and for stores without locks.
+    async fn lock_of(&self, key: &str) -> Result<Option<Lock>, StoreError> {
+        let _ = key;
+        Ok(None)
+    }
 
     /// Removes what interrupted writes left behind (`.part` files, stale multipart uploads)
     /// that no live writer owns; returns what it removed.
@@ -186,6 +211,22 @@ fn valid_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_holds_until_its_end_and_a_legal_hold_until_lifted() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000);
+        let until = |secs| Lock {
+            mode: "compliance".into(),
+            until: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs)),
+        };
+        assert!(until(1001).holds_at(t));
+        assert!(!until(1000).holds_at(t), "ends at its date");
+        let hold = Lock {
+            mode: "legal hold".into(),
+            until: None,
+        };
+        assert!(hold.holds_at(t + std::time::Duration::from_secs(1 << 30)));
+    }
 
     #[test]
     fn destinations_parse() {

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec, Secret};
 
 use crate::harness::{lifeboat, run};
@@ -106,7 +107,11 @@ fn the_secret_holds_the_key_files_the_config_names() {
 }
 
 fn config_text() -> String {
-    let cm: ConfigMap = parse("configmap.yaml");
+    config_of("configmap.yaml")
+}
+
+fn config_of(name: &str) -> String {
+    let cm: ConfigMap = parse(name);
     cm.data
         .unwrap()
         .remove("lifeboat.toml")
@@ -204,4 +209,122 @@ fn the_drill_instance_runs_off_the_control_plane_unprivileged_with_a_valid_confi
     assert!(mounted
         .iter()
         .any(|m| m.mount_path == "/var/run/secrets/etcd-lifeboat-drill"));
+}
+
+/// The immutable variant the node ConfigMap describes in comments (Object Lock on, no pruning
+/// by the node) is a valid config once uncommented.
+#[test]
+fn the_configmaps_immutable_variant_passes_check_config() {
+    let text = config_text();
+    let variant = text
+        .replace("# lock_mode = ", "lock_mode = ")
+        .replace("# lock_period = ", "lock_period = ")
+        .replace("# prune = false", "prune = false");
+    assert_ne!(variant, text);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lifeboat.toml");
+    std::fs::write(&path, &variant).unwrap();
+    let r = run(lifeboat()
+        .args(["serve", "--check-config", "--config"])
+        .arg(&path))
+    .ok();
+    assert!(r.stdout.contains("Compliance"), "{}", r.stdout);
+    assert!(r.stdout.contains("retention: None"), "{}", r.stdout);
+}
+
+fn actions(policy: &str) -> Vec<String> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/iam")
+        .join(policy);
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    doc["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["Action"].as_array().unwrap().clone())
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// What each policy must not allow (SeaweedFS enforces them in tests/it/object_lock.rs; this
+/// keeps a permission from creeping in that no test exercises).
+#[test]
+fn the_node_cannot_delete_and_the_pruner_cannot_write_or_bypass_a_lock() {
+    let node = actions("node-policy.json");
+    assert!(node.contains(&"s3:PutObject".to_string()));
+    assert!(
+        node.iter()
+            .all(|a| !a.contains("Delete") && !a.contains("Bypass") && !a.contains('*')),
+        "{node:?}"
+    );
+    let pruner = actions("pruner-policy.json");
+    assert!(pruner.contains(&"s3:DeleteObjectVersion".to_string()));
+    assert!(
+        pruner
+            .iter()
+            .all(|a| !a.starts_with("s3:Put") && !a.contains("Bypass") && !a.contains('*')),
+        "{pruner:?}"
+    );
+}
+
+#[test]
+fn the_pruner_runs_off_the_control_plane_unprivileged_with_only_its_secret() {
+    let job: CronJob = parse("pruner.yaml");
+    let spec = job.spec.unwrap();
+    assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
+    let pod = spec.job_template.spec.unwrap().template.spec.unwrap();
+    assert_ne!(pod.host_network, Some(true));
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let terms = pod
+        .affinity
+        .unwrap()
+        .node_affinity
+        .unwrap()
+        .required_during_scheduling_ignored_during_execution
+        .unwrap()
+        .node_selector_terms;
+    let term = &terms[0].match_expressions.as_ref().unwrap()[0];
+    assert_eq!(
+        (term.key.as_str(), term.operator.as_str()),
+        ("node-role.kubernetes.io/control-plane", "DoesNotExist")
+    );
+    assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+    let c = &pod.containers[0];
+    assert_eq!(c.args.as_ref().unwrap()[0], "prune");
+    let sc = c.security_context.clone().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let volumes = pod.volumes.unwrap();
+    assert!(volumes.iter().all(|v| v.host_path.is_none()));
+    let secrets: Vec<String> = volumes
+        .iter()
+        .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+        .collect();
+    assert_eq!(secrets, vec!["etcd-lifeboat-pruner".to_string()]);
+    // The Secret holds exactly what the pruner's config reads.
+    let secret: Secret = parse("pruner-secret.yaml");
+    let config = config_of("pruner-config.yaml");
+    let keys: Vec<String> = secret.string_data.unwrap().into_keys().collect();
+    assert_eq!(keys, vec!["access-key", "secret-key", "signing.key.pub"]);
+    for key in keys {
+        assert!(
+            config.contains(&format!("/var/run/secrets/etcd-lifeboat-pruner/{key}")),
+            "the pruner config does not use {key}"
+        );
+    }
+    assert!(!config.contains("signing_key"), "the pruner signs nothing");
+}
+
+/// The drill instance reads the S3 keys of the nodes' Secret but not their signing key.
+#[test]
+fn the_drill_instance_does_not_mount_the_signing_key() {
+    let d: Deployment = parse("drill.yaml");
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    for v in pod.volumes.unwrap() {
+        let Some(secret) = v.secret else { continue };
+        if secret.secret_name.as_deref() == Some("etcd-lifeboat-s3") {
+            let items: Vec<String> = secret.items.unwrap().into_iter().map(|i| i.key).collect();
+            assert_eq!(items, vec!["access-key", "secret-key"]);
+        }
+    }
 }

@@ -11,6 +11,7 @@ mod failures;
 mod harness;
 mod hashkv;
 mod layers;
+mod object_lock;
 mod restore;
 mod retention;
 mod s3_cli;

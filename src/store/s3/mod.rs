@@ -22,12 +22,13 @@ use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt};
 
+mod lock;
 mod settings;
 
 use settings::KeyFiles;
-pub use settings::{S3Settings, Sse};
+pub use settings::{LockMode, ObjectLock, S3Settings, Sse};
 
-use super::{valid_key, ByteStream, ObjectInfo, Store, StoreError};
+use super::{valid_key, ByteStream, Lock, ObjectInfo, Store, StoreError};
 
 /// S3 part size floor (except the last part), from the S3 API.
 pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
@@ -35,6 +36,8 @@ pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 pub struct S3Store {
     client: Client,
     settings: S3Settings,
+    /// Set once the bucket was found able to hold the configured Object Lock.
+    lock_checked: tokio::sync::OnceCell<()>,
 }
 
 impl S3Store {
@@ -111,6 +114,7 @@ impl S3Store {
         Ok(S3Store {
             client: Client::from_conf(config.build()),
             settings,
+            lock_checked: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -167,6 +171,12 @@ impl S3Store {
                 .ssekms_key_id(id),
             None => req,
         };
+        if let Some(lock) = &self.settings.lock {
+            let (mode, until) = lock::retention(lock);
+            req = req
+                .object_lock_mode(mode)
+                .object_lock_retain_until_date(until);
+        }
         match req.send().await {
             Ok(_) => Ok(len),
             Err(e) if is_precondition_failed(&e) => Err(StoreError::AlreadyExists {
@@ -196,6 +206,12 @@ impl S3Store {
                 .ssekms_key_id(id),
             None => create,
         };
+        if let Some(lock) = &self.settings.lock {
+            let (mode, until) = lock::retention(lock);
+            create = create
+                .object_lock_mode(mode)
+                .object_lock_retain_until_date(until);
+        }
         let upload = create
             .send()
             .await
@@ -380,6 +396,11 @@ impl Store for S3Store {
     async fn put(&self, key: &str, body: ByteStream) -> Result<u64, StoreError> {
         let mut body: ByteStream = Box::pin(body.fuse());
         let full = self.full_key(key)?;
+        if self.settings.lock.is_some() {
+            self.lock_checked
+                .get_or_try_init(|| self.check_bucket_lock())
+                .await?;
+        }
         if self.exists(&full).await? {
             return Err(StoreError::AlreadyExists {
                 location: self.location(),
@@ -456,14 +477,24 @@ impl Store for S3Store {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let full = self.full_key(key)?;
-        self.client
+        let out = self
+            .client
             .delete_object()
             .bucket(&self.settings.bucket)
             .key(&full)
             .send()
             .await
             .map_err(|e| self.sdk_err(format!("deleting {key}"), e))?;
+        // A versioned bucket (every Object Lock bucket is one) answered with a delete marker.
+        if out.delete_marker() == Some(true) {
+            self.purge_versions(&full).await;
+        }
         Ok(())
+    }
+
+    async fn lock_of(&self, key: &str) -> Result<Option<Lock>, StoreError> {
+        let full = self.full_key(key)?;
+        self.read_lock(&full).await
     }
 
     async fn clean_incomplete(&self) -> Result<Vec<String>, StoreError> {

@@ -14,6 +14,22 @@ pub enum Sse {
     Kms(String),
 }
 
+/// S3 Object Lock retention modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Deletable before the end only with `s3:BypassGovernanceRetention`.
+    Governance,
+    /// Deletable by nobody before the end, not even the account root.
+    Compliance,
+}
+
+/// Every object written gets this retention, counted from its upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectLock {
+    pub mode: LockMode,
+    pub period: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct S3Settings {
     pub bucket: String,
@@ -26,6 +42,8 @@ pub struct S3Settings {
     pub access_key_file: Option<PathBuf>,
     pub secret_key_file: Option<PathBuf>,
     pub sse: Option<Sse>,
+    /// Object Lock retention for every object written (the bucket must have Object Lock on).
+    pub lock: Option<ObjectLock>,
     pub part_size: usize,
     pub parts_in_flight: usize,
     pub attempt_timeout: Duration,
@@ -53,6 +71,7 @@ impl S3Settings {
             access_key_file: None,
             secret_key_file: None,
             sse: None,
+            lock: None,
             part_size: 8 * 1024 * 1024,
             parts_in_flight: 2,
             attempt_timeout: Duration::from_secs(60),

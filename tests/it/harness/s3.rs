@@ -14,7 +14,33 @@ pub struct S3Server {
     pub tls_endpoint: Option<String>,
     pub access_key: String,
     pub secret_key: String,
+    /// With `start_with_roles`: the node's and the pruner's credentials, limited by the IAM
+    /// policies in deploy/iam/ (the admin keys above can do anything).
+    pub node: Option<Keys>,
+    pub pruner: Option<Keys>,
     _dir: tempfile::TempDir,
+}
+
+#[derive(Clone)]
+pub struct Keys {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl Keys {
+    fn random(tag: &str) -> Keys {
+        Keys {
+            access_key: format!("{tag}{:016x}", rand::random::<u64>()),
+            secret_key: format!("SK{:032x}", rand::random::<u128>()),
+        }
+    }
+}
+
+/// Which identities the server knows.
+#[derive(Clone, Copy, PartialEq)]
+enum Identities {
+    AdminOnly,
+    WithRoles,
 }
 
 fn weed_bin() -> std::path::PathBuf {
@@ -40,18 +66,24 @@ fn port_block() -> u16 {
 
 impl S3Server {
     pub fn start() -> S3Server {
-        S3Server::start_with(None)
+        S3Server::start_with(None, Identities::AdminOnly)
     }
 
     /// Also serves S3 over HTTPS with the server certificate of `pki`.
     pub fn start_tls(pki: &super::Pki) -> S3Server {
-        S3Server::start_with(Some(pki))
+        S3Server::start_with(Some(pki), Identities::AdminOnly)
     }
 
-    fn start_with(pki: Option<&super::Pki>) -> S3Server {
+    /// Also knows a node and a pruner identity, each allowed what the IAM policy of its name
+    /// in deploy/iam/ allows (SeaweedFS evaluates attached IAM policies).
+    pub fn start_with_roles() -> S3Server {
+        S3Server::start_with(None, Identities::WithRoles)
+    }
+
+    fn start_with(pki: Option<&super::Pki>, ids: Identities) -> S3Server {
         let mut last = String::new();
         for _ in 0..3 {
-            match try_start(pki) {
+            match try_start(pki, ids) {
                 Ok(s) => return s,
                 Err(e) => last = e,
             }
@@ -77,10 +109,26 @@ impl S3Server {
         ]
     }
 
+    /// The env a `lifeboat` command needs to reach this server with other credentials.
+    pub fn env_as(&self, keys: &Keys) -> Vec<(&'static str, String)> {
+        let mut env = self.env();
+        env[0].1 = keys.access_key.clone();
+        env[1].1 = keys.secret_key.clone();
+        env
+    }
+
     pub async fn client(&self) -> aws_sdk_s3::Client {
+        self.client_as(&Keys {
+            access_key: self.access_key.clone(),
+            secret_key: self.secret_key.clone(),
+        })
+        .await
+    }
+
+    pub async fn client_as(&self, keys: &Keys) -> aws_sdk_s3::Client {
         let creds = aws_credential_types::Credentials::new(
-            &self.access_key,
-            &self.secret_key,
+            &keys.access_key,
+            &keys.secret_key,
             None,
             None,
             "test",
@@ -97,13 +145,25 @@ impl S3Server {
 
     /// Creates a bucket, retrying while the server finishes starting.
     pub async fn create_bucket(&self, name: &str) {
+        self.create(name, false).await
+    }
+
+    /// Creates a bucket with S3 Object Lock enabled (and so versioning).
+    pub async fn create_locked_bucket(&self, name: &str) {
+        self.create(name, true).await
+    }
+
+    async fn create(&self, name: &str, object_lock: bool) {
         let client = self.client().await;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match client.create_bucket().bucket(name).send().await {
+            let req = client
+                .create_bucket()
+                .bucket(name)
+                .set_object_lock_enabled_for_bucket(object_lock.then_some(true));
+            match req.send().await {
                 Ok(_) => return,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
+                Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(e) => panic!(
@@ -156,18 +216,51 @@ impl S3Server {
     }
 }
 
-fn try_start(pki: Option<&super::Pki>) -> Result<S3Server, String> {
+/// An identity allowed what the policy `deploy/iam/<role>-policy.json` allows.
+fn role_identity(role: &str, keys: &Keys) -> (serde_json::Value, serde_json::Value) {
+    let policy = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/iam")
+        .join(format!("{role}-policy.json"));
+    let content = std::fs::read_to_string(&policy).unwrap();
+    let name = format!("lifeboat-{role}");
+    (
+        serde_json::json!({
+            "name": role,
+            "credentials": [{"accessKey": keys.access_key, "secretKey": keys.secret_key}],
+            "policyNames": [name],
+        }),
+        serde_json::json!({"name": name, "content": content}),
+    )
+}
+
+fn try_start(pki: Option<&super::Pki>, ids: Identities) -> Result<S3Server, String> {
     let dir = tempfile::tempdir().unwrap();
     let p = port_block();
-    let access_key = format!("AK{:016x}", rand::random::<u64>());
-    let secret_key = format!("SK{:032x}", rand::random::<u128>());
-    let identities = serde_json::json!({"identities": [{
+    let admin = Keys::random("AK");
+    let mut identities = vec![serde_json::json!({
         "name": "lifeboat-test",
-        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "credentials": [{"accessKey": admin.access_key, "secretKey": admin.secret_key}],
         "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-    }]});
+    })];
+    let mut policies = Vec::new();
+    let (node, pruner) = match ids {
+        Identities::AdminOnly => (None, None),
+        Identities::WithRoles => {
+            let (node, pruner) = (Keys::random("NODE"), Keys::random("PRUNER"));
+            for (role, keys) in [("node", &node), ("pruner", &pruner)] {
+                let (identity, policy) = role_identity(role, keys);
+                identities.push(identity);
+                policies.push(policy);
+            }
+            (Some(node), Some(pruner))
+        }
+    };
     let config = dir.path().join("identities.json");
-    std::fs::write(&config, identities.to_string()).unwrap();
+    std::fs::write(
+        &config,
+        serde_json::json!({"identities": identities, "policies": policies}).to_string(),
+    )
+    .unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
@@ -204,8 +297,10 @@ fn try_start(pki: Option<&super::Pki>) -> Result<S3Server, String> {
         child,
         endpoint: format!("http://127.0.0.1:{p}"),
         tls_endpoint: https_port.map(|port| format!("https://127.0.0.1:{port}")),
-        access_key,
-        secret_key,
+        access_key: admin.access_key,
+        secret_key: admin.secret_key,
+        node,
+        pruner,
         _dir: dir,
     };
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -1,0 +1,150 @@
+//! S3 Object Lock: the retention written with every object, the one-time check that the bucket
+//! can hold it, reading an object's lock back, and removing every version of an object once no
+//! lock holds it (a versioned bucket keeps the data of a plain delete as a noncurrent version).
+
+use std::time::SystemTime;
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::DateTime;
+use aws_sdk_s3::types::{ObjectLockEnabled, ObjectLockLegalHoldStatus, ObjectLockMode};
+
+use super::settings::{LockMode, ObjectLock};
+use super::{describe_sdk_error, S3Store};
+use crate::store::{Lock, Store, StoreError};
+
+/// The mode and end of the retention for an object uploaded now.
+pub(super) fn retention(lock: &ObjectLock) -> (ObjectLockMode, DateTime) {
+    let mode = match lock.mode {
+        LockMode::Governance => ObjectLockMode::Governance,
+        LockMode::Compliance => ObjectLockMode::Compliance,
+    };
+    (mode, DateTime::from(SystemTime::now() + lock.period))
+}
+
+impl S3Store {
+    /// Refuses to write when Object Lock is configured and the bucket cannot hold locks, before
+    /// a byte is uploaded (S3 would refuse each upload with a bare `InvalidRequest`).
+    pub(super) async fn check_bucket_lock(&self) -> Result<(), StoreError> {
+        let refuse = |detail: String| StoreError::Other {
+            location: self.location(),
+            what: "checking the bucket's Object Lock".into(),
+            source: std::io::Error::other(detail),
+        };
+        match self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.settings.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let enabled = out
+                    .object_lock_configuration()
+                    .and_then(|c| c.object_lock_enabled())
+                    == Some(&ObjectLockEnabled::Enabled);
+                if enabled {
+                    Ok(())
+                } else {
+                    Err(refuse(NOT_ENABLED.into()))
+                }
+            }
+            Err(SdkError::ServiceError(e))
+                if e.err().code() == Some("ObjectLockConfigurationNotFoundError") =>
+            {
+                Err(refuse(NOT_ENABLED.into()))
+            }
+            // Without s3:GetBucketObjectLockConfiguration the uploads themselves tell.
+            Err(SdkError::ServiceError(e)) if e.err().code() == Some("AccessDenied") => {
+                tracing::debug!(
+                    "may not read the bucket's Object Lock configuration; the uploads will show"
+                );
+                Ok(())
+            }
+            Err(e) => Err(refuse(describe_sdk_error(&e))),
+        }
+    }
+
+    pub(super) async fn read_lock(&self, full: &str) -> Result<Option<Lock>, StoreError> {
+        let head = match self
+            .client
+            .head_object()
+            .bucket(&self.settings.bucket)
+            .key(full)
+            .send()
+            .await
+        {
+            Ok(h) => h,
+            Err(SdkError::ServiceError(e)) if e.err().is_not_found() => return Ok(None),
+            Err(e) => return Err(self.sdk_err(format!("reading the lock of {full}"), e)),
+        };
+        if head.object_lock_legal_hold_status() == Some(&ObjectLockLegalHoldStatus::On) {
+            return Ok(Some(Lock {
+                mode: "legal hold".into(),
+                until: None,
+            }));
+        }
+        let (Some(mode), Some(until)) = (
+            head.object_lock_mode(),
+            head.object_lock_retain_until_date(),
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(Lock {
+            mode: mode.as_str().to_ascii_lowercase(),
+            until: SystemTime::try_from(*until).ok(),
+        }))
+    }
+
+    /// After a plain delete left a delete marker: removes every version of exactly `full`, so
+    /// the data is gone and not just hidden. Without the permissions for it the data stays as
+    /// noncurrent versions; that costs storage, not correctness, so it is a warning.
+    pub(super) async fn purge_versions(&self, full: &str) {
+        if let Err(e) = self.try_purge_versions(full).await {
+            tracing::warn!(key = full, error = %e, "the bucket keeps versions and the old ones of this object could not be removed: grant s3:ListBucketVersions and s3:DeleteObjectVersion, or expire noncurrent versions with a lifecycle rule");
+        }
+    }
+
+    async fn try_purge_versions(&self, full: &str) -> Result<(), String> {
+        let mut key_marker: Option<String> = None;
+        let mut version_marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.settings.bucket)
+                .prefix(full)
+                .set_key_marker(key_marker.clone())
+                .set_version_id_marker(version_marker.clone())
+                .send()
+                .await
+                .map_err(|e| describe_sdk_error(&e))?;
+            let versions = page
+                .versions()
+                .iter()
+                .filter(|v| v.key() == Some(full))
+                .filter_map(|v| v.version_id());
+            let markers = page
+                .delete_markers()
+                .iter()
+                .filter(|m| m.key() == Some(full))
+                .filter_map(|m| m.version_id());
+            for version in versions.chain(markers) {
+                self.client
+                    .delete_object()
+                    .bucket(&self.settings.bucket)
+                    .key(full)
+                    .version_id(version)
+                    .send()
+                    .await
+                    .map_err(|e| format!("version {version}: {}", describe_sdk_error(&e)))?;
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(());
+            }
+            key_marker = page.next_key_marker().map(String::from);
+            version_marker = page.next_version_id_marker().map(String::from);
+        }
+    }
+}
+
+const NOT_ENABLED: &str = "s3.lock_mode is set but the bucket has no Object Lock: create the bucket with Object Lock enabled (aws s3api create-bucket --object-lock-enabled-for-bucket), or unset s3.lock_mode";
