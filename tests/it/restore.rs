@@ -493,3 +493,50 @@ fn a_backup_of_another_cluster_is_flagged_and_too_little_disk_is_refused() {
     assert!(r.stderr.contains("not enough disk"), "{}", r.stderr);
     assert_unchanged(&s.node, &before);
 }
+
+/// #11: a newer backup signed by another key (as anyone with write access to the store could
+/// make) is never restored: `latest` is the newest trusted one, and naming it is refused.
+#[test]
+fn a_backup_signed_by_another_key_is_never_restored() {
+    let s = setup(Version::V35);
+    let dir = tempfile::tempdir().unwrap();
+    let attacker = dir.path().join("attacker.key");
+    run(lifeboat()
+        .args(["signing-key", "generate", "-o"])
+        .arg(&attacker))
+    .ok();
+    s.node
+        .put("/registry/clusterrolebindings/evil", "cluster-admin");
+    let forged = run(lifeboat()
+        .args(["snapshot", "save", "-w", "json", "-r", &s.key.recipient])
+        .arg("--etcd-manifest")
+        .arg(s.node.etcd_manifest())
+        .arg("--dest")
+        .arg(&s.dest)
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .arg("--signing-key")
+        .arg(&attacker))
+    .ok()
+    .json();
+    let before = node_state(&s.node);
+    let mut cmd = s.node.restore();
+    cmd.arg(forged["id"].as_str().unwrap())
+        .arg("--dest")
+        .arg(&s.dest)
+        .arg("--identity")
+        .arg(&s.key.identity_file)
+        .args(["--yes", "--force"]);
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains("not trusted"), "{}", r.stderr);
+    assert_unchanged(&s.node, &before);
+    let plan = run(restore_cmd(&s).args(["--force", "--dry-run", "-w", "json"]))
+        .ok()
+        .json();
+    assert!(
+        plan.to_string().contains(s.backup["id"].as_str().unwrap()),
+        "latest is the genuine backup: {plan}"
+    );
+    assert!(!plan.to_string().contains(forged["id"].as_str().unwrap()));
+}

@@ -290,3 +290,78 @@ fn forged_backups_are_refused_by_every_reader_and_ignored_by_retention() {
     );
     assert!(r.stderr.contains("UNSIGNED"), "{}", r.stderr);
 }
+
+/// Key rotation: backups signed by the old key stay readable while both keys are trusted, and
+/// stop being trusted once the old key is dropped.
+#[test]
+fn rotating_the_signing_key_keeps_old_backups_readable_while_both_keys_are_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let dest = dir.path().join("b");
+    let etcd = EtcdProcess::start(Version::V35, None);
+    etcd.put("/registry/a", "1");
+    let (old, new) = (dir.path().join("old.key"), dir.path().join("new.key"));
+    for k in [&old, &new] {
+        run(lifeboat().args(["signing-key", "generate", "-o"]).arg(k)).ok();
+    }
+    let save = |signing: &Path| {
+        run(lifeboat()
+            .args(["snapshot", "save", "-w", "json", "-r", &key.recipient])
+            .args(etcd.lifeboat_flags())
+            .arg("--dest")
+            .arg(&dest)
+            .arg("--work-dir")
+            .arg(dir.path().join("w"))
+            .arg("--signing-key")
+            .arg(signing))
+        .ok()
+        .json()
+    };
+    let before = save(&old);
+    etcd.put("/registry/b", "2");
+    let after = save(&new);
+    let pubs = |keys: &[&Path]| -> Vec<String> {
+        keys.iter()
+            .flat_map(|k| ["--trusted-key".to_string(), format!("{}.pub", k.display())])
+            .collect()
+    };
+    let list = |trusted: &[String]| -> Vec<String> {
+        let mut cmd = lifeboat();
+        cmd.env_remove("LIFEBOAT_SIGNING_KEY")
+            .env_remove("LIFEBOAT_TRUSTED_KEYS")
+            .args(["snapshot", "list", "-w", "json", "--dest"])
+            .arg(&dest)
+            .args(trusted);
+        run(&mut cmd)
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let ids = |ms: &[&serde_json::Value]| -> Vec<String> {
+        ms.iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(list(&pubs(&[&old, &new])), ids(&[&after, &before]));
+    assert_eq!(list(&pubs(&[&new])), ids(&[&after]));
+    let mut verify = lifeboat();
+    verify
+        .env_remove("LIFEBOAT_TRUSTED_KEYS")
+        .args([
+            "snapshot",
+            "verify",
+            before["id"].as_str().unwrap(),
+            "--dest",
+        ])
+        .arg(&dest)
+        .arg("-i")
+        .arg(&key.identity_file)
+        .arg("--work-dir")
+        .arg(dir.path().join("w"))
+        .args(pubs(&[&old, &new]));
+    run(&mut verify).ok();
+}
