@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lifeboat::config::{
-    BackupSection, DrillSection, EtcdSection, FileConfig, RestoreSection, RetentionSection,
-    S3Section, ServeSection, TrustSection, UpgradeSection,
+    BackupSection, ContinuousSection, DrillSection, EtcdSection, FileConfig, RestoreSection,
+    RetentionSection, S3Section, ServeSection, TrustSection, UpgradeSection,
 };
 
 #[derive(Parser, Debug)]
@@ -112,8 +112,14 @@ pub struct UpgradeArgs {
 pub struct RestoreArgs {
     /// A backup id (or unique prefix), `latest`, or a plain snapshot FILE (with or without
     /// etcd's trailer). Not needed with --resume / --rollback.
-    #[arg(value_name = "ID|latest|FILE", required_unless_present_any = ["resume", "rollback"])]
+    #[arg(value_name = "ID|latest|FILE", required_unless_present_any = ["resume", "rollback", "to_revision", "to_time"], conflicts_with_all = ["to_revision", "to_time"])]
     pub backup: Option<String>,
+    #[command(flatten)]
+    pub point: PointArgs,
+    /// With --to-revision/--to-time: the etcd binary of the replay sandbox, of the cluster's
+    /// minor version (`drill.etcd`).
+    #[arg(long, env = "LIFEBOAT_ETCD", value_name = "PATH")]
+    pub etcd: Option<PathBuf>,
     #[command(flatten)]
     pub dest: DestArgs,
     /// age identity file (private key) of one of the backup's recipients.
@@ -159,6 +165,19 @@ pub struct RestoreArgs {
     pub detach: bool,
     #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+/// A point in time, reached by replaying the journal (continuous backup) onto the newest full
+/// backup before it.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PointArgs {
+    /// The state at exactly this etcd revision.
+    #[arg(long, value_name = "REV", conflicts_with = "to_time")]
+    pub to_revision: Option<i64>,
+    /// The state at this time (RFC 3339, e.g. 2026-11-29T04:05:06Z): the last revision
+    /// received at or before it.
+    #[arg(long, value_name = "TIME")]
+    pub to_time: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -255,6 +274,8 @@ pub struct ServeArgs {
     pub writer: WriterArgs,
     #[command(flatten)]
     pub serve: ServeSection,
+    #[command(flatten)]
+    pub continuous: ContinuousSection,
     /// Validate the configuration, print it (secrets redacted) and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -316,8 +337,19 @@ pub struct VerifyArgs {
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
+    /// A backup id (or a unique prefix of one), or `latest`; not with --to-revision/--to-time.
+    #[arg(required_unless_present_any = ["to_revision", "to_time"], conflicts_with_all = ["to_revision", "to_time"])]
+    pub backup: Option<String>,
     #[command(flatten)]
-    pub read: ReadArgs,
+    pub dest: DestArgs,
+    #[command(flatten)]
+    pub pick: PickArgs,
+    /// The identity, and for --to-revision/--to-time the replay sandbox: --etcd (the cluster's
+    /// minor version), --etcdutl, --work-dir.
+    #[command(flatten)]
+    pub drill: DrillSection,
+    #[command(flatten)]
+    pub point: PointArgs,
     /// Where to write the plain snapshot.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub out: PathBuf,
@@ -359,6 +391,7 @@ impl ServeArgs {
     pub fn flags(&self) -> FileConfig {
         FileConfig {
             serve: self.serve.clone(),
+            continuous: self.continuous.clone(),
             ..self.writer.flags()
         }
     }
@@ -381,6 +414,19 @@ impl RestoreArgs {
     pub fn flags(&self) -> FileConfig {
         FileConfig {
             restore: self.restore.clone(),
+            drill: DrillSection {
+                etcd: self.etcd.clone(),
+                ..Default::default()
+            },
+            ..self.dest.flags()
+        }
+    }
+}
+
+impl GetArgs {
+    pub fn flags(&self) -> FileConfig {
+        FileConfig {
+            drill: self.drill.clone(),
             ..self.dest.flags()
         }
     }

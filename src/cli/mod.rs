@@ -2,6 +2,7 @@
 
 mod args;
 mod keys;
+mod pitr;
 mod progress;
 mod prune;
 mod render;

@@ -53,8 +53,10 @@ pub async fn run(a: RestoreArgs, file: FileConfig) -> Result<()> {
         summary(&journal.plan, a.output);
         return Ok(());
     }
-    let selector = a.backup.clone().unwrap_or_default();
-    let source = source_for(&selector, "", &a, config).await?;
+    let source = match super::pitr::target(&a.point)? {
+        Some(target) => point_in_time(target, &a, config, &resolved.state_dir).await?,
+        None => source_for(&a.backup.clone().unwrap_or_default(), "", &a, config).await?,
+    };
     let plan = restore::plan(&source, &opts).await?;
     match a.output {
         Output::Json => println!(
@@ -99,6 +101,36 @@ fn options(a: &RestoreArgs, r: &ResolvedRestore) -> RestoreOptions {
         connect_timeout: Duration::from_secs(3),
         apiserver_timeout: r.apiserver_timeout,
     }
+}
+
+/// The snapshot at a point in time, replayed into the state dir (where a resumed restore finds
+/// it again), restored like a plain snapshot file.
+async fn point_in_time(
+    target: lifeboat::pitr::Target,
+    a: &RestoreArgs,
+    config: &FileConfig,
+    state_dir: &Path,
+) -> Result<SnapshotSource> {
+    let dir = state_dir.join("pitr");
+    lifeboat::fsutil::create_private_dir(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let file = dir.join(format!(
+        "pitr-{}.db",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+    ));
+    let identities = snapshot::load_identities(a.identity.as_ref())?;
+    let cluster = snapshot::cluster_flag(a.pick.cluster_id.as_deref())?;
+    let report = super::pitr::to_file(
+        target,
+        cluster,
+        identities.as_ref(),
+        a.pick.allow_unencrypted,
+        config,
+        &file,
+    )
+    .await?;
+    super::pitr::print_report(&report, &file);
+    Ok(SnapshotSource::File(file))
 }
 
 /// A FILE when the argument names an existing file, else a backup in the destination.

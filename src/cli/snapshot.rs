@@ -33,7 +33,7 @@ pub async fn run(cmd: SnapshotCommand, file: FileConfig) -> Result<()> {
             verify(a, &c).await
         }
         SnapshotCommand::Get(a) => {
-            let c = file.overlay(a.read.dest.flags());
+            let c = file.overlay(a.flags());
             get(a, &c).await
         }
     }
@@ -168,8 +168,29 @@ async fn verify(a: VerifyArgs, config: &FileConfig) -> Result<()> {
 }
 
 async fn get(a: GetArgs, config: &FileConfig) -> Result<()> {
-    let identities = load_identities(a.read.identity.as_ref())?;
-    let (store, manifest) = find(&a.read.backup, &a.read.pick, identities.as_ref(), config).await?;
+    let identities = load_identities(a.drill.identity_file.as_ref())?;
+    if let Some(target) = super::pitr::target(&a.point)? {
+        let cluster = cluster_flag(a.pick.cluster_id.as_deref())?;
+        if a.out.exists() && !a.force {
+            anyhow::bail!(
+                "{} exists: pass --force to overwrite it, or another -o FILE",
+                a.out.display()
+            );
+        }
+        let report = super::pitr::to_file(
+            target,
+            cluster,
+            identities.as_ref(),
+            a.pick.allow_unencrypted,
+            config,
+            &a.out,
+        )
+        .await?;
+        super::pitr::print_report(&report, &a.out);
+        return Ok(());
+    }
+    let selector = a.backup.clone().unwrap_or_default();
+    let (store, manifest) = find(&selector, &a.pick, identities.as_ref(), config).await?;
     let checked = readback::get_backup(
         store,
         &manifest,

@@ -8,6 +8,7 @@
 //! [`FileConfig::overlay`] — that is the only merge — and then one `resolve_*` function per
 //! section applies the defaults and validates, naming the key of a bad value in one line.
 
+mod continuous;
 mod drill;
 mod etcd;
 mod restore;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use continuous::{resolve_continuous, ContinuousSection};
 pub use drill::{resolve_drill, DrillSection};
 pub use etcd::{resolve_etcd, EtcdSection, ResolvedEtcd};
 pub use restore::{resolve_restore, state_dir, ResolvedRestore, RestoreSection};
@@ -80,6 +82,8 @@ pub struct FileConfig {
     pub upgrade: UpgradeSection,
     #[serde(default)]
     pub trust: TrustSection,
+    #[serde(default)]
+    pub continuous: ContinuousSection,
 }
 
 section! {
@@ -157,6 +161,7 @@ impl FileConfig {
             drill: flags.drill.overlay(self.drill),
             upgrade: flags.upgrade.overlay(self.upgrade),
             trust: flags.trust.overlay(self.trust),
+            continuous: flags.continuous.overlay(self.continuous),
         }
     }
 }

@@ -107,6 +107,11 @@ pub fn resolve_serve(c: &FileConfig) -> Result<ServeSettings, ConfigError> {
             None
         },
         drill,
+        continuous: if backups_off {
+            None
+        } else {
+            super::resolve_continuous(&c.continuous)?
+        },
         read_policy: super::resolve_read_policy(&c.trust)?,
     })
 }

@@ -4,7 +4,6 @@
 //! the file (revision, number of keys, HashKV).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,16 +11,19 @@ use etcd_client::GetOptions;
 use serde::Serialize;
 
 use crate::catalog::Manifest;
-use crate::etcd::{EtcdSettings, EtcdSource, LiveHashKv};
+use crate::etcd::LiveHashKv;
 use crate::progress::Observer;
 use crate::readback::{self, ReadBackError};
-use crate::restore::{MemberSpec, RestoreError, RestoreTool};
+use crate::restore::{RestoreError, RestoreTool};
 use crate::stages::encrypt::Identities;
 use crate::store::Store;
 use crate::verify;
 pub use pki::SandboxPki;
 
 mod pki;
+mod sandbox;
+
+pub use sandbox::Sandbox;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DrillError {
@@ -109,38 +111,17 @@ pub async fn drill(
     let tool = RestoreTool::find(settings.tool.as_deref())?;
     let rev = manifest.revision;
     let offline = offline_facts(&snapshot, rev, manifest)?;
-    let data_dir = sandbox.path().join("data");
-    let pki = SandboxPki::generate(sandbox.path()).map_err(|detail| DrillError::Sandbox {
-        path: sandbox.path().to_path_buf(),
-        source: std::io::Error::other(detail),
-    })?;
-    let (client_port, peer_port) = (free_port()?, free_port()?);
-    let peer = format!("https://127.0.0.1:{peer_port}");
-    let member = MemberSpec {
-        name: "drill".into(),
-        initial_advertise_peer_urls: peer.clone(),
-        initial_cluster: format!("drill={peer}"),
-        initial_cluster_token: "lifeboat-drill".into(),
-    };
-    // No revision bump: the drill compares revisions with the manifest.
-    let argv = tool.restore_argv(
-        &snapshot,
-        &data_dir,
-        &member,
-        !crate::bbolt::has_sha256_trailer(manifest.plain_size),
-        None,
-    );
-    crate::restore::tool::run_restore(&argv)?;
-    let client_url = format!("https://127.0.0.1:{client_port}");
-    let mut etcd = SandboxEtcd::start(
-        settings,
+    let skip_hash_check = !crate::bbolt::has_sha256_trailer(manifest.plain_size);
+    let mut etcd = Sandbox::start(
         sandbox.path(),
-        &data_dir,
-        &member,
-        &client_url,
-        &pki,
-    )?;
-    let result = check_member(&mut etcd, settings, &client_url, &pki, manifest, &offline).await;
+        &snapshot,
+        skip_hash_check,
+        &tool,
+        settings,
+        &[],
+    )
+    .await?;
+    let result = check_member(&mut etcd, manifest, &offline).await;
     etcd.stop().await;
     let (checks, etcd_version) = result?;
     Ok(DrillReport {
@@ -182,26 +163,13 @@ fn offline_facts(
 }
 
 async fn check_member(
-    etcd: &mut SandboxEtcd,
-    settings: &DrillSettings,
-    client_url: &str,
-    pki: &SandboxPki,
+    sandbox: &mut Sandbox,
     manifest: &Manifest,
     offline: &OfflineFacts,
 ) -> Result<(Vec<DrillCheck>, String), DrillError> {
     let rev = manifest.revision;
-    let etcd_settings = EtcdSettings {
-        endpoints: vec![client_url.to_string()],
-        cacert: Some(pki.ca.clone()),
-        cert: Some(pki.client_cert.clone()),
-        key: Some(pki.client_key.clone()),
-        user: None,
-        password: None,
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(30),
-        stall_timeout: Duration::from_secs(60),
-    };
-    let (mut source, status) = etcd.wait_ready(&etcd_settings, settings).await?;
+    let status = sandbox.status.clone();
+    let source = &mut sandbox.source;
     let mut checks = vec![check(
         "revision",
         rev.to_string(),
@@ -257,119 +225,4 @@ fn check(name: &str, expected: String, actual: String) -> DrillCheck {
         expected,
         actual,
     }
-}
-
-/// A throwaway etcd on loopback, killed when dropped.
-struct SandboxEtcd {
-    child: tokio::process::Child,
-    log: PathBuf,
-    etcd: PathBuf,
-}
-
-impl SandboxEtcd {
-    fn start(
-        settings: &DrillSettings,
-        sandbox: &Path,
-        data_dir: &Path,
-        member: &MemberSpec,
-        client_url: &str,
-        pki: &SandboxPki,
-    ) -> Result<SandboxEtcd, DrillError> {
-        let log = sandbox.join("etcd.log");
-        let sandbox_err = |source| DrillError::Sandbox {
-            path: sandbox.to_path_buf(),
-            source,
-        };
-        let out = std::fs::File::create(&log).map_err(sandbox_err)?;
-        let err = out.try_clone().map_err(sandbox_err)?;
-        let child = tokio::process::Command::new(&settings.etcd)
-            .arg(format!("--name={}", member.name))
-            .arg(format!("--data-dir={}", data_dir.display()))
-            .arg(format!("--listen-client-urls={client_url}"))
-            .arg(format!("--advertise-client-urls={client_url}"))
-            .arg(format!(
-                "--listen-peer-urls={}",
-                member.initial_advertise_peer_urls
-            ))
-            .arg(format!(
-                "--initial-advertise-peer-urls={}",
-                member.initial_advertise_peer_urls
-            ))
-            .arg(format!("--initial-cluster={}", member.initial_cluster))
-            .arg("--client-cert-auth")
-            .arg(format!("--trusted-ca-file={}", pki.ca.display()))
-            .arg(format!("--cert-file={}", pki.server_cert.display()))
-            .arg(format!("--key-file={}", pki.server_key.display()))
-            .arg("--peer-client-cert-auth")
-            .arg(format!("--peer-trusted-ca-file={}", pki.ca.display()))
-            .arg(format!("--peer-cert-file={}", pki.server_cert.display()))
-            .arg(format!("--peer-key-file={}", pki.server_key.display()))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| DrillError::EtcdStart {
-                etcd: settings.etcd.clone(),
-                waited: Duration::ZERO,
-                detail: format!("cannot run it: {e}; pass --etcd PATH"),
-            })?;
-        Ok(SandboxEtcd {
-            child,
-            log,
-            etcd: settings.etcd.clone(),
-        })
-    }
-
-    async fn wait_ready(
-        &mut self,
-        etcd_settings: &EtcdSettings,
-        settings: &DrillSettings,
-    ) -> Result<(EtcdSource, crate::etcd::MemberStatus), DrillError> {
-        let deadline = Instant::now() + settings.start_timeout;
-        let endpoint = etcd_settings.endpoints[0].clone();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(self.start_error(settings, format!("it exited ({status})")));
-            }
-            if let Ok(mut source) = EtcdSource::connect(etcd_settings, &endpoint).await {
-                if let Ok(s) = source.status().await {
-                    if s.leader != 0 {
-                        return Ok((source, s));
-                    }
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(self.start_error(settings, "no answer with a leader".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    fn start_error(&self, settings: &DrillSettings, what: String) -> DrillError {
-        let tail = std::fs::read_to_string(&self.log)
-            .ok()
-            .and_then(|l| l.lines().last().map(str::to_string))
-            .unwrap_or_default();
-        DrillError::EtcdStart {
-            etcd: self.etcd.clone(),
-            waited: settings.start_timeout,
-            detail: format!("{what}; last log line: {tail}"),
-        }
-    }
-
-    async fn stop(&mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
-    }
-}
-
-fn free_port() -> Result<u16, DrillError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|source| DrillError::Sandbox {
-            path: PathBuf::from("127.0.0.1 (no free port)"),
-            source,
-        })
 }

@@ -5,6 +5,7 @@
 //! one endpoint, and records which member that is.
 
 pub mod discovery;
+pub mod watch;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -70,6 +71,11 @@ pub enum SourceError {
         bytes: u64,
         #[source]
         cause: Cause,
+    },
+    #[error("etcd at {endpoint} has compacted its history up to revision {compact_revision}: the revisions asked for are gone")]
+    Compacted {
+        endpoint: String,
+        compact_revision: i64,
     },
     #[error("the snapshot stream from {endpoint} sent nothing for {secs} s after {bytes} bytes; etcd is stuck or overloaded")]
     Stalled {

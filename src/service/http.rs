@@ -58,7 +58,12 @@ async fn metrics_text(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        shared.metrics.render(),
+        {
+            if let Some(lag) = shared.journal_lag() {
+                shared.metrics.continuous_lag.set(lag);
+            }
+            shared.metrics.render()
+        },
     )
 }
 
@@ -131,5 +136,16 @@ async fn check(shared: &Shared) -> Vec<(&'static str, String)> {
             ));
         }
     }
+    if let Some(lag) = shared.journal_lag() {
+        if lag > JOURNAL_STALL.as_secs_f64() {
+            problems.push((
+                "journal",
+                format!("no revision has become durable in the journal for {lag:.0} s"),
+            ));
+        }
+    }
     problems
 }
+
+/// A journal further behind than this is stalled (the PrometheusRule alerts at 60 s too).
+const JOURNAL_STALL: Duration = Duration::from_secs(60);

@@ -27,6 +27,12 @@ pub struct Metrics {
     pub drill_last_success: Gauge<f64, AtomicU64>,
     pub drill_failures: Counter,
     pub drill_duration: Gauge<f64, AtomicU64>,
+    pub continuous_last_revision: Gauge,
+    /// Set when rendered: now − when every revision the member had was last durable.
+    pub continuous_lag: Gauge<f64, AtomicU64>,
+    pub continuous_segments: Counter,
+    pub continuous_bytes: Counter,
+    pub continuous_gaps: Counter,
 }
 
 impl Metrics {
@@ -45,6 +51,11 @@ impl Metrics {
             drill_last_success: Gauge::default(),
             drill_failures: Counter::default(),
             drill_duration: Gauge::default(),
+            continuous_last_revision: Gauge::default(),
+            continuous_lag: Gauge::default(),
+            continuous_segments: Counter::default(),
+            continuous_bytes: Counter::default(),
+            continuous_gaps: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -106,6 +117,31 @@ impl Metrics {
             "lifeboat_drill_duration_seconds",
             "Duration of the last restore drill",
             m.drill_duration.clone(),
+        );
+        registry.register(
+            "lifeboat_continuous_last_revision",
+            "Newest etcd revision durable in the journal (continuous backup)",
+            m.continuous_last_revision.clone(),
+        );
+        registry.register(
+            "lifeboat_continuous_lag_seconds",
+            "Seconds since every revision of the member was last durable in the journal: the live RPO",
+            m.continuous_lag.clone(),
+        );
+        registry.register(
+            "lifeboat_continuous_segments",
+            "Journal segments committed by this instance",
+            m.continuous_segments.clone(),
+        );
+        registry.register(
+            "lifeboat_continuous_bytes",
+            "Bytes of journal segments stored by this instance",
+            m.continuous_bytes.clone(),
+        );
+        registry.register(
+            "lifeboat_continuous_gaps",
+            "Times the journal had to start a new chain (history compacted, or no exact resume)",
+            m.continuous_gaps.clone(),
         );
         // Known failure reasons start at 0, so `increase()` in alerts sees the first failure.
         for reason in ["etcd", "verify", "store", "cancelled", "internal"] {

@@ -11,6 +11,7 @@
 //! With `schedule = "off"` the instance takes no backups and needs no etcd: a drill-only
 //! instance off the control plane, the one place that holds the age identity.
 
+mod continuous;
 mod http;
 pub mod leader;
 pub mod metrics;
@@ -50,6 +51,8 @@ pub struct ServeSettings {
     /// `None` with `[serve] prune = false`: a separate pruner deletes.
     pub retention: Option<Policy>,
     pub drill: Option<DrillPlan>,
+    /// `Some` when the journal (continuous backup) is on.
+    pub continuous: Option<crate::continuous::CaptureSettings>,
     /// What retention and drills accept as a backup (`[trust]`).
     pub read_policy: Arc<crate::trust::ReadPolicy>,
 }
@@ -125,6 +128,37 @@ struct Shared {
     /// The last readiness verdict and when it was reached (`/readyz` answers from it).
     readiness: tokio::sync::Mutex<Option<http::Verdict>>,
     read_policy: Arc<crate::trust::ReadPolicy>,
+    /// Journal on: when every revision of the member was last known durable.
+    continuous: bool,
+    durable_at: Mutex<Option<std::time::SystemTime>>,
+}
+
+impl Shared {
+    fn note_durable(&self, at: std::time::SystemTime) {
+        if let Ok(mut d) = self.durable_at.lock() {
+            if d.is_none_or(|prev| prev < at) {
+                *d = Some(at);
+            }
+        }
+    }
+
+    /// Seconds since every revision was last durable; `None` when this instance does not
+    /// capture (journal off, or not the uploader).
+    fn journal_lag(&self) -> Option<f64> {
+        if !self.continuous || !self.leadership.is_leader() {
+            return None;
+        }
+        // Nothing durable yet: behind since the service started.
+        let Some(at) = *self.durable_at.lock().ok()? else {
+            return Some(self.started.elapsed().as_secs_f64());
+        };
+        Some(
+            std::time::SystemTime::now()
+                .duration_since(at)
+                .unwrap_or_default()
+                .as_secs_f64(),
+        )
+    }
 }
 
 /// Runs until `shutdown` is cancelled; returns once the running backup has finished or been
@@ -147,6 +181,8 @@ pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result
         drill_running: AtomicBool::new(false),
         readiness: tokio::sync::Mutex::new(None),
         read_policy: settings.read_policy.clone(),
+        continuous: settings.continuous.is_some(),
+        durable_at: Mutex::new(None),
     });
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -201,6 +237,15 @@ async fn run_backups(
     let mut campaign =
         Campaign::start(&source, member.cluster_id, &me, settings, shared, &shutdown);
 
+    let journal = settings.continuous.clone().map(|capture| {
+        tokio::spawn(continuous::run(
+            settings.clone(),
+            backup.clone(),
+            capture,
+            shared.clone(),
+            shutdown.clone(),
+        ))
+    });
     let (tick_tx, mut ticks) = mpsc::channel::<()>(1);
     let mut scheduler = start_scheduler(&settings.schedule, tick_tx, shared.clone()).await?;
     loop {
@@ -215,6 +260,10 @@ async fn run_backups(
         }
     }
     let _ = scheduler.shutdown().await;
+    if let Some(journal) = journal {
+        // The capture commits what it received before it stops; then the election ends.
+        let _ = journal.await;
+    }
     campaign.stop().await;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! (the README's test command does).
 
 mod connect;
+mod continuous;
 mod data;
 mod deploy;
 mod docs;

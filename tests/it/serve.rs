@@ -12,14 +12,14 @@ use crate::harness::s3::S3Server;
 use crate::harness::{age_key, files_in, free_port, lifeboat, run, run_ok, EtcdProcess, Version};
 
 /// A running `lifeboat serve`, stopped with SIGTERM (or killed) by PID on Drop.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
     pub metrics_url: String,
     log: std::path::PathBuf,
 }
 
 impl Serve {
-    fn start(mut cmd: Command, log: std::path::PathBuf) -> Serve {
+    pub(crate) fn start(mut cmd: Command, log: std::path::PathBuf) -> Serve {
         let port = free_port();
         let file = std::fs::File::create(&log).unwrap();
         let child = cmd
@@ -46,7 +46,7 @@ impl Serve {
         s
     }
 
-    fn get(&self, path: &str) -> Option<(u16, String)> {
+    pub(crate) fn get(&self, path: &str) -> Option<(u16, String)> {
         let out = Command::new("curl")
             .args(["-s", "-m", "10", "-w", "\n%{http_code}"])
             .arg(format!("{}{path}", self.metrics_url))
@@ -58,7 +58,7 @@ impl Serve {
         (code != 0).then(|| (code, body.to_string()))
     }
 
-    fn metric(&self, name: &str) -> f64 {
+    pub(crate) fn metric(&self, name: &str) -> f64 {
         self.get("/metrics")
             .and_then(|(_, body)| {
                 body.lines()
@@ -68,12 +68,12 @@ impl Serve {
             .unwrap_or(f64::NAN)
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGTERM, then wait; returns the exit code.
-    fn stop(&mut self, within: Duration) -> i32 {
+    pub(crate) fn stop(&mut self, within: Duration) -> i32 {
         run_ok(
             Command::new("kill")
                 .arg("-TERM")
@@ -148,7 +148,7 @@ fn assert_one_backup_per_two_second_tick(manifests: &[serde_json::Value]) {
     );
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

@@ -1,0 +1,110 @@
+//! `[continuous]`: continuous backup (the journal) in `serve`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{duration, invalid, section, ConfigError};
+use crate::continuous::CaptureSettings;
+
+section! {
+    #[derive(clap::Args, Debug, Default, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ContinuousSection {
+        /// Capture every revision into the journal (point-in-time restore), on the uploader.
+        #[arg(
+            long = "continuous",
+            env = "LIFEBOAT_CONTINUOUS",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "true",
+            value_parser = clap::builder::FalseyValueParser::new()
+        )]
+        pub enabled: Option<bool>,
+        #[arg(skip)]
+        pub segment_interval: Option<String>,
+        #[arg(skip)]
+        pub segment_max_mib: Option<usize>,
+        #[arg(skip)]
+        pub checkpoint_interval: Option<String>,
+    }
+}
+
+/// The capture settings when the journal is on; `None` when off.
+///
+/// # Errors
+/// A bad value, naming its key.
+pub fn resolve_continuous(c: &ContinuousSection) -> Result<Option<CaptureSettings>, ConfigError> {
+    let d = CaptureSettings::default();
+    let segment_interval = duration(
+        "continuous.segment_interval",
+        c.segment_interval.as_ref(),
+        d.segment_interval,
+    )?;
+    if segment_interval > Duration::from_secs(60) {
+        return Err(invalid(
+            "continuous.segment_interval",
+            "is longer than 60s: that much of the newest state could be lost with the node",
+        ));
+    }
+    let segment_max_bytes = match c.segment_max_mib {
+        None => d.segment_max_bytes,
+        Some(n @ 1..=256) => n << 20,
+        Some(n) => {
+            return Err(invalid(
+                "continuous.segment_max_mib",
+                format!("{n} is outside 1..=256"),
+            ))
+        }
+    };
+    let checkpoint_interval = duration(
+        "continuous.checkpoint_interval",
+        c.checkpoint_interval.as_ref(),
+        d.checkpoint_interval,
+    )?;
+    if !c.enabled.unwrap_or(false) {
+        return Ok(None);
+    }
+    Ok(Some(CaptureSettings {
+        segment_interval,
+        segment_max_bytes,
+        checkpoint_interval,
+        ..d
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_checked_even_when_off_and_name_their_key() {
+        let bad = |c: ContinuousSection| resolve_continuous(&c).unwrap_err().to_string();
+        assert!(bad(ContinuousSection {
+            segment_interval: Some("5m".into()),
+            ..Default::default()
+        })
+        .contains("continuous.segment_interval"));
+        assert!(bad(ContinuousSection {
+            segment_max_mib: Some(0),
+            ..Default::default()
+        })
+        .contains("continuous.segment_max_mib"));
+        assert!(bad(ContinuousSection {
+            checkpoint_interval: Some("never".into()),
+            ..Default::default()
+        })
+        .contains("continuous.checkpoint_interval"));
+        assert!(resolve_continuous(&ContinuousSection::default())
+            .unwrap()
+            .is_none());
+        let on = resolve_continuous(&ContinuousSection {
+            enabled: Some(true),
+            segment_interval: Some("500ms".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(on.segment_interval, Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,361 @@
+//! Capture: one watch on the whole keyspace, revisions grouped into segments sealed every
+//! `segment_interval` (only when there are revisions) or at `segment_max_bytes`, with the lease
+//! facts the watch does not carry and periodic HashKV checkpoints; sealed segments queue
+//! (bounded) for an uploader that commits them in order, retrying while the store is down.
+//!
+//! ```text
+//!  watch (all keys, from next_rev) ──revisions──▶ builder ──seal──▶ [queue] ──▶ commit (retry)
+//!     ▲ progress requests (heartbeat)              │ leases, revokes, checkpoint   │
+//!     └───────────────────────── caught up ◀───────┴──── durable revision ◀───────┘
+//! ```
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::chain::{Sealed, SegmentWriter};
+use super::segment::{Header, Record, SegmentManifest, SCHEMA_VERSION};
+use super::ContinuousError;
+use crate::catalog::Fence;
+use crate::etcd::watch::{Change, Revision, WatchItem};
+use crate::etcd::{EtcdSource, LiveHashKv};
+
+#[derive(Debug, Clone)]
+pub struct CaptureSettings {
+    pub segment_interval: Duration,
+    pub segment_max_bytes: usize,
+    pub checkpoint_interval: Duration,
+    /// How often the watch is asked for progress (the heartbeat behind the lag metric).
+    pub heartbeat: Duration,
+    /// The largest watch message accepted (fragments keep each below the server's limit).
+    pub max_message: usize,
+    /// Sealed segments waiting for the store, at most.
+    pub queue: usize,
+}
+
+impl Default for CaptureSettings {
+    fn default() -> CaptureSettings {
+        CaptureSettings {
+            segment_interval: Duration::from_secs(2),
+            segment_max_bytes: 8 << 20,
+            checkpoint_interval: Duration::from_secs(300),
+            heartbeat: Duration::from_secs(1),
+            max_message: 64 << 20,
+            queue: 64,
+        }
+    }
+}
+
+/// Where a chain continues: the next link and the next revision.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    pub chain: String,
+    pub cluster_id: u64,
+    pub next_seq: u64,
+    pub prev_hash: String,
+    pub next_rev: i64,
+}
+
+/// What capture reports as it goes (the service turns it into metrics).
+pub trait CaptureObserver: Send + Sync {
+    /// A segment is durable: every revision up to `m.last_rev`.
+    fn committed(&self, m: &SegmentManifest);
+    /// At `at`, every revision the member had was durable.
+    fn caught_up(&self, at: SystemTime);
+    /// Committing a segment failed; it will be retried.
+    fn commit_failed(&self, e: &ContinuousError);
+}
+
+/// Captures until `cancel` (then commits what was received) or an error. `Compacted` means the
+/// chain cannot continue: the caller starts a new one from a fresh full backup.
+///
+/// # Errors
+/// The watch broke or fell behind compaction; a commit lost the race to another uploader.
+pub async fn capture(
+    source: &mut EtcdSource,
+    writer: SegmentWriter,
+    settings: &CaptureSettings,
+    resume: Resume,
+    cancel: &CancellationToken,
+    fence: Option<Arc<dyn Fence>>,
+    observer: Arc<dyn CaptureObserver>,
+) -> Result<(), ContinuousError> {
+    let (tx, rx) = mpsc::channel::<Sealed>(settings.queue.max(1));
+    let durable = Arc::new(AtomicI64::new(resume.next_rev - 1));
+    // After `cancel`, what is queued is still committed, each segment tried once more.
+    let uploads = upload_loop(
+        writer,
+        rx,
+        fence,
+        observer.clone(),
+        durable.clone(),
+        cancel.clone(),
+    );
+    let watch = watch_loop(source, settings, resume, tx, cancel, &observer, &durable);
+    let (watched, uploaded) = tokio::join!(watch, uploads);
+    uploaded.and(watched)
+}
+
+async fn watch_loop(
+    source: &mut EtcdSource,
+    settings: &CaptureSettings,
+    resume: Resume,
+    tx: mpsc::Sender<Sealed>,
+    cancel: &CancellationToken,
+    observer: &Arc<dyn CaptureObserver>,
+    durable: &AtomicI64,
+) -> Result<(), ContinuousError> {
+    let mut stream = source
+        .watch_changes(resume.next_rev, settings.max_message)
+        .await?;
+    let mut builder = Builder::new(resume, settings);
+    builder.record_all_leases(source).await?;
+    let mut heartbeat = tokio::time::interval(settings.heartbeat);
+    let mut seal_timer = tokio::time::interval(settings.segment_interval);
+    seal_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => {
+                if builder.has_revisions() {
+                    let sealed = builder.seal(source).await?;
+                    let _ = tx.send(sealed).await;
+                }
+                return Ok(());
+            }
+            _ = heartbeat.tick() => stream.request_progress().await?,
+            _ = seal_timer.tick() => {
+                if builder.has_revisions() {
+                    let sealed = builder.seal(source).await?;
+                    send(&tx, sealed).await?;
+                }
+            }
+            item = stream.next() => match item? {
+                None => return Err(ContinuousError::WatchEnded),
+                Some(WatchItem::Revisions(revs)) => {
+                    let at = Utc::now();
+                    for r in revs {
+                        // A lease's TTL is read the moment its first key arrives: a lease
+                        // revoked soon after cannot be asked any more.
+                        builder.record_new_leases(source, &r).await?;
+                        builder.push(r, at)?;
+                        if builder.bytes >= settings.segment_max_bytes {
+                            let sealed = builder.seal(source).await?;
+                            send(&tx, sealed).await?;
+                        }
+                    }
+                }
+                Some(WatchItem::Progress(rev)) => {
+                    if !builder.has_revisions() && durable.load(Ordering::SeqCst) >= rev {
+                        observer.caught_up(SystemTime::now());
+                    }
+                }
+            },
+        }
+    }
+}
+
+async fn send(tx: &mpsc::Sender<Sealed>, sealed: Sealed) -> Result<(), ContinuousError> {
+    tx.send(sealed)
+        .await
+        .map_err(|_| ContinuousError::UploaderStopped)
+}
+
+async fn upload_loop(
+    writer: SegmentWriter,
+    mut rx: mpsc::Receiver<Sealed>,
+    fence: Option<Arc<dyn Fence>>,
+    observer: Arc<dyn CaptureObserver>,
+    durable: Arc<AtomicI64>,
+    stop: CancellationToken,
+) -> Result<(), ContinuousError> {
+    while let Some(sealed) = rx.recv().await {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            if let Some(f) = &fence {
+                f.check().await.map_err(ContinuousError::Fenced)?;
+            }
+            match writer.commit(&sealed).await {
+                Ok(m) => {
+                    durable.store(m.last_rev, Ordering::SeqCst);
+                    observer.committed(&m);
+                    break;
+                }
+                Err(e @ ContinuousError::Store(crate::store::StoreError::AlreadyExists { .. })) => {
+                    // Another uploader committed this link: this one must not go on.
+                    return Err(e);
+                }
+                Err(e) => {
+                    observer.commit_failed(&e);
+                    tracing::warn!(error = %e, seq = sealed.header.seq, "committing a segment failed; retrying (segments queue meanwhile)");
+                    tokio::select! {
+                        () = stop.cancelled() => return Err(e),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The segment being filled.
+struct Builder {
+    resume: Resume,
+    checkpoint_interval: Duration,
+    last_checkpoint: Instant,
+    leases: Vec<Record>,
+    revs: Vec<Record>,
+    revokes: Vec<Record>,
+    first_at: Option<DateTime<Utc>>,
+    last_at: Option<DateTime<Utc>>,
+    first_rev: i64,
+    bytes: usize,
+    /// Leases the replay will have: recorded in this chain, or alive when capture started.
+    known: BTreeSet<i64>,
+}
+
+impl Builder {
+    fn new(resume: Resume, settings: &CaptureSettings) -> Builder {
+        Builder {
+            first_rev: resume.next_rev,
+            resume,
+            checkpoint_interval: settings.checkpoint_interval,
+            last_checkpoint: Instant::now(),
+            leases: Vec::new(),
+            revs: Vec::new(),
+            revokes: Vec::new(),
+            first_at: None,
+            last_at: None,
+            bytes: 0,
+            known: BTreeSet::new(),
+        }
+    }
+
+    fn has_revisions(&self) -> bool {
+        !self.revs.is_empty()
+    }
+
+    /// Every lease alive now goes into the first segment of this capture, so a replay has
+    /// each lease its keys name, whatever base backup it starts from.
+    async fn record_all_leases(&mut self, source: &mut EtcdSource) -> Result<(), ContinuousError> {
+        let (ids, _) = source.lease_ids().await?;
+        for id in ids {
+            self.record_lease(source, id).await?;
+        }
+        Ok(())
+    }
+
+    async fn record_lease(
+        &mut self,
+        source: &mut EtcdSource,
+        id: i64,
+    ) -> Result<(), ContinuousError> {
+        let ttl = source.lease_granted_ttl(id).await?.unwrap_or(0);
+        self.leases.push(Record::Lease { id, ttl });
+        self.known.insert(id);
+        Ok(())
+    }
+
+    async fn record_new_leases(
+        &mut self,
+        source: &mut EtcdSource,
+        r: &Revision,
+    ) -> Result<(), ContinuousError> {
+        for c in &r.changes {
+            if let Change::Put { lease, .. } = c {
+                if *lease != 0 && !self.known.contains(lease) {
+                    self.record_lease(source, *lease).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, r: Revision, at: DateTime<Utc>) -> Result<(), ContinuousError> {
+        let expected = self.first_rev + self.revs.len() as i64;
+        if r.rev != expected {
+            return Err(ContinuousError::Hole {
+                expected,
+                got: r.rev,
+            });
+        }
+        self.bytes += r
+            .changes
+            .iter()
+            .map(|c| match c {
+                Change::Put { key, value, .. } => key.len() + value.len() + 64,
+                Change::Delete { key } => key.len() + 32,
+            })
+            .sum::<usize>();
+        self.first_at.get_or_insert(at);
+        self.last_at = Some(at);
+        self.revs.push(Record::Rev {
+            rev: r.rev,
+            at_ms: at.timestamp_millis(),
+            changes: r.changes,
+        });
+        Ok(())
+    }
+
+    /// Closes the segment: leases granted since the last look (before its revisions), leases
+    /// gone since, a checkpoint when one is due.
+    async fn seal(&mut self, source: &mut EtcdSource) -> Result<Sealed, ContinuousError> {
+        let (alive, at_rev) = source.lease_ids().await?;
+        let alive: BTreeSet<i64> = alive.into_iter().collect();
+        for id in alive.difference(&self.known.clone()) {
+            self.record_lease(source, *id).await?;
+        }
+        let gone: Vec<i64> = self.known.difference(&alive).copied().collect();
+        for id in gone {
+            self.known.remove(&id);
+            self.revokes.push(Record::Revoke {
+                id,
+                after_rev: at_rev,
+            });
+        }
+        let last_rev = self.first_rev + self.revs.len() as i64 - 1;
+        let mut records = std::mem::take(&mut self.leases);
+        records.append(&mut self.revs);
+        records.append(&mut self.revokes);
+        if self.last_checkpoint.elapsed() >= self.checkpoint_interval {
+            if let LiveHashKv::Hash {
+                hash,
+                compact_revision,
+            } = source.hash_kv(last_rev).await?
+            {
+                records.push(Record::Checkpoint {
+                    rev: last_rev,
+                    compact_rev: compact_revision,
+                    hash,
+                });
+                self.last_checkpoint = Instant::now();
+            }
+        }
+        let sealed = Sealed {
+            header: Header {
+                schema_version: SCHEMA_VERSION,
+                cluster_id: format!("{:x}", self.resume.cluster_id),
+                chain: self.resume.chain.clone(),
+                seq: self.resume.next_seq,
+                prev_hash: self.resume.prev_hash.clone(),
+                first_rev: self.first_rev,
+                last_rev,
+            },
+            records,
+            first_at: self.first_at.take().unwrap_or_else(Utc::now),
+            last_at: self.last_at.take().unwrap_or_else(Utc::now),
+        };
+        self.resume.prev_hash = sealed.hash();
+        self.resume.next_seq += 1;
+        self.resume.next_rev = last_rev + 1;
+        self.first_rev = last_rev + 1;
+        self.bytes = 0;
+        Ok(sealed)
+    }
+}

@@ -1,0 +1,53 @@
+//! Continuous backup: every revision off the node within seconds, as a hash-chained, signed
+//! journal of segments that starts at a full backup (docs/continuous.md).
+//!
+//! - `segment.rs`: the format of a segment's body and of its signed manifest, and the keys.
+//! - `chain.rs`: committing a segment; listing chains; reading one back, checked link by link.
+//! - `capture.rs`: the watch → segments → store loop that `serve` runs on the uploader.
+//! - `status.rs`: what a store holds: chains, their revisions and times, the gaps between.
+
+pub mod capture;
+pub mod chain;
+pub mod segment;
+
+pub use capture::{capture, CaptureObserver, CaptureSettings, Resume};
+pub use chain::{list_chains, read_manifest, read_records, ChainListing, Sealed, SegmentWriter};
+pub use segment::{Record, SegmentKey, SegmentManifest};
+
+use crate::etcd::SourceError;
+use crate::store::StoreError;
+use crate::trust::TrustError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContinuousError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error("encoding segment {key}: {source}")]
+    Encode {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("segment {key}: {what}; it is not used")]
+    Invalid { key: String, what: String },
+    #[error("chain {chain}, segment {seq}: {what}; the chain cannot be used past this point")]
+    BrokenChain {
+        chain: String,
+        seq: u64,
+        what: String,
+    },
+    #[error("segment object {key} is encrypted: pass the age identity (--identity)")]
+    NeedIdentity { key: String },
+    #[error("the watch skipped from revision {expected} to {got}: a revision is missing; the chain stops here")]
+    Hole { expected: i64, got: i64 },
+    #[error("the watch ended: etcd closed the stream")]
+    WatchEnded,
+    #[error("the segment uploader stopped")]
+    UploaderStopped,
+    #[error("capture stopped: {0}")]
+    Fenced(String),
+}

@@ -1,0 +1,199 @@
+//! A throwaway etcd on loopback, restored from a plain snapshot with etcd's own tool (no
+//! revision bump), reached with mutual TLS and throwaway certificates, killed when dropped.
+//! Drills check one; point-in-time restores replay a journal into one.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::{DrillError, DrillSettings, SandboxPki};
+use crate::etcd::{EtcdSettings, EtcdSource, MemberStatus};
+use crate::restore::{MemberSpec, RestoreTool};
+
+pub struct Sandbox {
+    child: tokio::process::Child,
+    log: PathBuf,
+    etcd: PathBuf,
+    /// A client of the sandbox member, and its status once it served.
+    pub source: EtcdSource,
+    pub status: MemberStatus,
+    /// How to reach it (for more clients).
+    pub etcd_settings: EtcdSettings,
+}
+
+impl Sandbox {
+    /// Restores `snapshot` into `<dir>/data` and starts etcd on it with `extra_args`; returns
+    /// once it serves with a leader.
+    ///
+    /// # Errors
+    /// The restore tool or etcd fails, or etcd does not serve within the start timeout.
+    pub async fn start(
+        dir: &Path,
+        snapshot: &Path,
+        skip_hash_check: bool,
+        tool: &RestoreTool,
+        settings: &DrillSettings,
+        extra_args: &[String],
+    ) -> Result<Sandbox, DrillError> {
+        let data_dir = dir.join("data");
+        let pki = SandboxPki::generate(dir).map_err(|detail| DrillError::Sandbox {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other(detail),
+        })?;
+        let (client_port, peer_port) = (free_port()?, free_port()?);
+        let peer = format!("https://127.0.0.1:{peer_port}");
+        let member = MemberSpec {
+            name: "drill".into(),
+            initial_advertise_peer_urls: peer.clone(),
+            initial_cluster: format!("drill={peer}"),
+            initial_cluster_token: "lifeboat-drill".into(),
+        };
+        // No revision bump: revisions must stay those of the backup.
+        let argv = tool.restore_argv(snapshot, &data_dir, &member, skip_hash_check, None);
+        crate::restore::tool::run_restore(&argv)?;
+        let client_url = format!("https://127.0.0.1:{client_port}");
+        let etcd_settings = EtcdSettings {
+            endpoints: vec![client_url.clone()],
+            cacert: Some(pki.ca.clone()),
+            cert: Some(pki.client_cert.clone()),
+            key: Some(pki.client_key.clone()),
+            user: None,
+            password: None,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(60),
+            stall_timeout: Duration::from_secs(60),
+        };
+        let log = dir.join("etcd.log");
+        let child = spawn(
+            settings,
+            &log,
+            &data_dir,
+            &member,
+            &client_url,
+            &pki,
+            extra_args,
+        )?;
+        let (source, status) = wait_ready(child, &log, &etcd_settings, settings).await?;
+        Ok(Sandbox {
+            child: source.1,
+            log,
+            etcd: settings.etcd.clone(),
+            source: source.0,
+            status,
+            etcd_settings,
+        })
+    }
+
+    /// The last line etcd logged (for messages).
+    pub fn last_log_line(&self) -> String {
+        last_line(&self.log)
+    }
+
+    pub fn etcd_binary(&self) -> &Path {
+        &self.etcd
+    }
+
+    pub async fn stop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+fn spawn(
+    settings: &DrillSettings,
+    log: &Path,
+    data_dir: &Path,
+    member: &MemberSpec,
+    client_url: &str,
+    pki: &SandboxPki,
+    extra_args: &[String],
+) -> Result<tokio::process::Child, DrillError> {
+    let sandbox_err = |source| DrillError::Sandbox {
+        path: log.to_path_buf(),
+        source,
+    };
+    let out = std::fs::File::create(log).map_err(sandbox_err)?;
+    let err = out.try_clone().map_err(sandbox_err)?;
+    tokio::process::Command::new(&settings.etcd)
+        .arg(format!("--name={}", member.name))
+        .arg(format!("--data-dir={}", data_dir.display()))
+        .arg(format!("--listen-client-urls={client_url}"))
+        .arg(format!("--advertise-client-urls={client_url}"))
+        .arg(format!(
+            "--listen-peer-urls={}",
+            member.initial_advertise_peer_urls
+        ))
+        .arg(format!(
+            "--initial-advertise-peer-urls={}",
+            member.initial_advertise_peer_urls
+        ))
+        .arg(format!("--initial-cluster={}", member.initial_cluster))
+        .arg("--client-cert-auth")
+        .arg(format!("--trusted-ca-file={}", pki.ca.display()))
+        .arg(format!("--cert-file={}", pki.server_cert.display()))
+        .arg(format!("--key-file={}", pki.server_key.display()))
+        .arg("--peer-client-cert-auth")
+        .arg(format!("--peer-trusted-ca-file={}", pki.ca.display()))
+        .arg(format!("--peer-cert-file={}", pki.server_cert.display()))
+        .arg(format!("--peer-key-file={}", pki.server_key.display()))
+        .args(extra_args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| DrillError::EtcdStart {
+            etcd: settings.etcd.clone(),
+            waited: Duration::ZERO,
+            detail: format!("cannot run it: {e}; pass --etcd PATH"),
+        })
+}
+
+async fn wait_ready(
+    mut child: tokio::process::Child,
+    log: &Path,
+    etcd_settings: &EtcdSettings,
+    settings: &DrillSettings,
+) -> Result<((EtcdSource, tokio::process::Child), MemberStatus), DrillError> {
+    let deadline = Instant::now() + settings.start_timeout;
+    let endpoint = etcd_settings.endpoints[0].clone();
+    let fail = |what: String| DrillError::EtcdStart {
+        etcd: settings.etcd.clone(),
+        waited: settings.start_timeout,
+        detail: format!("{what}; last log line: {}", last_line(log)),
+    };
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(fail(format!("it exited ({status})")));
+        }
+        if let Ok(mut source) = EtcdSource::connect(etcd_settings, &endpoint).await {
+            if let Ok(s) = source.status().await {
+                if s.leader != 0 {
+                    return Ok(((source, child), s));
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            let _ = child.start_kill();
+            return Err(fail("no answer with a leader".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn last_line(log: &Path) -> String {
+    std::fs::read_to_string(log)
+        .ok()
+        .and_then(|l| l.lines().last().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn free_port() -> Result<u16, DrillError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|source| DrillError::Sandbox {
+            path: PathBuf::from("127.0.0.1 (no free port)"),
+            source,
+        })
+}

@@ -1,0 +1,62 @@
+//! Point-in-time restore: from the newest trusted full backup at or before the target, replay
+//! the journal (continuous backup) into a sandbox etcd, one txn per revision, checking every
+//! recorded HashKV on the way, and write the sandbox's snapshot at exactly the target
+//! revision. That snapshot then goes through the one restore path (`restore`), or is handed to
+//! the user (`snapshot get`).
+//!
+//! - `plan.rs`: which base backup and which segments a target needs; refusals with the
+//!   restorable ranges named.
+//! - `replay.rs`: the sandbox replay and the final snapshot.
+
+mod plan;
+mod replay;
+
+pub use plan::{plan, resolve_time, Coverage, PitrPlan, Target};
+pub use replay::{replay_to_file, ReplayReport};
+
+use crate::continuous::ContinuousError;
+use crate::drill::DrillError;
+use crate::etcd::SourceError;
+use crate::readback::ReadBackError;
+use crate::restore::RestoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PitrError {
+    #[error(transparent)]
+    Journal(#[from] ContinuousError),
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    ReadBack(#[from] ReadBackError),
+    #[error(transparent)]
+    Sandbox(#[from] DrillError),
+    #[error(transparent)]
+    Tool(#[from] RestoreError),
+    #[error("replay sandbox: {0}")]
+    Etcd(#[from] SourceError),
+    #[error("{target} is not restorable: {why}. Restorable: {coverage}")]
+    NotCovered {
+        target: String,
+        why: String,
+        coverage: String,
+    },
+    #[error("the backups of several clusters are in this store ({0}); pass --cluster-id")]
+    AmbiguousCluster(String),
+    #[error("replay of revision {rev} failed: {detail}; the journal does not reproduce the cluster, nothing was restored")]
+    Replay { rev: i64, detail: String },
+    #[error("checkpoint at revision {rev} FAILED: the replayed store hashes to {actual}, the cluster hashed to {expected} (compact revision {compact_rev}); the journal does not reproduce the cluster, nothing was restored")]
+    CheckpointMismatch {
+        rev: i64,
+        compact_rev: i64,
+        expected: u32,
+        actual: String,
+    },
+    #[error("writing {path}: {source}")]
+    Output {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}

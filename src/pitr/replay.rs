@@ -1,0 +1,467 @@
+//! The replay: base backup → sandbox etcd (the drill's, no fsync) → one txn per revision with
+//! the changes in event order, so revision, create revision, version and sub-revisions come
+//! out as they were; leases re-granted with their ids and TTLs before their first use and kept
+//! alive throughout (a sandbox must never expire a lease on its own: that would write a
+//! revision the cluster never had); revocations replayed once the journal saw them; at every
+//! checkpoint the sandbox compacted like the cluster was and its HashKV compared. Then the
+//! sandbox's snapshot, at exactly the target revision, is written to a file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, CompactionOptions, LeaseGrantOptions, PutOptions, Txn, TxnOp};
+use serde::Serialize;
+
+use super::{PitrError, PitrPlan};
+use crate::continuous::{read_records, Record};
+use crate::drill::{DrillSettings, Sandbox};
+use crate::etcd::watch::Change;
+use crate::etcd::{EtcdSource, LiveHashKv, SnapshotPiece};
+use crate::progress::Observer;
+use crate::restore::RestoreTool;
+use crate::stages::encrypt::Identities;
+use crate::store::Store;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayReport {
+    pub base: String,
+    pub target_rev: i64,
+    pub revisions: i64,
+    pub segments: usize,
+    pub checkpoints_verified: usize,
+    pub leases_granted: usize,
+    pub leases_revoked: usize,
+    pub replay_ms: u64,
+    pub revisions_per_second: f64,
+    /// HashKV of the written snapshot at the target (compact revision in brackets).
+    pub hash: u32,
+    pub compact_revision: i64,
+}
+
+/// Replays `plan` and writes the snapshot at its target revision to `out` (`.part`, fsync,
+/// rename).
+///
+/// # Errors
+/// Any check that fails stops the replay, naming the revision; nothing is written then.
+pub async fn replay_to_file(
+    store: Arc<dyn Store>,
+    plan: &PitrPlan,
+    identities: Option<&Arc<Identities>>,
+    settings: &DrillSettings,
+    out: &Path,
+    progress: Arc<dyn Observer>,
+) -> Result<ReplayReport, PitrError> {
+    crate::fsutil::create_private_dir(&settings.work_dir).map_err(|source| PitrError::Output {
+        path: settings.work_dir.clone(),
+        source,
+    })?;
+    let dir = tempfile::Builder::new()
+        .prefix("lifeboat-pitr-")
+        .tempdir_in(&settings.work_dir)
+        .map_err(|source| PitrError::Output {
+            path: settings.work_dir.clone(),
+            source,
+        })?;
+    let base_file = dir.path().join("base.db");
+    crate::readback::get_backup(
+        store.clone(),
+        &plan.base,
+        identities,
+        &base_file,
+        true,
+        progress,
+    )
+    .await?;
+    let tool = RestoreTool::find(settings.tool.as_deref())?;
+    let skip_hash_check = !crate::bbolt::has_sha256_trailer(plan.base.plain_size);
+    let extra = sandbox_flags(&settings.etcd);
+    let mut sandbox = Sandbox::start(
+        dir.path(),
+        &base_file,
+        skip_hash_check,
+        &tool,
+        settings,
+        &extra,
+    )
+    .await?;
+    let result = replay(&store, plan, identities, &mut sandbox, out).await;
+    sandbox.stop().await;
+    result
+}
+
+/// Throughput flags: no fsync (the sandbox is thrown away), and limits that fit any revision
+/// the cluster accepted (a DeleteRange of many keys is one txn of many ops here).
+fn sandbox_flags(etcd: &Path) -> Vec<String> {
+    let mut flags = vec![
+        "--max-txn-ops=10000000".to_string(),
+        "--max-request-bytes=268435456".to_string(),
+        "--quota-backend-bytes=8589934592".to_string(),
+        "--snapshot-count=1000000".to_string(),
+    ];
+    let help = std::process::Command::new(etcd).arg("--help").output();
+    let knows = |flag: &str| {
+        help.as_ref().is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout).contains(flag)
+                || String::from_utf8_lossy(&o.stderr).contains(flag)
+        })
+    };
+    if knows("--unsafe-no-fsync") {
+        flags.push("--unsafe-no-fsync".into());
+    }
+    flags
+}
+
+struct Replayer {
+    client: Client,
+    current: i64,
+    target: i64,
+    /// Lease id → TTL, for the keepalive task.
+    alive: Arc<std::sync::Mutex<BTreeMap<i64, i64>>>,
+    /// Revocations seen but not yet due (`after_rev` not replayed yet).
+    pending_revokes: Vec<(i64, i64)>,
+    compacted: i64,
+    report: ReplayReport,
+}
+
+async fn replay(
+    store: &Arc<dyn Store>,
+    plan: &PitrPlan,
+    identities: Option<&Arc<Identities>>,
+    sandbox: &mut Sandbox,
+    out: &Path,
+) -> Result<ReplayReport, PitrError> {
+    let started = Instant::now();
+    let client = sandbox.source.client();
+    let mut r = Replayer {
+        client: client.clone(),
+        current: plan.base.revision,
+        target: plan.target_rev,
+        alive: Arc::new(std::sync::Mutex::new(BTreeMap::new())),
+        pending_revokes: Vec::new(),
+        compacted: 0,
+        report: ReplayReport {
+            base: plan.base.id.clone(),
+            target_rev: plan.target_rev,
+            revisions: 0,
+            segments: plan.segments.len(),
+            checkpoints_verified: 0,
+            leases_granted: 0,
+            leases_revoked: 0,
+            replay_ms: 0,
+            revisions_per_second: 0.0,
+            hash: 0,
+            compact_revision: 0,
+        },
+    };
+    r.adopt_base_leases().await?;
+    let keepalive = tokio::spawn(keep_alive(client.clone(), r.alive.clone()));
+    let outcome = r
+        .apply_segments(
+            store,
+            plan,
+            identities.map(Arc::as_ref),
+            &mut sandbox.source,
+        )
+        .await;
+    keepalive.abort();
+    outcome?;
+    if r.current != plan.target_rev {
+        return Err(PitrError::Replay {
+            rev: plan.target_rev,
+            detail: format!("the journal ends at revision {}", r.current),
+        });
+    }
+    let elapsed = started.elapsed();
+    r.report.replay_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    r.report.revisions_per_second = r.report.revisions as f64 / elapsed.as_secs_f64().max(1e-3);
+    let (hash, compact_revision) = match sandbox.source.hash_kv(plan.target_rev).await? {
+        LiveHashKv::Hash {
+            hash,
+            compact_revision,
+        } => (hash, compact_revision),
+        LiveHashKv::Compacted => (0, 0),
+    };
+    r.report.hash = hash;
+    r.report.compact_revision = compact_revision;
+    write_snapshot(&mut sandbox.source, out).await?;
+    check_written(out, plan.target_rev, hash)?;
+    Ok(r.report)
+}
+
+impl Replayer {
+    /// Leases restored with the base backup are kept alive from the start too.
+    async fn adopt_base_leases(&mut self) -> Result<(), PitrError> {
+        let leases = self
+            .client
+            .leases()
+            .await
+            .map_err(|e| self.failed(self.current, format!("listing leases: {e}")))?;
+        let mut alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());
+        for l in leases.leases() {
+            alive.insert(l.id(), 0);
+        }
+        Ok(())
+    }
+
+    fn failed(&self, rev: i64, detail: String) -> PitrError {
+        PitrError::Replay { rev, detail }
+    }
+
+    async fn apply_segments(
+        &mut self,
+        store: &Arc<dyn Store>,
+        plan: &PitrPlan,
+        identities: Option<&Identities>,
+        source: &mut EtcdSource,
+    ) -> Result<(), PitrError> {
+        for m in &plan.segments {
+            for record in read_records(store.as_ref(), m, identities).await? {
+                if matches!(record, Record::Rev { rev, .. } if rev > self.target) {
+                    return Ok(()); // what follows is after the target
+                }
+                self.apply(record, source).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, record: Record, source: &mut EtcdSource) -> Result<(), PitrError> {
+        match record {
+            Record::Header(_) => Ok(()),
+            Record::Lease { id, ttl } => self.grant(id, ttl).await,
+            // Revisions at or below the base are in the base backup already.
+            Record::Rev { rev, .. } if rev <= self.current => Ok(()),
+            Record::Rev { rev, changes, .. } => {
+                self.put_revision(rev, changes).await?;
+                self.revoke_due().await
+            }
+            Record::Revoke { id, after_rev } => {
+                self.pending_revokes.push((id, after_rev));
+                self.revoke_due().await
+            }
+            // A checkpoint follows the revisions up to its own: the sandbox is exactly there.
+            Record::Checkpoint {
+                rev,
+                compact_rev,
+                hash,
+            } if rev == self.current => {
+                self.verify_checkpoint(rev, compact_rev, hash, source).await
+            }
+            Record::Checkpoint { .. } => Ok(()),
+        }
+    }
+
+    async fn grant(&mut self, id: i64, ttl: i64) -> Result<(), PitrError> {
+        if self
+            .alive
+            .lock()
+            .map(|a| a.contains_key(&id))
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        // TTL 0: the lease was gone before capture could read its TTL; it is revoked later
+        // in the journal, so any TTL that outlives the replay does.
+        let ttl = if ttl > 0 { ttl } else { 3600 };
+        match self
+            .client
+            .lease_grant(ttl, Some(LeaseGrantOptions::new().with_id(id)))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("lease already exists") => {}
+            Err(e) => return Err(self.failed(self.current, format!("granting lease {id:x}: {e}"))),
+        }
+        self.report.leases_granted += 1;
+        if let Ok(mut alive) = self.alive.lock() {
+            alive.insert(id, ttl);
+        }
+        Ok(())
+    }
+
+    async fn put_revision(&mut self, rev: i64, changes: Vec<Change>) -> Result<(), PitrError> {
+        if rev != self.current + 1 {
+            return Err(self.failed(rev, format!("revision {} was due next", self.current + 1)));
+        }
+        let ops: Vec<TxnOp> = changes
+            .into_iter()
+            .map(|c| match c {
+                Change::Put {
+                    key, value, lease, ..
+                } => TxnOp::put(
+                    key,
+                    value,
+                    (lease != 0).then(|| PutOptions::new().with_lease(lease)),
+                ),
+                Change::Delete { key } => TxnOp::delete(key, None),
+            })
+            .collect();
+        let resp = self
+            .client
+            .txn(Txn::new().and_then(ops))
+            .await
+            .map_err(|e| self.failed(rev, e.to_string()))?;
+        let got = resp.header().map_or(0, |h| h.revision());
+        if got != rev {
+            return Err(self.failed(
+                rev,
+                format!("the sandbox is at revision {got} after it (a change the cluster made is missing or extra)"),
+            ));
+        }
+        self.current = rev;
+        self.report.revisions += 1;
+        Ok(())
+    }
+
+    /// Revokes the leases the journal saw gone once the replay has reached that point.
+    async fn revoke_due(&mut self) -> Result<(), PitrError> {
+        let current = self.current;
+        let due: Vec<(i64, i64)> = self
+            .pending_revokes
+            .iter()
+            .copied()
+            .filter(|(_, after)| *after <= current)
+            .collect();
+        self.pending_revokes.retain(|(_, after)| *after > current);
+        for (id, _) in due {
+            if let Ok(mut alive) = self.alive.lock() {
+                alive.remove(&id);
+            }
+            match self.client.lease_revoke(id).await {
+                Ok(resp) => {
+                    let rev = resp.header().map_or(self.current, |h| h.revision());
+                    if rev != self.current {
+                        return Err(self.failed(
+                            rev,
+                            format!(
+                                "revoking lease {id:x} deleted keys the journal had not deleted"
+                            ),
+                        ));
+                    }
+                    self.report.leases_revoked += 1;
+                }
+                Err(e) if e.to_string().contains("requested lease not found") => {}
+                Err(e) => {
+                    return Err(self.failed(self.current, format!("revoking lease {id:x}: {e}")))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn verify_checkpoint(
+        &mut self,
+        rev: i64,
+        compact_rev: i64,
+        expected: u32,
+        source: &mut EtcdSource,
+    ) -> Result<(), PitrError> {
+        if compact_rev > self.compacted && compact_rev <= rev {
+            self.client
+                .compact(compact_rev, Some(CompactionOptions::new().with_physical()))
+                .await
+                .map_err(|e| self.failed(rev, format!("compacting to {compact_rev}: {e}")))?;
+            self.compacted = compact_rev;
+        }
+        let (actual, ok) = match source.hash_kv(rev).await? {
+            LiveHashKv::Hash {
+                hash,
+                compact_revision,
+            } => (
+                format!("{hash} (compact revision {compact_revision})"),
+                hash == expected && compact_revision == compact_rev,
+            ),
+            LiveHashKv::Compacted => ("revision compacted".into(), false),
+        };
+        if !ok {
+            return Err(PitrError::CheckpointMismatch {
+                rev,
+                compact_rev,
+                expected,
+                actual,
+            });
+        }
+        self.report.checkpoints_verified += 1;
+        tracing::info!(rev, hash = expected, "checkpoint verified");
+        Ok(())
+    }
+}
+
+/// Keeps every lease the replay holds alive: a replay runs faster than the cluster did, but a
+/// short TTL can still end inside it.
+async fn keep_alive(client: Client, alive: Arc<std::sync::Mutex<BTreeMap<i64, i64>>>) {
+    let mut keepers: BTreeMap<i64, (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)> =
+        BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let ids: BTreeSet<i64> = alive
+            .lock()
+            .map(|a| a.keys().copied().collect())
+            .unwrap_or_default();
+        keepers.retain(|id, _| ids.contains(id));
+        for id in ids {
+            if let std::collections::btree_map::Entry::Vacant(slot) = keepers.entry(id) {
+                let mut c = client.clone();
+                if let Ok(k) = c.lease_keep_alive(id).await {
+                    slot.insert(k);
+                }
+            }
+            if let Some((keeper, stream)) = keepers.get_mut(&id) {
+                if keeper.keep_alive().await.is_ok() {
+                    let _ = stream.message().await;
+                }
+            }
+        }
+    }
+}
+
+async fn write_snapshot(source: &mut EtcdSource, out: &Path) -> Result<(), PitrError> {
+    let part = PathBuf::from(format!("{}.part", out.display()));
+    let output = |source| PitrError::Output {
+        path: part.clone(),
+        source,
+    };
+    let mut file = crate::fsutil::create_private_file(&part).map_err(output)?;
+    let mut stream = source.open_snapshot().await?;
+    while let Some(piece) = stream.next().await? {
+        let bytes = match piece {
+            SnapshotPiece::Data(b) | SnapshotPiece::Trailer(b) => b,
+        };
+        file.write_all(&bytes).map_err(output)?;
+    }
+    file.sync_all().map_err(output)?;
+    drop(file);
+    crate::fsutil::durable_rename(&part, out).map_err(|source| PitrError::Output {
+        path: out.to_path_buf(),
+        source,
+    })
+}
+
+/// Our own reading of the written file agrees with the sandbox: the revision etcd restores it
+/// to is the target, and its HashKV at the target is the sandbox's.
+fn check_written(out: &Path, target: i64, hash: u32) -> Result<(), PitrError> {
+    let bad = |detail: String| PitrError::Replay {
+        rev: target,
+        detail,
+    };
+    let info = crate::verify::read_snapshot_info(out)
+        .map_err(|e| bad(format!("reading the written snapshot: {e}")))?;
+    let restored = info.restored_revision;
+    if restored != target {
+        return Err(bad(format!(
+            "the written snapshot restores to revision {restored}"
+        )));
+    }
+    let offline = crate::verify::hash_kv(out, target, info.compact_revision)
+        .map_err(|e| bad(format!("hashing the written snapshot: {e}")))?;
+    if offline != hash {
+        return Err(bad(format!(
+            "the written snapshot hashes to {offline}, the sandbox to {hash}"
+        )));
+    }
+    Ok(())
+}
