@@ -111,6 +111,33 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             D::EtcdStart { .. } | D::Sandbox { .. } => Some(FAILURE),
         };
     }
+    if let Some(e) = e.downcast_ref::<crate::continuous::ContinuousError>() {
+        use crate::continuous::ContinuousError as C;
+        return match e {
+            C::Source(_) => Some(ETCD),
+            C::Store(_) => Some(STORAGE),
+            C::Trust(_) | C::Invalid { .. } | C::BrokenChain { .. } | C::Hole { .. } => {
+                Some(VERIFY)
+            }
+            C::NeedIdentity { .. } => Some(KEYS),
+            C::Encode { .. } | C::WatchEnded | C::UploaderStopped | C::Fenced(_) => Some(FAILURE),
+        };
+    }
+    if let Some(e) = e.downcast_ref::<crate::pitr::PitrError>() {
+        use crate::pitr::PitrError as P;
+        return match e {
+            P::Journal(j) => classify(j),
+            P::Catalog(c) => classify(c),
+            P::ReadBack(r) => classify(r),
+            P::Sandbox(d) => classify(d),
+            P::Tool(r) => classify(r),
+            P::Store(_) | P::Output { .. } => Some(STORAGE),
+            P::Etcd(_) => Some(FAILURE),
+            P::NotCovered { .. } => Some(NOT_FOUND),
+            P::AmbiguousCluster(_) => Some(USAGE),
+            P::Replay { .. } | P::CheckpointMismatch { .. } => Some(VERIFY),
+        };
+    }
     if let Some(e) = e.downcast_ref::<crate::retention::PruneError>() {
         return match e {
             crate::retention::PruneError::Catalog(c) => classify(c),

@@ -48,6 +48,28 @@ pub enum Command {
     /// Manage the key that signs manifests.
     #[command(subcommand)]
     SigningKey(SigningKeyCommand),
+    /// The journal of continuous backup: chains, gaps, segments.
+    #[command(subcommand)]
+    Continuous(ContinuousCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContinuousCommand {
+    /// Chains, gaps, the newest durable revision and its age, and the restorable window.
+    Status(JournalArgs),
+    /// Every segment: chain, sequence, revisions, receive times, size.
+    List(JournalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct JournalArgs {
+    #[command(flatten)]
+    pub dest: DestArgs,
+    /// Only this cluster's journal (hex cluster id).
+    #[arg(long, value_name = "ID")]
+    pub cluster_id: Option<String>,
+    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 #[derive(Subcommand, Debug)]

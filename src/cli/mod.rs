@@ -1,6 +1,7 @@
 //! The CLI edge: logging, config loading, context on errors, exit codes.
 
 mod args;
+mod journal;
 mod keys;
 mod pitr;
 mod progress;
@@ -61,6 +62,7 @@ async fn run(cli: Cli, config: FileConfig) -> Result<()> {
         Command::Drill(args) => restore::drill(*args, config).await,
         Command::Upgrade(args) => upgrade::run(*args, config).await,
         Command::SigningKey(cmd) => keys::run(cmd),
+        Command::Continuous(cmd) => journal::run(cmd, config).await,
     }
 }
 

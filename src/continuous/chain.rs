@@ -58,11 +58,12 @@ impl Sealed {
 }
 
 impl SegmentWriter {
-    /// Writes the object, then the signature, then the manifest.
+    /// Writes the object, then the signature, then the manifest (the commit point: never
+    /// overwritten, so of two writers of one link exactly one wins).
     ///
     /// # Errors
-    /// The store refuses a write; `AlreadyExists` on the manifest means another writer
-    /// committed this link first.
+    /// The store refuses a write; `AlreadyExists` means another writer committed this link
+    /// first.
     pub async fn commit(&self, sealed: &Sealed) -> Result<SegmentManifest, ContinuousError> {
         let body = sealed.body();
         let h = &sealed.header;
@@ -74,7 +75,8 @@ impl SegmentWriter {
         let encrypted = self.recipients.is_some();
         // A fresh name per attempt: a retry after a failed manifest write must not collide
         // with (or overwrite) the object of the attempt before.
-        let data_key = key.data_key(encrypted, &format!("{:08x}", rand::random::<u32>()));
+        let nonce = super::segment::new_nonce();
+        let data_key = key.data_key(encrypted, &nonce);
         let stored = crate::stages::encode::encode_all(
             &body,
             self.compression_level,
@@ -139,7 +141,7 @@ impl SegmentWriter {
             let signature = signer.sign(&manifest_key, &text)?;
             self.store
                 .put(
-                    &key.signature_key(),
+                    &key.signature_key(&nonce),
                     bytes_stream(Bytes::from(signature.into_bytes())),
                 )
                 .await?;
@@ -201,10 +203,18 @@ pub async fn read_manifest(
 ) -> Result<SegmentManifest, ContinuousError> {
     let manifest_key = key.manifest_key();
     let bytes = get_small(store, &manifest_key, MANIFEST_LIMIT).await?;
-    let signature = match get_small(store, &key.signature_key(), 4096).await {
-        Ok(s) => Some(String::from_utf8_lossy(&s).into_owned()),
-        Err(StoreError::NotFound { .. }) => None,
-        Err(e) => return Err(e.into()),
+    // The signature's name comes from the manifest (its attempt's nonce); nothing else in it is
+    // believed before the signature over these exact bytes checks out.
+    let nonce = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["object"]["key"].as_str().and_then(|k| key.nonce_of(k)));
+    let signature = match &nonce {
+        Some(nonce) => match get_small(store, &key.signature_key(nonce), 4096).await {
+            Ok(s) => Some(String::from_utf8_lossy(&s).into_owned()),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        },
+        None => None,
     };
     policy.check(&manifest_key, &bytes, signature.as_deref())?;
     let m: SegmentManifest =

@@ -9,6 +9,7 @@
 pub mod capture;
 pub mod chain;
 pub mod segment;
+pub mod status;
 
 pub use capture::{capture, CaptureObserver, CaptureSettings, Resume};
 pub use chain::{list_chains, read_manifest, read_records, ChainListing, Sealed, SegmentWriter};

@@ -115,11 +115,22 @@ impl SegmentKey {
         format!("{}{MANIFEST_EXT}", self.stem())
     }
 
-    pub fn signature_key(&self) -> String {
-        format!("{}{SIGNATURE_EXT}", self.stem())
+    /// The signature of the manifest written by the attempt `nonce`. Each attempt writes its
+    /// own object and signature and only the manifest (written last, never overwritten) decides
+    /// which attempt is the segment: a writer that died after its signature cannot block the
+    /// next one, and the manifest names the nonce (in its object key) that its signature has.
+    pub fn signature_key(&self, nonce: &str) -> String {
+        format!("{}.{nonce}{SIGNATURE_EXT}", self.stem())
     }
 
-    /// The data object's key; `nonce` (8 hex digits) tells the attempts of a writer apart.
+    /// The nonce of the attempt that wrote `object_key` (a key of this segment).
+    pub fn nonce_of(&self, object_key: &str) -> Option<String> {
+        let rest = object_key.strip_prefix(&self.stem_prefix())?;
+        let nonce = rest.split('.').next()?;
+        valid_nonce(nonce).then(|| nonce.to_string())
+    }
+
+    /// The data object's key; `nonce` (16 hex digits) tells the attempts of writers apart.
     pub fn data_key(&self, encrypted: bool, nonce: &str) -> String {
         let ext = if encrypted {
             DATA_EXT_AGE
@@ -141,16 +152,12 @@ impl SegmentKey {
 
     /// The segment any of its objects belongs to.
     pub fn of_any_key(key: &str) -> Option<SegmentKey> {
-        if let Some(stem) = key.strip_suffix(SIGNATURE_EXT) {
-            return Self::parse_stem(stem);
-        }
-        if let Some(with_nonce) = [DATA_EXT_AGE, DATA_EXT_PLAIN]
+        if let Some(with_nonce) = [SIGNATURE_EXT, DATA_EXT_AGE, DATA_EXT_PLAIN]
             .iter()
             .find_map(|ext| key.strip_suffix(ext))
         {
             let (stem, nonce) = with_nonce.rsplit_once('.')?;
-            let hex8 = nonce.len() == 8 && nonce.bytes().all(|b| b.is_ascii_hexdigit());
-            return hex8.then(|| Self::parse_stem(stem)).flatten();
+            return valid_nonce(nonce).then(|| Self::parse_stem(stem)).flatten();
         }
         Self::of_manifest_key(key)
     }
@@ -174,6 +181,15 @@ impl SegmentKey {
             first_rev: first.parse().ok()?,
         })
     }
+}
+
+fn valid_nonce(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A new attempt's nonce.
+pub fn new_nonce() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 /// sha256 as lowercase hex.
@@ -336,9 +352,9 @@ mod tests {
             Some(k.clone())
         );
         for key in [
-            k.signature_key(),
-            k.data_key(true, "0badcafe"),
-            k.data_key(false, "12345678"),
+            k.signature_key("0badcafe0badcafe"),
+            k.data_key(true, "0badcafe0badcafe"),
+            k.data_key(false, "1234567812345678"),
         ] {
             assert_eq!(SegmentKey::of_any_key(&key), Some(k.clone()), "{key}");
             assert_eq!(SegmentKey::of_manifest_key(&key), None, "{key}");

@@ -72,6 +72,12 @@ impl Serve {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGKILL, as a node dying would: nothing is flushed.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then wait; returns the exit code.
     pub(crate) fn stop(&mut self, within: Duration) -> i32 {
         run_ok(

@@ -1,0 +1,99 @@
+//! `lifeboat continuous status|list`: what the journal holds.
+
+use anyhow::Result;
+use lifeboat::config::{resolve_read_policy, FileConfig};
+use lifeboat::continuous::status;
+
+use super::args::{ContinuousCommand, JournalArgs, Output};
+use super::snapshot::{cluster_flag, open_store};
+
+pub async fn run(cmd: ContinuousCommand, file: FileConfig) -> Result<()> {
+    match cmd {
+        ContinuousCommand::Status(a) => show_status(a, file).await,
+        ContinuousCommand::List(a) => list(a, file).await,
+    }
+}
+
+async fn show_status(a: JournalArgs, file: FileConfig) -> Result<()> {
+    let config = file.overlay(a.dest.flags());
+    let store = open_store(&config).await?;
+    let policy = resolve_read_policy(&config.trust)?;
+    let cluster = cluster_flag(a.cluster_id.as_deref())?;
+    let s = status::status(&store, &policy, cluster).await?;
+    if a.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    if s.chains.is_empty() {
+        println!(
+            "no journal in {} (continuous backup off?)",
+            store.location()
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<52} {:>8} {:>21}  {:<24} {:<24}",
+        "CHAIN (base backup)", "SEGMENTS", "REVISIONS", "FROM", "TO"
+    );
+    for c in &s.chains {
+        let from = c.base_revision.unwrap_or(c.first_rev - 1);
+        println!(
+            "{:<52} {:>8} {:>21}  {:<24} {:<24}{}",
+            c.chain,
+            c.segments,
+            format!("{from}–{}", c.last_rev),
+            c.first_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            c.last_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            if c.base_revision.is_none() {
+                "  (base backup missing or untrusted: not restorable)"
+            } else {
+                ""
+            }
+        );
+    }
+    for g in &s.gaps {
+        println!(
+            "GAP: revisions {}–{} of cluster {} are not restorable (between chains {} and {})",
+            g.after_rev + 1,
+            g.resumes_at_rev - 1,
+            g.cluster_id,
+            g.after_chain,
+            g.next_chain
+        );
+    }
+    if let (Some(rev), Some(age)) = (s.newest_rev, s.newest_age_secs) {
+        println!("newest durable revision {rev}, received {age:.1} s ago");
+    }
+    Ok(())
+}
+
+async fn list(a: JournalArgs, file: FileConfig) -> Result<()> {
+    let config = file.overlay(a.dest.flags());
+    let store = open_store(&config).await?;
+    let policy = resolve_read_policy(&config.trust)?;
+    let cluster = cluster_flag(a.cluster_id.as_deref())?;
+    let segments = status::segments(&store, &policy, cluster).await?;
+    if a.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&segments)?);
+        return Ok(());
+    }
+    println!(
+        "{:<52} {:>6} {:>21} {:<24} {:>10} {:>5}",
+        "CHAIN", "SEQ", "REVISIONS", "LAST RECEIVED", "BYTES", "CHECK"
+    );
+    for m in &segments {
+        println!(
+            "{:<52} {:>6} {:>21} {:<24} {:>10} {:>5}",
+            m.chain,
+            m.seq,
+            format!("{}–{}", m.first_rev, m.last_rev),
+            m.last_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            m.object.size,
+            m.checkpoints
+        );
+    }
+    Ok(())
+}
