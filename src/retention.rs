@@ -35,6 +35,10 @@ pub struct Policy {
     /// Data objects without a manifest younger than this may still be being written.
     #[serde(with = "humantime_serde_secs")]
     pub incomplete_grace: Duration,
+    /// How far back point-in-time restore reaches: journal segments no kept backup needs to
+    /// reach a point in this window are deleted (`continuous.keep`).
+    #[serde(with = "humantime_serde_secs")]
+    pub journal_keep: Duration,
 }
 
 mod humantime_serde_secs {
@@ -59,6 +63,7 @@ impl Default for Policy {
             manual_keep_days: 30,
             pre_upgrade_keep_days: 30,
             incomplete_grace: Duration::from_secs(24 * 3600),
+            journal_keep: Duration::from_secs(72 * 3600),
         }
     }
 }
@@ -224,6 +229,10 @@ pub struct PruneReport {
     pub deleted: usize,
     /// Backups and orphans the rules would delete that an Object Lock still holds.
     pub locked: usize,
+    /// The journal (continuous backup): what its retention keeps and deletes.
+    pub journal: crate::continuous::prune::JournalPlan,
+    pub journal_deleted: usize,
+    pub journal_locked: usize,
     pub skipped_manifests: Vec<String>,
 }
 
@@ -286,6 +295,32 @@ pub async fn prune(
         }
         incomplete_cleaned = store.clean_incomplete().await?;
     }
+    let kept: Vec<Manifest> = manifests
+        .iter()
+        .filter(|m| {
+            decisions
+                .iter()
+                .find(|d| d.id == m.id)
+                .is_none_or(|d| d.action != Action::Delete)
+        })
+        .cloned()
+        .collect();
+    let journal_objects = store
+        .list(&crate::continuous::segment::prefix(None))
+        .await?;
+    let journal = crate::continuous::prune::plan(
+        &journal_objects,
+        &kept,
+        policy.journal_keep,
+        policy.incomplete_grace,
+        now,
+        only_cluster,
+    );
+    let (journal_deleted, journal_locked) = if dry_run {
+        (0, 0)
+    } else {
+        prune_journal(store, &journal, now, fence).await?
+    };
     Ok(PruneReport {
         dry_run,
         decisions,
@@ -293,8 +328,50 @@ pub async fn prune(
         incomplete_cleaned,
         deleted,
         locked,
+        journal,
+        journal_deleted,
+        journal_locked,
         skipped_manifests: skipped.into_iter().map(|s| s.key).collect(),
     })
+}
+
+/// Deletes the segments and dead attempts the journal plan names, except what a lock holds.
+async fn prune_journal(
+    store: &dyn Store,
+    plan: &crate::continuous::prune::JournalPlan,
+    now: DateTime<Utc>,
+    fence: Option<&dyn Fence>,
+) -> Result<(usize, usize), PruneError> {
+    let (mut deleted, mut locked) = (0, 0);
+    for (segment, keys) in &plan.delete {
+        if holding_lock(store, keys, now).await?.is_some() {
+            locked += 1;
+            continue;
+        }
+        check_fence(fence).await?;
+        for key in keys {
+            store.delete(key).await?;
+        }
+        deleted += 1;
+        tracing::debug!(chain = %segment.chain, seq = segment.seq, "retention deleted a journal segment");
+    }
+    for key in &plan.orphans {
+        if holding_lock(store, std::slice::from_ref(key), now)
+            .await?
+            .is_some()
+        {
+            continue;
+        }
+        check_fence(fence).await?;
+        store.delete(key).await?;
+    }
+    if deleted > 0 {
+        tracing::info!(
+            segments = deleted,
+            "retention deleted journal segments no kept point in time needs"
+        );
+    }
+    Ok((deleted, locked))
 }
 
 /// Every object of a backup, manifest first: the manifest, its signature, the data object and
@@ -487,6 +564,7 @@ mod tests {
             manual_keep_days: 0,
             pre_upgrade_keep_days: 0,
             incomplete_grace: Duration::from_secs(3600),
+            journal_keep: Duration::from_secs(3600),
         }
     }
 

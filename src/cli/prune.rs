@@ -10,7 +10,7 @@ use super::snapshot::open_store;
 
 pub async fn run(a: PruneArgs, file: FileConfig) -> Result<()> {
     let config = file.overlay(a.flags());
-    let policy = resolve_retention(&config.retention)?;
+    let policy = resolve_retention(&config.retention, &config.continuous)?;
     let cluster = super::snapshot::cluster_flag(a.cluster_id.as_deref())?;
     let store = open_store(&config).await?;
     let catalog = Catalog::new(store.clone(), resolve_read_policy(&config.trust)?);
@@ -48,6 +48,25 @@ pub async fn run(a: PruneArgs, file: FileConfig) -> Result<()> {
                     o.key,
                     "-",
                     o.age_secs
+                );
+            }
+            let j = &report.journal;
+            if j.segments_kept + j.segments_to_delete > 0 {
+                println!(
+                    "journal: {} segments kept, {} {}{} (point-in-time restore reaches back from revision {})",
+                    j.segments_kept,
+                    j.segments_to_delete,
+                    if a.dry_run { "to delete" } else { "deleted" },
+                    if report.journal_locked > 0 {
+                        format!(" ({} held by an Object Lock)", report.journal_locked)
+                    } else {
+                        String::new()
+                    },
+                    j.anchors
+                        .values()
+                        .map(i64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
             for c in &report.incomplete_cleaned {

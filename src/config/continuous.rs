@@ -27,6 +27,9 @@ section! {
         pub segment_max_mib: Option<usize>,
         #[arg(skip)]
         pub checkpoint_interval: Option<String>,
+        /// How far back point-in-time restore reaches (retention keeps what that needs).
+        #[arg(skip)]
+        pub keep: Option<String>,
     }
 }
 

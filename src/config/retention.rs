@@ -36,11 +36,15 @@ section! {
     }
 }
 
-/// The retention policy: the section's keys, else the defaults.
+/// The retention policy: the section's keys (and `continuous.keep` for the journal), else the
+/// defaults.
 ///
 /// # Errors
 /// A bad grace period.
-pub fn resolve_retention(r: &RetentionSection) -> Result<Policy, ConfigError> {
+pub fn resolve_retention(
+    r: &RetentionSection,
+    journal: &super::ContinuousSection,
+) -> Result<Policy, ConfigError> {
     let d = Policy::default();
     Ok(Policy {
         keep_last: r.keep_last.unwrap_or(d.keep_last),
@@ -55,5 +59,6 @@ pub fn resolve_retention(r: &RetentionSection) -> Result<Policy, ConfigError> {
             r.incomplete_grace.as_ref(),
             d.incomplete_grace,
         )?,
+        journal_keep: duration("continuous.keep", journal.keep.as_ref(), d.journal_keep)?,
     })
 }

@@ -102,7 +102,7 @@ pub fn resolve_serve(c: &FileConfig) -> Result<ServeSettings, ConfigError> {
             Some(resolve_backup(&c.backup, &c.trust, Reason::Scheduled)?)
         },
         retention: if s.prune.unwrap_or(true) {
-            Some(resolve_retention(&c.retention)?)
+            Some(resolve_retention(&c.retention, &c.continuous)?)
         } else {
             None
         },

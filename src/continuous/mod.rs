@@ -8,6 +8,7 @@
 
 pub mod capture;
 pub mod chain;
+pub mod prune;
 pub mod segment;
 pub mod status;
 

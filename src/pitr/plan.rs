@@ -102,15 +102,23 @@ async fn journal(
         .collect();
     let mut chains = Vec::new();
     for listing in listings.into_iter().filter(|c| c.cluster_id == cluster) {
-        // A chain counts only from a trusted base backup that still exists.
-        let Some(base) = backups.iter().find(|m| m.id == listing.chain).cloned() else {
-            tracing::warn!(chain = %listing.chain, "journal chain without its (trusted) base backup: not used");
-            continue;
-        };
-        let Some(last_key) = listing.segments.last() else {
+        let (Some(first_key), Some(last_key)) = (listing.segments.first(), listing.segments.last())
+        else {
             continue;
         };
         let last = read_manifest(store.as_ref(), policy, last_key).await?;
+        // A chain counts from the oldest trusted full backup it can continue: one whose next
+        // revision is in a segment still there (its own base, or a later backup once
+        // retention has removed the head of the chain).
+        let Some(base) = backups
+            .iter()
+            .filter(|m| m.revision + 1 >= first_key.first_rev && m.revision <= last.last_rev)
+            .min_by_key(|m| (m.revision, m.created_at))
+            .cloned()
+        else {
+            tracing::warn!(chain = %listing.chain, "journal chain without a trusted full backup to start from: not used");
+            continue;
+        };
         let coverage = Coverage {
             chain: listing.chain.clone(),
             from_rev: base.revision,

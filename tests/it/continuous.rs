@@ -856,3 +856,91 @@ fn while_the_store_is_down_segments_queue_and_catch_up_afterwards() {
         "after the outage",
     );
 }
+
+#[test]
+fn retention_deletes_only_the_segments_no_kept_point_in_time_needs() {
+    let j = Journal::start(Version::V35);
+    let early = write_keys(&j.etcd, "/registry/early/k", 20, 30);
+    j.wait_durable(early);
+    // A second full backup: retention will keep only it (the newest).
+    let second = run(lifeboat()
+        .args(["snapshot", "save", "-w", "json", "-r", &j.key.recipient])
+        .args(j.etcd.lifeboat_flags())
+        .arg("--dest")
+        .arg(j.dest())
+        .arg("--work-dir")
+        .arg(j.dir.path().join("w2")))
+    .ok()
+    .json();
+    let anchor = second["revision"].as_i64().unwrap();
+    let late = write_keys(&j.etcd, "/registry/late/k", 20, 30);
+    j.wait_durable(late);
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = segment_files(&j);
+    let config = j.out("prune.toml");
+    std::fs::write(&config, "[continuous]\nkeep = \"1s\"\n").unwrap();
+    let prune = |extra: &[&str]| {
+        run(lifeboat()
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "prune",
+                "-w",
+                "json",
+                "--keep-last",
+                "0",
+                "--manual-keep-days",
+                "0",
+            ])
+            .args(extra)
+            .arg("--dest")
+            .arg(j.dest()))
+        .ok()
+        .json()
+    };
+    let dry = prune(&["--dry-run"]);
+    assert!(
+        dry["journal"]["segments_to_delete"].as_u64() > Some(0),
+        "{dry}"
+    );
+    assert_eq!(
+        segment_files(&j).len(),
+        before.len(),
+        "a dry run deletes nothing"
+    );
+    let report = prune(&[]);
+    assert_eq!(
+        report["journal_deleted"], dry["journal"]["segments_to_delete"],
+        "{report}"
+    );
+    let after = segment_files(&j);
+    assert!(after.len() < before.len());
+    // What is left starts at or before the kept backup's next revision, and still chains.
+    assert!(
+        after[0]["first_rev"].as_i64().unwrap() <= anchor + 1,
+        "{:?}",
+        after[0]
+    );
+    assert_contiguous(&serde_json::Value::Array(after.clone()));
+    for m in &before {
+        let gone = !after.iter().any(|a| a["seq"] == m["seq"]);
+        if gone {
+            assert!(
+                m["last_rev"].as_i64().unwrap() <= anchor,
+                "needed segment deleted: {m}"
+            );
+        }
+    }
+    // Every revision from the kept backup on still restores; before it, none.
+    let out = j.out("late.db");
+    let r = j.get(&format!("--to-revision={late}"), &out);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = j.get(
+        &format!("--to-revision={}", anchor + 1),
+        &j.out("anchor.db"),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(anchor >= early);
+    let r = j.get(&format!("--to-revision={}", early - 10), &j.out("early.db"));
+    assert_eq!(r.code, 7, "before the kept backup: {}", r.stderr);
+}

@@ -57,6 +57,7 @@ fn policy() -> Policy {
         manual_keep_days: 7,
         pre_upgrade_keep_days: 7,
         incomplete_grace: std::time::Duration::from_secs(3600),
+        journal_keep: std::time::Duration::from_secs(3600),
     }
 }
 
