@@ -944,3 +944,45 @@ fn retention_deletes_only_the_segments_no_kept_point_in_time_needs() {
     let r = j.get(&format!("--to-revision={}", early - 10), &j.out("early.db"));
     assert_eq!(r.code, 7, "before the kept backup: {}", r.stderr);
 }
+
+/// Revisions of over a MiB each, caught up in one go after the uploader was away: one watch
+/// response would exceed etcd's request size limit, so it comes in fragments, which capture
+/// reassembles. (Three rounds: the test's own reads keep under the client's 4 MiB limit.)
+#[test]
+fn large_revisions_caught_up_in_fragments_restore_exactly() {
+    let mut j = Journal::start(Version::V35);
+    let first = write_keys(&j.etcd, "/registry/small/k", 3, 0);
+    j.wait_durable(first);
+    assert_eq!(j.serve.stop(Duration::from_secs(30)), 0);
+    let last = rt().block_on(async {
+        let mut c = client(&j.etcd).await;
+        for round in 0..3 {
+            let ops: Vec<TxnOp> = (0..100)
+                .map(|i| {
+                    TxnOp::put(
+                        format!("/registry/big/r{round}/k{i}"),
+                        vec![b'a' + (round as u8 % 26); 12_000],
+                        None,
+                    )
+                })
+                .collect();
+            c.txn(Txn::new().and_then(ops)).await.unwrap();
+        }
+        head(&mut c).await
+    });
+    j.restart();
+    j.wait_durable(last);
+    let expected = rt().block_on(async {
+        let mut c = client(&j.etcd).await;
+        expect_at(&mut c, last, &BTreeMap::new()).await
+    });
+    let out = j.out("big.db");
+    let r = j.get(&format!("--to-revision={last}"), &out);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_same(
+        &expected,
+        &observed(Version::V35, &out, j.dir.path(), last),
+        "large revisions",
+    );
+    assert_contiguous(&journal_json(&j, "list"));
+}

@@ -139,6 +139,10 @@ fn the_alerts_use_metrics_that_serve_exports() {
     let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
     let alerts: Vec<&str> = rules.iter().map(|r| r["alert"].as_str().unwrap()).collect();
     assert!(alerts.contains(&"EtcdBackupStale") && alerts.contains(&"EtcdBackupFailing"));
+    assert!(
+        alerts.contains(&"EtcdJournalLagging"),
+        "the live RPO is alerted on"
+    );
     for r in rules {
         let expr = r["expr"].as_str().unwrap();
         let metric = expr
