@@ -423,6 +423,28 @@ fn check_config_validates_without_connecting_and_names_bad_keys() {
     assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert!(bad.stderr.contains("serve.schedule"), "{}", bad.stderr);
     assert_eq!(bad.stderr.trim().lines().count(), 1, "{}", bad.stderr);
+    // The [continuous] section is validated too.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}[continuous]\nenabled = true\nsegment_interval = \"10m\"\n"),
+    )
+    .unwrap();
+    let bad = run(lifeboat()
+        .args(["serve", "--check-config", "--config"])
+        .arg(&config));
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("continuous.segment_interval"),
+        "{}",
+        bad.stderr
+    );
+    std::fs::write(&config, format!("{text}[continuous]\nenabled = true\n")).unwrap();
+    let on = run(lifeboat()
+        .args(["serve", "--check-config", "--config"])
+        .arg(&config))
+    .ok();
+    assert!(on.stdout.contains("segment_interval: 2s"), "{}", on.stdout);
 }
 
 #[test]
