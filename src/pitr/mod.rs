@@ -7,7 +7,9 @@
 //! - `plan.rs`: which base backup and which segments a target needs; refusals with the
 //!   restorable ranges named.
 //! - `replay.rs`: the sandbox replay and the final snapshot.
+//! - `pipeline.rs`: several txns in flight, each guarded so etcd applies them in order.
 
+mod pipeline;
 mod plan;
 mod replay;
 

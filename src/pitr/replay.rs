@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, CompactionOptions, LeaseGrantOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, CompactionOptions, LeaseGrantOptions};
 use serde::Serialize;
 
+use super::pipeline::{self, Pending};
 use super::{PitrError, PitrPlan};
 use crate::continuous::{read_records, Record};
 use crate::drill::{DrillSettings, Sandbox};
@@ -113,6 +114,9 @@ fn sandbox_flags(etcd: &Path) -> Vec<String> {
     }
     flags
 }
+
+/// Revisions applied between two looks at the revocations due.
+const BATCH: usize = 4096;
 
 struct Replayer {
     client: Client,
@@ -217,27 +221,58 @@ impl Replayer {
         identities: Option<&Identities>,
         source: &mut EtcdSource,
     ) -> Result<(), PitrError> {
+        // The revision before the next one to send, when the journal has it (not the base's).
+        let mut prev: Option<Vec<Change>> = None;
+        let mut batch: Vec<Pending> = Vec::new();
         for m in &plan.segments {
             for record in read_records(store.as_ref(), m, identities).await? {
-                if matches!(record, Record::Rev { rev, .. } if rev > self.target) {
-                    return Ok(()); // what follows is after the target
+                match record {
+                    Record::Rev { rev, .. } if rev <= self.current => {}
+                    Record::Rev { rev, .. } if rev > self.target => {
+                        // What follows is after the target.
+                        return self.flush(&mut batch).await;
+                    }
+                    Record::Rev { rev, changes, .. } => {
+                        let expected = self.current + batch.len() as i64 + 1;
+                        if rev != expected {
+                            return Err(
+                                self.failed(rev, format!("revision {expected} was due next"))
+                            );
+                        }
+                        batch.push(pipeline::pending(rev, &changes, prev.as_deref()));
+                        prev = Some(changes);
+                        if batch.len() >= BATCH {
+                            self.flush(&mut batch).await?;
+                        }
+                    }
+                    other => {
+                        // Leases, revocations and checkpoints apply between revisions.
+                        self.flush(&mut batch).await?;
+                        self.apply(other, source).await?;
+                    }
                 }
-                self.apply(record, source).await?;
             }
         }
-        Ok(())
+        self.flush(&mut batch).await
+    }
+
+    /// Applies the revisions gathered so far, in order, several in flight.
+    async fn flush(&mut self, batch: &mut Vec<Pending>) -> Result<(), PitrError> {
+        let Some(last) = batch.last().map(|p| p.rev) else {
+            return Ok(());
+        };
+        let n = batch.len() as i64;
+        pipeline::apply_in_order(&self.client, std::mem::take(batch), pipeline::WINDOW)
+            .await
+            .map_err(|(rev, detail)| self.failed(rev, detail))?;
+        self.current = last;
+        self.report.revisions += n;
+        self.revoke_due().await
     }
 
     async fn apply(&mut self, record: Record, source: &mut EtcdSource) -> Result<(), PitrError> {
         match record {
-            Record::Header(_) => Ok(()),
             Record::Lease { id, ttl } => self.grant(id, ttl).await,
-            // Revisions at or below the base are in the base backup already.
-            Record::Rev { rev, .. } if rev <= self.current => Ok(()),
-            Record::Rev { rev, changes, .. } => {
-                self.put_revision(rev, changes).await?;
-                self.revoke_due().await
-            }
             Record::Revoke { id, after_rev } => {
                 self.pending_revokes.push((id, after_rev));
                 self.revoke_due().await
@@ -250,7 +285,7 @@ impl Replayer {
             } if rev == self.current => {
                 self.verify_checkpoint(rev, compact_rev, hash, source).await
             }
-            Record::Checkpoint { .. } => Ok(()),
+            Record::Checkpoint { .. } | Record::Header(_) | Record::Rev { .. } => Ok(()),
         }
     }
 
@@ -279,40 +314,6 @@ impl Replayer {
         if let Ok(mut alive) = self.alive.lock() {
             alive.insert(id, ttl);
         }
-        Ok(())
-    }
-
-    async fn put_revision(&mut self, rev: i64, changes: Vec<Change>) -> Result<(), PitrError> {
-        if rev != self.current + 1 {
-            return Err(self.failed(rev, format!("revision {} was due next", self.current + 1)));
-        }
-        let ops: Vec<TxnOp> = changes
-            .into_iter()
-            .map(|c| match c {
-                Change::Put {
-                    key, value, lease, ..
-                } => TxnOp::put(
-                    key,
-                    value,
-                    (lease != 0).then(|| PutOptions::new().with_lease(lease)),
-                ),
-                Change::Delete { key } => TxnOp::delete(key, None),
-            })
-            .collect();
-        let resp = self
-            .client
-            .txn(Txn::new().and_then(ops))
-            .await
-            .map_err(|e| self.failed(rev, e.to_string()))?;
-        let got = resp.header().map_or(0, |h| h.revision());
-        if got != rev {
-            return Err(self.failed(
-                rev,
-                format!("the sandbox is at revision {got} after it (a change the cluster made is missing or extra)"),
-            ));
-        }
-        self.current = rev;
-        self.report.revisions += 1;
         Ok(())
     }
 
