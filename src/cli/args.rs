@@ -204,8 +204,13 @@ pub struct PointArgs {
 
 #[derive(Args, Debug)]
 pub struct DrillArgs {
-    /// A backup id (or a unique prefix of one), or `latest`.
-    pub backup: String,
+    /// A backup id (or a unique prefix of one), or `latest`; not with --to-revision/--to-time.
+    #[arg(required_unless_present_any = ["to_revision", "to_time"], conflicts_with_all = ["to_revision", "to_time"])]
+    pub backup: Option<String>,
+    /// Drill a point in time instead: replay the journal to it in the sandbox with every check
+    /// of a point-in-time restore (checkpoints, the snapshot at the target), keep nothing.
+    #[command(flatten)]
+    pub point: PointArgs,
     #[command(flatten)]
     pub dest: DestArgs,
     #[command(flatten)]

@@ -226,6 +226,24 @@ impl Journal {
             .arg(self.dir.path().join("pitr")))
     }
 
+    /// `lifeboat drill --to-revision|--to-time`.
+    fn drill(&self, point: &str) -> crate::harness::Run {
+        run(lifeboat()
+            .args(["drill", point, "--dest"])
+            .arg(self.dest())
+            .arg("-i")
+            .arg(&self.key.identity_file)
+            .arg("--etcd")
+            .arg(etcd_bin(self.v))
+            .arg("--etcdutl")
+            .arg(match self.v {
+                Version::V34 => etcdctl_bin(Version::V34),
+                Version::V35 => etcdutl_bin(),
+            })
+            .arg("--work-dir")
+            .arg(self.dir.path().join("drills")))
+    }
+
     fn out(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -394,6 +412,17 @@ fn point_in_time_restores_are_exact(v: Version) {
     );
     let e = expected.iter().find(|e| e.rev == time_rev).unwrap();
     assert_same(e, &observed(v, &out, j.dir.path(), time_rev), "--to-time");
+    // A drill of a point in time passes and leaves nothing behind.
+    let d = j.drill(&format!("--to-time={time}"));
+    assert_eq!(d.code, 0, "{}\n{}", d.stdout, d.stderr);
+    assert!(
+        d.stdout.contains(&format!(
+            "point-in-time drill of revision {time_rev}: PASSED"
+        )),
+        "{}",
+        d.stdout
+    );
+    assert!(crate::harness::files_in(&j.dir.path().join("drills")).is_empty());
     // Checkpoints were recorded and verified on the way to the newest revision.
     let out = j.out("at-final-again.db");
     let r = j.get(&format!("--to-revision={final_rev}"), &out);
@@ -584,6 +613,14 @@ fn a_tampered_segment_a_broken_chain_and_a_checkpoint_mismatch_stop_the_restore(
         r.stderr
     );
     assert!(!j.out("mismatch.db").exists(), "nothing written");
+    // A drill of that point fails the same way.
+    let d = j.drill(&format!("--to-revision={rev}"));
+    assert_eq!(d.code, 4, "{}", d.stderr);
+    assert!(
+        d.stderr.contains("point-in-time drill FAILED"),
+        "{}",
+        d.stderr
+    );
 }
 
 /// Changes the hash of the last checkpoint in a segment and re-signs the segment.
