@@ -121,16 +121,7 @@ impl SegmentWriter {
                 algorithm: "zstd".into(),
                 level: self.compression_level,
             },
-            encryption: match &self.recipients {
-                Some(r) => Encryption {
-                    scheme: "age".into(),
-                    recipients: r.public_keys(),
-                },
-                None => Encryption {
-                    scheme: "none".into(),
-                    recipients: Vec::new(),
-                },
-            },
+            encryption: Encryption::for_recipients(self.recipients.as_ref()),
             revisions,
             checkpoints,
             tool_version: env!("CARGO_PKG_VERSION").to_string(),

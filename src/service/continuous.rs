@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{leader, sleep_or_cancel, ServeSettings, Shared};
-use crate::backup::{take_backup, BackupSettings};
+use super::{sleep_or_cancel, ServeSettings, Shared};
+use crate::backup::BackupSettings;
 use crate::catalog::{cluster_of, Catalog, Fence};
 use crate::continuous::chain::root_hash;
 use crate::continuous::{
@@ -18,7 +18,6 @@ use crate::continuous::{
     SegmentManifest, SegmentWriter,
 };
 use crate::etcd::{EtcdSource, SourceError};
-use crate::progress::Silent;
 
 /// Turns capture progress into metrics and the readiness facts.
 struct Observer(Arc<Shared>);
@@ -133,10 +132,7 @@ async fn session(
             stop.cancel();
         })
     };
-    let fence: Arc<dyn Fence> = Arc::new(leader::LeaseFence {
-        client: source.client(),
-        leadership: shared.leadership.clone(),
-    });
+    let fence: Arc<dyn Fence> = Arc::new(super::lease_fence(source, shared));
     let writer = SegmentWriter {
         store: shared.store.clone(),
         recipients: backup.recipients.clone(),
@@ -219,20 +215,8 @@ async fn fresh_backup(
     backup: &BackupSettings,
     shared: &Arc<Shared>,
 ) -> Result<crate::catalog::Manifest, crate::backup::BackupError> {
-    let fence = leader::LeaseFence {
-        client: source.client(),
-        leadership: shared.leadership.clone(),
-    };
-    let abort = CancellationToken::new();
-    let m = take_backup(
-        source,
-        shared.store.clone(),
-        backup,
-        Arc::new(Silent),
-        &abort,
-        Some(&fence),
-    )
-    .await?;
+    let fence = super::lease_fence(source, shared);
+    let m = super::fenced_backup(source, backup, shared, &CancellationToken::new(), &fence).await?;
     shared.metrics.backups.inc();
     Ok(m)
 }

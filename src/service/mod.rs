@@ -541,19 +541,8 @@ async fn run_tick(
             abort.cancel();
         })
     };
-    let fence = leader::LeaseFence {
-        client: source.client(),
-        leadership: shared.leadership.clone(),
-    };
-    let result = take_backup(
-        source,
-        shared.store.clone(),
-        backup,
-        Arc::new(Silent),
-        &abort,
-        Some(&fence),
-    )
-    .await;
+    let fence = lease_fence(source, shared);
+    let result = fenced_backup(source, backup, shared, &abort, &fence).await;
     watchdog.abort();
     let m = &shared.metrics;
     m.duration.set(started.elapsed().as_secs_f64());
@@ -582,6 +571,33 @@ async fn run_tick(
             tracing::error!(error = %e, "scheduled backup failed");
         }
     }
+}
+
+/// Commits of this instance count only while it still holds the election.
+fn lease_fence(source: &EtcdSource, shared: &Shared) -> leader::LeaseFence {
+    leader::LeaseFence {
+        client: source.client(),
+        leadership: shared.leadership.clone(),
+    }
+}
+
+/// One backup by the uploader, its commit fenced.
+async fn fenced_backup(
+    source: &mut EtcdSource,
+    backup: &BackupSettings,
+    shared: &Arc<Shared>,
+    abort: &CancellationToken,
+    fence: &leader::LeaseFence,
+) -> Result<crate::catalog::Manifest, BackupError> {
+    take_backup(
+        source,
+        shared.store.clone(),
+        backup,
+        Arc::new(Silent),
+        abort,
+        Some(fence),
+    )
+    .await
 }
 
 async fn apply_retention(

@@ -208,28 +208,23 @@ impl Journal {
 
     /// `lifeboat snapshot get --to-revision|--to-time` into a file.
     fn get(&self, point: &str, out: &Path) -> crate::harness::Run {
-        run(lifeboat()
-            .args(["snapshot", "get", point, "-o"])
-            .arg(out)
-            .arg("--dest")
-            .arg(self.dir.path().join("b"))
-            .arg("-i")
-            .arg(&self.key.identity_file)
-            .arg("--etcd")
-            .arg(etcd_bin(self.v))
-            .arg("--etcdutl")
-            .arg(match self.v {
-                Version::V34 => etcdctl_bin(Version::V34),
-                Version::V35 => etcdutl_bin(),
-            })
-            .arg("--work-dir")
-            .arg(self.dir.path().join("pitr")))
+        let mut cmd = lifeboat();
+        cmd.args(["snapshot", "get", point, "-o"]).arg(out);
+        self.replaying(&mut cmd, "pitr");
+        run(&mut cmd)
     }
 
     /// `lifeboat drill --to-revision|--to-time`.
     fn drill(&self, point: &str) -> crate::harness::Run {
-        run(lifeboat()
-            .args(["drill", point, "--dest"])
+        let mut cmd = lifeboat();
+        cmd.args(["drill", point]);
+        self.replaying(&mut cmd, "drills");
+        run(&mut cmd)
+    }
+
+    /// The store, the identity and the replay sandbox (etcd and restore tool of this version).
+    fn replaying(&self, cmd: &mut std::process::Command, work: &str) {
+        cmd.arg("--dest")
             .arg(self.dest())
             .arg("-i")
             .arg(&self.key.identity_file)
@@ -241,7 +236,7 @@ impl Journal {
                 Version::V35 => etcdutl_bin(),
             })
             .arg("--work-dir")
-            .arg(self.dir.path().join("drills")))
+            .arg(self.dir.path().join(work));
     }
 
     fn out(&self, name: &str) -> PathBuf {
