@@ -337,21 +337,22 @@ impl Builder {
                 self.last_checkpoint = Instant::now();
             }
         }
-        let sealed = Sealed {
-            header: Header {
-                schema_version: SCHEMA_VERSION,
-                cluster_id: format!("{:x}", self.resume.cluster_id),
-                chain: self.resume.chain.clone(),
-                seq: self.resume.next_seq,
-                prev_hash: self.resume.prev_hash.clone(),
-                first_rev: self.first_rev,
-                last_rev,
-            },
-            records,
-            first_at: self.first_at.take().unwrap_or_else(Utc::now),
-            last_at: self.last_at.take().unwrap_or_else(Utc::now),
+        let header = Header {
+            schema_version: SCHEMA_VERSION,
+            cluster_id: format!("{:x}", self.resume.cluster_id),
+            chain: self.resume.chain.clone(),
+            seq: self.resume.next_seq,
+            prev_hash: self.resume.prev_hash.clone(),
+            first_rev: self.first_rev,
+            last_rev,
         };
-        self.resume.prev_hash = sealed.hash();
+        let sealed = Sealed::new(
+            header,
+            &records,
+            self.first_at.take().unwrap_or_else(Utc::now),
+            self.last_at.take().unwrap_or_else(Utc::now),
+        );
+        self.resume.prev_hash = sealed.hash.clone();
         self.resume.next_seq += 1;
         self.resume.next_rev = last_rev + 1;
         self.first_rev = last_rev + 1;

@@ -38,22 +38,37 @@ pub struct SegmentWriter {
     pub signer: Option<Arc<SigningKey>>,
 }
 
-/// A segment ready to commit: its header and records, sealed in memory.
+/// A segment ready to commit, encoded once when sealed: a retried commit re-sends the same
+/// body, and the next segment links to its hash.
 pub struct Sealed {
     pub header: Header,
-    pub records: Vec<Record>,
+    pub body: Vec<u8>,
+    /// sha256 of `body`: what the next segment links to.
+    pub hash: String,
     pub first_at: DateTime<Utc>,
     pub last_at: DateTime<Utc>,
+    pub revisions: u64,
+    pub checkpoints: u64,
 }
 
 impl Sealed {
-    pub fn body(&self) -> Vec<u8> {
-        encode_body(&self.header, &self.records).unwrap_or_default()
-    }
-
-    /// The hash the next segment links to.
-    pub fn hash(&self) -> String {
-        sha256_hex(&self.body())
+    pub fn new(
+        header: Header,
+        records: &[Record],
+        first_at: DateTime<Utc>,
+        last_at: DateTime<Utc>,
+    ) -> Sealed {
+        let body = encode_body(&header, records).unwrap_or_default();
+        let count = |f: fn(&Record) -> bool| records.iter().filter(|r| f(r)).count() as u64;
+        Sealed {
+            hash: sha256_hex(&body),
+            body,
+            header,
+            first_at,
+            last_at,
+            revisions: count(|r| matches!(r, Record::Rev { .. })),
+            checkpoints: count(|r| matches!(r, Record::Checkpoint { .. })),
+        }
     }
 }
 
@@ -65,7 +80,7 @@ impl SegmentWriter {
     /// The store refuses a write; `AlreadyExists` means another writer committed this link
     /// first.
     pub async fn commit(&self, sealed: &Sealed) -> Result<SegmentManifest, ContinuousError> {
-        let body = sealed.body();
+        let body = &sealed.body;
         let h = &sealed.header;
         let key = SegmentKey {
             chain: h.chain.clone(),
@@ -78,7 +93,7 @@ impl SegmentWriter {
         let nonce = super::segment::new_nonce();
         let data_key = key.data_key(encrypted, &nonce);
         let stored = crate::stages::encode::encode_all(
-            &body,
+            body,
             self.compression_level,
             self.recipients.as_ref(),
         )
@@ -94,16 +109,6 @@ impl SegmentWriter {
         self.store
             .put(&data_key, bytes_stream(Bytes::from(stored)))
             .await?;
-        let revisions = sealed
-            .records
-            .iter()
-            .filter(|r| matches!(r, Record::Rev { .. }))
-            .count() as u64;
-        let checkpoints = sealed
-            .records
-            .iter()
-            .filter(|r| matches!(r, Record::Checkpoint { .. }))
-            .count() as u64;
         let manifest = SegmentManifest {
             schema_version: SCHEMA_VERSION,
             cluster_id: h.cluster_id.clone(),
@@ -114,7 +119,7 @@ impl SegmentWriter {
             first_at: sealed.first_at,
             last_at: sealed.last_at,
             prev_hash: h.prev_hash.clone(),
-            hash: sha256_hex(&body),
+            hash: sealed.hash.clone(),
             plain_size: body.len() as u64,
             object,
             compression: Compression {
@@ -122,8 +127,8 @@ impl SegmentWriter {
                 level: self.compression_level,
             },
             encryption: Encryption::for_recipients(self.recipients.as_ref()),
-            revisions,
-            checkpoints,
+            revisions: sealed.revisions,
+            checkpoints: sealed.checkpoints,
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let text = serde_json::to_vec_pretty(&manifest).unwrap_or_default();

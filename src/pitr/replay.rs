@@ -6,7 +6,7 @@
 //! checkpoint the sandbox compacted like the cluster was and its HashKV compared. Then the
 //! sandbox's snapshot, at exactly the target revision, is written to a file.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -394,26 +394,31 @@ impl Replayer {
 /// Keeps every lease the replay holds alive: a replay runs faster than the cluster did, but a
 /// short TTL can still end inside it.
 async fn keep_alive(client: Client, alive: Arc<std::sync::Mutex<BTreeMap<i64, i64>>>) {
-    let mut keepers: BTreeMap<i64, (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)> =
-        BTreeMap::new();
+    type Keeper = (
+        Instant,
+        etcd_client::LeaseKeeper,
+        etcd_client::LeaseKeepAliveStream,
+    );
+    let mut keepers: BTreeMap<i64, Keeper> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
-        let ids: BTreeSet<i64> = alive
-            .lock()
-            .map(|a| a.keys().copied().collect())
-            .unwrap_or_default();
-        keepers.retain(|id, _| ids.contains(id));
-        for id in ids {
+        let leases: BTreeMap<i64, i64> = alive.lock().map(|a| a.clone()).unwrap_or_default();
+        keepers.retain(|id, _| leases.contains_key(id));
+        for (id, ttl) in leases {
             if let std::collections::btree_map::Entry::Vacant(slot) = keepers.entry(id) {
                 let mut c = client.clone();
-                if let Ok(k) = c.lease_keep_alive(id).await {
-                    slot.insert(k);
+                if let Ok((keeper, stream)) = c.lease_keep_alive(id).await {
+                    slot.insert((Instant::now(), keeper, stream));
                 }
             }
-            if let Some((keeper, stream)) = keepers.get_mut(&id) {
-                if keeper.keep_alive().await.is_ok() {
+            // A third of the TTL between renewals (every tick when the TTL is unknown: a
+            // lease restored with the base backup), so long leases cost nothing per tick.
+            let every = Duration::from_secs(u64::try_from(ttl / 3).unwrap_or(0));
+            if let Some((last, keeper, stream)) = keepers.get_mut(&id) {
+                if last.elapsed() >= every && keeper.keep_alive().await.is_ok() {
                     let _ = stream.message().await;
+                    *last = Instant::now();
                 }
             }
         }
