@@ -52,6 +52,21 @@ pub struct Header {
     pub last_rev: i64,
 }
 
+impl Header {
+    /// The header a segment described by `m` must start with.
+    pub fn of(m: &SegmentManifest) -> Header {
+        Header {
+            schema_version: m.schema_version,
+            cluster_id: m.cluster_id.clone(),
+            chain: m.chain.clone(),
+            seq: m.seq,
+            prev_hash: m.prev_hash.clone(),
+            first_rev: m.first_rev,
+            last_rev: m.last_rev,
+        }
+    }
+}
+
 /// The signed description of one segment; a segment exists once this is committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentManifest {
@@ -244,15 +259,7 @@ pub fn decode_body(body: &[u8], m: &SegmentManifest) -> Result<Vec<Record>, Body
     let Some(Record::Header(h)) = records.first() else {
         return invalid("the first line is not a header".into());
     };
-    let expected = Header {
-        schema_version: m.schema_version,
-        cluster_id: m.cluster_id.clone(),
-        chain: m.chain.clone(),
-        seq: m.seq,
-        prev_hash: m.prev_hash.clone(),
-        first_rev: m.first_rev,
-        last_rev: m.last_rev,
-    };
+    let expected = Header::of(m);
     if *h != expected {
         return invalid(format!(
             "its header {h:?} does not match the manifest {expected:?}"
@@ -285,10 +292,10 @@ pub fn decode_body(body: &[u8], m: &SegmentManifest) -> Result<Vec<Record>, Body
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn manifest(first: i64, last: i64) -> SegmentManifest {
+    pub(crate) fn manifest(first: i64, last: i64) -> SegmentManifest {
         SegmentManifest {
             schema_version: SCHEMA_VERSION,
             cluster_id: "abc".into(),
@@ -321,15 +328,7 @@ mod tests {
     }
 
     fn header(m: &SegmentManifest) -> Header {
-        Header {
-            schema_version: SCHEMA_VERSION,
-            cluster_id: m.cluster_id.clone(),
-            chain: m.chain.clone(),
-            seq: m.seq,
-            prev_hash: m.prev_hash.clone(),
-            first_rev: m.first_rev,
-            last_rev: m.last_rev,
-        }
+        Header::of(m)
     }
 
     fn rev(rev: i64) -> Record {

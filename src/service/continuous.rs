@@ -132,7 +132,7 @@ async fn session(
             stop.cancel();
         })
     };
-    let fence: Arc<dyn Fence> = Arc::new(super::lease_fence(source, shared));
+    let fence: Arc<dyn Fence> = Arc::new(super::tick::lease_fence(source, shared));
     let writer = SegmentWriter {
         store: shared.store.clone(),
         recipients: backup.recipients.clone(),
@@ -215,8 +215,9 @@ async fn fresh_backup(
     backup: &BackupSettings,
     shared: &Arc<Shared>,
 ) -> Result<crate::catalog::Manifest, crate::backup::BackupError> {
-    let fence = super::lease_fence(source, shared);
-    let m = super::fenced_backup(source, backup, shared, &CancellationToken::new(), &fence).await?;
+    let fence = super::tick::lease_fence(source, shared);
+    let m = super::tick::fenced_backup(source, backup, shared, &CancellationToken::new(), &fence)
+        .await?;
     shared.metrics.backups.inc();
     Ok(m)
 }

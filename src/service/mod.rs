@@ -15,6 +15,12 @@ mod continuous;
 mod http;
 pub mod leader;
 pub mod metrics;
+mod schedule;
+mod tick;
+
+pub use schedule::normalize_schedule;
+use schedule::start_scheduler;
+use tick::run_tick;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,14 +31,14 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{take_backup, BackupError, BackupSettings};
+use crate::backup::BackupSettings;
 use crate::catalog::Catalog;
 use crate::etcd::{EtcdSettings, EtcdSource};
 use crate::progress::Silent;
-use crate::retention::{self, Policy};
+use crate::retention::Policy;
 use crate::store::Store;
 use leader::Leadership;
-use metrics::{Metrics, ReasonLabel};
+use metrics::Metrics;
 
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
@@ -79,39 +85,6 @@ pub enum ServeError {
     Scheduler(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-}
-
-/// Turns a 5-field cron expression into the 6-field form (seconds first); 6 fields pass through.
-///
-/// # Errors
-/// Not 5 or 6 fields, or not a valid expression.
-pub fn normalize_schedule(expr: &str) -> Result<(String, Duration), String> {
-    let fields = expr.split_whitespace().count();
-    let six = match fields {
-        5 => format!("0 {}", expr.trim()),
-        6 => expr.trim().to_string(),
-        n => {
-            return Err(format!(
-                "`{expr}` has {n} fields; use 5 (min hour dom mon dow) or 6 (with seconds first)"
-            ))
-        }
-    };
-    let cron = croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .build()
-        .parse(&six)
-        .map_err(|e| format!("`{expr}` is not a cron expression: {e}"))?;
-    let now = Utc::now();
-    let first = cron
-        .find_next_occurrence(&now, false)
-        .map_err(|e| format!("`{expr}` never fires: {e}"))?;
-    let second = cron
-        .find_next_occurrence(&first, false)
-        .map_err(|e| format!("`{expr}` fires only once: {e}"))?;
-    let interval = (second - first)
-        .to_std()
-        .unwrap_or(Duration::from_secs(3600));
-    Ok((six, interval))
 }
 
 struct Shared {
@@ -475,184 +448,4 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
-}
-
-async fn start_scheduler(
-    schedule: &str,
-    ticks: mpsc::Sender<()>,
-    shared: Arc<Shared>,
-) -> Result<tokio_cron_scheduler::JobScheduler, ServeError> {
-    let err = |e: tokio_cron_scheduler::JobSchedulerError| ServeError::Scheduler(e.to_string());
-    let scheduler = tokio_cron_scheduler::JobScheduler::new()
-        .await
-        .map_err(err)?;
-    let job = tokio_cron_scheduler::Job::new_async(schedule, move |_, _| {
-        let (ticks, shared) = (ticks.clone(), shared.clone());
-        Box::pin(async move {
-            if shared
-                .running
-                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-                .is_err()
-            {
-                shared.metrics.skipped.inc();
-                tracing::warn!("scheduled tick skipped: the previous backup is still running");
-                return;
-            }
-            if ticks.try_send(()).is_err() {
-                shared.running.store(false, Ordering::SeqCst);
-            }
-        })
-    })
-    .map_err(err)?;
-    scheduler.add(job).await.map_err(err)?;
-    scheduler.start().await.map_err(err)?;
-    Ok(scheduler)
-}
-
-async fn run_tick(
-    settings: &ServeSettings,
-    backup: &BackupSettings,
-    source: &mut EtcdSource,
-    shared: &Arc<Shared>,
-    shutdown: &CancellationToken,
-) {
-    if !settings.jitter.is_zero() {
-        let delay = settings.jitter.mul_f64(rand::random::<f64>());
-        if sleep_or_cancel(delay, shutdown).await {
-            return;
-        }
-    }
-    if !shared.leadership.is_leader() {
-        tracing::debug!("not the uploader: tick ignored");
-        return;
-    }
-    let started = Instant::now();
-    let abort = CancellationToken::new();
-    let deadline = settings.shutdown_deadline;
-    let watchdog = {
-        let (abort, shutdown) = (abort.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            tracing::warn!(
-                deadline_s = deadline.as_secs(),
-                "shutdown: the running backup gets its deadline, then it is aborted"
-            );
-            tokio::time::sleep(deadline).await;
-            abort.cancel();
-        })
-    };
-    let fence = lease_fence(source, shared);
-    let result = fenced_backup(source, backup, shared, &abort, &fence).await;
-    watchdog.abort();
-    let m = &shared.metrics;
-    m.duration.set(started.elapsed().as_secs_f64());
-    match result {
-        Ok(manifest) => {
-            m.last_success.set(Utc::now().timestamp() as f64);
-            m.size
-                .set(i64::try_from(manifest.object.size).unwrap_or(i64::MAX));
-            m.revision.set(manifest.revision);
-            m.backups.inc();
-            if let Ok(mut t) = shared.last_success.lock() {
-                *t = Some(Instant::now());
-            }
-            // The cluster of the backup just taken, not the one at start: after a restore
-            // underneath a running serve the cluster id is new, and its backups must be pruned.
-            if let Some(cluster) = crate::catalog::cluster_of(&manifest) {
-                apply_retention(settings, shared, cluster, &fence).await;
-            }
-        }
-        Err(e) => {
-            m.failures
-                .get_or_create(&ReasonLabel {
-                    reason: failure_reason(&e).into(),
-                })
-                .inc();
-            tracing::error!(error = %e, "scheduled backup failed");
-        }
-    }
-}
-
-/// Commits of this instance count only while it still holds the election.
-fn lease_fence(source: &EtcdSource, shared: &Shared) -> leader::LeaseFence {
-    leader::LeaseFence {
-        client: source.client(),
-        leadership: shared.leadership.clone(),
-    }
-}
-
-/// One backup by the uploader, its commit fenced.
-async fn fenced_backup(
-    source: &mut EtcdSource,
-    backup: &BackupSettings,
-    shared: &Arc<Shared>,
-    abort: &CancellationToken,
-    fence: &leader::LeaseFence,
-) -> Result<crate::catalog::Manifest, BackupError> {
-    take_backup(
-        source,
-        shared.store.clone(),
-        backup,
-        Arc::new(Silent),
-        abort,
-        Some(fence),
-    )
-    .await
-}
-
-async fn apply_retention(
-    settings: &ServeSettings,
-    shared: &Arc<Shared>,
-    cluster: u64,
-    fence: &leader::LeaseFence,
-) {
-    let Some(policy) = &settings.retention else {
-        return;
-    };
-    let catalog = Catalog::new(shared.store.clone(), shared.read_policy.clone());
-    match retention::prune(
-        &catalog,
-        policy,
-        Utc::now(),
-        Some(cluster),
-        false,
-        Some(fence),
-    )
-    .await
-    {
-        Ok(report) => {
-            shared
-                .metrics
-                .retention_deleted
-                .inc_by(report.deleted as u64);
-        }
-        Err(e) => tracing::error!(error = %e, "retention failed; backups were kept"),
-    }
-}
-
-fn failure_reason(e: &BackupError) -> &'static str {
-    match e {
-        BackupError::Source(_) => "etcd",
-        BackupError::Verify(_) => "verify",
-        BackupError::Store(_) | BackupError::Catalog(_) | BackupError::WorkDir(_) => "store",
-        BackupError::Cancelled => "cancelled",
-        BackupError::Fenced(_) => "fenced",
-        BackupError::Stage(_) | BackupError::Internal(_) => "internal",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn five_and_six_field_schedules_are_accepted() {
-        let (six, interval) = normalize_schedule("0 * * * *").unwrap();
-        assert_eq!(six, "0 0 * * * *");
-        assert_eq!(interval, Duration::from_secs(3600));
-        let (_, interval) = normalize_schedule("*/2 * * * * *").unwrap();
-        assert_eq!(interval, Duration::from_secs(2));
-        assert!(normalize_schedule("hourly").is_err());
-        assert!(normalize_schedule("61 * * * *").is_err());
-    }
 }
