@@ -66,6 +66,14 @@ async fn show_status(a: JournalArgs, file: FileConfig) -> Result<()> {
     if let (Some(rev), Some(age)) = (s.newest_rev, s.newest_age_secs) {
         println!("newest durable revision {rev}, received {age:.1} s ago");
     }
+    if let (Some(rev), Some(at), Some(newest)) = (s.newest_rev, s.caught_up_at, s.newest_at) {
+        if at > newest {
+            println!(
+                "no write since: the journal was caught up at {} (a --to-time up to then restores revision {rev})",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            );
+        }
+    }
     Ok(())
 }
 

@@ -53,7 +53,7 @@ pub(super) async fn to_file(
             let rev = pitr::resolve_time(&store, &policy, identities.map(Arc::as_ref), cluster, at)
                 .await?;
             eprintln!(
-                "{}: the last revision received at or before it is {rev} (receive times are those of the journal, within its segment interval of the write)",
+                "{}: the last revision received at or before it is {rev} (receive times are the journal's: within its segment interval of a write, and of its heartbeat interval once writes stop)",
                 at.to_rfc3339()
             );
             rev

@@ -27,6 +27,10 @@ section! {
         pub segment_max_mib: Option<usize>,
         #[arg(skip)]
         pub checkpoint_interval: Option<String>,
+        /// While no write arrives, how often the journal records (signed) that it is still
+        /// caught up: the precision of a `--to-time` after the newest write.
+        #[arg(skip)]
+        pub heartbeat_interval: Option<String>,
         /// How far back point-in-time restore reaches (retention keeps what that needs).
         #[arg(skip)]
         pub keep: Option<String>,
@@ -65,6 +69,17 @@ pub fn resolve_continuous(c: &ContinuousSection) -> Result<Option<CaptureSetting
         c.checkpoint_interval.as_ref(),
         d.checkpoint_interval,
     )?;
+    let head_interval = duration(
+        "continuous.heartbeat_interval",
+        c.heartbeat_interval.as_ref(),
+        d.head_interval,
+    )?;
+    if head_interval < Duration::from_secs(1) {
+        return Err(invalid(
+            "continuous.heartbeat_interval",
+            "is shorter than 1s: every beat replaces an object in the store",
+        ));
+    }
     if !c.enabled.unwrap_or(false) {
         return Ok(None);
     }
@@ -72,6 +87,7 @@ pub fn resolve_continuous(c: &ContinuousSection) -> Result<Option<CaptureSetting
         segment_interval,
         segment_max_bytes,
         checkpoint_interval,
+        head_interval,
         ..d
     }))
 }
@@ -98,6 +114,11 @@ mod tests {
             ..Default::default()
         })
         .contains("continuous.checkpoint_interval"));
+        assert!(bad(ContinuousSection {
+            heartbeat_interval: Some("100ms".into()),
+            ..Default::default()
+        })
+        .contains("continuous.heartbeat_interval"));
         assert!(resolve_continuous(&ContinuousSection::default())
             .unwrap()
             .is_none());

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::chain::{Sealed, SegmentWriter};
+use super::head::{write_head, Head};
 use super::segment::{Header, Record, SegmentManifest, SCHEMA_VERSION};
 use super::ContinuousError;
 use crate::catalog::Fence;
@@ -36,6 +37,9 @@ pub struct CaptureSettings {
     pub max_message: usize,
     /// Sealed segments waiting for the store, at most.
     pub queue: usize,
+    /// While idle, how often the chain's head is replaced ("caught up to R at T"): the
+    /// precision of a time target after the newest write.
+    pub head_interval: Duration,
 }
 
 impl Default for CaptureSettings {
@@ -47,6 +51,7 @@ impl Default for CaptureSettings {
             heartbeat: Duration::from_secs(1),
             max_message: 64 << 20,
             queue: 64,
+            head_interval: Duration::from_secs(30),
         }
     }
 }
@@ -59,6 +64,15 @@ pub struct Resume {
     pub next_seq: u64,
     pub prev_hash: String,
     pub next_rev: i64,
+}
+
+/// What the uploader commits, in order.
+enum Job {
+    Segment(Sealed),
+    /// Every revision up to the newest committed one was all the member had at `at`.
+    Head {
+        at: DateTime<Utc>,
+    },
 }
 
 /// What capture reports as it goes (the service turns it into metrics).
@@ -85,11 +99,12 @@ pub async fn capture(
     fence: Option<Arc<dyn Fence>>,
     observer: Arc<dyn CaptureObserver>,
 ) -> Result<(), ContinuousError> {
-    let (tx, rx) = mpsc::channel::<Sealed>(settings.queue.max(1));
+    let (tx, rx) = mpsc::channel::<Job>(settings.queue.max(1));
     let durable = Arc::new(AtomicI64::new(resume.next_rev - 1));
     // After `cancel`, what is queued is still committed, each segment tried once more.
     let uploads = upload_loop(
         writer,
+        Newest::of(&resume),
         rx,
         fence,
         observer.clone(),
@@ -105,7 +120,7 @@ async fn watch_loop(
     source: &mut EtcdSource,
     settings: &CaptureSettings,
     resume: Resume,
-    tx: mpsc::Sender<Sealed>,
+    tx: mpsc::Sender<Job>,
     cancel: &CancellationToken,
     observer: &Arc<dyn CaptureObserver>,
     durable: &AtomicI64,
@@ -117,13 +132,14 @@ async fn watch_loop(
     builder.record_all_leases(source).await?;
     let mut heartbeat = tokio::time::interval(settings.heartbeat);
     let mut seal_timer = tokio::time::interval(settings.segment_interval);
+    let mut last_head: Option<Instant> = None;
     seal_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = cancel.cancelled() => {
                 if builder.has_revisions() {
                     let sealed = builder.seal(source).await?;
-                    let _ = tx.send(sealed).await;
+                    let _ = tx.send(Job::Segment(sealed)).await;
                 }
                 return Ok(());
             }
@@ -152,6 +168,12 @@ async fn watch_loop(
                 Some(WatchItem::Progress(rev)) => {
                     if !builder.has_revisions() && durable.load(Ordering::SeqCst) >= rev {
                         observer.caught_up(SystemTime::now());
+                        if last_head.is_none_or(|t| t.elapsed() >= settings.head_interval) {
+                            // Skipped when segments still queue: they are the newer news.
+                            if tx.try_send(Job::Head { at: Utc::now() }).is_ok() {
+                                last_head = Some(Instant::now());
+                            }
+                        }
                     }
                 }
             },
@@ -159,21 +181,60 @@ async fn watch_loop(
     }
 }
 
-async fn send(tx: &mpsc::Sender<Sealed>, sealed: Sealed) -> Result<(), ContinuousError> {
-    tx.send(sealed)
+async fn send(tx: &mpsc::Sender<Job>, sealed: Sealed) -> Result<(), ContinuousError> {
+    tx.send(Job::Segment(sealed))
         .await
         .map_err(|_| ContinuousError::UploaderStopped)
 }
 
+/// The chain's newest committed link, as a head names it.
+struct Newest {
+    cluster_id: u64,
+    chain: String,
+    /// seq, hash and last revision of the newest segment; `None` before the first.
+    last: Option<(u64, String, i64)>,
+    base_rev: i64,
+}
+
+impl Newest {
+    fn of(resume: &Resume) -> Newest {
+        Newest {
+            cluster_id: resume.cluster_id,
+            chain: resume.chain.clone(),
+            last: (resume.next_seq > 1).then(|| {
+                (
+                    resume.next_seq - 1,
+                    resume.prev_hash.clone(),
+                    resume.next_rev - 1,
+                )
+            }),
+            base_rev: resume.next_rev - 1,
+        }
+    }
+
+    fn head(&self, at: DateTime<Utc>) -> Head {
+        let last = self.last.as_ref().map(|(s, h, r)| (*s, h.as_str(), *r));
+        Head::after(self.cluster_id, &self.chain, last, self.base_rev, at)
+    }
+}
+
 async fn upload_loop(
     writer: SegmentWriter,
-    mut rx: mpsc::Receiver<Sealed>,
+    mut newest: Newest,
+    mut rx: mpsc::Receiver<Job>,
     fence: Option<Arc<dyn Fence>>,
     observer: Arc<dyn CaptureObserver>,
     durable: Arc<AtomicI64>,
     stop: CancellationToken,
 ) -> Result<(), ContinuousError> {
-    while let Some(sealed) = rx.recv().await {
+    while let Some(job) = rx.recv().await {
+        let sealed = match job {
+            Job::Segment(sealed) => sealed,
+            Job::Head { at } => {
+                write_head_once(&writer, &newest, at, fence.as_deref()).await?;
+                continue;
+            }
+        };
         let mut backoff = Duration::from_millis(500);
         loop {
             if let Some(f) = &fence {
@@ -181,6 +242,7 @@ async fn upload_loop(
             }
             match writer.commit(&sealed).await {
                 Ok(m) => {
+                    newest.last = Some((m.seq, m.hash.clone(), m.last_rev));
                     durable.store(m.last_rev, Ordering::SeqCst);
                     observer.committed(&m);
                     break;
@@ -200,6 +262,24 @@ async fn upload_loop(
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Replaces the head; a failure only narrows the restorable window until the next heartbeat
+/// (warned), unless this uploader lost its election.
+async fn write_head_once(
+    writer: &SegmentWriter,
+    newest: &Newest,
+    at: DateTime<Utc>,
+    fence: Option<&dyn Fence>,
+) -> Result<(), ContinuousError> {
+    if let Some(f) = fence {
+        f.check().await.map_err(ContinuousError::Fenced)?;
+    }
+    let head = newest.head(at);
+    if let Err(e) = write_head(writer.store.as_ref(), writer.signer.as_deref(), &head).await {
+        tracing::warn!(error = %e, chain = %head.chain, "replacing the journal head failed; a time after the newest write stays unrestorable until the next try");
     }
     Ok(())
 }

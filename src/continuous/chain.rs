@@ -156,6 +156,8 @@ pub struct ChainListing {
     pub cluster_id: u64,
     /// In chain order.
     pub segments: Vec<SegmentKey>,
+    /// A head object exists (not read yet).
+    pub has_head: bool,
 }
 
 /// Every chain in the store, oldest first (by the time of their base backup).
@@ -163,21 +165,24 @@ pub struct ChainListing {
 /// # Errors
 /// The listing fails.
 pub async fn list_chains(store: &dyn Store) -> Result<Vec<ChainListing>, StoreError> {
-    let mut chains: BTreeMap<String, Vec<SegmentKey>> = BTreeMap::new();
+    let mut chains: BTreeMap<String, (Vec<SegmentKey>, bool)> = BTreeMap::new();
     for o in store.list(&super::segment::prefix(None)).await? {
         if let Some(k) = SegmentKey::of_manifest_key(&o.key) {
-            chains.entry(k.chain.clone()).or_default().push(k);
+            chains.entry(k.chain.clone()).or_default().0.push(k);
+        } else if let Some(chain) = super::head::chain_of_head_key(&o.key) {
+            chains.entry(chain.to_string()).or_default().1 = true;
         }
     }
     let mut out: Vec<ChainListing> = chains
         .into_iter()
-        .filter_map(|(chain, mut segments)| {
+        .filter_map(|(chain, (mut segments, has_head))| {
             let id = BackupId::parse(&chain)?;
             segments.sort_by_key(|s| s.seq);
             Some(ChainListing {
                 chain,
                 cluster_id: id.cluster_id,
                 segments,
+                has_head,
             })
         })
         .collect();

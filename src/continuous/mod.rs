@@ -4,10 +4,12 @@
 //! - `segment.rs`: the format of a segment's body and of its signed manifest, and the keys.
 //! - `chain.rs`: committing a segment; listing chains; reading one back, checked link by link.
 //! - `capture.rs`: the watch → segments → store loop that `serve` runs on the uploader.
+//! - `head.rs`: the signed "caught up to R at T" an idle journal keeps current.
 //! - `status.rs`: what a store holds: chains, their revisions and times, the gaps between.
 
 pub mod capture;
 pub mod chain;
+pub mod head;
 pub mod prune;
 pub mod segment;
 pub mod status;

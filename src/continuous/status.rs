@@ -7,7 +7,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::chain::{list_chains, read_manifest};
+use super::chain::{list_chains, read_manifest, ChainListing};
+use super::head::trusted_head;
 use super::{ContinuousError, SegmentManifest};
 use crate::catalog::{Catalog, Manifest};
 use crate::store::Store;
@@ -25,6 +26,9 @@ pub struct ChainStatus {
     pub last_rev: i64,
     pub first_at: DateTime<Utc>,
     pub last_at: DateTime<Utc>,
+    /// When the chain was last known to hold every revision the member had (its head, while
+    /// the cluster is idle): a time target up to here is restorable.
+    pub caught_up_at: Option<DateTime<Utc>>,
 }
 
 /// Revisions no chain covers: between the end of one chain and the base of the next.
@@ -47,6 +51,54 @@ pub struct JournalStatus {
     pub newest_at: Option<DateTime<Utc>>,
     /// Seconds between the newest durable revision's receive time and now.
     pub newest_age_secs: Option<f64>,
+    /// The newest chain's head: when it last held every revision the member had.
+    pub caught_up_at: Option<DateTime<Utc>>,
+}
+
+/// The ends of one chain: its first and last segment (none while only its base backup
+/// exists) and when it was last known caught up.
+pub struct ChainEnds {
+    pub first: Option<SegmentManifest>,
+    pub last: Option<SegmentManifest>,
+    /// The later of the last segment's receive time and a head that names that segment.
+    pub caught_up_at: Option<DateTime<Utc>>,
+}
+
+/// Reads a chain's first and last manifest and its head.
+///
+/// # Errors
+/// A first or last manifest is unreadable or untrusted (an untrusted head is only ignored).
+pub async fn chain_ends(
+    store: &dyn Store,
+    policy: &ReadPolicy,
+    listing: &ChainListing,
+    base_rev: Option<i64>,
+) -> Result<ChainEnds, ContinuousError> {
+    let first = match listing.segments.first() {
+        Some(k) => Some(read_manifest(store, policy, k).await?),
+        None => None,
+    };
+    let last = match listing.segments.last() {
+        Some(k) => Some(read_manifest(store, policy, k).await?),
+        None => None,
+    };
+    let head = match listing.has_head {
+        true => trusted_head(store, policy, &listing.chain).await,
+        false => None,
+    };
+    let head_at = head
+        .filter(|h| match (&last, base_rev) {
+            (Some(_), _) => h.covers(&listing.chain, last.as_ref(), 0),
+            (None, Some(base)) => h.covers(&listing.chain, None, base),
+            (None, None) => false,
+        })
+        .map(|h| h.caught_up_at);
+    let last_at = last.as_ref().map(|m| m.last_at);
+    Ok(ChainEnds {
+        caught_up_at: last_at.max(head_at),
+        first,
+        last,
+    })
 }
 
 /// Reads the first and last manifest of every chain (of `cluster`, or all).
@@ -70,48 +122,54 @@ pub async fn status(
         if cluster.is_some_and(|c| c != listing.cluster_id) {
             continue;
         }
-        let (Some(first), Some(last)) = (listing.segments.first(), listing.segments.last()) else {
-            continue;
-        };
-        let first = read_manifest(store.as_ref(), policy, first).await?;
-        let last = read_manifest(store.as_ref(), policy, last).await?;
-        chains.push(chain_status(
-            &listing.chain,
-            &backups,
-            &first,
-            &last,
-            listing.segments.len(),
-        ));
+        let base = backups.iter().find(|m| m.id == listing.chain);
+        let ends = chain_ends(store.as_ref(), policy, &listing, base.map(|m| m.revision)).await?;
+        if let Some(c) = chain_status(&listing, base, &ends) {
+            chains.push(c);
+        }
     }
     let gaps = gaps(&chains);
-    let newest = chains.iter().max_by_key(|c| c.last_at);
+    let newest = chains.iter().max_by_key(|c| (c.last_rev, c.last_at));
     Ok(JournalStatus {
         newest_rev: newest.map(|c| c.last_rev),
         newest_at: newest.map(|c| c.last_at),
         newest_age_secs: newest
             .map(|c| (Utc::now() - c.last_at).num_milliseconds().max(0) as f64 / 1000.0),
+        caught_up_at: newest.and_then(|c| c.caught_up_at),
         chains,
         gaps,
     })
 }
 
+/// `None` for a chain with neither segments nor a head that speaks of its base.
 fn chain_status(
-    chain: &str,
-    backups: &[Manifest],
-    first: &SegmentManifest,
-    last: &SegmentManifest,
-    segments: usize,
-) -> ChainStatus {
-    ChainStatus {
-        chain: chain.to_string(),
-        cluster_id: first.cluster_id.clone(),
-        base_revision: backups.iter().find(|m| m.id == chain).map(|m| m.revision),
-        segments,
-        first_rev: first.first_rev,
-        last_rev: last.last_rev,
-        first_at: first.first_at,
-        last_at: last.last_at,
-    }
+    listing: &ChainListing,
+    base: Option<&Manifest>,
+    ends: &ChainEnds,
+) -> Option<ChainStatus> {
+    let (first_rev, last_rev, first_at, last_at) = match (&ends.first, &ends.last) {
+        (Some(first), Some(last)) => (first.first_rev, last.last_rev, first.first_at, last.last_at),
+        _ => {
+            let base = base.filter(|_| ends.caught_up_at.is_some())?;
+            (
+                base.revision + 1,
+                base.revision,
+                base.created_at,
+                base.created_at,
+            )
+        }
+    };
+    Some(ChainStatus {
+        chain: listing.chain.clone(),
+        cluster_id: format!("{:x}", listing.cluster_id),
+        base_revision: base.map(|m| m.revision),
+        segments: listing.segments.len(),
+        first_rev,
+        last_rev,
+        first_at,
+        last_at,
+        caught_up_at: ends.caught_up_at,
+    })
 }
 
 /// Between consecutive chains of a cluster, ordered by base, where the next one starts above

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::PitrError;
 use crate::catalog::{cluster_of, Catalog, Manifest};
 use crate::continuous::chain::check_link;
+use crate::continuous::status::chain_ends;
 use crate::continuous::{
     list_chains, read_manifest, read_records, ChainListing, Record, SegmentManifest,
 };
@@ -102,17 +103,31 @@ async fn journal(
         .collect();
     let mut chains = Vec::new();
     for listing in listings.into_iter().filter(|c| c.cluster_id == cluster) {
-        let (Some(first_key), Some(last_key)) = (listing.segments.first(), listing.segments.last())
-        else {
+        let own_base = backups.iter().find(|m| m.id == listing.chain);
+        let ends = chain_ends(
+            store.as_ref(),
+            policy,
+            &listing,
+            own_base.map(|m| m.revision),
+        )
+        .await?;
+        let Some(to_time) = ends.caught_up_at else {
             continue;
         };
-        let last = read_manifest(store.as_ref(), policy, last_key).await?;
+        let (first_rev, last_rev) = match (&ends.first, &ends.last) {
+            (Some(first), Some(last)) => (first.first_rev, last.last_rev),
+            // Only a head on the base so far: the chain reaches its base, up to the head's time.
+            _ => match own_base {
+                Some(b) => (b.revision + 1, b.revision),
+                None => continue,
+            },
+        };
         // A chain counts from the oldest trusted full backup it can continue: one whose next
         // revision is in a segment still there (its own base, or a later backup once
         // retention has removed the head of the chain).
         let Some(base) = backups
             .iter()
-            .filter(|m| m.revision + 1 >= first_key.first_rev && m.revision <= last.last_rev)
+            .filter(|m| m.revision + 1 >= first_rev && m.revision <= last_rev)
             .min_by_key(|m| (m.revision, m.created_at))
             .cloned()
         else {
@@ -123,8 +138,8 @@ async fn journal(
             chain: listing.chain.clone(),
             from_rev: base.revision,
             from_time: base.created_at,
-            to_rev: last.last_rev,
-            to_time: last.last_at,
+            to_rev: last_rev,
+            to_time,
         };
         chains.push((listing, base, coverage));
     }
@@ -261,7 +276,7 @@ pub async fn resolve_time(
     else {
         return Err(PitrError::NotCovered {
             target: at.to_rfc3339(),
-            why: "no journal chain covers that time (a time after the newest durable revision cannot be proven to have seen every write)".into(),
+            why: "no journal chain covers that time (after the newest durable revision and the journal's last heartbeat nothing proves every write was seen)".into(),
             coverage: describe(&coverage),
         });
     };

@@ -10,6 +10,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
@@ -145,6 +146,21 @@ impl Store for LocalStore {
         }
         self.sync_dir().map_err(self.write_err(key))?;
         Ok(written)
+    }
+
+    async fn replace(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        let target = self.path_of(key)?;
+        let part = self.root.join(format!("{key}{PART_SUFFIX}"));
+        let mut file = self.create_part(&part, key)?;
+        let written = io::Write::write_all(&mut file, &body)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::rename(&part, &target));
+        drop(file);
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&part);
+            return Err(self.write_err(key)(e));
+        }
+        self.sync_dir().map_err(self.write_err(key))
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream, StoreError> {

@@ -87,6 +87,10 @@ pub trait Store: Send + Sync {
     /// Writes `body` to a new object `key`; returns its size.
     async fn put(&self, key: &str, body: ByteStream) -> Result<u64, StoreError>;
 
+    /// Writes a small object, replacing any earlier one: only for the few objects that are
+    /// state rather than history (a journal chain's head), never for a backup or a segment.
+    async fn replace(&self, key: &str, body: Bytes) -> Result<(), StoreError>;
+
     /// Opens an object for reading.
     async fn get(&self, key: &str) -> Result<ByteStream, StoreError>;
 

@@ -163,6 +163,11 @@ struct Journal {
 
 impl Journal {
     fn start(v: Version) -> Journal {
+        Journal::start_with(v, "")
+    }
+
+    /// With more lines for the `[continuous]` section.
+    fn start_with(v: Version, continuous: &str) -> Journal {
         let dir = tempfile::tempdir().unwrap();
         let key = age_key(dir.path(), "key.txt");
         let etcd = EtcdProcess::start(v, None);
@@ -170,7 +175,9 @@ impl Journal {
         let config = dir.path().join("lifeboat.toml");
         std::fs::write(
             &config,
-            "[continuous]\nsegment_interval = \"500ms\"\ncheckpoint_interval = \"1s\"\n",
+            format!(
+                "[continuous]\nsegment_interval = \"500ms\"\ncheckpoint_interval = \"1s\"\n{continuous}"
+            ),
         )
         .unwrap();
         let serve = start_serve(dir.path(), &key, &etcd);
@@ -446,6 +453,109 @@ fn point_in_time_restores_are_exact_on_etcd_3_5() {
 #[test]
 fn point_in_time_restores_are_exact_on_etcd_3_4() {
     point_in_time_restores_are_exact(Version::V34);
+}
+
+/// The time the newest chain was last known caught up (its head, while idle).
+fn caught_up_at(j: &Journal) -> Option<chrono::DateTime<chrono::Utc>> {
+    journal_json(j, "status")["caught_up_at"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.to_utc())
+}
+
+/// Waits until the journal's head says it was caught up later than `after`.
+fn wait_caught_up_after(
+    j: &Journal,
+    after: chrono::DateTime<chrono::Utc>,
+) -> chrono::DateTime<chrono::Utc> {
+    let mut seen = None;
+    wait_until(
+        "the journal head after the last write",
+        Duration::from_secs(30),
+        || {
+            seen = caught_up_at(j).filter(|t| *t > after);
+            seen.is_some()
+        },
+    );
+    seen.unwrap()
+}
+
+/// `lifeboat snapshot get --to-time` of `at` maps to `rev` and restores what the cluster
+/// held at `rev`.
+fn assert_time_restores(j: &Journal, at: chrono::DateTime<chrono::Utc>, rev: i64, name: &str) {
+    let expected = rt().block_on(async {
+        let mut c = client(&j.etcd).await;
+        expect_at(&mut c, rev, &BTreeMap::new()).await
+    });
+    let out = j.out(name);
+    let r = j.get(&format!("--to-time={}", at.to_rfc3339()), &out);
+    assert_eq!(r.code, 0, "get --to-time {at}: {}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("revision received at or before it is {rev}")),
+        "{}",
+        r.stderr
+    );
+    assert_same(&expected, &observed(j.v, &out, j.dir.path(), rev), name);
+}
+
+#[test]
+fn an_idle_journal_keeps_a_signed_head_so_a_time_after_its_last_write_restores() {
+    let mut j = Journal::start_with(Version::V35, "heartbeat_interval = \"1s\"\n");
+    // Only the base backup so far: the head alone makes its time restorable.
+    let base_rev = rt().block_on(async { head(&mut client(&j.etcd).await).await });
+    let started = chrono::Utc::now();
+    let at = wait_caught_up_after(&j, started);
+    assert_time_restores(&j, at, base_rev, "idle-base.db");
+    // Writes, then quiet: a time after the last write (and before the head) restores it.
+    let last = write_keys(&j.etcd, "/registry/leases/kube-node-lease/n", 5, 0);
+    j.wait_durable(last);
+    let quiet = chrono::Utc::now();
+    let at = wait_caught_up_after(&j, quiet);
+    let status = run(lifeboat()
+        .args(["continuous", "status", "--dest"])
+        .arg(j.dest()))
+    .ok();
+    assert!(
+        status.stdout.contains("no write since"),
+        "{}",
+        status.stdout
+    );
+    assert_time_restores(&j, quiet + (at - quiet) / 2, last, "idle-after-writes.db");
+    // Past the head nothing proves every write was seen: refused, naming the window.
+    let future = chrono::Utc::now() + chrono::Duration::hours(1);
+    let r = j.get(
+        &format!("--to-time={}", future.to_rfc3339()),
+        &j.out("future.db"),
+    );
+    assert_eq!(r.code, 7, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("Restorable: revisions"), "{}", r.stderr);
+    // A head whose time was moved on without its signature is ignored: the window ends at
+    // the last write again.
+    j.serve.kill();
+    let key = crate::harness::files_in(&j.dest())
+        .into_iter()
+        .find(|name| name.ends_with(".head.json"))
+        .map(|name| j.dest().join(name))
+        .expect("a head object");
+    let mut envelope: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&key).unwrap()).unwrap();
+    let mut head_json: serde_json::Value =
+        serde_json::from_str(envelope["head"].as_str().unwrap()).unwrap();
+    head_json["caught_up_at"] = serde_json::Value::String(future.to_rfc3339());
+    envelope["head"] = serde_json::Value::String(serde_json::to_string(&head_json).unwrap());
+    std::fs::write(&key, serde_json::to_vec(&envelope).unwrap()).unwrap();
+    let target = quiet + (at - quiet) / 2;
+    let r = j.get(
+        &format!("--to-time={}", target.to_rfc3339()),
+        &j.out("forged.db"),
+    );
+    assert_eq!(
+        r.code, 7,
+        "a forged head widened the window: {}\n{}",
+        r.stdout, r.stderr
+    );
+    assert!(r.stderr.contains("journal head is ignored"), "{}", r.stderr);
 }
 
 /// `n` puts under `prefix`, `pause_ms` apart; the revision after the last.

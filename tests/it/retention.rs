@@ -199,6 +199,9 @@ impl Store for FailingObjectDeletes {
     async fn put(&self, key: &str, body: ByteStream) -> Result<u64, StoreError> {
         self.inner.put(key, body).await
     }
+    async fn replace(&self, key: &str, body: bytes::Bytes) -> Result<(), StoreError> {
+        self.inner.replace(key, body).await
+    }
     async fn get(&self, key: &str) -> Result<ByteStream, StoreError> {
         self.inner.get(key).await
     }

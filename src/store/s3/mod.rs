@@ -155,14 +155,21 @@ impl S3Store {
         }
     }
 
-    async fn put_single(&self, full: &str, key: &str, body: Bytes) -> Result<u64, StoreError> {
+    /// One PUT; unless `overwrite`, only where no object exists yet.
+    async fn put_single(
+        &self,
+        full: &str,
+        key: &str,
+        body: Bytes,
+        overwrite: bool,
+    ) -> Result<u64, StoreError> {
         let len = body.len() as u64;
         let mut req = self
             .client
             .put_object()
             .bucket(&self.settings.bucket)
             .key(full)
-            .if_none_match("*")
+            .set_if_none_match((!overwrite).then(|| "*".to_string()))
             .body(SdkStream::from(body));
         req = match &self.settings.sse {
             Some(Sse::Aes256) => req.server_side_encryption(ServerSideEncryption::Aes256),
@@ -412,9 +419,19 @@ impl Store for S3Store {
             .await?
             .unwrap_or_default();
         if first.len() < part_size {
-            return self.put_single(&full, key, first).await;
+            return self.put_single(&full, key, first, false).await;
         }
         self.put_multipart(&full, key, first, &mut body).await
+    }
+
+    async fn replace(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        let full = self.full_key(key)?;
+        if self.settings.lock.is_some() {
+            self.lock_checked
+                .get_or_try_init(|| self.check_bucket_lock())
+                .await?;
+        }
+        self.put_single(&full, key, body, true).await.map(|_| ())
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream, StoreError> {

@@ -1,0 +1,216 @@
+//! A chain's head: "at `caught_up_at`, every revision the member had — up to `revision` — was
+//! durable in this chain". Segments carry receive times only for the revisions they hold, so
+//! on a quiet cluster nothing would prove that no write happened after the last one: a restore
+//! to "now" by time would have to be refused. While the journal is idle the uploader replaces
+//! this one small signed object every `heartbeat_interval` instead of writing segments without
+//! revisions. It is state, not history: a reader believes it only when its signature checks
+//! and it names the chain's newest link exactly; otherwise it is ignored (the restorable window
+//! then ends at the newest segment, as if it did not exist).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::chain::root_hash;
+use super::segment::{prefix, SegmentManifest};
+use super::ContinuousError;
+use crate::store::{get_small, Store, StoreError};
+use crate::trust::{ReadPolicy, SigningKey};
+
+const HEAD_SCHEMA: u32 = 1;
+const HEAD_NAME: &str = "head.json";
+const HEAD_LIMIT: usize = 16 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub schema_version: u32,
+    pub cluster_id: String,
+    pub chain: String,
+    /// The chain's newest segment when this was written (0: none yet, only its base backup).
+    pub seq: u64,
+    /// That segment's hash (the chain's root hash when `seq` is 0).
+    pub hash: String,
+    /// Its last revision (the base backup's revision when `seq` is 0).
+    pub revision: i64,
+    pub caught_up_at: DateTime<Utc>,
+}
+
+/// One object: the head's exact bytes and their signature, so they are replaced together.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    head: String,
+    signature: Option<String>,
+}
+
+/// `seg.<chain>.head.json`.
+pub fn head_key(chain: &str) -> String {
+    format!("{}{HEAD_NAME}", prefix(Some(chain)))
+}
+
+/// The chain a head key belongs to.
+pub fn chain_of_head_key(key: &str) -> Option<&str> {
+    key.strip_prefix(&prefix(None))?
+        .strip_suffix(HEAD_NAME)?
+        .strip_suffix('.')
+}
+
+impl Head {
+    /// A head for a chain whose newest link is `last` (or only its base at `base_rev`).
+    pub fn after(
+        cluster_id: u64,
+        chain: &str,
+        last: Option<(u64, &str, i64)>,
+        base_rev: i64,
+        at: DateTime<Utc>,
+    ) -> Head {
+        let root = root_hash(chain);
+        let (seq, hash, revision) = last.unwrap_or((0, &root, base_rev));
+        Head {
+            schema_version: HEAD_SCHEMA,
+            cluster_id: format!("{cluster_id:x}"),
+            chain: chain.to_string(),
+            seq,
+            hash: hash.to_string(),
+            revision,
+            caught_up_at: at,
+        }
+    }
+
+    /// When the journal was last known caught up, if this head speaks of the chain's newest
+    /// link (`last`, or none: the base backup at `base_rev`) — else `None`: a head from
+    /// before the newest segment (or one that does not fit at all) proves nothing.
+    pub fn covers(&self, chain: &str, last: Option<&SegmentManifest>, base_rev: i64) -> bool {
+        if self.chain != chain {
+            return false;
+        }
+        match last {
+            Some(m) => self.seq == m.seq && self.hash == m.hash && self.revision == m.last_rev,
+            None => self.seq == 0 && self.hash == root_hash(chain) && self.revision == base_rev,
+        }
+    }
+}
+
+/// Signs `head` and replaces the chain's head object with it.
+///
+/// # Errors
+/// Signing or the store fails.
+pub async fn write_head(
+    store: &dyn Store,
+    signer: Option<&SigningKey>,
+    head: &Head,
+) -> Result<(), ContinuousError> {
+    let key = head_key(&head.chain);
+    let text = serde_json::to_string(head).unwrap_or_default();
+    let signature = match signer {
+        Some(s) => Some(s.sign(&key, text.as_bytes())?),
+        None => None,
+    };
+    let envelope = serde_json::to_vec_pretty(&Envelope {
+        head: text,
+        signature,
+    })
+    .unwrap_or_default();
+    store.replace(&key, envelope.into()).await?;
+    Ok(())
+}
+
+/// Reads a chain's head; `None` when there is none.
+///
+/// # Errors
+/// Unreadable, unparsable, untrusted, or about another chain.
+pub async fn read_head(
+    store: &dyn Store,
+    policy: &ReadPolicy,
+    chain: &str,
+) -> Result<Option<Head>, ContinuousError> {
+    let key = head_key(chain);
+    let bytes = match get_small(store, &key, HEAD_LIMIT).await {
+        Ok(b) => b,
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let invalid = |what: String| ContinuousError::Invalid {
+        key: key.clone(),
+        what,
+    };
+    let envelope: Envelope =
+        serde_json::from_slice(&bytes).map_err(|e| invalid(format!("not a journal head: {e}")))?;
+    policy.check(
+        &key,
+        envelope.head.as_bytes(),
+        envelope.signature.as_deref(),
+    )?;
+    let head: Head = serde_json::from_str(&envelope.head)
+        .map_err(|e| invalid(format!("not a journal head: {e}")))?;
+    if head.schema_version != HEAD_SCHEMA {
+        return Err(invalid(format!(
+            "schema version {} is not one this lifeboat reads; upgrade lifeboat",
+            head.schema_version
+        )));
+    }
+    if head.chain != chain {
+        return Err(invalid("it names another chain than its key".into()));
+    }
+    Ok(Some(head))
+}
+
+/// [`read_head`], where a head that cannot be believed only narrows the window (warned).
+pub async fn trusted_head(store: &dyn Store, policy: &ReadPolicy, chain: &str) -> Option<Head> {
+    match read_head(store, policy, chain).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, chain, "the journal head is ignored: the restorable window ends at the newest segment");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_keys_name_their_chain() {
+        let key = head_key("20261129T070000.000Z-00000000000000ab");
+        assert_eq!(key, "seg.20261129T070000.000Z-00000000000000ab.head.json");
+        assert_eq!(
+            chain_of_head_key(&key),
+            Some("20261129T070000.000Z-00000000000000ab")
+        );
+        assert_eq!(
+            chain_of_head_key("seg.x.0000000001.0000000000000000002.json"),
+            None
+        );
+        assert_eq!(chain_of_head_key("head.json"), None);
+    }
+
+    #[test]
+    fn a_head_covers_only_the_newest_link_it_names() {
+        let at = Utc::now();
+        let on_base = Head::after(0xab, "c", None, 10, at);
+        assert!(on_base.covers("c", None, 10));
+        assert!(!on_base.covers("c", None, 11), "another base revision");
+        assert!(!on_base.covers("d", None, 10), "another chain");
+        let seg = SegmentManifest {
+            seq: 3,
+            hash: "h3".into(),
+            last_rev: 40,
+            ..crate::continuous::segment::tests::manifest(30, 40)
+        };
+        assert!(
+            !on_base.covers("c", Some(&seg), 10),
+            "a segment came after it"
+        );
+        let on_seg = Head::after(0xab, "c", Some((3, "h3", 40)), 10, at);
+        assert!(on_seg.covers("c", Some(&seg), 10));
+        let later = SegmentManifest {
+            seq: 4,
+            ..seg.clone()
+        };
+        assert!(!on_seg.covers("c", Some(&later), 10));
+        let forged = SegmentManifest {
+            hash: "other".into(),
+            ..seg
+        };
+        assert!(!on_seg.covers("c", Some(&forged), 10));
+    }
+}
