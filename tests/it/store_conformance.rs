@@ -61,6 +61,15 @@ async fn conformance(store: Arc<dyn Store>, large: usize) {
         "{again:?}"
     );
     assert_eq!(read_all(store.as_ref(), "etcd-a.obj").await, b"hello");
+    // State objects (a journal head) are replaced in place, the last write wins.
+    for body in [&b"first"[..], b"second, longer"] {
+        store
+            .replace("state-h.json", Bytes::copy_from_slice(body))
+            .await
+            .unwrap();
+        assert_eq!(read_all(store.as_ref(), "state-h.json").await, body);
+    }
+    store.delete("state-h.json").await.unwrap();
     // A failing producer leaves nothing, small or large.
     for (key, n) in [("etcd-c.obj", 10), ("etcd-d.obj", large)] {
         let err = store.put(key, failing_after(n)).await.unwrap_err();
