@@ -95,14 +95,23 @@ pub(super) async fn to_file(
 
 pub(super) fn print_report(r: &ReplayReport, out: &Path) {
     println!(
-        "wrote {} at revision {} (base {}, {} revisions replayed at {:.0}/s, {} checkpoint(s) verified, HashKV {} at compact revision {})",
+        "wrote {} at revision {} ({})",
         out.display(),
         r.target_rev,
+        summary(r)
+    );
+}
+
+/// What a replay did and proved, in one line.
+pub(super) fn summary(r: &ReplayReport) -> String {
+    format!(
+        "base {}, {} revisions replayed at {:.0}/s, {} checkpoint(s) verified, {} compaction(s) mirrored, HashKV {} at compact revision {}",
         r.base,
         r.revisions,
         r.revisions_per_second,
         r.checkpoints_verified,
+        r.compactions_mirrored,
         r.hash,
         r.compact_revision
-    );
+    )
 }

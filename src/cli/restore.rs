@@ -360,14 +360,9 @@ async fn drill_point(
             serde_json::json!({ "ok": true, "target": target, "replay": report })
         ),
         Output::Table => println!(
-            "point-in-time drill of revision {}: PASSED (base {}, {} revisions replayed at {:.0}/s, {} checkpoint(s) verified, HashKV {} at compact revision {})",
+            "point-in-time drill of revision {}: PASSED ({})",
             report.target_rev,
-            report.base,
-            report.revisions,
-            report.revisions_per_second,
-            report.checkpoints_verified,
-            report.hash,
-            report.compact_revision
+            super::pitr::summary(&report)
         ),
     }
     Ok(())

@@ -24,7 +24,12 @@ use super::segment::{Header, Record, SegmentManifest, SCHEMA_VERSION};
 use super::ContinuousError;
 use crate::catalog::Fence;
 use crate::etcd::watch::{Change, Revision, WatchItem};
-use crate::etcd::{EtcdSource, LiveHashKv};
+use crate::etcd::{CompactionState, EtcdSource, LiveHashKv};
+
+/// The key Kubernetes' compactor writes the revision it compacts at into.
+const COMPACT_REV_KEY: &[u8] = b"compact_rev_key";
+/// How long a hinted compaction that has not happened is looked for.
+const COMPACTION_HINT_PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct CaptureSettings {
@@ -298,6 +303,10 @@ struct Builder {
     bytes: usize,
     /// Leases the replay will have: recorded in this chain, or alive when capture started.
     known: BTreeSet<i64>,
+    /// Revisions the member may have compacted at, not yet recorded, with when each was seen.
+    compaction_hints: Vec<(i64, Instant)>,
+    /// The newest compaction recorded (or known from a checkpoint).
+    last_compaction: i64,
 }
 
 impl Builder {
@@ -314,6 +323,8 @@ impl Builder {
             last_at: None,
             bytes: 0,
             known: BTreeSet::new(),
+            compaction_hints: Vec::new(),
+            last_compaction: 0,
         }
     }
 
@@ -373,6 +384,7 @@ impl Builder {
                 Change::Delete { key } => key.len() + 32,
             })
             .sum::<usize>();
+        self.note_compaction_hints(&r);
         self.first_at.get_or_insert(at);
         self.last_at = Some(at);
         self.revs.push(Record::Rev {
@@ -383,8 +395,72 @@ impl Builder {
         Ok(())
     }
 
+    /// Kubernetes' compactor writes the revision it is about to compact at into
+    /// `compact_rev_key` (in a txn, so it is in the watch), then compacts: a hint to look.
+    fn note_compaction_hints(&mut self, r: &Revision) {
+        for c in &r.changes {
+            if let Change::Put { key, value, .. } = c {
+                if key.as_slice() == COMPACT_REV_KEY {
+                    let hinted = std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|v| v.trim().parse::<i64>().ok());
+                    if let Some(rev) = hinted.filter(|v| *v > self.last_compaction) {
+                        self.compaction_hints.push((rev, Instant::now()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Compaction records for the hints the member confirms: compacted exactly there, with
+    /// its HashKV at that point. A hint not compacted yet waits for a later segment (a while);
+    /// one compacted past is dropped (the later compaction is found on its own).
+    async fn compactions(
+        &mut self,
+        source: &mut EtcdSource,
+        last_rev: i64,
+    ) -> Result<Vec<Record>, ContinuousError> {
+        let mut hints = std::mem::take(&mut self.compaction_hints);
+        hints.sort_unstable();
+        hints.dedup_by_key(|(rev, _)| *rev);
+        let mut out = Vec::new();
+        for (rev, seen) in hints {
+            if rev <= self.last_compaction {
+                continue;
+            }
+            if rev > last_rev {
+                self.compaction_hints.push((rev, seen));
+                continue;
+            }
+            match source.compaction_state(rev).await? {
+                CompactionState::Before => {
+                    if seen.elapsed() < COMPACTION_HINT_PATIENCE {
+                        self.compaction_hints.push((rev, seen));
+                    }
+                }
+                CompactionState::Beyond => {}
+                CompactionState::At => {
+                    let (compact_rev, hash) = match source.hash_kv(rev).await? {
+                        LiveHashKv::Hash {
+                            hash,
+                            compact_revision,
+                        } => (compact_revision, Some(hash)),
+                        LiveHashKv::Compacted => (rev, None),
+                    };
+                    out.push(Record::Compaction {
+                        rev,
+                        compact_rev,
+                        hash,
+                    });
+                    self.last_compaction = rev;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Closes the segment: leases granted since the last look (before its revisions), leases
-    /// gone since, a checkpoint when one is due.
+    /// gone since, compactions the member confirms, a checkpoint when one is due.
     async fn seal(&mut self, source: &mut EtcdSource) -> Result<Sealed, ContinuousError> {
         let (alive, at_rev) = source.lease_ids().await?;
         let alive: BTreeSet<i64> = alive.into_iter().collect();
@@ -403,13 +479,19 @@ impl Builder {
         let mut records = std::mem::take(&mut self.leases);
         records.append(&mut self.revs);
         records.append(&mut self.revokes);
+        let mut checkpoint = None;
         if self.last_checkpoint.elapsed() >= self.checkpoint_interval {
             if let LiveHashKv::Hash {
                 hash,
                 compact_revision,
             } = source.hash_kv(last_rev).await?
             {
-                records.push(Record::Checkpoint {
+                // A compaction the hints missed (not Kubernetes' compactor) shows here.
+                if compact_revision > self.last_compaction {
+                    self.compaction_hints
+                        .push((compact_revision, Instant::now()));
+                }
+                checkpoint = Some(Record::Checkpoint {
                     rev: last_rev,
                     compact_rev: compact_revision,
                     hash,
@@ -417,6 +499,8 @@ impl Builder {
                 self.last_checkpoint = Instant::now();
             }
         }
+        records.append(&mut self.compactions(source, last_rev).await?);
+        records.extend(checkpoint);
         let header = Header {
             schema_version: SCHEMA_VERSION,
             cluster_id: format!("{:x}", self.resume.cluster_id),

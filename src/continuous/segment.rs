@@ -39,6 +39,16 @@ pub enum Record {
         compact_rev: i64,
         hash: u32,
     },
+    /// The member compacted at `rev`. `hash` is its HashKV at `rev` with the compaction before
+    /// at `compact_rev` (etcd 3.5.5+ keeps that hash from the compaction itself: the state just
+    /// before it) or at `rev` itself (older 3.5, hashed after); `None` where the member could
+    /// not say (3.4 refuses HashKV at its compaction point): then it is mirrored unchecked.
+    Compaction {
+        rev: i64,
+        compact_rev: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hash: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

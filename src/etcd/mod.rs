@@ -4,8 +4,11 @@
 //! its HashKV could come from different members. Every `EtcdSource` therefore talks to exactly
 //! one endpoint, and records which member that is.
 
+mod compaction;
 pub mod discovery;
 pub mod watch;
+
+pub use compaction::CompactionState;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -253,7 +253,7 @@ impl Journal {
 
 /// The mixed load; returns what the cluster held at several revisions, and a time with the
 /// revision it maps to.
-fn mixed_load(j: &Journal) -> (Vec<Expected>, (String, i64)) {
+fn mixed_load(j: &Journal) -> (Vec<Expected>, (String, i64), i64) {
     rt().block_on(async {
         let mut c = client(&j.etcd).await;
         let mut expected = Vec::new();
@@ -352,8 +352,14 @@ fn mixed_load(j: &Journal) -> (Vec<Expected>, (String, i64)) {
         // the compaction that would remove its history).
         let middle = after_puts + (after_expiry - after_puts) * 2 / 3;
         expected.push(expect_at(&mut c, middle, &granted).await);
+        // As Kubernetes' compactor does: the revision into `compact_rev_key` (a txn, so the
+        // journal sees it), then the compaction.
+        let compact_at = after_expiry - 5;
+        c.txn(Txn::new().and_then([TxnOp::put("compact_rev_key", compact_at.to_string(), None)]))
+            .await
+            .unwrap();
         c.compact(
-            after_expiry - 5,
+            compact_at,
             Some(etcd_client::CompactionOptions::new().with_physical()),
         )
         .await
@@ -376,13 +382,13 @@ fn mixed_load(j: &Journal) -> (Vec<Expected>, (String, i64)) {
         let final_rev = head(&mut c).await;
         expected.push(expect_at(&mut c, last, &granted).await);
         expected.push(expect_at(&mut c, final_rev, &granted).await);
-        (expected, (at.to_rfc3339(), after_deletes))
+        (expected, (at.to_rfc3339(), after_deletes), compact_at)
     })
 }
 
 fn point_in_time_restores_are_exact(v: Version) {
     let j = Journal::start(v);
-    let (expected, (time, time_rev)) = mixed_load(&j);
+    let (expected, (time, time_rev), compact_at) = mixed_load(&j);
     let final_rev = expected.iter().map(|e| e.rev).max().unwrap();
     j.wait_durable(final_rev);
     for e in &expected {
@@ -436,6 +442,44 @@ fn point_in_time_restores_are_exact(v: Version) {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
     assert!(verified >= 1, "no checkpoint verified: {}", r.stdout);
+    // The compaction was recorded at its own revision, with the member's hash at that point
+    // where etcd gives one (3.5 keeps it from the compaction; 3.4 refuses HashKV there), and
+    // mirrored by the replay.
+    let compaction = all_records(&j)
+        .into_iter()
+        .find(|r| r["t"] == "compaction" && r["rev"].as_i64() == Some(compact_at))
+        .expect("a compaction record at the compaction revision");
+    assert_eq!(
+        compaction["hash"].is_u64(),
+        v == Version::V35,
+        "{compaction}"
+    );
+    assert!(
+        r.stdout.contains("1 compaction(s) mirrored"),
+        "{}",
+        r.stdout
+    );
+    if v == Version::V35 {
+        // A compaction hash the replay does not reach stops it, naming the revision.
+        let segment = journal_json(&j, "list")
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| decode_segment(&j, m).iter().any(|r| r["t"] == "compaction"))
+            .cloned()
+            .unwrap();
+        rewrite_record(&j, &segment, "compaction");
+        // Up to that segment's end (the next one links to its old hash).
+        let end = segment["last_rev"].as_i64().unwrap();
+        let r = j.get(&format!("--to-revision={end}"), &j.out("bad-compaction.db"));
+        assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr
+                .contains(&format!("at revision {compact_at} FAILED")),
+            "{}",
+            r.stderr
+        );
+    }
     // Beyond the journal: refused, naming what is restorable.
     let r = j.get(
         &format!("--to-revision={}", final_rev + 1000),
@@ -728,12 +772,10 @@ fn a_tampered_segment_a_broken_chain_and_a_checkpoint_mismatch_stop_the_restore(
     );
 }
 
-/// Changes the hash of the last checkpoint in a segment and re-signs the segment.
-fn rewrite_checkpoint(j: &Journal, m: &serde_json::Value) {
-    use lifeboat::stages::encrypt::{Identities, Recipients};
-    use sha2::{Digest, Sha256};
+/// A segment's records, decrypted with the test identity.
+fn decode_segment(j: &Journal, m: &serde_json::Value) -> Vec<serde_json::Value> {
     let object = j.dest().join(m["object"]["key"].as_str().unwrap());
-    let ids = Identities::from_file(&j.key.identity_file).unwrap();
+    let ids = lifeboat::stages::encrypt::Identities::from_file(&j.key.identity_file).unwrap();
     let mut body = String::new();
     std::io::Read::read_to_string(
         &mut lifeboat::stages::decode::decoder(std::fs::File::open(&object).unwrap(), Some(&ids))
@@ -741,15 +783,33 @@ fn rewrite_checkpoint(j: &Journal, m: &serde_json::Value) {
         &mut body,
     )
     .unwrap();
-    let mut lines: Vec<serde_json::Value> = body
-        .lines()
+    body.lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let cp = lines
-        .iter_mut()
-        .rev()
-        .find(|l| l["t"] == "checkpoint")
-        .unwrap();
+        .collect()
+}
+
+/// Every record of every segment, in chain order.
+fn all_records(j: &Journal) -> Vec<serde_json::Value> {
+    journal_json(j, "list")
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| decode_segment(j, m))
+        .collect()
+}
+
+/// Changes the hash of the last checkpoint in a segment and re-signs the segment.
+fn rewrite_checkpoint(j: &Journal, m: &serde_json::Value) {
+    rewrite_record(j, m, "checkpoint");
+}
+
+/// Changes the hash of the last record of kind `t` in a segment and re-signs the segment.
+fn rewrite_record(j: &Journal, m: &serde_json::Value, t: &str) {
+    use lifeboat::stages::encrypt::Recipients;
+    use sha2::{Digest, Sha256};
+    let object = j.dest().join(m["object"]["key"].as_str().unwrap());
+    let mut lines = decode_segment(j, m);
+    let cp = lines.iter_mut().rev().find(|l| l["t"] == t).unwrap();
     cp["hash"] = serde_json::json!(cp["hash"].as_u64().unwrap() ^ 1);
     let mut new_body = Vec::new();
     for l in &lines {
