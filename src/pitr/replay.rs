@@ -80,17 +80,108 @@ pub async fn replay_to_file(
     .await?;
     let tool = RestoreTool::find(settings.tool.as_deref())?;
     let skip_hash_check = !crate::bbolt::has_sha256_trailer(plan.base.plain_size);
-    let extra = sandbox_flags(&settings.etcd);
-    let mut sandbox = Sandbox::start(
-        dir.path(),
-        &base_file,
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    let reader = read_ahead(store, plan.segments.clone(), identities.cloned(), tx);
+    let sandbox_run = SandboxRun {
+        dir: dir.path().to_path_buf(),
+        base_file,
         skip_hash_check,
-        &tool,
-        settings,
+        tool,
+        settings: settings.clone(),
+        plan: plan.clone(),
+        out: out.to_path_buf(),
+    };
+    let (_, result) = tokio::join!(reader, on_own_runtime(sandbox_run, rx));
+    result
+}
+
+/// Segments decoded ahead of the replay, at most.
+const READ_AHEAD: usize = 2;
+
+/// The records of each segment in turn, read and checked on the caller's runtime while the
+/// replay applies the ones before; stops at the first error (sent on) or when the replay is
+/// done with them.
+async fn read_ahead(
+    store: Arc<dyn Store>,
+    segments: Vec<crate::continuous::SegmentManifest>,
+    identities: Option<Arc<Identities>>,
+    tx: tokio::sync::mpsc::Sender<Result<Vec<Record>, PitrError>>,
+) {
+    for m in &segments {
+        let records = read_records(store.as_ref(), m, identities.as_deref())
+            .await
+            .map_err(PitrError::from);
+        let failed = records.is_err();
+        if tx.send(records).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// What the sandbox side of a replay needs, owned (it runs on its own thread).
+struct SandboxRun {
+    dir: PathBuf,
+    base_file: PathBuf,
+    skip_hash_check: bool,
+    tool: RestoreTool,
+    settings: DrillSettings,
+    plan: PitrPlan,
+    out: PathBuf,
+}
+
+/// Runs the sandbox and the replay on a single-threaded runtime of their own: one txn in
+/// flight at a time gains nothing from worker threads, and on 2 cores their hand-offs (a
+/// wake-up per request and per response) cost lifeboat about three times the CPU of the
+/// replay itself (docs/performance.md).
+async fn on_own_runtime(
+    run: SandboxRun,
+    records: tokio::sync::mpsc::Receiver<Result<Vec<Record>, PitrError>>,
+) -> Result<ReplayReport, PitrError> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("lifeboat-replay".into())
+        .spawn(move || {
+            let result = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(sandbox_replay(run, records)),
+                Err(source) => Err(PitrError::Output {
+                    path: run.dir.clone(),
+                    source,
+                }),
+            };
+            let _ = done_tx.send(result);
+        });
+    if let Err(source) = spawned {
+        return Err(PitrError::Output {
+            path: PathBuf::from("(replay thread)"),
+            source,
+        });
+    }
+    done_rx.await.unwrap_or_else(|_| {
+        Err(PitrError::Replay {
+            rev: 0,
+            detail: "the replay thread ended without a result".into(),
+        })
+    })
+}
+
+async fn sandbox_replay(
+    run: SandboxRun,
+    records: tokio::sync::mpsc::Receiver<Result<Vec<Record>, PitrError>>,
+) -> Result<ReplayReport, PitrError> {
+    let extra = sandbox_flags(&run.settings.etcd);
+    let mut sandbox = Sandbox::start(
+        &run.dir,
+        &run.base_file,
+        run.skip_hash_check,
+        &run.tool,
+        &run.settings,
         &extra,
     )
     .await?;
-    let result = replay(&store, plan, identities, &mut sandbox, out).await;
+    let result = replay(records, &run.plan, &mut sandbox, &run.out).await;
     sandbox.stop().await;
     result
 }
@@ -135,9 +226,8 @@ struct Replayer {
 }
 
 async fn replay(
-    store: &Arc<dyn Store>,
+    records: tokio::sync::mpsc::Receiver<Result<Vec<Record>, PitrError>>,
     plan: &PitrPlan,
-    identities: Option<&Arc<Identities>>,
     sandbox: &mut Sandbox,
     out: &Path,
 ) -> Result<ReplayReport, PitrError> {
@@ -168,14 +258,7 @@ async fn replay(
     };
     r.adopt_base_leases().await?;
     let keepalive = tokio::spawn(keep_alive(client.clone(), r.alive.clone()));
-    let outcome = r
-        .apply_segments(
-            store,
-            plan,
-            identities.map(Arc::as_ref),
-            &mut sandbox.source,
-        )
-        .await;
+    let outcome = r.apply_segments(records, &mut sandbox.source).await;
     keepalive.abort();
     outcome?;
     if r.current != plan.target_rev {
@@ -209,9 +292,16 @@ impl Replayer {
             .leases()
             .await
             .map_err(|e| self.failed(self.current, format!("listing leases: {e}")))?;
-        let mut alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());
         for l in leases.leases() {
-            alive.insert(l.id(), 0);
+            // Its granted TTL paces its renewals (0, renewed every tick, if it cannot be read).
+            let ttl = self
+                .client
+                .lease_time_to_live(l.id(), None)
+                .await
+                .map_or(0, |t| t.granted_ttl());
+            if let Ok(mut alive) = self.alive.lock() {
+                alive.insert(l.id(), ttl);
+            }
         }
         Ok(())
     }
@@ -222,16 +312,14 @@ impl Replayer {
 
     async fn apply_segments(
         &mut self,
-        store: &Arc<dyn Store>,
-        plan: &PitrPlan,
-        identities: Option<&Identities>,
+        mut segments: tokio::sync::mpsc::Receiver<Result<Vec<Record>, PitrError>>,
         source: &mut EtcdSource,
     ) -> Result<(), PitrError> {
         // The revision before the next one to send, when the journal has it (not the base's).
         let mut prev: Option<Vec<Change>> = None;
         let mut batch: Vec<Pending> = Vec::new();
-        for m in &plan.segments {
-            for record in read_records(store.as_ref(), m, identities).await? {
+        while let Some(records) = segments.recv().await {
+            for record in records? {
                 match record {
                     Record::Rev { rev, .. } if rev <= self.current => {}
                     Record::Rev { rev, .. } if rev > self.target => {
