@@ -395,6 +395,41 @@ impl Builder {
         Ok(())
     }
 
+    /// The member's HashKV at `last_rev` when a checkpoint is due; `None` when it is not, when
+    /// the member compacted past it, or when the hash was taken at its own compaction point
+    /// after that compaction (a 3.5.5+ sandbox answers that revision from the hash it kept
+    /// while compacting, so it could never be compared): the next segment tries again.
+    async fn checkpoint(
+        &mut self,
+        source: &mut EtcdSource,
+        last_rev: i64,
+    ) -> Result<Option<Record>, ContinuousError> {
+        if self.last_checkpoint.elapsed() < self.checkpoint_interval {
+            return Ok(None);
+        }
+        let LiveHashKv::Hash {
+            hash,
+            compact_revision,
+        } = source.hash_kv(last_rev).await?
+        else {
+            return Ok(None);
+        };
+        if compact_revision == last_rev {
+            return Ok(None);
+        }
+        // A compaction the hints missed (not Kubernetes' compactor) shows here.
+        if compact_revision > self.last_compaction {
+            self.compaction_hints
+                .push((compact_revision, Instant::now()));
+        }
+        self.last_checkpoint = Instant::now();
+        Ok(Some(Record::Checkpoint {
+            rev: last_rev,
+            compact_rev: compact_revision,
+            hash,
+        }))
+    }
+
     /// Kubernetes' compactor writes the revision it is about to compact at into
     /// `compact_rev_key` (in a txn, so it is in the watch), then compacts: a hint to look.
     fn note_compaction_hints(&mut self, r: &Revision) {
@@ -440,12 +475,23 @@ impl Builder {
                 }
                 CompactionState::Beyond => {}
                 CompactionState::At => {
+                    let patient = seen.elapsed() < COMPACTION_HINT_PATIENCE;
                     let (compact_rev, hash) = match source.hash_kv(rev).await? {
+                        // etcd 3.5.5+ once the compaction is done: the hash it kept from it.
                         LiveHashKv::Hash {
                             hash,
                             compact_revision,
-                        } => (compact_revision, Some(hash)),
-                        LiveHashKv::Compacted => (rev, None),
+                        } if compact_revision < rev => (compact_revision, Some(hash)),
+                        // Hashed after the compaction (still running, or etcd before 3.5.5):
+                        // a sandbox of 3.5.5+ answers that revision from its own kept hash
+                        // (the state before), so it could never be compared. Asked again
+                        // while the compaction may still be running, then mirrored unchecked.
+                        LiveHashKv::Hash { .. } if patient => {
+                            self.compaction_hints.push((rev, seen));
+                            continue;
+                        }
+                        // 3.4 refuses HashKV at its compaction point.
+                        LiveHashKv::Hash { .. } | LiveHashKv::Compacted => (rev, None),
                     };
                     out.push(Record::Compaction {
                         rev,
@@ -479,26 +525,7 @@ impl Builder {
         let mut records = std::mem::take(&mut self.leases);
         records.append(&mut self.revs);
         records.append(&mut self.revokes);
-        let mut checkpoint = None;
-        if self.last_checkpoint.elapsed() >= self.checkpoint_interval {
-            if let LiveHashKv::Hash {
-                hash,
-                compact_revision,
-            } = source.hash_kv(last_rev).await?
-            {
-                // A compaction the hints missed (not Kubernetes' compactor) shows here.
-                if compact_revision > self.last_compaction {
-                    self.compaction_hints
-                        .push((compact_revision, Instant::now()));
-                }
-                checkpoint = Some(Record::Checkpoint {
-                    rev: last_rev,
-                    compact_rev: compact_revision,
-                    hash,
-                });
-                self.last_checkpoint = Instant::now();
-            }
-        }
+        let checkpoint = self.checkpoint(source, last_rev).await?;
         records.append(&mut self.compactions(source, last_rev).await?);
         records.extend(checkpoint);
         let header = Header {

@@ -41,8 +41,8 @@ pub enum Record {
     },
     /// The member compacted at `rev`. `hash` is its HashKV at `rev` with the compaction before
     /// at `compact_rev` (etcd 3.5.5+ keeps that hash from the compaction itself: the state just
-    /// before it) or at `rev` itself (older 3.5, hashed after); `None` where the member could
-    /// not say (3.4 refuses HashKV at its compaction point): then it is mirrored unchecked.
+    /// before it); `None` where the member gave no such hash (3.4 refuses HashKV at its
+    /// compaction point, 3.5 before 3.5.5 hashes after compacting): mirrored unchecked then.
     Compaction {
         rev: i64,
         compact_rev: i64,

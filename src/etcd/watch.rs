@@ -7,7 +7,7 @@
 //! fragments (`fragment` is requested so no single message outgrows the decode limit); a
 //! revision is handed out only once its last fragment is in.
 
-use etcd_client::{EventType, LeaseTimeToLiveOptions, WatchOptions, WatchStream};
+use etcd_client::{EventType, LeaseTimeToLiveOptions, WatchOptions, WatchResponse, WatchStream};
 use serde::{Deserialize, Serialize};
 
 use super::{Cause, EtcdSource, SourceError};
@@ -72,6 +72,11 @@ pub enum WatchItem {
 /// The watch on the whole keyspace.
 pub struct ChangeStream {
     stream: WatchStream,
+    responses: Reassembly,
+}
+
+/// Responses → items: fragments joined, revisions grouped.
+struct Reassembly {
     endpoint: String,
     /// Events of a response whose last fragment has not arrived yet.
     pending: Vec<etcd_client::Event>,
@@ -102,8 +107,10 @@ impl EtcdSource {
             .await?;
         Ok(ChangeStream {
             stream,
-            endpoint: self.endpoint.clone(),
-            pending: Vec::new(),
+            responses: Reassembly {
+                endpoint: self.endpoint.clone(),
+                pending: Vec::new(),
+            },
         })
     }
 
@@ -144,7 +151,7 @@ impl ChangeStream {
         self.stream
             .request_progress()
             .await
-            .map_err(|e| self.broken(e.into()))
+            .map_err(|e| self.responses.broken(e.into()))
     }
 
     /// The next complete revisions or progress notification; `None` when the server ended the
@@ -158,36 +165,46 @@ impl ChangeStream {
                 .stream
                 .message()
                 .await
-                .map_err(|e| self.broken(e.into()))?
+                .map_err(|e| self.responses.broken(e.into()))?
             else {
                 return Ok(None);
             };
-            if resp.canceled() {
-                if resp.compact_revision() > 0 {
-                    return Err(SourceError::Compacted {
-                        endpoint: self.endpoint.clone(),
-                        compact_revision: resp.compact_revision(),
-                    });
-                }
-                let reason = resp.cancel_reason().to_string();
-                return Err(self.broken(Cause::text(format!("the watch was cancelled: {reason}"))));
+            if let Some(item) = self.responses.absorb(resp)? {
+                return Ok(Some(item));
             }
-            let fragment = resp.0.fragment;
-            let header_rev = resp.header().map_or(0, |h| h.revision());
-            let created = resp.created();
-            self.pending.extend(resp.events().iter().cloned());
-            if fragment {
-                continue;
-            }
-            if self.pending.is_empty() {
-                if created {
-                    continue;
-                }
-                return Ok(Some(WatchItem::Progress(header_rev)));
-            }
-            let events = std::mem::take(&mut self.pending);
-            return Ok(Some(WatchItem::Revisions(group(&events))));
         }
+    }
+}
+
+impl Reassembly {
+    /// Takes one response in: `None` while a fragmented response is incomplete (or for the
+    /// creation notice), then its revisions; an empty response is a progress notification.
+    fn absorb(&mut self, resp: WatchResponse) -> Result<Option<WatchItem>, SourceError> {
+        if resp.canceled() {
+            if resp.compact_revision() > 0 {
+                return Err(SourceError::Compacted {
+                    endpoint: self.endpoint.clone(),
+                    compact_revision: resp.compact_revision(),
+                });
+            }
+            let reason = resp.cancel_reason().to_string();
+            return Err(self.broken(Cause::text(format!("the watch was cancelled: {reason}"))));
+        }
+        let fragment = resp.0.fragment;
+        let header_rev = resp.header().map_or(0, |h| h.revision());
+        let created = resp.created();
+        self.pending.extend(resp.events().iter().cloned());
+        if fragment {
+            return Ok(None);
+        }
+        if self.pending.is_empty() {
+            if created {
+                return Ok(None);
+            }
+            return Ok(Some(WatchItem::Progress(header_rev)));
+        }
+        let events = std::mem::take(&mut self.pending);
+        Ok(Some(WatchItem::Revisions(group(&events))))
     }
 
     fn broken(&self, cause: Cause) -> SourceError {
@@ -231,6 +248,67 @@ fn group(events: &[etcd_client::Event]) -> Vec<Revision> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use etcd_client::proto::{PbEvent, PbKeyValue, PbWatchResponse};
+
+    fn put(rev: i64, key: &str) -> PbEvent {
+        PbEvent {
+            kv: Some(PbKeyValue {
+                key: key.as_bytes().to_vec(),
+                value: b"v".to_vec(),
+                create_revision: rev,
+                mod_revision: rev,
+                version: 1,
+                lease: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn response(events: Vec<PbEvent>, fragment: bool) -> WatchResponse {
+        WatchResponse(PbWatchResponse {
+            events,
+            fragment,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn fragments_are_joined_before_a_revision_is_handed_out() {
+        let mut r = Reassembly {
+            endpoint: "e".into(),
+            pending: Vec::new(),
+        };
+        // One revision of three keys split over three fragments, then a second revision.
+        assert!(r
+            .absorb(response(vec![put(7, "a")], true))
+            .unwrap()
+            .is_none());
+        assert!(r
+            .absorb(response(vec![put(7, "b")], true))
+            .unwrap()
+            .is_none());
+        let Some(WatchItem::Revisions(revs)) = r
+            .absorb(response(vec![put(7, "c"), put(8, "d")], false))
+            .unwrap()
+        else {
+            panic!("the last fragment completes the response");
+        };
+        assert_eq!(revs.len(), 2);
+        assert_eq!((revs[0].rev, revs[0].changes.len()), (7, 3));
+        assert_eq!((revs[1].rev, revs[1].changes.len()), (8, 1));
+        // An empty, unfragmented response is a progress notification.
+        let progress = PbWatchResponse {
+            header: Some(etcd_client::proto::PbResponseHeader {
+                revision: 8,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            r.absorb(WatchResponse(progress)).unwrap(),
+            Some(WatchItem::Progress(8))
+        ));
+    }
 
     #[test]
     fn changes_round_trip_through_json_with_bytes_as_base64() {
