@@ -422,7 +422,6 @@ impl Builder {
             self.compaction_hints
                 .push((compact_revision, Instant::now()));
         }
-        self.last_checkpoint = Instant::now();
         Ok(Some(Record::Checkpoint {
             rev: last_rev,
             compact_rev: compact_revision,
@@ -527,7 +526,15 @@ impl Builder {
         records.append(&mut self.revokes);
         let checkpoint = self.checkpoint(source, last_rev).await?;
         records.append(&mut self.compactions(source, last_rev).await?);
-        records.extend(checkpoint);
+        // A checkpoint goes after the record of the compaction it was taken with: the replay
+        // mirrors a compaction once, and only before compacting can it check the hash there.
+        // Until that record is written (the member may still be compacting), it waits.
+        if let Some(Record::Checkpoint { compact_rev, .. }) = &checkpoint {
+            if *compact_rev <= self.last_compaction {
+                self.last_checkpoint = Instant::now();
+                records.extend(checkpoint);
+            }
+        }
         let header = Header {
             schema_version: SCHEMA_VERSION,
             cluster_id: format!("{:x}", self.resume.cluster_id),

@@ -602,6 +602,58 @@ fn an_idle_journal_keeps_a_signed_head_so_a_time_after_its_last_write_restores()
     assert!(r.stderr.contains("journal head is ignored"), "{}", r.stderr);
 }
 
+#[test]
+fn a_short_lease_kept_alive_by_the_cluster_outlives_a_longer_replay() {
+    let j = Journal::start(Version::V35);
+    // A 2 s lease the cluster keeps alive while 15,000 revisions go by: replaying them takes
+    // several seconds here (about 2,500/s), so the sandbox would expire the lease — a revision
+    // the cluster never had, which stops the replay — unless the replay keeps it alive too.
+    let (lease, last) = rt().block_on(async {
+        let mut c = client(&j.etcd).await;
+        let lease = c.lease_grant(2, None).await.unwrap().id();
+        c.put(
+            "/registry/leases/kube-system/holder",
+            "me",
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+        let (mut keeper, mut stream) = c.lease_keep_alive(lease).await.unwrap();
+        let keeping = tokio::spawn(async move {
+            loop {
+                keeper.keep_alive().await.unwrap();
+                let _ = stream.message().await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        for i in 0..15_000 {
+            c.put(
+                format!("/registry/pods/churn/p{}", i % 50),
+                format!("{i}"),
+                None,
+            )
+            .await
+            .unwrap();
+        }
+        let last = head(&mut c).await;
+        keeping.abort();
+        (lease, last)
+    });
+    j.wait_durable(last);
+    let expected = rt().block_on(async {
+        let mut c = client(&j.etcd).await;
+        expect_at(&mut c, last, &BTreeMap::from([(lease, 2)])).await
+    });
+    let out = j.out("kept-alive.db");
+    let r = j.get(&format!("--to-revision={last}"), &out);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_same(
+        &expected,
+        &observed(Version::V35, &out, j.dir.path(), last),
+        "kept alive",
+    );
+}
+
 /// `n` puts under `prefix`, `pause_ms` apart; the revision after the last.
 fn write_keys(etcd: &EtcdProcess, prefix: &str, n: usize, pause_ms: u64) -> i64 {
     rt().block_on(async {
