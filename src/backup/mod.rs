@@ -45,6 +45,8 @@ pub struct BackupSettings {
     pub reason: Reason,
     /// Signs every manifest when set (`[trust] signing_key`).
     pub signer: Option<Arc<SigningKey>>,
+    /// At most this many snapshot bytes per second read from etcd (`backup.max_rate`).
+    pub max_rate: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,12 +185,19 @@ async fn stream_to_store(
     // On cancel the feed stops without `End`: the stage then fails, the pipe aborts, and the
     // store removes the partial object (or aborts the multipart upload) before we return.
     let fed: Result<(), BackupError> = async {
+        let mut pace = run.settings.max_rate.map(Pace::new);
         loop {
             let piece = tokio::select! {
                 piece = stream.next() => piece.transpose()?,
                 () = run.cancel.cancelled() => return Err(BackupError::Cancelled),
             };
             let Some(piece) = piece else { break };
+            if let (Some(pace), SnapshotPiece::Data(bytes)) = (pace.as_mut(), &piece) {
+                tokio::select! {
+                    () = pace.after(bytes.len()) => {}
+                    () = run.cancel.cancelled() => return Err(BackupError::Cancelled),
+                }
+            }
             if feed_tx.send(Feed::Piece(piece)).await.is_err() {
                 return Ok(()); // the stage failed; its error is reported below
             }
@@ -216,6 +225,31 @@ async fn stream_to_store(
         (Err(e), Err(store_err)) if e.kind() == io::ErrorKind::BrokenPipe => Err(store_err.into()),
         (Err(e), _) => Err(stage_error(e, &run.spool)),
         (Ok(_), Err(store_err)) => Err(store_err.into()),
+    }
+}
+
+/// Holds the reading of the snapshot stream to `rate` bytes per second on average: etcd sends
+/// only as fast as the stream is read (gRPC flow control), so its disk and CPU see the same.
+struct Pace {
+    rate: u64,
+    started: tokio::time::Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Pace {
+        Pace {
+            rate: rate.max(1),
+            started: tokio::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Waits until `n` more bytes fit the rate.
+    async fn after(&mut self, n: usize) {
+        self.bytes += n as u64;
+        let due = std::time::Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
+        tokio::time::sleep_until(self.started + due).await;
     }
 }
 

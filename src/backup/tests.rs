@@ -109,6 +109,7 @@ fn setup() -> Setup {
         recipients: None,
         reason: Reason::Manual,
         signer: None,
+        max_rate: None,
     };
     Setup {
         dir,

@@ -26,6 +26,9 @@ section! {
         /// zstd level, 1–19.
         #[arg(long, env = "LIFEBOAT_COMPRESSION_LEVEL", value_name = "N")]
         pub compression_level: Option<i32>,
+        /// Most snapshot bytes per second read from etcd (e.g. 20MiB); default: no limit.
+        #[arg(long, env = "LIFEBOAT_MAX_RATE", value_name = "BYTES_PER_S")]
+        pub max_rate: Option<String>,
         #[arg(skip)]
         pub encryption: Option<String>,
         /// Age recipient (public key age1…); repeatable.
@@ -256,7 +259,48 @@ pub fn resolve_backup(
         recipients,
         reason,
         signer: super::trust::resolve_signer(t)?,
+        max_rate: b
+            .max_rate
+            .as_deref()
+            .map(|v| rate("backup.max_rate", v))
+            .transpose()?,
     })
+}
+
+/// Bytes per second: a number with an optional KiB/MiB/GiB (or KB/MB/GB) suffix. No crate
+/// for this is among the dependencies, and it is one setting.
+fn rate(key: &'static str, v: &str) -> Result<u64, ConfigError> {
+    let t = v.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(invalid(
+                key,
+                format!("`{v}`: unknown unit `{other}`; use bytes per second like 20MiB"),
+            ))
+        }
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| invalid(key, format!("`{v}` is not a rate like 20MiB")))?;
+    let bytes = n * scale;
+    if bytes < 64.0 * 1024.0 {
+        return Err(invalid(
+            key,
+            format!("`{v}` is below 64KiB per second: a backup would take days"),
+        ));
+    }
+    Ok(bytes as u64)
 }
 
 /// The work dir for scratch copies: `backup.work_dir`, else the default.
@@ -286,6 +330,19 @@ fn recipients(b: &BackupSection) -> Result<Recipients, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_take_units_and_bad_ones_name_the_key() {
+        assert_eq!(rate("k", "20MiB").unwrap(), 20 << 20);
+        assert_eq!(rate("k", "1.5 MB").unwrap(), 1_500_000);
+        assert_eq!(rate("k", "100000").unwrap(), 100_000);
+        for bad in ["fast", "20 parsecs", "1KiB", ""] {
+            assert!(rate("backup.max_rate", bad)
+                .unwrap_err()
+                .to_string()
+                .contains("backup.max_rate"));
+        }
+    }
 
     #[test]
     fn encryption_without_recipients_is_refused_naming_the_key() {

@@ -1,7 +1,10 @@
 //! One uploader per cluster, coordinated through etcd itself: every instance campaigns in an
 //! etcd election with a leased key; the holder uploads. When the holder's node (or its etcd)
 //! dies, its lease is not renewed and expires after `ttl`, and the next candidate wins.
-//! Learners never campaign: they cannot serve a consistent snapshot.
+//! Learners never campaign: they cannot serve a consistent snapshot. The raft leader's
+//! instance campaigns only when no follower's does, and hands the election over when its member
+//! becomes the leader while a follower's instance waits: a backup reads the whole database and
+//! compresses it, and the leader already carries every write (#13).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -134,10 +137,16 @@ async fn hold_once(
         }
         return Ok(());
     }
+    if !wait_for_followers(&mut c, election, ttl_secs, shutdown).await? {
+        return Ok(());
+    }
     let lease = c.lease_grant(ttl_secs, None).await?.id();
     let (mut keeper, mut responses) = c.lease_keep_alive(lease).await?;
     let interval = Duration::from_secs((ttl_secs as u64 / 3).max(1));
-    // Keep the lease alive while campaigning too: the campaign may wait a long time.
+    // Keep the lease alive while campaigning too: the campaign may wait a long time. While
+    // holding, step aside when this member has become the raft leader and a follower's
+    // instance is waiting to take over.
+    let mut watcher = c.clone();
     let keep = async {
         loop {
             tokio::time::sleep(interval).await;
@@ -149,6 +158,13 @@ async fn hold_once(
                         "lease expired".into(),
                     ))
                 }
+            }
+            if leadership.is_leader()
+                && is_raft_leader(&mut watcher).await?
+                && candidates(&mut watcher, election).await? > 1
+            {
+                tracing::info!("this member became the raft leader: handing the uploader election to a follower's instance");
+                return Ok(());
             }
         }
     };
@@ -179,4 +195,61 @@ async fn hold_once(
         .await;
     let _ = c.lease_revoke(lease).await;
     result
+}
+
+/// Whether this instance may campaign now: at once on a follower or a single-voter cluster;
+/// on the raft leader only once no other instance has been a candidate for a whole lease TTL
+/// (the snapshot stream and the compression then load a member that is not also ordering every
+/// write). `false` when shut down while waiting.
+async fn wait_for_followers(
+    c: &mut Client,
+    election: &str,
+    ttl_secs: i64,
+    shutdown: &CancellationToken,
+) -> Result<bool, etcd_client::Error> {
+    let grace = Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(15));
+    let mut alone_since = tokio::time::Instant::now();
+    loop {
+        if !is_raft_leader(c).await? || voters(c).await? <= 1 {
+            return Ok(true);
+        }
+        if candidates(c, election).await? > 0 {
+            alone_since = tokio::time::Instant::now();
+        } else if alone_since.elapsed() >= grace {
+            tracing::info!("no follower's instance campaigns: the raft leader's instance takes the uploader election");
+            return Ok(true);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(false),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn is_raft_leader(c: &mut Client) -> Result<bool, etcd_client::Error> {
+    let status = c.status().await?;
+    let me = status.header().map(|h| h.member_id());
+    Ok(me == Some(status.leader()))
+}
+
+/// Voting members (learners cannot lead or upload).
+async fn voters(c: &mut Client) -> Result<usize, etcd_client::Error> {
+    let members = c.member_list().await?;
+    Ok(members.members().iter().filter(|m| !m.is_learner()).count())
+}
+
+/// Instances holding or waiting in the election (one key each).
+async fn candidates(c: &mut Client, election: &str) -> Result<i64, etcd_client::Error> {
+    // etcd's election keys are `<election>/<lease>`.
+    let r = c
+        .get(
+            format!("{election}/"),
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only(),
+            ),
+        )
+        .await?;
+    Ok(r.count())
 }

@@ -392,3 +392,40 @@ fn deletes_compacted_at_the_head_save_at_the_compaction_revision() {
         assert_eq!((saved, restored), (member, member), "{v:?}");
     }
 }
+
+#[test]
+fn max_rate_holds_the_snapshot_stream_to_its_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let etcd = EtcdProcess::start(Version::V35, None);
+    fill(&etcd, 3 << 20);
+    let started = std::time::Instant::now();
+    let m = run(lifeboat()
+        .args(["snapshot", "save", "-w", "json", "--max-rate", "1MiB"])
+        .args(["--recipient", &key.recipient])
+        .args(etcd.lifeboat_flags())
+        .arg("--dest")
+        .arg(dir.path().join("b"))
+        .arg("--work-dir")
+        .arg(dir.path().join("w")))
+    .ok()
+    .json();
+    let took = started.elapsed().as_secs_f64();
+    // A lower bound only: reading the snapshot's bytes at 1 MiB/s cannot take less.
+    let least = m["plain_size"].as_f64().unwrap() / f64::from(1u32 << 20);
+    assert!(least >= 3.0, "the database is smaller than meant: {m}");
+    assert!(
+        took >= least * 0.95,
+        "{} bytes read in {took:.1} s: faster than 1 MiB/s",
+        m["plain_size"]
+    );
+    // And a bad rate is one line naming the key.
+    let r = run(lifeboat()
+        .args(["snapshot", "save", "--max-rate", "fast"])
+        .args(["--recipient", &key.recipient])
+        .args(etcd.lifeboat_flags())
+        .arg("--dest")
+        .arg(dir.path().join("b")));
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("backup.max_rate"), "{}", r.stderr);
+}

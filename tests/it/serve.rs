@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::data::rt;
+use crate::data::{client, rt};
 use crate::harness::etcd::start_cluster;
 use crate::harness::proxy::{Fault, Proxy};
 use crate::harness::s3::S3Server;
@@ -224,6 +224,51 @@ fn serve_takes_scheduled_backups_reports_health_and_metrics_and_stops_cleanly() 
 }
 
 #[test]
+fn the_raft_leaders_node_uploads_when_no_followers_instance_campaigns() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let cluster = start_cluster(Version::V35, 3);
+    let leader = rt().block_on(async {
+        let mut c = client(&cluster[0]).await;
+        let s = c.status().await.unwrap();
+        let members = c.member_list().await.unwrap();
+        let name = members
+            .members()
+            .iter()
+            .find(|m| m.id() == s.leader())
+            .unwrap()
+            .name()
+            .to_string();
+        // start_cluster names its members m0, m1, …
+        name.trim_start_matches('m').parse::<usize>().unwrap()
+    });
+    let config = dir.path().join("lifeboat.toml");
+    std::fs::write(&config, "[serve]\nlease_ttl = \"3s\"\n").unwrap();
+    let mut cmd = serve_cmd(
+        &[format!("--endpoints={}", cluster[leader].client_url)],
+        dir.path(),
+        &key.recipient,
+        "*/2 * * * * *",
+    );
+    cmd.arg("--config")
+        .arg(&config)
+        .env("LIFEBOAT_LOG_LEVEL", "info");
+    let serve = Serve::start(cmd, dir.path().join("serve.log"));
+    wait_until(
+        "a backup by the raft leader's node",
+        Duration::from_secs(40),
+        || !manifests(dir.path()).is_empty(),
+    );
+    assert!(
+        serve
+            .log_text()
+            .contains("no follower's instance campaigns"),
+        "{}",
+        serve.log_text()
+    );
+}
+
+#[test]
 fn three_instances_make_one_backup_per_tick_and_fail_over_when_the_uploader_dies() {
     let dir = tempfile::tempdir().unwrap();
     let key = age_key(dir.path(), "key.txt");
@@ -270,6 +315,16 @@ fn three_instances_make_one_backup_per_tick_and_fail_over_when_the_uploader_dies
         .collect();
     assert_eq!(leaders.len(), 1, "exactly one uploader");
     let leader = leaders[0];
+    // The uploader's member is a follower: the raft leader already carries every write.
+    let (member, raft_leader) = rt().block_on(async {
+        let mut c = client(&cluster[leader]).await;
+        let s = c.status().await.unwrap();
+        (s.header().unwrap().member_id(), s.leader())
+    });
+    assert_ne!(
+        member, raft_leader,
+        "the uploader runs on the raft leader's node"
+    );
     // One backup per tick: ticks are 2 s apart, so no two backups share a 2-second slot.
     let before = manifests(dir.path());
     assert_one_backup_per_two_second_tick(&before);
