@@ -181,6 +181,8 @@ mod tests {
             None
         );
         assert_eq!(chain_of_head_key("head.json"), None);
+        // Journal retention (which deletes segment objects and orphans) never takes it for one.
+        assert!(crate::continuous::SegmentKey::of_any_key(&key).is_none());
     }
 
     #[test]
