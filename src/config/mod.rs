@@ -279,7 +279,8 @@ mod tests {
             .map(|l| format!("{l}\n"))
             .collect();
         let parsed: FileConfig = toml::from_str(&uncommented).unwrap();
-        assert_eq!(parsed.backup.compression_level, Some(3));
+        assert_eq!(parsed.backup.compression_level, Some(1));
+        assert_eq!(parsed.backup.max_rate.as_deref(), Some("50MiB"));
         assert!(parsed.etcd.endpoints.is_some() && parsed.log.level.is_some());
         assert!(parsed.backup.recipients.is_some() && parsed.etcd.stall_timeout.is_some());
     }
