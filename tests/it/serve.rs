@@ -223,12 +223,9 @@ fn serve_takes_scheduled_backups_reports_health_and_metrics_and_stops_cleanly() 
     .ok();
 }
 
-#[test]
-fn the_raft_leaders_node_uploads_when_no_followers_instance_campaigns() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = age_key(dir.path(), "key.txt");
-    let cluster = start_cluster(Version::V35, 3);
-    let leader = rt().block_on(async {
+/// The index in `cluster` (from `start_cluster`) of the raft leader's member.
+fn raft_leader(cluster: &[EtcdProcess]) -> usize {
+    rt().block_on(async {
         let mut c = client(&cluster[0]).await;
         let s = c.status().await.unwrap();
         let members = c.member_list().await.unwrap();
@@ -241,7 +238,15 @@ fn the_raft_leaders_node_uploads_when_no_followers_instance_campaigns() {
             .to_string();
         // start_cluster names its members m0, m1, …
         name.trim_start_matches('m').parse::<usize>().unwrap()
-    });
+    })
+}
+
+#[test]
+fn the_raft_leaders_node_uploads_when_no_followers_instance_campaigns() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let cluster = start_cluster(Version::V35, 3);
+    let leader = raft_leader(&cluster);
     let config = dir.path().join("lifeboat.toml");
     std::fs::write(&config, "[serve]\nlease_ttl = \"3s\"\n").unwrap();
     let mut cmd = serve_cmd(
@@ -765,6 +770,10 @@ fn an_uploader_paused_past_its_lease_commits_nothing_after_another_took_over() {
     )
     .unwrap();
     let release = dir.path().join("release");
+    // A and B on the two followers: an uploader on the raft leader's node would hand the
+    // election to B as soon as B campaigns (#13).
+    let leader = raft_leader(&cluster);
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let start = |i: usize, hold: bool| {
         let mut cmd = serve_cmd(
             &[format!("--endpoints={}", cluster[i].client_url)],
@@ -779,11 +788,11 @@ fn an_uploader_paused_past_its_lease_commits_nothing_after_another_took_over() {
         Serve::start(cmd, dir.path().join(format!("serve{i}.log")))
     };
     // A first, so that it is the uploader; its backups wait before their commit.
-    let mut a = start(0, true);
+    let mut a = start(followers[0], true);
     wait_until("A uploads", Duration::from_secs(30), || {
         a.metric("lifeboat_is_leader") == 1.0
     });
-    let mut b = start(1, false);
+    let mut b = start(followers[1], false);
     wait_until(
         "A holds a backup before its commit",
         Duration::from_secs(30),
@@ -797,7 +806,7 @@ fn an_uploader_paused_past_its_lease_commits_nothing_after_another_took_over() {
     wait_until("a backup by B", Duration::from_secs(30), || {
         manifests(dir.path())
             .iter()
-            .any(|m| m["member_name"] == "m1")
+            .any(|m| m["member_name"] == format!("m{}", followers[1]))
     });
     std::fs::write(&release, b"go").unwrap();
     run_ok(Command::new("kill").args(["-CONT", &pid]));
@@ -808,7 +817,8 @@ fn an_uploader_paused_past_its_lease_commits_nothing_after_another_took_over() {
     });
     let all = manifests(dir.path());
     assert!(
-        all.iter().all(|m| m["member_name"] == "m1"),
+        all.iter()
+            .all(|m| m["member_name"] == format!("m{}", followers[1])),
         "the stalled uploader committed: {all:?}\n{}",
         a.log_text()
     );
