@@ -109,7 +109,14 @@ pub async fn capture(
     // After `cancel`, what is queued is still committed, each segment tried once more.
     let uploads = upload_loop(
         writer,
-        Newest::of(&resume),
+        // The chain's newest link as capture starts: what a head names until a commit.
+        Head::new(
+            resume.cluster_id,
+            &resume.chain,
+            resume.next_seq - 1,
+            &resume.prev_hash,
+            resume.next_rev - 1,
+        ),
         rx,
         fence,
         observer.clone(),
@@ -192,40 +199,9 @@ async fn send(tx: &mpsc::Sender<Job>, sealed: Sealed) -> Result<(), ContinuousEr
         .map_err(|_| ContinuousError::UploaderStopped)
 }
 
-/// The chain's newest committed link, as a head names it.
-struct Newest {
-    cluster_id: u64,
-    chain: String,
-    /// seq, hash and last revision of the newest segment; `None` before the first.
-    last: Option<(u64, String, i64)>,
-    base_rev: i64,
-}
-
-impl Newest {
-    fn of(resume: &Resume) -> Newest {
-        Newest {
-            cluster_id: resume.cluster_id,
-            chain: resume.chain.clone(),
-            last: (resume.next_seq > 1).then(|| {
-                (
-                    resume.next_seq - 1,
-                    resume.prev_hash.clone(),
-                    resume.next_rev - 1,
-                )
-            }),
-            base_rev: resume.next_rev - 1,
-        }
-    }
-
-    fn head(&self, at: DateTime<Utc>) -> Head {
-        let last = self.last.as_ref().map(|(s, h, r)| (*s, h.as_str(), *r));
-        Head::after(self.cluster_id, &self.chain, last, self.base_rev, at)
-    }
-}
-
 async fn upload_loop(
     writer: SegmentWriter,
-    mut newest: Newest,
+    mut head: Head,
     mut rx: mpsc::Receiver<Job>,
     fence: Option<Arc<dyn Fence>>,
     observer: Arc<dyn CaptureObserver>,
@@ -236,7 +212,8 @@ async fn upload_loop(
         let sealed = match job {
             Job::Segment(sealed) => sealed,
             Job::Head { at } => {
-                write_head_once(&writer, &newest, at, fence.as_deref()).await?;
+                head.caught_up_at = at;
+                write_head_once(&writer, &head, fence.as_deref()).await?;
                 continue;
             }
         };
@@ -247,7 +224,7 @@ async fn upload_loop(
             }
             match writer.commit(&sealed).await {
                 Ok(m) => {
-                    newest.last = Some((m.seq, m.hash.clone(), m.last_rev));
+                    head.follow(&m);
                     durable.store(m.last_rev, Ordering::SeqCst);
                     observer.committed(&m);
                     break;
@@ -275,15 +252,13 @@ async fn upload_loop(
 /// (warned), unless this uploader lost its election.
 async fn write_head_once(
     writer: &SegmentWriter,
-    newest: &Newest,
-    at: DateTime<Utc>,
+    head: &Head,
     fence: Option<&dyn Fence>,
 ) -> Result<(), ContinuousError> {
     if let Some(f) = fence {
         f.check().await.map_err(ContinuousError::Fenced)?;
     }
-    let head = newest.head(at);
-    if let Err(e) = write_head(writer.store.as_ref(), writer.signer.as_deref(), &head).await {
+    if let Err(e) = write_head(writer.store.as_ref(), writer.signer.as_deref(), head).await {
         tracing::warn!(error = %e, chain = %head.chain, "replacing the journal head failed; a time after the newest write stays unrestorable until the next try");
     }
     Ok(())

@@ -54,16 +54,10 @@ pub fn chain_of_head_key(key: &str) -> Option<&str> {
 }
 
 impl Head {
-    /// A head for a chain whose newest link is `last` (or only its base at `base_rev`).
-    pub fn after(
-        cluster_id: u64,
-        chain: &str,
-        last: Option<(u64, &str, i64)>,
-        base_rev: i64,
-        at: DateTime<Utc>,
-    ) -> Head {
-        let root = root_hash(chain);
-        let (seq, hash, revision) = last.unwrap_or((0, &root, base_rev));
+    /// A head naming the newest link: segment `seq` with `hash` ending at `revision` (for a
+    /// chain with no segment yet: 0, the chain's root hash and its base backup's revision —
+    /// exactly what a capture resumes from).
+    pub fn new(cluster_id: u64, chain: &str, seq: u64, hash: &str, revision: i64) -> Head {
         Head {
             schema_version: HEAD_SCHEMA,
             cluster_id: format!("{cluster_id:x}"),
@@ -71,8 +65,15 @@ impl Head {
             seq,
             hash: hash.to_string(),
             revision,
-            caught_up_at: at,
+            caught_up_at: DateTime::<Utc>::MIN_UTC,
         }
+    }
+
+    /// Moves on to a newly committed segment.
+    pub fn follow(&mut self, m: &SegmentManifest) {
+        self.seq = m.seq;
+        self.hash.clone_from(&m.hash);
+        self.revision = m.last_rev;
     }
 
     /// When the journal was last known caught up, if this head speaks of the chain's newest
@@ -187,8 +188,7 @@ mod tests {
 
     #[test]
     fn a_head_covers_only_the_newest_link_it_names() {
-        let at = Utc::now();
-        let on_base = Head::after(0xab, "c", None, 10, at);
+        let on_base = Head::new(0xab, "c", 0, &root_hash("c"), 10);
         assert!(on_base.covers("c", None, 10));
         assert!(!on_base.covers("c", None, 11), "another base revision");
         assert!(!on_base.covers("d", None, 10), "another chain");
@@ -202,7 +202,8 @@ mod tests {
             !on_base.covers("c", Some(&seg), 10),
             "a segment came after it"
         );
-        let on_seg = Head::after(0xab, "c", Some((3, "h3", 40)), 10, at);
+        let mut on_seg = on_base.clone();
+        on_seg.follow(&seg);
         assert!(on_seg.covers("c", Some(&seg), 10));
         let later = SegmentManifest {
             seq: 4,
