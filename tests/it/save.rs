@@ -411,6 +411,8 @@ fn max_rate_holds_the_snapshot_stream_to_its_rate() {
     .ok()
     .json();
     let took = started.elapsed().as_secs_f64();
+    // No level given: the default chosen by measurement (docs/performance.md).
+    assert_eq!(m["compression"]["level"], 1);
     // A lower bound only: reading the snapshot's bytes at 1 MiB/s cannot take less.
     let least = m["plain_size"].as_f64().unwrap() / f64::from(1u32 << 20);
     assert!(least >= 3.0, "the database is smaller than meant: {m}");
