@@ -40,48 +40,41 @@ impl Sandbox {
             path: dir.to_path_buf(),
             source: std::io::Error::other(detail),
         })?;
-        let (client_port, peer_port) = (free_port()?, free_port()?);
-        let peer = format!("https://127.0.0.1:{peer_port}");
-        let member = MemberSpec {
-            name: "drill".into(),
-            initial_advertise_peer_urls: peer.clone(),
-            initial_cluster: format!("drill={peer}"),
-            initial_cluster_token: "lifeboat-drill".into(),
-        };
-        // No revision bump: revisions must stay those of the backup.
-        let argv = tool.restore_argv(snapshot, &data_dir, &member, skip_hash_check, None);
-        crate::restore::tool::run_restore(&argv)?;
-        let client_url = format!("https://127.0.0.1:{client_port}");
-        let etcd_settings = EtcdSettings {
-            endpoints: vec![client_url.clone()],
-            cacert: Some(pki.ca.clone()),
-            cert: Some(pki.client_cert.clone()),
-            key: Some(pki.client_key.clone()),
-            user: None,
-            password: None,
-            connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(60),
-            stall_timeout: Duration::from_secs(60),
-        };
         let log = dir.join("etcd.log");
-        let child = spawn(
-            settings,
-            &log,
-            &data_dir,
-            &member,
-            &client_url,
-            &pki,
-            extra_args,
-        )?;
-        let (source, status) = wait_ready(child, &log, &etcd_settings, settings).await?;
-        Ok(Sandbox {
-            child: source.1,
-            log,
-            etcd: settings.etcd.clone(),
-            source: source.0,
-            status,
-            etcd_settings,
-        })
+        let mut attempt = 1;
+        loop {
+            match start_on_free_ports(
+                &data_dir,
+                snapshot,
+                skip_hash_check,
+                tool,
+                settings,
+                extra_args,
+                &pki,
+                &log,
+            )
+            .await
+            {
+                Err(e) if attempt < PORT_ATTEMPTS && lost_port_race(&log) => {
+                    tracing::debug!(
+                        attempt,
+                        "sandbox etcd lost its port to another program; retrying: {e}"
+                    );
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+                Ok((source, child, status, etcd_settings)) => {
+                    return Ok(Sandbox {
+                        child,
+                        log,
+                        etcd: settings.etcd.clone(),
+                        source,
+                        status,
+                        etcd_settings,
+                    })
+                }
+            }
+        }
     }
 
     /// The last line etcd logged (for messages).
@@ -96,6 +89,82 @@ impl Sandbox {
     pub async fn stop(&mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+    }
+}
+
+/// A port picked free can be taken by another program before etcd binds it; etcd then exits
+/// saying so, and a fresh pick almost always works.
+const PORT_ATTEMPTS: u32 = 3;
+
+fn lost_port_race(log: &Path) -> bool {
+    std::fs::read_to_string(log).is_ok_and(|l| l.contains("address already in use"))
+}
+
+type Started = (
+    EtcdSource,
+    tokio::process::Child,
+    MemberStatus,
+    EtcdSettings,
+);
+
+/// Restores `snapshot` into a fresh `data_dir` for a member on two newly picked ports and
+/// starts etcd on it.
+#[allow(clippy::too_many_arguments)]
+async fn start_on_free_ports(
+    data_dir: &Path,
+    snapshot: &Path,
+    skip_hash_check: bool,
+    tool: &RestoreTool,
+    settings: &DrillSettings,
+    extra_args: &[String],
+    pki: &SandboxPki,
+    log: &Path,
+) -> Result<Started, DrillError> {
+    let (client_port, peer_port) = (free_port()?, free_port()?);
+    let peer = format!("https://127.0.0.1:{peer_port}");
+    let member = MemberSpec {
+        name: "drill".into(),
+        initial_advertise_peer_urls: peer.clone(),
+        initial_cluster: format!("drill={peer}"),
+        initial_cluster_token: "lifeboat-drill".into(),
+    };
+    remove_earlier_attempt(data_dir)?;
+    // No revision bump: revisions must stay those of the backup.
+    let argv = tool.restore_argv(snapshot, data_dir, &member, skip_hash_check, None);
+    crate::restore::tool::run_restore(&argv)?;
+    let client_url = format!("https://127.0.0.1:{client_port}");
+    let etcd_settings = EtcdSettings {
+        endpoints: vec![client_url.clone()],
+        cacert: Some(pki.ca.clone()),
+        cert: Some(pki.client_cert.clone()),
+        key: Some(pki.client_key.clone()),
+        user: None,
+        password: None,
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(60),
+        stall_timeout: Duration::from_secs(60),
+    };
+    let child = spawn(
+        settings,
+        log,
+        data_dir,
+        &member,
+        &client_url,
+        pki,
+        extra_args,
+    )?;
+    let ((source, child), status) = wait_ready(child, log, &etcd_settings, settings).await?;
+    Ok((source, child, status, etcd_settings))
+}
+
+/// The data dir of an attempt that lost its port race (the restore tool refuses an existing one).
+fn remove_earlier_attempt(data_dir: &Path) -> Result<(), DrillError> {
+    match std::fs::remove_dir_all(data_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DrillError::Sandbox {
+            path: data_dir.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -196,4 +265,29 @@ fn free_port() -> Result<u16, DrillError> {
             path: PathBuf::from("127.0.0.1 (no free port)"),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_port_race_is_recognised_from_etcds_own_words_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("etcd.log");
+        assert!(!lost_port_race(&log), "no log yet");
+        // What etcd 3.5 logs when its listener cannot bind.
+        std::fs::write(
+            &log,
+            r#"{"level":"fatal","msg":"discovery failed","error":"listen tcp 127.0.0.1:41234: bind: address already in use"}"#,
+        )
+        .unwrap();
+        assert!(lost_port_race(&log));
+        std::fs::write(
+            &log,
+            r#"{"level":"fatal","msg":"member has already been bootstrapped"}"#,
+        )
+        .unwrap();
+        assert!(!lost_port_race(&log));
+    }
 }

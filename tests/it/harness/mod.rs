@@ -11,6 +11,7 @@ pub mod s3;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use etcd::{EtcdProcess, Version};
 pub use pki::Pki;
@@ -187,13 +188,25 @@ pub fn files_in(dir: &Path) -> Vec<String> {
     v
 }
 
-/// A free TCP port on 127.0.0.1 (the OS picks; callers retry on the rare reuse race).
+/// A free TCP port on 127.0.0.1 for a server a test starts.
+///
+/// Not the OS's pick (`bind(0)`): that comes from the ephemeral range (32768–60999), where any
+/// outgoing connection of a parallel test can take the port between our pick and the server's
+/// bind — which once left a cluster member unable to start. These come from below that range,
+/// from one counter (no two tests of this run share a port), each checked free at the pick.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 12_000;
+    const COUNT: u32 = 8_000;
+    let start = std::process::id().wrapping_mul(97) % COUNT;
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + n) % COUNT) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT);
 }
 
 /// `lifeboat snapshot save` of `etcd` into `<dir>/b` (scratch in `<dir>/w`), encrypted to

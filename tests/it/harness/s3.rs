@@ -3,6 +3,7 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::tool;
@@ -50,10 +51,15 @@ fn weed_bin() -> std::path::PathBuf {
     )
 }
 
-/// A port P such that P-3..=P and their gRPC twins (+10000) are all free.
+/// A port P such that P-3..=P and their gRPC twins (+10000) are all free, all below the
+/// ephemeral range (see `free_port`): P from 20003..22767, twins up to 32767, one counter.
 fn port_block() -> u16 {
-    for _ in 0..200 {
-        let p = 20_000 + (rand::random::<u16>() % 20_000);
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const BLOCKS: u32 = 690;
+    let start = std::process::id().wrapping_mul(31) % BLOCKS;
+    for _ in 0..BLOCKS {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let p = (20_003 + 4 * ((start + n) % BLOCKS)) as u16;
         let all_free = (p - 3..=p)
             .chain(p + 10_000 - 3..=p + 10_000)
             .all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok());
