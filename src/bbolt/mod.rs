@@ -11,6 +11,7 @@
 //! what `bbolt check` would catch on a damaged copy.
 
 mod page;
+pub mod stream;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -20,11 +21,11 @@ use page::{BranchElem, LeafElem, PageHeader};
 pub use page::{Meta, PageKind};
 
 /// Bucket element flag in a leaf page.
-const BUCKET_LEAF_FLAG: u32 = 0x01;
+pub(crate) const BUCKET_LEAF_FLAG: u32 = 0x01;
 /// A bucket value starts with its root page id and sequence.
-const BUCKET_HEADER_SIZE: usize = 16;
+pub(crate) const BUCKET_HEADER_SIZE: usize = 16;
 /// bbolt's own limit on tree depth is far lower; this bounds a malicious or cyclic file.
-const MAX_DEPTH: usize = 64;
+pub(crate) const MAX_DEPTH: usize = 64;
 
 /// What can go wrong reading a snapshot file.
 #[derive(Debug, thiserror::Error)]

@@ -125,7 +125,7 @@ fn user_key_hash(path: &Path, kv: &[u8]) -> Result<u64, BoltError> {
 }
 
 /// Field 1 (`key`) of a protobuf `mvccpb.KeyValue`.
-fn user_key(mut msg: &[u8]) -> Option<&[u8]> {
+pub(super) fn user_key(mut msg: &[u8]) -> Option<&[u8]> {
     while !msg.is_empty() {
         let tag = read_varint(&mut msg)?;
         let (field, wire) = (tag >> 3, tag & 7);

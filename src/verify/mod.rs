@@ -10,6 +10,7 @@
 mod fuzz;
 mod hashkv;
 mod status;
+mod stream;
 
 use std::path::PathBuf;
 
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use hashkv::{hash_kv, live_keys};
 pub use status::{read_snapshot_info, Revision, SnapshotInfo, SnapshotStatus};
+pub use stream::{OfflineHashKv, StreamChecked, StreamVerifier};
 
 use crate::bbolt::BoltError;
 use crate::etcd::LiveHashKv;

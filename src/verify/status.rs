@@ -58,7 +58,7 @@ impl Revision {
 }
 
 pub const KEY_BUCKET: &[u8] = b"key";
-const META_BUCKET: &[u8] = b"meta";
+pub(super) const META_BUCKET: &[u8] = b"meta";
 
 /// Walks every bucket of the file once, as etcdctl does: CRC-32C (Castagnoli) over each
 /// bucket name followed by each key and value of that bucket, in order.
@@ -119,20 +119,20 @@ pub fn read_snapshot_info(path: &Path) -> Result<SnapshotInfo, BoltError> {
 /// etcd's `restore`: the current revision starts at 1, follows the keys, and is raised to the
 /// finished compaction point (a compaction at the head can leave bucket `key` without a key at
 /// the current revision). A scheduled compaction is resumed, not counted.
-fn restored_revision(last_key: i64, finished_compact: Option<i64>) -> i64 {
+pub(super) fn restored_revision(last_key: i64, finished_compact: Option<i64>) -> i64 {
     last_key.max(finished_compact.unwrap_or(0)).max(1)
 }
 
 #[derive(Default)]
-struct MetaFacts {
-    consistent_index: Option<u64>,
-    term: Option<u64>,
+pub(super) struct MetaFacts {
+    pub(super) consistent_index: Option<u64>,
+    pub(super) term: Option<u64>,
     scheduled_compact: Option<i64>,
-    finished_compact: Option<i64>,
+    pub(super) finished_compact: Option<i64>,
 }
 
 impl MetaFacts {
-    fn record(&mut self, key: &[u8], value: &[u8]) {
+    pub(super) fn record(&mut self, key: &[u8], value: &[u8]) {
         let be_u64 = |v: &[u8]| v.try_into().ok().map(u64::from_be_bytes);
         match key {
             b"consistent_index" => self.consistent_index = be_u64(value),
@@ -147,7 +147,7 @@ impl MetaFacts {
 
     /// etcd's restore sets the compaction point from the finished compaction, then resumes a
     /// scheduled one: the later of the two is what a member started on this file reports.
-    fn compact_revision(&self) -> i64 {
+    pub(super) fn compact_revision(&self) -> i64 {
         self.scheduled_compact
             .unwrap_or(0)
             .max(self.finished_compact.unwrap_or(0))

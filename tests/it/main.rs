@@ -22,5 +22,6 @@ mod serve;
 mod signing;
 mod status;
 mod store_conformance;
+mod stream_verify;
 mod upgrade;
 mod zero_config;
