@@ -46,7 +46,7 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
         return match e {
             BackupError::Source(_) => Some(ETCD),
             BackupError::Verify(_) => Some(VERIFY),
-            BackupError::Store(_) | BackupError::WorkDir(_) => Some(STORAGE),
+            BackupError::Store(_) => Some(STORAGE),
             BackupError::Catalog(c) => classify(c),
             BackupError::Stage(_)
             | BackupError::Internal(_)

@@ -1,16 +1,15 @@
-//! One backup, in one streaming pass: etcd source → (sha256, spool) → zstd → age → store,
-//! then the checks, then the manifest.
+//! One backup, in one streaming pass: etcd source → (sha256, streaming verifier) → zstd → age
+//! → store, then the checks, then the manifest.
 //!
 //! ```text
-//!  async: etcd stream ──(bounded, 32 × 32 KiB)──▶ blocking thread: sha256 + spool copy
+//!  async: etcd stream ──(bounded, 32 × 32 KiB)──▶ blocking thread: sha256 + verify::StreamVerifier
 //!                                                   └▶ zstd ▶ age ▶ sha256 ──(bounded, 8 × 256 KiB)──▶ async: store.put
 //! ```
-//! The spool copy (0600, flock'ed, in the work dir) exists only for the checks that need
-//! random access (the bbolt walk and the offline HashKV); it is removed afterwards. Until the
-//! manifest is written the backup does not exist: any failure removes the data object.
+//! Nothing is written to local disk but the object itself when the store is a folder: the
+//! bbolt walk, etcd's status and the offline HashKV are computed while the pages pass. Until
+//! the manifest is written the backup does not exist: any failure removes the data object.
 
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,19 +25,17 @@ use crate::catalog::{
     Written,
 };
 use crate::etcd::{MemberFacts, SnapshotPiece, Source, SourceError};
-use crate::fsutil::{Spool, SpoolError};
 use crate::progress::Observer;
 use crate::stages::encode::Encoder;
 use crate::stages::encrypt::Recipients;
 use crate::stages::pipe;
 use crate::store::{Store, StoreError};
 use crate::trust::SigningKey;
-use crate::verify::{self, HashKvStep, SnapshotInfo, VerifyError};
+use crate::verify::{self, HashKvCheck, HashKvStep, StreamChecked, StreamVerifier, VerifyError};
 
 /// Settings of one backup run, validated before it starts.
 #[derive(Clone, Debug)]
 pub struct BackupSettings {
-    pub work_dir: PathBuf,
     pub compression_level: i32,
     /// `None` only when the config says `encryption = "none"`.
     pub recipients: Option<Recipients>,
@@ -59,8 +56,6 @@ pub enum BackupError {
     Catalog(#[from] CatalogError),
     #[error("backup failed verification, nothing was kept: {0}")]
     Verify(#[from] VerifyError),
-    #[error(transparent)]
-    WorkDir(#[from] SpoolError),
     #[error("the compress/encrypt stage failed: {0}")]
     Stage(io::Error),
     #[error("the backup was cancelled (shutdown); nothing was kept")]
@@ -86,7 +81,9 @@ pub async fn take_backup(
 ) -> Result<Manifest, BackupError> {
     let started = Instant::now();
     let member = source.member_facts().await?;
-    let spool = Spool::create(&settings.work_dir, member.db_size)?;
+    // The offline HashKV is computed in the stream, for the compaction point it has now; a
+    // compaction during the backup is recorded as such (see `hashkv_check`).
+    let compaction_point = source.compaction_point(member.revision).await?;
     let removed = store.clean_incomplete().await?;
     if !removed.is_empty() {
         tracing::info!(removed = ?removed, "removed leftovers of interrupted backups");
@@ -98,7 +95,7 @@ pub async fn take_backup(
         store,
         settings,
         member,
-        spool,
+        compaction_point,
         started,
         cancel,
         fence,
@@ -107,7 +104,7 @@ pub async fn take_backup(
     let result = match stream_to_store(source, &run, progress).await {
         Ok(streamed) => {
             run.debug_elapsed("streamed and stored");
-            verify_and_commit(source, &run, &streamed).await
+            verify_and_commit(source, &run, streamed).await
         }
         Err(e) => Err(e),
     };
@@ -126,7 +123,7 @@ struct Run<'a> {
     store: Arc<dyn Store>,
     settings: &'a BackupSettings,
     member: MemberFacts,
-    spool: Spool,
+    compaction_point: i64,
     started: Instant,
     cancel: &'a CancellationToken,
     fence: Option<&'a dyn Fence>,
@@ -149,6 +146,8 @@ struct Streamed {
     plain_size: u64,
     object_sha256: [u8; 32],
     object_size: u64,
+    /// The bbolt walk, status and HashKV, from the stream.
+    checked: Result<StreamChecked, crate::bbolt::BoltError>,
 }
 
 async fn stream_to_store(
@@ -164,7 +163,10 @@ async fn stream_to_store(
         let key = run.object_key.clone();
         tokio::spawn(async move { store.put(&key, object_stream).await })
     };
-    let spool_file = run.spool.file()?;
+    let verifier = StreamVerifier::new(
+        &PathBuf::from(format!("the snapshot of {}", run.member.endpoint)),
+        Some(run.compaction_point),
+    );
     let recipients = run.settings.recipients.clone();
     let level = run.settings.compression_level;
     progress.begin("snapshot", Some(run.member.db_size));
@@ -173,7 +175,7 @@ async fn stream_to_store(
         tokio::task::spawn_blocking(move || {
             encode(
                 feed_rx,
-                spool_file,
+                verifier,
                 recipients,
                 level,
                 pipe_writer,
@@ -223,7 +225,7 @@ async fn stream_to_store(
         ))),
         // The store's own error is the cause when the stage only saw the pipe close.
         (Err(e), Err(store_err)) if e.kind() == io::ErrorKind::BrokenPipe => Err(store_err.into()),
-        (Err(e), _) => Err(stage_error(e, &run.spool)),
+        (Err(e), _) => Err(BackupError::Stage(e)),
         (Ok(_), Err(store_err)) => Err(store_err.into()),
     }
 }
@@ -253,49 +255,35 @@ impl Pace {
     }
 }
 
-fn stage_error(e: io::Error, spool: &Spool) -> BackupError {
-    if e.raw_os_error() == Some(28) {
-        return spool.error(e).into();
-    }
-    BackupError::Stage(e)
-}
-
 /// The checks (verify/), then the manifest (catalog/): the moment the backup exists.
 async fn verify_and_commit(
     source: &mut dyn Source,
     run: &Run<'_>,
-    streamed: &Streamed,
+    streamed: Streamed,
 ) -> Result<Manifest, BackupError> {
     verify::check_trailer(streamed.trailer.as_deref(), &streamed.data_sha256)?;
-    let path = run.spool.path().to_path_buf();
-    let info: SnapshotInfo = blocking(move || verify::read_snapshot_info(&path)).await??;
-    run.debug_elapsed("bbolt walk done");
+    let written = written(run, &streamed);
+    let checked = streamed.checked.map_err(VerifyError::Bolt)?;
+    let info = &checked.info;
     let rev = info.restored_revision;
     verify::check_revision(rev, run.member.revision)?;
     // Ask the member first: it may compact the revision away at any moment.
     let live = source.hash_kv(rev).await?;
     run.debug_elapsed("live HashKV answered");
-    let hashkv = match verify::plan_hashkv(rev, info.compact_revision, live) {
-        HashKvStep::Skip(skipped) => {
-            tracing::warn!(revision = rev, why = %skipped.result, "HashKV comparison skipped");
-            skipped
-        }
-        HashKvStep::Compare {
-            live,
-            compact_revision,
-        } => {
-            let path = run.spool.path().to_path_buf();
-            let offline = blocking(move || verify::hash_kv(&path, rev, compact_revision)).await??;
-            run.debug_elapsed("offline HashKV done");
-            verify::compare_hashkv(rev, offline, live, compact_revision)?
-        }
-    };
+    let hashkv = hashkv_check(
+        rev,
+        &checked,
+        verify::plan_hashkv(rev, info.compact_revision, live),
+    )?;
+    if !hashkv.checked {
+        tracing::warn!(revision = rev, why = %hashkv.result, "HashKV comparison skipped");
+    }
     let manifest = Manifest::new(
         &run.id,
         &run.member,
-        &info,
+        info,
         hashkv,
-        written(run, streamed),
+        written,
         run.settings.reason,
         run.started.elapsed(),
     );
@@ -311,6 +299,35 @@ async fn verify_and_commit(
         .await?;
     tracing::info!(id = %manifest.id, revision = manifest.revision, object_size = manifest.object.size, "backup committed");
     Ok(manifest)
+}
+
+/// Compares the member's HashKV with the one computed in the stream — possible only when the
+/// member's compaction point is still the one the stream was hashed for.
+fn hashkv_check(
+    rev: i64,
+    checked: &StreamChecked,
+    step: HashKvStep,
+) -> Result<HashKvCheck, VerifyError> {
+    let (live, compact_revision) = match step {
+        HashKvStep::Skip(skipped) => return Ok(skipped),
+        HashKvStep::Compare {
+            live,
+            compact_revision,
+        } => (live, compact_revision),
+    };
+    match &checked.hashkv {
+        Some(Ok(offline))
+            if verify::same_compaction_point(offline.compact_revision, compact_revision) =>
+        {
+            verify::compare_hashkv(rev, offline.hash, live, compact_revision)
+        }
+        Some(Ok(offline)) => Ok(HashKvCheck::skipped_compacted_during_backup(
+            offline.compact_revision,
+            compact_revision,
+        )),
+        Some(Err(why)) => Ok(HashKvCheck::skipped(why)),
+        None => Ok(HashKvCheck::skipped("not computed")),
+    }
 }
 
 fn written(run: &Run<'_>, streamed: &Streamed) -> Written {
@@ -330,14 +347,6 @@ fn written(run: &Run<'_>, streamed: &Streamed) -> Written {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, BackupError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| BackupError::Internal(format!("blocking task: {e}")))
-}
-
 impl From<crate::bbolt::BoltError> for BackupError {
     fn from(e: crate::bbolt::BoltError) -> Self {
         BackupError::Verify(VerifyError::Bolt(e))
@@ -349,16 +358,16 @@ enum Feed {
     End,
 }
 
-/// The blocking stage: sha256 of the plain bytes, the spool copy, zstd, age, object sha256.
+/// The blocking stage: sha256 of the plain bytes, the streaming verifier, zstd, age, object
+/// sha256.
 fn encode(
     mut rx: mpsc::Receiver<Feed>,
-    spool: File,
+    mut verifier: StreamVerifier,
     recipients: Option<Recipients>,
     level: i32,
     out: pipe::PipeWriter,
     progress: &dyn Observer,
 ) -> io::Result<Streamed> {
-    let mut spool = BufWriter::with_capacity(256 * 1024, spool);
     let mut encoder = Encoder::new(out, level, recipients.as_ref())?;
     // The plain bytes are the data followed by the trailer, so one hash over the data serves
     // both: the plain hash is the data hash's state, cloned, plus the trailer.
@@ -375,6 +384,7 @@ fn encode(
             }
             Feed::Piece(SnapshotPiece::Data(b)) => {
                 data_hash.update(&b);
+                verifier.feed(&b);
                 progress.advance(b.len() as u64);
                 b
             }
@@ -387,14 +397,11 @@ fn encode(
             }
         };
         plain_size += bytes.len() as u64;
-        spool.write_all(&bytes)?;
         encoder.write_all(&bytes)?;
     }
     if !complete {
         return Err(io::Error::other("the snapshot stream was cut off"));
     }
-    // The spool copy is scratch for the checks: flushed to the page cache, never fsynced.
-    spool.into_inner().map_err(|e| e.into_error())?;
     let object = encoder.finish()?;
     object.out.finish()?;
     let data_sha256 = data_hash.clone().finalize().into();
@@ -405,6 +412,7 @@ fn encode(
         plain_size,
         object_sha256: object.sha256,
         object_size: object.size,
+        checked: verifier.finish(),
     })
 }
 

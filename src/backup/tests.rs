@@ -23,6 +23,8 @@ struct Fake {
     /// Break the stream after this many data bytes.
     cut_after: Option<usize>,
     live: LiveHashKv,
+    /// What the member says its compaction point is before the snapshot.
+    compaction_point: i64,
 }
 
 impl Fake {
@@ -45,6 +47,7 @@ impl Fake {
                 hash: LIVE_HASH,
                 compact_revision: COMPACTED_AT,
             },
+            compaction_point: COMPACTED_AT,
         }
     }
 }
@@ -81,6 +84,14 @@ impl Source for Fake {
         assert_eq!(revision, 11, "HashKV is asked at the snapshot's revision");
         Ok(self.live)
     }
+
+    async fn compaction_point(&mut self, current: i64) -> Result<i64, SourceError> {
+        assert_eq!(
+            current, self.facts.revision,
+            "bisected up to the member's revision"
+        );
+        Ok(self.compaction_point)
+    }
 }
 
 struct Setup {
@@ -104,7 +115,6 @@ fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(LocalStore::open(&dir.path().join("store")).unwrap());
     let settings = BackupSettings {
-        work_dir: dir.path().join("work"),
         compression_level: 3,
         recipients: None,
         reason: Reason::Manual,
@@ -151,7 +161,6 @@ impl Setup {
     /// After a failure: no manifest, no object, no `.part`, no spool.
     fn assert_nothing_kept(&self) {
         assert_eq!(self.files("store"), Vec::<String>::new());
-        assert_eq!(self.files("work"), Vec::<String>::new());
     }
 }
 
@@ -180,11 +189,6 @@ fn a_good_snapshot_is_stored_checked_and_committed_with_its_facts() {
     assert_eq!(
         s.files("store"),
         vec![m.object.key.clone(), format!("{}.manifest.json", m.id)]
-    );
-    assert_eq!(
-        s.files("work"),
-        Vec::<String>::new(),
-        "the spool is removed"
     );
     let object = std::fs::read(s.dir.path().join("store").join(&m.object.key)).unwrap();
     assert_eq!(m.object.size, object.len() as u64);
@@ -298,13 +302,34 @@ fn a_cancelled_backup_keeps_nothing() {
 }
 
 #[test]
-fn a_work_dir_without_room_refuses_before_anything_is_streamed() {
+fn a_member_that_compacts_during_the_backup_is_recorded_as_not_compared() {
     let s = setup();
     let mut fake = Fake::good();
-    fake.facts.db_size = u64::MAX / 4;
-    let err = s.run(fake, &CancellationToken::new()).unwrap_err();
-    assert!(matches!(err, BackupError::WorkDir(_)), "{err}");
-    assert_eq!(s.files("store"), Vec::<String>::new());
+    // Hashed in the stream for compaction point 3; the member answers after compacting at 5.
+    fake.compaction_point = 3;
+    let m = s.run(fake, &CancellationToken::new()).unwrap();
+    assert!(!m.hashkv.checked, "{:?}", m.hashkv);
+    assert_eq!(
+        m.hashkv.result,
+        "skipped: the member compacted during the backup (from 3 to 5)"
+    );
+    assert_eq!(m.hashkv.compact_revision, Some(5));
+}
+
+#[test]
+fn a_backup_writes_no_local_copy() {
+    let s = setup();
+    s.run(Fake::good(), &CancellationToken::new()).unwrap();
+    let mut entries: Vec<String> = std::fs::read_dir(s.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(
+        entries,
+        vec!["store".to_string()],
+        "only the store was written"
+    );
 }
 
 #[test]

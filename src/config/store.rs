@@ -254,7 +254,6 @@ pub fn resolve_backup(
         }
     };
     Ok(BackupSettings {
-        work_dir: work_dir(b),
         compression_level: level,
         recipients,
         reason,

@@ -179,6 +179,8 @@ pub trait Source: Send {
     async fn snapshot(&mut self) -> Result<PieceStream, SourceError>;
     /// The member's `HashKV(revision)`.
     async fn hash_kv(&mut self, revision: i64) -> Result<LiveHashKv, SourceError>;
+    /// The member's compaction point (0: never compacted), `current` being its revision.
+    async fn compaction_point(&mut self, current: i64) -> Result<i64, SourceError>;
 }
 
 #[async_trait::async_trait]
@@ -197,6 +199,10 @@ impl Source for EtcdSource {
 
     async fn hash_kv(&mut self, revision: i64) -> Result<LiveHashKv, SourceError> {
         EtcdSource::hash_kv(self, revision).await
+    }
+
+    async fn compaction_point(&mut self, current: i64) -> Result<i64, SourceError> {
+        EtcdSource::compaction_point(self, current).await
     }
 }
 

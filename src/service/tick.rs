@@ -139,7 +139,7 @@ fn failure_reason(e: &BackupError) -> &'static str {
     match e {
         BackupError::Source(_) => "etcd",
         BackupError::Verify(_) => "verify",
-        BackupError::Store(_) | BackupError::Catalog(_) | BackupError::WorkDir(_) => "store",
+        BackupError::Store(_) | BackupError::Catalog(_) => "store",
         BackupError::Cancelled => "cancelled",
         BackupError::Fenced(_) => "fenced",
         BackupError::Stage(_) | BackupError::Internal(_) => "internal",

@@ -90,6 +90,29 @@ impl HashKvCheck {
         }
     }
 
+    /// The member compacted between the probe before the stream and its HashKV answer: the
+    /// stream was hashed for the earlier point.
+    pub fn skipped_compacted_during_backup(hashed_for: i64, member_now: i64) -> HashKvCheck {
+        HashKvCheck {
+            hash: 0,
+            compact_revision: Some(member_now),
+            checked: false,
+            result: format!(
+                "skipped: the member compacted during the backup (from {hashed_for} to {member_now})"
+            ),
+        }
+    }
+
+    /// The stream could not be hashed (why).
+    pub fn skipped(why: &str) -> HashKvCheck {
+        HashKvCheck {
+            hash: 0,
+            compact_revision: None,
+            checked: false,
+            result: format!("skipped: {why}"),
+        }
+    }
+
     pub fn skipped_compacted() -> HashKvCheck {
         HashKvCheck {
             hash: 0,
@@ -156,6 +179,12 @@ pub fn plan_hashkv(revision: i64, snapshot_compact_revision: i64, live: LiveHash
             compact_revision,
         },
     }
+}
+
+/// Whether two compaction points hash alike: every point at or below revision 1 (never
+/// compacted is -1 or 0) leaves all entries in, since revision 1 holds none.
+pub fn same_compaction_point(a: i64, b: i64) -> bool {
+    a.max(1) == b.max(1)
 }
 
 /// Check 4, second half: the snapshot's offline HashKV equals the member's.

@@ -6,6 +6,32 @@ use crate::data::{fill, rt};
 use crate::harness::s3::S3Server;
 use crate::harness::{age_key, lifeboat, run, EtcdProcess, Version};
 
+/// Runs `cmd` under a shell that then prints its own I/O counters: the kernel adds a reaped
+/// child's counters to its parent's, so `write_bytes` is what the command caused to be
+/// written to disk (page cache included).
+fn run_counting_disk_writes(cmd: &std::process::Command) -> (crate::harness::Run, u64) {
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-c")
+        .arg(r#""$@"; s=$?; grep '^write_bytes' /proc/$$/io >&2; exit $s"#)
+        .arg("sh")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    let r = run(&mut sh);
+    let written = r
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no I/O counters: {}", r.stderr));
+    (r, written)
+}
+
 fn with_s3(cmd: &mut std::process::Command, server: &S3Server, dest: &str) {
     cmd.arg(format!("--dest={dest}")).args(server.flags());
     for (k, v) in server.env() {
@@ -38,10 +64,16 @@ fn save_list_verify_and_get_work_against_s3() {
         .arg("--work-dir")
         .arg(dir.path().join("w"));
     with_s3(&mut save, &server, dest);
-    let m = run(&mut save).ok().json();
+    let (saved, written) = run_counting_disk_writes(&save);
+    let m = saved.ok().json();
     assert!(
         m["object"]["size"].as_u64().unwrap() > 8 << 20,
         "multipart-sized: {m}"
+    );
+    let db = m["plain_size"].as_u64().unwrap();
+    assert!(
+        written <= db / 100,
+        "an S3 backup writes at most 1 % of the database to disk: {written} of {db}"
     );
     assert_eq!(m["hashkv"]["checked"], true);
     let id = m["id"].as_str().unwrap();
@@ -78,7 +110,12 @@ fn save_list_verify_and_get_work_against_s3() {
         .arg("-o")
         .arg(&out);
     with_s3(&mut get, &server, dest);
-    run(&mut get).ok();
+    let (got, written) = run_counting_disk_writes(&get);
+    got.ok();
+    assert!(
+        written >= db,
+        "the counters see a child's writes: {written} of {db}"
+    );
     let status = run(lifeboat()
         .args(["snapshot", "status", "-w", "json"])
         .arg(&out))

@@ -80,6 +80,14 @@ fn fixtures_of(v: Version) {
         p
     };
     let empty = snap("empty.db");
+    let never = rt().block_on(async {
+        let mut source =
+            lifeboat::etcd::EtcdSource::connect(&crate::data::settings(&etcd), &etcd.client_url)
+                .await
+                .unwrap();
+        source.compaction_point(1).await.unwrap()
+    });
+    assert_eq!(never, 0);
     let s = assert_stream_equals_walker(&empty, &[0]);
     let oracle = oracle_status(v, &etcd, &empty);
     assert_eq!(serde_json::to_value(s.info.status).unwrap(), oracle);
@@ -97,6 +105,14 @@ fn fixtures_of(v: Version) {
     let snapshot_compact = verify::read_snapshot_info(&full).unwrap().compact_revision;
     assert!(snapshot_compact > 0 && last > snapshot_compact);
     let (live_hash, live_compact) = member_hashkv(&etcd, last + 1);
+    let probed = rt().block_on(async {
+        let mut source =
+            lifeboat::etcd::EtcdSource::connect(&crate::data::settings(&etcd), &etcd.client_url)
+                .await
+                .unwrap();
+        source.compaction_point(last + 1).await.unwrap()
+    });
+    assert_eq!(probed, live_compact, "the bisected compaction point");
     let s = assert_stream_equals_walker(&full, &[0, snapshot_compact, snapshot_compact + 3]);
     assert_eq!(
         serde_json::to_value(s.info.status).unwrap(),
