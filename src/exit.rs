@@ -76,7 +76,6 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             ReadBackError::Damaged { .. }
             | ReadBackError::Verify(_)
             | ReadBackError::Unencrypted { .. } => Some(VERIFY),
-            ReadBackError::WorkDir(_) => Some(STORAGE),
             ReadBackError::Internal(_) => Some(FAILURE),
         };
     }

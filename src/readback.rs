@@ -1,8 +1,9 @@
-//! Reading a backup back: store → sha256 → age → zstd → plain file, then every check against
-//! the manifest (object hash and size, plain hash and size, etcd's trailer, the bbolt walk and
-//! its status). Used by `snapshot verify` and `snapshot get`, and later by restore and drills.
+//! Reading a backup back: store → sha256 → age → zstd → (plain file) + streaming verifier, then
+//! every check against the manifest (object hash and size, plain hash and size, etcd's trailer,
+//! the bbolt walk and its status). Used by `snapshot verify` (no file at all), `snapshot get`,
+//! restore and drills (the file etcd's tools need, checked as it is written: one pass).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -10,13 +11,14 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::Manifest;
-use crate::fsutil::{Spool, SpoolError};
 use crate::progress::Observer;
 use crate::stages;
 use crate::stages::decode::DecodeError;
 use crate::stages::encrypt::Identities;
 use crate::store::{Store, StoreError};
-use crate::verify::{self, SnapshotInfo, SnapshotStatus, VerifyError};
+use crate::verify::{
+    self, SnapshotInfo, SnapshotStatus, StreamChecked, StreamVerifier, VerifyError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadBackError {
@@ -46,8 +48,6 @@ pub enum ReadBackError {
     NoSpace { path: PathBuf },
     #[error("{0} already exists: pass --force to overwrite it")]
     Exists(PathBuf),
-    #[error(transparent)]
-    WorkDir(#[from] SpoolError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -85,7 +85,7 @@ pub struct ReadBack {
     pub status: SnapshotStatus,
 }
 
-/// Reads the backup back into a spool file in `work_dir`, checks everything, removes the spool.
+/// Reads the backup back and checks everything, writing nothing to disk.
 ///
 /// # Errors
 /// Any mismatch or read failure, naming the object.
@@ -93,17 +93,10 @@ pub async fn verify_backup(
     store: Arc<dyn Store>,
     manifest: &Manifest,
     identities: Option<&Arc<Identities>>,
-    work_dir: &Path,
     progress: Arc<dyn Observer>,
 ) -> Result<ReadBack, ReadBackError> {
-    let spool = Spool::create(work_dir, manifest.plain_size)?;
-    let out = spool.path().to_path_buf();
-    let file = OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(&out)
-        .map_err(|e| output_err(&out, e))?;
-    read_into(store, manifest, identities, file, &out, progress).await
+    let label = PathBuf::from(&manifest.object.key);
+    read_into(store, manifest, identities, None, &label, progress).await
 }
 
 /// Writes the plain snapshot (trailer included) to `out` after checking it completely.
@@ -124,7 +117,7 @@ pub async fn get_backup(
     }
     let part = part_path(out);
     let file = crate::fsutil::create_private_file(&part).map_err(|e| output_err(&part, e))?;
-    let result = read_into(store, manifest, identities, file, &part, progress).await;
+    let result = read_into(store, manifest, identities, Some(file), &part, progress).await;
     if result.is_err() {
         let _ = std::fs::remove_file(&part);
         return result;
@@ -153,11 +146,13 @@ fn output_err(path: &Path, source: io::Error) -> ReadBackError {
     }
 }
 
+/// Reads the backup into `file` (when given; `path` names it, or the object, in errors) and
+/// checks it against the manifest.
 async fn read_into(
     store: Arc<dyn Store>,
     manifest: &Manifest,
     identities: Option<&Arc<Identities>>,
-    file: File,
+    file: Option<File>,
     path: &Path,
     progress: Arc<dyn Observer>,
 ) -> Result<ReadBack, ReadBackError> {
@@ -207,11 +202,7 @@ async fn read_into(
         &plain.sha256,
     )?;
     verify::check_trailer(plain.trailer.as_ref().map(|t| &t[..]), &plain.data_sha256)?;
-    let path = path.to_path_buf();
-    let info = tokio::task::spawn_blocking(move || verify::read_snapshot_info(&path))
-        .await
-        .map_err(|e| ReadBackError::Internal(e.to_string()))?
-        .map_err(VerifyError::from)?;
+    let info = plain.checked.map_err(VerifyError::from)?.info;
     let s = info.status;
     verify::expect_equal(key, "status hash", manifest.status.hash, s.hash)?;
     verify::expect_equal(key, "status revision", manifest.status.revision, s.revision)?;
@@ -268,13 +259,14 @@ struct PlainTally {
     size: u64,
     data_sha256: [u8; 32],
     trailer: Option<[u8; 32]>,
+    checked: Result<StreamChecked, crate::bbolt::BoltError>,
 }
 
 fn decode<R: Read>(
     reader: R,
     tally: Arc<Mutex<Tally>>,
     identities: Option<&Identities>,
-    file: File,
+    file: Option<File>,
     path: &Path,
     manifest: &Manifest,
     progress: &dyn Observer,
@@ -288,7 +280,7 @@ fn decode<R: Read>(
         inner: reader,
         tally,
     };
-    let mut sink = SinkThread::spawn(file);
+    let mut sink = SinkThread::spawn(file, path);
     progress.begin("reading back", Some(manifest.plain_size));
     let copied = match stages::decode::decoder(source, identities) {
         Ok(plain) => copy_plain(plain, &mut sink, manifest.plain_size, progress),
@@ -305,27 +297,36 @@ fn decode<R: Read>(
         (_, Err(e)) | (Err(CopyError::Write(e)), Ok(_)) => return Err(output_err(path, e)),
         (Ok(()), Ok(done)) => done,
     };
-    file.sync_all().map_err(|e| output_err(path, e))?;
+    if let Some(file) = file {
+        file.sync_all().map_err(|e| output_err(path, e))?;
+    }
     Ok(tally_out)
 }
 
-/// Hashing and writing the plain bytes run on a thread of their own, overlapping with
-/// decryption and decompression (a bounded channel of 8 chunks keeps memory flat).
+/// Hashing, checking and writing the plain bytes run on a thread of their own, overlapping
+/// with decryption and decompression (a bounded channel of 8 chunks keeps memory flat).
 struct SinkThread {
     tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    handle: Option<std::thread::JoinHandle<io::Result<(File, PlainTally)>>>,
+    handle: Option<std::thread::JoinHandle<io::Result<Sunk>>>,
 }
 
+/// The file written (if any) and what was learnt of its bytes.
+type Sunk = (Option<File>, PlainTally);
+
 impl SinkThread {
-    fn spawn(file: File) -> SinkThread {
+    fn spawn(file: Option<File>, label: &Path) -> SinkThread {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let verifier = StreamVerifier::new(label, None);
         let handle = std::thread::spawn(move || {
-            let mut sink = PlainSink::new(BufWriter::with_capacity(256 * 1024, file));
+            let writer = file.map(|f| BufWriter::with_capacity(256 * 1024, f));
+            let mut sink = PlainSink::new(writer, verifier);
             for chunk in rx {
                 sink.write_all(&chunk)?;
             }
             let (writer, tally) = sink.finish();
-            let file = writer.into_inner().map_err(|e| e.into_error())?;
+            let file = writer
+                .map(|w| w.into_inner().map_err(|e| e.into_error()))
+                .transpose()?;
             Ok((file, tally))
         });
         SinkThread {
@@ -334,7 +335,7 @@ impl SinkThread {
         }
     }
 
-    fn finish(mut self) -> io::Result<(File, PlainTally)> {
+    fn finish(mut self) -> io::Result<Sunk> {
         drop(self.tx.take());
         self.handle
             .take()
@@ -421,27 +422,30 @@ fn decrypt_error(e: age::DecryptError, manifest: &Manifest) -> ReadBackError {
     }
 }
 
-/// Writes the plain bytes while hashing all but the last 32 (held back as a possible trailer):
-/// that digest checks etcd's trailer, and the same state continued with the held-back bytes is
-/// the digest of the whole file — one sha256 pass for both.
+/// Writes the plain bytes (when there is somewhere to write them) while the streaming verifier
+/// reads them and sha256 hashes all but the last 32 (held back as a possible trailer): that
+/// digest checks etcd's trailer, and the same state continued with the held-back bytes is the
+/// digest of the whole file — one sha256 pass for both.
 struct PlainSink<W> {
-    inner: W,
+    inner: Option<W>,
+    verifier: StreamVerifier,
     data: Sha256,
     tail: Vec<u8>,
     size: u64,
 }
 
 impl<W: Write> PlainSink<W> {
-    fn new(inner: W) -> Self {
+    fn new(inner: Option<W>, verifier: StreamVerifier) -> Self {
         PlainSink {
             inner,
+            verifier,
             data: Sha256::new(),
             tail: Vec::with_capacity(64),
             size: 0,
         }
     }
 
-    fn finish(self) -> (W, PlainTally) {
+    fn finish(self) -> (Option<W>, PlainTally) {
         let trailer = if crate::bbolt::has_sha256_trailer(self.size) && self.tail.len() == 32 {
             Some(self.tail.as_slice().try_into().expect("32 bytes"))
         } else {
@@ -457,6 +461,7 @@ impl<W: Write> PlainSink<W> {
                 size: self.size,
                 data_sha256,
                 trailer,
+                checked: self.verifier.finish(),
             },
         )
     }
@@ -464,8 +469,13 @@ impl<W: Write> PlainSink<W> {
 
 impl<W: Write> Write for PlainSink<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
+        let n = match &mut self.inner {
+            Some(w) => w.write(buf)?,
+            None => buf.len(),
+        };
         let buf = &buf[..n];
+        // The trailer, past the last page, is ignored by the verifier.
+        self.verifier.feed(buf);
         self.size += n as u64;
         if buf.len() >= 32 {
             self.data.update(&self.tail);
@@ -484,7 +494,7 @@ impl<W: Write> Write for PlainSink<W> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.inner.as_mut().map_or(Ok(()), Write::flush)
     }
 }
 
@@ -504,18 +514,15 @@ fn plain_file_error(
 /// # Errors
 /// Unreadable, damaged, or a trailer that does not match.
 pub fn plain_file_info(path: &Path) -> Result<SnapshotInfo, VerifyError> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| plain_file_error(path, e))?
-        .len();
-    if crate::bbolt::has_sha256_trailer(len) {
-        let mut f = File::open(path).map_err(|e| plain_file_error(path, e))?;
-        let mut sink = PlainSink::new(io::sink());
-        io::copy(&mut f, &mut sink).map_err(|e| plain_file_error(path, e))?;
-        let (_, tally) = sink.finish();
+    let mut f = File::open(path).map_err(|e| plain_file_error(path, e))?;
+    let mut sink = PlainSink::new(None::<io::Sink>, StreamVerifier::new(path, None));
+    io::copy(&mut f, &mut sink).map_err(|e| plain_file_error(path, e))?;
+    let (_, tally) = sink.finish();
+    if crate::bbolt::has_sha256_trailer(tally.size) {
         verify::check_trailer(tally.trailer.as_ref().map(|t| &t[..]), &tally.data_sha256)
             .map_err(|e| plain_file_error(path, e))?;
     }
-    Ok(verify::read_snapshot_info(path)?)
+    Ok(tally.checked?.info)
 }
 
 #[cfg(test)]
@@ -583,7 +590,8 @@ mod tests {
         let mut file = data.clone();
         file.extend_from_slice(&digest);
         for step in [1usize, 7, 31, 32, 33, 4096, 100_000] {
-            let mut sink = PlainSink::new(io::sink());
+            let mut sink =
+                PlainSink::new(Some(io::sink()), StreamVerifier::new(Path::new("t"), None));
             for chunk in file.chunks(step) {
                 sink.write_all(chunk).unwrap();
             }

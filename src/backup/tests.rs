@@ -158,7 +158,7 @@ impl Setup {
         v
     }
 
-    /// After a failure: no manifest, no object, no `.part`, no spool.
+    /// After a failure: no manifest, no object, no `.part`.
     fn assert_nothing_kept(&self) {
         assert_eq!(self.files("store"), Vec::<String>::new());
     }

@@ -355,8 +355,9 @@ pub struct PickArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub read: ReadArgs,
-    /// Folder for the temporary plain copy (`backup.work_dir`).
-    #[arg(long, env = "LIFEBOAT_WORK_DIR", value_name = "DIR")]
+    /// Accepted for scripts written for earlier versions and ignored: verify checks the
+    /// backup as it streams and writes nothing to disk.
+    #[arg(long, env = "LIFEBOAT_WORK_DIR", value_name = "DIR", hide = true)]
     pub work_dir: Option<PathBuf>,
     #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -479,9 +480,7 @@ impl PruneArgs {
 
 impl VerifyArgs {
     pub fn flags(&self) -> FileConfig {
-        let mut c = self.read.dest.flags();
-        c.backup.work_dir = self.work_dir.clone();
-        c
+        self.read.dest.flags()
     }
 }
 

@@ -7,8 +7,7 @@ use anyhow::{Context, Result};
 use lifeboat::backup::take_backup;
 use lifeboat::catalog::{Catalog, Manifest, Reason};
 use lifeboat::config::{
-    resolve_backup, resolve_etcd, resolve_read_policy, resolve_store, work_dir, ConfigError,
-    FileConfig,
+    resolve_backup, resolve_etcd, resolve_read_policy, resolve_store, ConfigError, FileConfig,
 };
 use lifeboat::etcd::EtcdSource;
 use lifeboat::readback;
@@ -146,7 +145,6 @@ async fn verify(a: VerifyArgs, config: &FileConfig) -> Result<()> {
         store,
         &manifest,
         identities.as_ref(),
-        &work_dir(&config.backup),
         progress::for_terminal(),
     )
     .await

@@ -29,7 +29,7 @@ pub use etcd::{resolve_etcd, EtcdSection, ResolvedEtcd};
 pub use restore::{resolve_restore, state_dir, ResolvedRestore, RestoreSection};
 pub use retention::{resolve_retention, RetentionSection};
 pub use serve::{resolve_serve, ServeSection};
-pub use store::{resolve_backup, resolve_store, work_dir, BackupSection, S3Section};
+pub use store::{resolve_backup, resolve_store, BackupSection, S3Section};
 pub use trust::{resolve_read_policy, resolve_signer, TrustSection};
 pub use upgrade::{resolve_upgrade, ResolvedUpgrade, UpgradeSection};
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{duration, invalid, section, ConfigError, TrustSection, DEFAULT_WORK_DIR};
+use super::{duration, invalid, section, ConfigError, TrustSection};
 use crate::backup::BackupSettings;
 use crate::catalog::Reason;
 use crate::stages::compress;
@@ -20,7 +20,8 @@ section! {
     pub struct BackupSection {
         #[arg(skip)]
         pub dest: Option<String>,
-        /// Folder for the temporary plain copy the checks read (needs room for the database).
+        /// Scratch folder of drills and point-in-time restores (their sandbox etcd, `[drill]
+        /// work_dir` unless set); backups themselves write nothing there.
         #[arg(long, env = "LIFEBOAT_WORK_DIR", value_name = "DIR")]
         pub work_dir: Option<PathBuf>,
         /// zstd level, 1–19.
@@ -300,13 +301,6 @@ fn rate(key: &'static str, v: &str) -> Result<u64, ConfigError> {
         ));
     }
     Ok(bytes as u64)
-}
-
-/// The work dir for scratch copies: `backup.work_dir`, else the default.
-pub fn work_dir(b: &BackupSection) -> PathBuf {
-    b.work_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_WORK_DIR))
 }
 
 fn recipients(b: &BackupSection) -> Result<Recipients, ConfigError> {

@@ -1,11 +1,9 @@
 //! Small filesystem helpers for the never-lose-data rules: durable renames and writes, private
-//! folders, free space, lock-aware removal, and the scratch spool.
+//! folders, free space, lock-aware removal.
 
 mod journal;
-mod spool;
 
 pub use journal::{JournalError, JournalFile, RunLock};
-pub use spool::{Spool, SpoolError};
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Write};
@@ -102,7 +100,7 @@ pub fn free_bytes(dir: &Path) -> io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-/// Removes a file that writers flock while in use (`.part` objects, spool copies) unless a
+/// Removes a file that writers flock while in use (`.part` objects) unless a
 /// live writer holds its lock; true when removed (or already gone).
 pub fn remove_if_unlocked(part: &Path) -> io::Result<bool> {
     let file = match File::open(part) {

@@ -4,7 +4,7 @@
 
 use crate::data::{fill, rt};
 use crate::harness::s3::S3Server;
-use crate::harness::{age_key, lifeboat, run, EtcdProcess, Version};
+use crate::harness::{age_key, files_in, lifeboat, run, EtcdProcess, Version};
 
 /// Runs `cmd` under a shell that then prints its own I/O counters: the kernel adds a reaped
 /// child's counters to its parent's, so `write_bytes` is what the command caused to be
@@ -101,7 +101,13 @@ fn save_list_verify_and_get_work_against_s3() {
         .arg("--work-dir")
         .arg(dir.path().join("w"));
     with_s3(&mut verify, &server, dest);
-    run(&mut verify).ok();
+    let (verified, written) = run_counting_disk_writes(&verify);
+    verified.ok();
+    assert!(
+        written <= db / 100,
+        "verify checks in the stream and writes nothing: {written} of {db}"
+    );
+    assert!(files_in(&dir.path().join("w")).is_empty());
 
     let out = dir.path().join("snap.db");
     let mut get = lifeboat();

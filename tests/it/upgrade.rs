@@ -7,7 +7,7 @@ use std::process::Command;
 
 use crate::harness::node::FakeNode;
 use crate::harness::s3::S3Server;
-use crate::harness::{age_key, lifeboat, run, AgeKey, Run, Version};
+use crate::harness::{age_key, lifeboat, run, run_ok, AgeKey, Run, Version};
 
 const STANDIN: &str = include_str!("../fixtures/standin.py");
 
@@ -559,23 +559,16 @@ fn the_gate_refuses_before_kubeadm_runs() {
     assert!(r.stderr.contains("gate refused"), "{}", r.stderr);
     assert_kubeadm_never_upgraded(&cp.tools);
 
-    // Only a stale backup, and no fresh one possible (the work dir has no room).
+    // Only a stale backup, and no fresh one possible (the store can be read, not written).
     cp.tools.reset("v1.30.2");
     cp.save_backup();
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let tiny = crate::failures::Tmpfs::new("64k");
+    let read_only = ReadOnly::bind(&cp.local_dest());
     let r = cp.upgrade(
-        &[
-            "--to",
-            "v1.31.2",
-            "--yes",
-            "--max-snapshot-age",
-            "1s",
-            "--work-dir",
-            tiny.path().to_str().unwrap(),
-        ],
+        &["--to", "v1.31.2", "--yes", "--max-snapshot-age", "1s"],
         &[],
     );
+    drop(read_only);
     assert_eq!(r.code, 8, "{}", r.stderr);
     assert!(
         r.stderr.contains("pre-upgrade backup failed"),
@@ -827,4 +820,27 @@ fn kubeadm_backup_folders_beyond_the_newest_are_offered_for_cleanup() {
         .iter()
         .all(|f| !f.contains("2026-01-10") && !f.contains("2026-03-11")));
     assert!(left.contains(&"something-else".to_string()));
+}
+
+/// A folder made read-only by a read-only bind mount over itself (the tests run as root, who
+/// ignores permission bits), mounted back on drop.
+struct ReadOnly(PathBuf);
+
+impl ReadOnly {
+    fn bind(dir: &Path) -> ReadOnly {
+        run_ok(Command::new("mount").arg("--bind").arg(dir).arg(dir));
+        let guard = ReadOnly(dir.to_path_buf());
+        run_ok(
+            Command::new("mount")
+                .args(["-o", "remount,bind,ro"])
+                .arg(dir),
+        );
+        guard
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }
