@@ -17,7 +17,7 @@ use std::path::Path;
 use super::hashkv::user_key;
 use super::status::{restored_revision, MetaFacts, Revision, KEY_BUCKET, META_BUCKET};
 use super::{SnapshotInfo, SnapshotStatus};
-use crate::bbolt::stream::{EntryRef, EntrySink, Event, PageStream, VALUE_HEAD};
+use crate::bbolt::stream::{crc, EntryRef, EntrySink, Event, PageStream, VALUE_HEAD};
 use crate::bbolt::BoltError;
 
 /// Feeds on a snapshot's bytes (the trailer may follow: it is past the last page).
@@ -142,8 +142,7 @@ impl Walk {
                 };
             }
             Event::Leaf { page, leaf } => {
-                self.status_crc =
-                    crc32c::crc32c_combine(self.status_crc, leaf.crc, leaf.len as usize);
+                self.status_crc = crc::combine(self.status_crc, leaf.crc, leaf.len);
                 self.total_key += leaf.count;
                 let facts = sink.pages.get(&page);
                 match self.in_bucket {
@@ -240,7 +239,7 @@ impl EtcdEntries {
         let mut crc = crc32c::crc32c(KEY_BUCKET);
         for (page, leaf_crc, leaf_len) in key_leaves {
             let Some(facts) = self.pages.get(page).filter(|f| !f.candidates.is_empty()) else {
-                crc = crc32c::crc32c_combine(crc, *leaf_crc, *leaf_len as usize);
+                crc = crc::combine(crc, *leaf_crc, *leaf_len);
                 continue;
             };
             for c in facts
@@ -248,10 +247,10 @@ impl EtcdEntries {
                 .iter()
                 .filter(|c| keep_is_empty || self.is_kept(c))
             {
-                crc = crc32c::crc32c_combine(crc, c.crc, c.len as usize);
+                crc = crc::combine(crc, c.crc, u64::from(c.len));
             }
             let (tail_crc, tail_len) = facts.tail;
-            crc = crc32c::crc32c_combine(crc, tail_crc, tail_len as usize);
+            crc = crc::combine(crc, tail_crc, tail_len);
         }
         crc
     }
@@ -335,10 +334,7 @@ impl EntrySink for EtcdEntries {
                     .filter(|f| !f.candidates.is_empty())
                 {
                     let (crc, len) = facts.tail;
-                    facts.tail = (
-                        crc32c::crc32c_combine(crc, e.crc, e.len as usize),
-                        len + e.len,
-                    );
+                    facts.tail = (crc::combine(crc, e.crc, e.len), len + e.len);
                 }
             }
         }

@@ -14,6 +14,7 @@
 //! reaches it. Memory: a summary per branch or leaf page (~100 bytes; the file's pages are
 //! 4 KiB or more), whatever the sizes of the values.
 
+pub mod crc;
 mod parse;
 mod tree;
 
