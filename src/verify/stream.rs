@@ -10,7 +10,7 @@
 //! The compaction point must be known before the stream starts: the backup asks the member
 //! for it, and records the check as skipped when the member compacts during the backup.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
 
@@ -77,7 +77,9 @@ impl StreamVerifier {
             meta: MetaFacts::default(),
         };
         tree.walk::<BoltError>(|sink, event| walk.event(sink, event))?;
-        let sink = tree.sink();
+        let total_size = tree.high_water_size();
+        let mut sink = tree.into_sink();
+        sink.group_candidates();
         let hashkv = sink.compact.map(|compact| match &sink.unavailable {
             Some(why) => Err(why.clone()),
             None => Ok(OfflineHashKv {
@@ -91,7 +93,7 @@ impl StreamVerifier {
                     hash: walk.status_crc,
                     revision: walk.revision,
                     total_key: walk.total_key,
-                    total_size: tree.high_water_size(),
+                    total_size,
                 },
                 consistent_index: walk.meta.consistent_index,
                 compact_revision: walk.meta.compact_revision(),
@@ -143,11 +145,10 @@ impl Walk {
             }
             Event::Leaf { page, leaf } => {
                 self.status_crc = crc::combine(self.status_crc, leaf.crc, leaf.len);
-                self.total_key += leaf.count;
-                let facts = sink.pages.get(&page);
+                self.total_key += u64::from(leaf.count);
                 match self.in_bucket {
                     InBucket::Key => {
-                        if let Some(len) = facts.and_then(|f| f.not_revision) {
+                        if let Some(len) = sink.not_revision.get(&page) {
                             return Err(self.corrupt(
                                 page,
                                 format!(
@@ -155,7 +156,7 @@ impl Walk {
                                 ),
                             ));
                         }
-                        if !leaf.buckets.is_empty() {
+                        if leaf.buckets.is_some() {
                             return Err(
                                 self.corrupt(page, "bucket `key` holds a nested bucket".into())
                             );
@@ -164,8 +165,7 @@ impl Walk {
                             self.revision =
                                 Revision::parse(last.as_slice()).map_or(self.revision, |r| r.main);
                         }
-                        if sink.compact.is_some_and(|c| c > 0)
-                            && facts.is_some_and(|f| f.not_keyvalue)
+                        if sink.compact.is_some_and(|c| c > 0) && sink.not_keyvalue.contains(&page)
                         {
                             return Err(self.corrupt(
                                 page,
@@ -175,7 +175,7 @@ impl Walk {
                         self.key_leaves.push((page, leaf.crc, leaf.len));
                     }
                     InBucket::Meta => {
-                        for (k, v) in facts.map(|f| &f.meta[..]).unwrap_or_default() {
+                        for (k, v) in sink.meta.get(&page).map(|m| &m[..]).unwrap_or_default() {
                             self.meta.record(k, v);
                         }
                     }
@@ -188,41 +188,53 @@ impl Walk {
 }
 
 /// An entry at or below the compaction point: hashed only if a compaction would keep it.
+/// 40 bytes; one per key that survived the last compaction.
 struct Candidate {
-    rev: Revision,
-    tombstone: bool,
+    page: u64,
+    main: i64,
+    sub: u32,
     user_key: u64,
     crc: u32,
-    len: u32,
+    /// Length of key and value; the top bit marks a deletion (a tombstone).
+    len_tomb: u32,
 }
 
-#[derive(Clone, Copy)]
+const TOMBSTONE: u32 = 1 << 31;
+
+impl Candidate {
+    fn len(&self) -> u64 {
+        u64::from(self.len_tomb & !TOMBSTONE)
+    }
+}
+
+/// The newest revision of one user key (16 bytes).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Newest {
-    rev: Revision,
+    main: i64,
+    sub: u32,
     tombstone: bool,
-}
-
-/// What the walk needs to know of one page beyond its summary; most pages have none.
-#[derive(Default)]
-struct PageFacts {
-    /// The length of the first key that is not a revision (fine outside bucket `key`).
-    not_revision: Option<usize>,
-    not_keyvalue: bool,
-    /// `meta` bucket entries the snapshot's facts come from.
-    meta: Vec<(Vec<u8>, Vec<u8>)>,
-    candidates: Vec<Candidate>,
-    /// CRC and length of the entries after the candidates.
-    tail: (u32, u64),
 }
 
 #[derive(Default)]
 struct EtcdEntries {
     compact: Option<i64>,
-    pages: HashMap<u64, PageFacts>,
+    /// Pages with a key that is not a revision (fine outside bucket `key`): its length.
+    not_revision: HashMap<u64, usize>,
+    /// Pages with a value in bucket `key` that is not an mvccpb.KeyValue.
+    not_keyvalue: HashSet<u64>,
+    /// `meta` bucket entries the snapshot's facts come from, by page.
+    meta: HashMap<u64, Vec<MetaEntry>>,
+    /// In stream order; sorted by page (stably) before the walk.
+    candidates: Vec<Candidate>,
+    /// For each page with candidates: CRC and length of its entries after them.
+    tails: HashMap<u64, (u32, u64)>,
     newest: HashMap<u64, Newest>,
     /// Why HashKV cannot be computed from this stream.
     unavailable: Option<String>,
 }
+
+/// A key and value of bucket `meta`.
+type MetaEntry = (Vec<u8>, Vec<u8>);
 
 const META_KEYS: [&[u8]; 4] = [
     b"consistent_index",
@@ -232,24 +244,35 @@ const META_KEYS: [&[u8]; 4] = [
 ];
 
 impl EtcdEntries {
+    /// Puts each page's candidates together, in their order (call once, before the walk).
+    fn group_candidates(&mut self) {
+        self.candidates.sort_by_key(|c| c.page);
+    }
+
+    fn candidates_of(&self, page: u64) -> &[Candidate] {
+        let from = self.candidates.partition_point(|c| c.page < page);
+        let to = self.candidates.partition_point(|c| c.page <= page);
+        &self.candidates[from..to]
+    }
+
     /// HashKV over the leaves of bucket `key` (in key order): each leaf's candidates that a
     /// compaction would keep, then the rest of its entries.
     fn hash_kv(&self, key_leaves: &[(u64, u32, u64)]) -> u32 {
         let keep_is_empty = !self.keeps_any(key_leaves);
         let mut crc = crc32c::crc32c(KEY_BUCKET);
         for (page, leaf_crc, leaf_len) in key_leaves {
-            let Some(facts) = self.pages.get(page).filter(|f| !f.candidates.is_empty()) else {
+            let candidates = self.candidates_of(*page);
+            if candidates.is_empty() {
                 crc = crc::combine(crc, *leaf_crc, *leaf_len);
                 continue;
-            };
-            for c in facts
-                .candidates
+            }
+            for c in candidates
                 .iter()
                 .filter(|c| keep_is_empty || self.is_kept(c))
             {
-                crc = crc::combine(crc, c.crc, u64::from(c.len));
+                crc = crc::combine(crc, c.crc, c.len());
             }
-            let (tail_crc, tail_len) = facts.tail;
+            let (tail_crc, tail_len) = self.tails.get(page).copied().unwrap_or((0, 0));
             crc = crc::combine(crc, tail_crc, tail_len);
         }
         crc
@@ -258,7 +281,11 @@ impl EtcdEntries {
     /// What a compaction at the hashed revision keeps of a key: its newest revision, unless
     /// that is a deletion.
     fn is_kept(&self, c: &Candidate) -> bool {
-        !c.tombstone && self.newest.get(&c.user_key).is_some_and(|n| n.rev == c.rev)
+        c.len_tomb & TOMBSTONE == 0
+            && self
+                .newest
+                .get(&c.user_key)
+                .is_some_and(|n| (n.main, n.sub) == (c.main, c.sub))
     }
 
     /// etcd's `len(keep) > 0`: some user key's newest revision is a live value. Counted from
@@ -269,14 +296,14 @@ impl EtcdEntries {
         let compact = self.compact.unwrap_or(0);
         self.newest
             .values()
-            .any(|n| n.rev.main > compact && !n.tombstone)
-            || key_leaves.iter().any(|(page, _, _)| {
-                self.pages
-                    .get(page)
-                    .is_some_and(|f| f.candidates.iter().any(|c| self.is_kept(c)))
-            })
+            .any(|n| n.main > compact && !n.tombstone)
+            || key_leaves
+                .iter()
+                .any(|(page, _, _)| self.candidates_of(*page).iter().any(|c| self.is_kept(c)))
     }
 
+    /// Tracks the newest revision of the entry's user key; whether the entry is a candidate
+    /// (and its user-key hash).
     fn candidate_of(&mut self, e: &EntryRef<'_>, rev: Revision) -> Option<u64> {
         let compact = self.compact.filter(|c| *c > 0)?;
         let Some(key) = user_key(e.value_head) else {
@@ -288,17 +315,21 @@ impl EtcdEntries {
                     )
                 });
             } else {
-                self.pages.entry(e.page).or_default().not_keyvalue = true;
+                self.not_keyvalue.insert(e.page);
             }
             return None;
         };
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
         let user = h.finish();
-        let tombstone = Revision::is_tombstone(e.key);
-        let newest = self.newest.entry(user).or_insert(Newest { rev, tombstone });
-        if rev > newest.rev {
-            *newest = Newest { rev, tombstone };
+        let this = Newest {
+            main: rev.main,
+            sub: u32::try_from(rev.sub).unwrap_or(u32::MAX),
+            tombstone: Revision::is_tombstone(e.key),
+        };
+        let newest = self.newest.entry(user).or_insert(this);
+        if (this.main, this.sub) > (newest.main, newest.sub) {
+            *newest = this;
         }
         (rev.main <= compact).then_some(user)
     }
@@ -307,34 +338,39 @@ impl EtcdEntries {
 impl EntrySink for EtcdEntries {
     fn entry(&mut self, e: &EntryRef<'_>) {
         let Some(rev) = Revision::parse(e.key) else {
-            let facts = self.pages.entry(e.page).or_default();
-            facts.not_revision.get_or_insert(e.key.len());
+            self.not_revision.entry(e.page).or_insert(e.key.len());
             if META_KEYS.contains(&e.key) {
-                facts.meta.push((e.key.to_vec(), e.value_head.to_vec()));
+                self.meta
+                    .entry(e.page)
+                    .or_default()
+                    .push((e.key.to_vec(), e.value_head.to_vec()));
             }
             return;
         };
         match self.candidate_of(e, rev) {
-            Some(user_key) => self
-                .pages
-                .entry(e.page)
-                .or_default()
-                .candidates
-                .push(Candidate {
-                    rev,
-                    tombstone: Revision::is_tombstone(e.key),
+            Some(user_key) => {
+                let tomb = if Revision::is_tombstone(e.key) {
+                    TOMBSTONE
+                } else {
+                    0
+                };
+                self.candidates.push(Candidate {
+                    page: e.page,
+                    main: rev.main,
+                    sub: u32::try_from(rev.sub).unwrap_or(u32::MAX),
                     user_key,
                     crc: e.crc,
-                    len: u32::try_from(e.len).unwrap_or(u32::MAX),
-                }),
+                    len_tomb: u32::try_from(e.len)
+                        .unwrap_or(u32::MAX >> 1)
+                        .min(!TOMBSTONE)
+                        | tomb,
+                });
+                self.tails.entry(e.page).or_insert((0, 0));
+            }
             None => {
-                if let Some(facts) = self
-                    .pages
-                    .get_mut(&e.page)
-                    .filter(|f| !f.candidates.is_empty())
-                {
-                    let (crc, len) = facts.tail;
-                    facts.tail = (crc::combine(crc, e.crc, e.len), len + e.len);
+                if let Some((crc, len)) = self.tails.get_mut(&e.page) {
+                    *crc = crc::combine(*crc, e.crc, e.len);
+                    *len += e.len;
                 }
             }
         }

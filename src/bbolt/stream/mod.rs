@@ -81,20 +81,24 @@ impl Key {
     }
 }
 
+/// A bucket's name and whole value.
+pub type BucketEntry = (Vec<u8>, Vec<u8>);
+
 /// What a leaf page holds, for the walk.
 #[derive(Default, Debug)]
 pub struct Leaf {
     pub overflow: u32,
     /// Entries (a nested bucket counts, as in bbolt's `ForEach`).
-    pub count: u64,
+    pub count: u32,
     /// CRC-32C of every key and value in order (a nested bucket: its name only), and the
     /// length it covers.
     pub crc: u32,
     pub len: u64,
     pub first: Option<Key>,
     pub last: Option<Key>,
-    /// Bucket entries: name and whole value (header, and the page of an inline bucket).
-    pub buckets: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Bucket entries: name and whole value (header, and the page of an inline bucket); boxed
+    /// because only the root bucket's leaves have any.
+    pub buckets: Option<Box<Vec<BucketEntry>>>,
 }
 
 #[derive(Debug)]

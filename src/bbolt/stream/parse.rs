@@ -246,7 +246,10 @@ impl Parser {
             let name = std::mem::take(&mut self.key);
             let value = std::mem::take(&mut self.value);
             self.prev_key = Some(name.clone());
-            self.leaf.buckets.push((name, value));
+            self.leaf
+                .buckets
+                .get_or_insert_default()
+                .push((name, value));
         } else {
             sink.entry(&EntryRef {
                 page: self.id,

@@ -55,6 +55,10 @@ impl<S: EntrySink> Tree<S> {
         &self.sink
     }
 
+    pub fn into_sink(self) -> S {
+        self.sink
+    }
+
     /// Calls `f` with each top-level bucket, in name order, followed by its leaves in key
     /// order. Inline buckets' pages are parsed here (their entries reach the sink now).
     ///
@@ -72,7 +76,7 @@ impl<S: EntrySink> Tree<S> {
             pages: &self.pages,
         };
         pages.walk_tree(self.meta.root, &mut visited, &mut |_, leaf| {
-            buckets.extend(leaf.buckets.iter().cloned());
+            buckets.extend(leaf.buckets.iter().flat_map(|b| b.iter().cloned()));
             Ok::<(), E>(())
         })?;
         for (n, (name, value)) in buckets.iter().enumerate() {
