@@ -95,23 +95,10 @@ impl Db {
         let mut second = vec![0u8; page_size];
         let read = read_up_to(&file, page_size as u64, &mut second).map_err(io)?;
         let meta1 = Meta::parse(&second[..read]);
-        let meta = match (meta0, meta1) {
-            (Ok(a), Ok(b)) => {
-                if b.txid > a.txid {
-                    b
-                } else {
-                    a
-                }
-            }
-            (Ok(a), Err(_)) => a,
-            (Err(_), Ok(b)) => b,
-            (Err(e), Err(_)) => {
-                return Err(BoltError::NotBbolt {
-                    path: path.to_path_buf(),
-                    reason: e,
-                })
-            }
-        };
+        let meta = page::choose_meta(meta0, meta1).map_err(|reason| BoltError::NotBbolt {
+            path: path.to_path_buf(),
+            reason,
+        })?;
         let db = Db {
             file,
             path: path.to_path_buf(),

@@ -115,6 +115,20 @@ impl Meta {
     }
 }
 
+/// The meta page bbolt opens with: the valid one of the two with the higher transaction id;
+/// when neither is valid, why the first is not.
+pub fn choose_meta(
+    meta0: Result<Meta, String>,
+    meta1: Result<Meta, String>,
+) -> Result<Meta, String> {
+    match (meta0, meta1) {
+        (Ok(a), Ok(b)) => Ok(if b.txid > a.txid { b } else { a }),
+        (Ok(a), Err(_)) => Ok(a),
+        (Err(_), Ok(b)) => Ok(b),
+        (Err(e), Err(_)) => Err(e),
+    }
+}
+
 fn fnv1a64(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in data {

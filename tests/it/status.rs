@@ -6,7 +6,8 @@ use std::process::Command;
 use crate::data::fill;
 use crate::harness::{etcdutl_bin, lifeboat, run, run_ok, EtcdProcess, Version};
 
-fn oracle_status(v: Version, etcd: &EtcdProcess, file: &std::path::Path) -> serde_json::Value {
+/// `snapshot status -w json` of etcd's own tool for that version.
+pub fn oracle_status(v: Version, etcd: &EtcdProcess, file: &std::path::Path) -> serde_json::Value {
     let out = match v {
         Version::V34 => run_ok(
             etcd.etcdctl()

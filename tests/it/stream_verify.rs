@@ -3,13 +3,13 @@
 //! fail on the same page or both read the same numbers.
 
 use std::path::Path;
-use std::process::Command;
 
 use lifeboat::bbolt::BoltError;
 use lifeboat::verify::{self, OfflineHashKv, StreamChecked, StreamVerifier};
 
 use crate::data::{client, fill, rt};
-use crate::harness::{etcdutl_bin, run_ok, EtcdProcess, Version};
+use crate::harness::{run_ok, EtcdProcess, Version};
+use crate::status::oracle_status;
 
 fn stream(bytes: &[u8], chunk: usize, compact: Option<i64>) -> Result<StreamChecked, BoltError> {
     let mut v = StreamVerifier::new(Path::new("fixture"), compact);
@@ -17,22 +17,6 @@ fn stream(bytes: &[u8], chunk: usize, compact: Option<i64>) -> Result<StreamChec
         v.feed(piece);
     }
     v.finish()
-}
-
-fn oracle_status(v: Version, etcd: &EtcdProcess, file: &Path) -> serde_json::Value {
-    let out = match v {
-        Version::V34 => run_ok(
-            etcd.etcdctl()
-                .args(["snapshot", "status", "-w", "json"])
-                .arg(file),
-        ),
-        Version::V35 => run_ok(
-            Command::new(etcdutl_bin())
-                .args(["snapshot", "status", "-w", "json"])
-                .arg(file),
-        ),
-    };
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn member_hashkv(etcd: &EtcdProcess, rev: i64) -> (u32, i64) {
@@ -180,6 +164,12 @@ fn a_damaged_copy_fails_both_readers_on_the_same_page() {
     let compact = verify::read_snapshot_info(&file).unwrap().compact_revision;
     let damaged = dir.path().join("d.db");
     let (mut both_failed, mut pages_failed) = (0, std::collections::BTreeSet::new());
+    // The kind each page's header gives in the good copy: 1 branch, 2 leaf, other free/overflow.
+    let kind_of = |page: u64| {
+        let at = page as usize * page_size;
+        u16::from_le_bytes([good[at + 8], good[at + 9]])
+    };
+    let mut kinds_caught = std::collections::BTreeSet::new();
     for page in 2..good.len() / page_size {
         for offset in [8, 10, 12, 16 + 4, 16 + 9, 16 + 12, 40, 200, 1500, 4000] {
             let at = page * page_size + offset;
@@ -204,6 +194,9 @@ fn a_damaged_copy_fails_both_readers_on_the_same_page() {
                             assert_eq!(sp, wp, "byte {at}: walker {w}, stream {s}");
                         }
                         pages_failed.insert(sp);
+                        if sp as usize == page {
+                            kinds_caught.insert(kind_of(sp));
+                        }
                     }
                 }
                 (Ok(_), Err(s)) => assert!(
@@ -219,6 +212,10 @@ fn a_damaged_copy_fails_both_readers_on_the_same_page() {
         "the flips must hit live pages: {both_failed}"
     );
     assert!(pages_failed.len() > 5, "{pages_failed:?}");
+    assert!(
+        kinds_caught.contains(&1) && kinds_caught.contains(&2),
+        "damage in a branch page and in a leaf page is caught on that page: {kinds_caught:?}"
+    );
 }
 
 #[test]

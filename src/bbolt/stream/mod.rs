@@ -195,20 +195,12 @@ impl<S: EntrySink> PageStream<S> {
         if !self.fill_head(bytes, 2 * page_size) {
             return;
         }
-        let meta = match (
+        let meta = match super::page::choose_meta(
             Meta::parse(&self.head[..page_size]),
             Meta::parse(&self.head[page_size..]),
         ) {
-            (Ok(a), Ok(b)) => {
-                if b.txid > a.txid {
-                    b
-                } else {
-                    a
-                }
-            }
-            (Ok(a), Err(_)) => a,
-            (Err(_), Ok(b)) => b,
-            (Err(e), Err(_)) => {
+            Ok(meta) => meta,
+            Err(e) => {
                 self.not_bbolt = Some(e);
                 return;
             }
