@@ -204,13 +204,11 @@ pub async fn plan(source: &SnapshotSource, opts: &RestoreOptions) -> Result<Plan
     };
     let snapshot_path = run_dir.join("snapshot.db");
     let restoring_dir = sibling(&data_dir, &format!("lifeboat-restoring-{run_id}"));
-    let restore_argv = tool.restore_argv(
-        &snapshot_path,
-        &restoring_dir,
-        &member,
-        !backup.has_trailer,
-        bump_revision,
-    );
+    // The fetch checks the staged file completely (etcd's trailer included) as it writes it,
+    // and a resumed run checks it again before this step: etcd's tool need not hash it a
+    // third time (1.7 s of a 1.6 GB restore).
+    let restore_argv =
+        tool.restore_argv(&snapshot_path, &restoring_dir, &member, true, bump_revision);
     check_disk(&opts.state_dir, &data_dir, backup.plain_size)?;
     let static_pods = CONTROL_PLANE_PODS
         .iter()

@@ -75,6 +75,9 @@ async fn run_steps(
     opts: &RestoreOptions,
     observer: Arc<dyn Observer>,
 ) -> Result<(), RestoreError> {
+    // Whether this process fetched (and so checked) the staged snapshot; a resumed run checks
+    // it again before etcd's tool reads it.
+    let mut fetched_here = false;
     while let Some(step) = journal.next_step() {
         let plan = journal.plan.clone();
         observer.step_started(step.name(), &[steps::describe(step, &plan)]);
@@ -86,6 +89,9 @@ async fn run_steps(
             Step::Fetch => steps::fetch(&plan, source, observer.clone()).await,
             Step::StopControlPlane => steps::stop_control_plane(&plan, opts),
             Step::MoveDataDir => steps::move_data_dir(&plan),
+            Step::Restore if !fetched_here => {
+                steps::recheck_staged(&plan).and_then(|()| steps::restore_data_dir(&plan))
+            }
             Step::Restore => steps::restore_data_dir(&plan),
             Step::StartEtcd => steps::start_etcd(&plan, opts, observer.as_ref()).await,
             Step::StartControlPlane => {
@@ -101,6 +107,7 @@ async fn run_steps(
             return Err(e);
         }
         crash::after(step);
+        fetched_here |= step == Step::Fetch;
         journal.mark_done(step);
         if step == Step::Finish {
             journal.state = RunState::Finished;

@@ -109,6 +109,28 @@ pub(super) fn copy_checked(
     Ok(())
 }
 
+/// Before etcd's tool reads a snapshot fetched by an earlier run: it is still what the plan
+/// fetched (etcd's trailer, the bbolt walk, the status), since it has sat on disk meanwhile.
+pub(super) fn recheck_staged(plan: &Plan) -> Result<(), RestoreError> {
+    let path = &plan.snapshot_path;
+    if restored_in_place(plan) {
+        return Ok(()); // etcd's tool ran before the crash; nothing will read the file
+    }
+    let status = readback::plain_file_info(path)
+        .map_err(|source| RestoreError::BadFile {
+            path: path.clone(),
+            source,
+        })?
+        .status;
+    if status != plan.backup.status {
+        return Err(RestoreError::node(
+            path,
+            "the fetched snapshot changed since it was fetched: `lifeboat restore --rollback`, then restore again",
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn stop_control_plane(plan: &Plan, opts: &RestoreOptions) -> Result<(), RestoreError> {
     for (i, pod) in plan.static_pods.iter().enumerate() {
         node::move_manifest(pod, &plan.manifests_dir, &plan.holding_dir)?;
@@ -138,10 +160,15 @@ pub(super) fn move_data_dir(plan: &Plan) -> Result<(), RestoreError> {
     }
 }
 
-pub(super) fn restore_data_dir(plan: &Plan) -> Result<(), RestoreError> {
+/// The restored data dir was renamed into place (by a run that then crashed).
+fn restored_in_place(plan: &Plan) -> bool {
     let in_place = plan.data_dir.join("member").exists();
     let old_is_aside = !plan.data_dir_existed || plan.aside_dir.exists();
-    if in_place && old_is_aside && !plan.restoring_dir.exists() {
+    in_place && old_is_aside && !plan.restoring_dir.exists()
+}
+
+pub(super) fn restore_data_dir(plan: &Plan) -> Result<(), RestoreError> {
+    if restored_in_place(plan) {
         return Ok(()); // renamed into place before a crash
     }
     if plan.data_dir.exists() {

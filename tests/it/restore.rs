@@ -172,7 +172,8 @@ fn a_plain_snapshot_file_is_restored_with_and_without_trailer() {
     run(s.node.restore().arg(&file).args(["--yes", "--force"])).ok();
     s.node.wait_healthy();
     assert_eq!(s.node.dump(), expected);
-    // A copy of member/snap/db has no trailer: etcdutl needs --skip-hash-check.
+    // A copy of member/snap/db has no trailer: etcdutl gets --skip-hash-check (as every
+    // restore now: the fetch checks the file itself).
     let no_trailer = dir.path().join("db-copy");
     let aside = s.node.siblings_of_data_dir("lifeboat-2");
     std::fs::copy(aside[0].join("member/snap/db"), &no_trailer).unwrap();
@@ -356,6 +357,46 @@ macro_rules! crash_tests {
             $( #[test] fn $name() { super::crash_then_rollback($point); } )*
         }
     };
+}
+
+/// etcd's tool is told to skip its own hash of the staged snapshot (the fetch checked it), so a
+/// resumed run checks the file again before the tool reads it: a changed file is refused.
+#[test]
+fn a_staged_snapshot_changed_before_a_resume_is_refused() {
+    let s = setup(Version::V35);
+    let r = run(restore_cmd(&s)
+        .args(["--yes", "--force"])
+        .env("LIFEBOAT_TEST_CRASH_AT", "restore:before"));
+    assert_eq!(r.code, 86, "did not crash: {}", r.stderr);
+    let staged = files_under(&s.node.state_dir)
+        .into_keys()
+        .map(|f| s.node.state_dir.join(f))
+        .find(|p| p.file_name().is_some_and(|n| n == "snapshot.db"))
+        .expect("the staged snapshot");
+    // Inside a value, where etcd's tool would notice nothing.
+    let mut bytes = std::fs::read(&staged).unwrap();
+    // The value "2" of /registry/b: mvccpb.KeyValue field 5, length 1, after the key.
+    let key_at = bytes
+        .windows(11)
+        .position(|w| w == b"/registry/b")
+        .expect("the key /registry/b");
+    let at = key_at
+        + bytes[key_at..]
+            .windows(3)
+            .position(|w| w == [0x2a, 0x01, b'2'])
+            .expect("its value")
+        + 2;
+    bytes[at] = b'7';
+    std::fs::write(&staged, &bytes).unwrap();
+    let r = run(s.node.restore().arg("--resume"));
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(r.stderr.contains("snapshot.db"), "{}", r.stderr);
+    assert!(
+        !s.node.data_dir.join("member").exists(),
+        "etcd's tool never ran"
+    );
+    run(s.node.restore().arg("--rollback")).ok();
+    s.node.wait_healthy();
 }
 
 crash_tests! {
