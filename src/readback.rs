@@ -514,6 +514,21 @@ fn plain_file_error(
 /// # Errors
 /// Unreadable, damaged, or a trailer that does not match.
 pub fn plain_file_info(path: &Path) -> Result<SnapshotInfo, VerifyError> {
+    Ok(plain_file_facts(path)?.info)
+}
+
+/// What one read of a plain snapshot file establishes.
+pub struct PlainFile {
+    pub info: SnapshotInfo,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// As [`plain_file_info`], with the file's sha256 and size from the same read.
+///
+/// # Errors
+/// As [`plain_file_info`].
+pub fn plain_file_facts(path: &Path) -> Result<PlainFile, VerifyError> {
     let mut f = File::open(path).map_err(|e| plain_file_error(path, e))?;
     let mut sink = PlainSink::new(None::<io::Sink>, StreamVerifier::new(path, None));
     io::copy(&mut f, &mut sink).map_err(|e| plain_file_error(path, e))?;
@@ -522,7 +537,11 @@ pub fn plain_file_info(path: &Path) -> Result<SnapshotInfo, VerifyError> {
         verify::check_trailer(tally.trailer.as_ref().map(|t| &t[..]), &tally.data_sha256)
             .map_err(|e| plain_file_error(path, e))?;
     }
-    Ok(tally.checked?.info)
+    Ok(PlainFile {
+        info: tally.checked?.info,
+        sha256: tally.sha256,
+        size: tally.size,
+    })
 }
 
 #[cfg(test)]

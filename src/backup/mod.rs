@@ -347,12 +347,6 @@ fn written(run: &Run<'_>, streamed: &Streamed) -> Written {
     }
 }
 
-impl From<crate::bbolt::BoltError> for BackupError {
-    fn from(e: crate::bbolt::BoltError) -> Self {
-        BackupError::Verify(VerifyError::Bolt(e))
-    }
-}
-
 enum Feed {
     Piece(SnapshotPiece),
     End,

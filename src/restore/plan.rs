@@ -45,8 +45,6 @@ pub struct BackupFacts {
     pub cluster_id: Option<String>,
     pub plain_sha256: String,
     pub plain_size: u64,
-    /// etcd's sha256 trailer is present (else the tool needs `--skip-hash-check`).
-    pub has_trailer: bool,
     pub status: SnapshotStatus,
 }
 
@@ -266,7 +264,6 @@ fn backup_facts(source: &SnapshotSource) -> Result<BackupFacts, RestoreError> {
             cluster_id: Some(manifest.cluster_id.clone()),
             plain_sha256: manifest.plain_sha256.clone(),
             plain_size: manifest.plain_size,
-            has_trailer: crate::bbolt::has_sha256_trailer(manifest.plain_size),
             status: manifest.status,
         }),
         SnapshotSource::File(path) => {
@@ -274,42 +271,20 @@ fn backup_facts(source: &SnapshotSource) -> Result<BackupFacts, RestoreError> {
                 path: path.clone(),
                 source,
             };
-            let info = readback::plain_file_info(path).map_err(bad)?;
-            let status = info.status;
-            let (sha, size) = sha256_file(path)
-                .map_err(|e| RestoreError::node(path, format!("cannot read it: {e}")))?;
+            let file = readback::plain_file_facts(path).map_err(bad)?;
             Ok(BackupFacts {
                 id: "file".into(),
                 source: path.display().to_string(),
                 created_at: None,
-                revision: info.restored_revision,
+                revision: file.info.restored_revision,
                 member_name: None,
                 cluster_id: None,
-                plain_sha256: sha,
-                plain_size: size,
-                has_trailer: crate::bbolt::has_sha256_trailer(size),
-                status,
+                plain_sha256: file.sha256,
+                plain_size: file.size,
+                status: file.info.status,
             })
         }
     }
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((hex::encode(h.finalize()), size))
 }
 
 fn member_spec(

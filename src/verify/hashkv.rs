@@ -119,9 +119,14 @@ fn user_key_hash(path: &Path, kv: &[u8]) -> Result<u64, BoltError> {
         page: 0,
         reason: "a value in bucket `key` is not an mvccpb.KeyValue".into(),
     })?;
+    Ok(hash_user_key(key))
+}
+
+/// The 64-bit identity of a user key that both HashKV computations track newest revisions by.
+pub(super) fn hash_user_key(key: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
     key.hash(&mut h);
-    Ok(h.finish())
+    h.finish()
 }
 
 /// Field 1 (`key`) of a protobuf `mvccpb.KeyValue`.

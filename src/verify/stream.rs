@@ -11,10 +11,9 @@
 //! for it, and records the check as skipped when the member compacts during the backup.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
 
-use super::hashkv::user_key;
+use super::hashkv::{hash_user_key, user_key};
 use super::status::{restored_revision, MetaFacts, Revision, KEY_BUCKET, META_BUCKET};
 use super::{SnapshotInfo, SnapshotStatus};
 use crate::bbolt::stream::{crc, EntryRef, EntrySink, Event, PageStream, VALUE_HEAD};
@@ -133,7 +132,7 @@ impl Walk {
         }
     }
 
-    fn event(&mut self, sink: &mut EtcdEntries, event: Event<'_>) -> Result<(), BoltError> {
+    fn event(&mut self, sink: &EtcdEntries, event: Event<'_>) -> Result<(), BoltError> {
         match event {
             Event::Bucket(name) => {
                 self.status_crc = crc32c::crc32c_append(self.status_crc, name);
@@ -302,9 +301,9 @@ impl EtcdEntries {
                 .any(|(page, _, _)| self.candidates_of(*page).iter().any(|c| self.is_kept(c)))
     }
 
-    /// Tracks the newest revision of the entry's user key; whether the entry is a candidate
-    /// (and its user-key hash).
-    fn candidate_of(&mut self, e: &EntryRef<'_>, rev: Revision) -> Option<u64> {
+    /// Tracks the newest revision of the entry's user key; the entry as a candidate when it is
+    /// one (at or below the compaction point).
+    fn candidate_of(&mut self, e: &EntryRef<'_>, rev: Revision) -> Option<Candidate> {
         let compact = self.compact.filter(|c| *c > 0)?;
         let Some(key) = user_key(e.value_head) else {
             if e.value_len > e.value_head.len() as u64 && e.value_head.len() >= VALUE_HEAD {
@@ -319,19 +318,25 @@ impl EtcdEntries {
             }
             return None;
         };
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        let user = h.finish();
+        let user_key = hash_user_key(key);
         let this = Newest {
             main: rev.main,
             sub: u32::try_from(rev.sub).unwrap_or(u32::MAX),
             tombstone: Revision::is_tombstone(e.key),
         };
-        let newest = self.newest.entry(user).or_insert(this);
+        let newest = self.newest.entry(user_key).or_insert(this);
         if (this.main, this.sub) > (newest.main, newest.sub) {
             *newest = this;
         }
-        (rev.main <= compact).then_some(user)
+        let len = u32::try_from(e.len).unwrap_or(u32::MAX).min(!TOMBSTONE);
+        (rev.main <= compact).then_some(Candidate {
+            page: e.page,
+            main: this.main,
+            sub: this.sub,
+            user_key,
+            crc: e.crc,
+            len_tomb: if this.tombstone { len | TOMBSTONE } else { len },
+        })
     }
 }
 
@@ -348,24 +353,9 @@ impl EntrySink for EtcdEntries {
             return;
         };
         match self.candidate_of(e, rev) {
-            Some(user_key) => {
-                let tomb = if Revision::is_tombstone(e.key) {
-                    TOMBSTONE
-                } else {
-                    0
-                };
-                self.candidates.push(Candidate {
-                    page: e.page,
-                    main: rev.main,
-                    sub: u32::try_from(rev.sub).unwrap_or(u32::MAX),
-                    user_key,
-                    crc: e.crc,
-                    len_tomb: u32::try_from(e.len)
-                        .unwrap_or(u32::MAX >> 1)
-                        .min(!TOMBSTONE)
-                        | tomb,
-                });
+            Some(candidate) => {
                 self.tails.entry(e.page).or_insert((0, 0));
+                self.candidates.push(candidate);
             }
             None => {
                 if let Some((crc, len)) = self.tails.get_mut(&e.page) {

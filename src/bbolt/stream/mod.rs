@@ -241,14 +241,14 @@ impl<S: EntrySink> PageStream<S> {
                 false
             }
         });
-        if super::page::PageHeader::parse(page).id != id {
+        let header = super::page::PageHeader::parse(page);
+        if header.id != id {
             return; // not where a page starts (or a damaged header: the walk says so)
         }
         let Some(mut parser) = Parser::start(id, page, page_size) else {
             return;
         };
-        let overflow = u64::from(super::page::PageHeader::parse(page).overflow);
-        if id + overflow >= pgid {
+        if id + u64::from(header.overflow) >= pgid {
             let reason = "overflow pages run past the high-water mark".to_string();
             self.pages.push((id, Summary::Bad(reason)));
             return;

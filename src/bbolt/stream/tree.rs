@@ -51,10 +51,6 @@ impl<S: EntrySink> Tree<S> {
         &self.label
     }
 
-    pub fn sink(&self) -> &S {
-        &self.sink
-    }
-
     pub fn into_sink(self) -> S {
         self.sink
     }
