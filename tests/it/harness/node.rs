@@ -133,10 +133,16 @@ impl FakeNode {
             let mut t = text
                 .replace(",https://10.0.0.11:2379", "")
                 .replace("10.0.0.11", "127.0.0.1")
-                .replace(":2379", &format!(":{}", ports.client))
-                .replace(":2380", &format!(":{}", ports.peer))
-                .replace("2381", &ports.metrics.to_string())
-                .replace("6443", &apiserver_port.to_string())
+                // Placeholders first: a port written in by one replacement must not be
+                // rewritten by the next (port 12381 holds "2381", 16443 holds "6443").
+                .replace(":2379", ":@client@")
+                .replace(":2380", ":@peer@")
+                .replace("2381", "@metrics@")
+                .replace("6443", "@apiserver@")
+                .replace("@client@", &ports.client.to_string())
+                .replace("@peer@", &ports.peer.to_string())
+                .replace("@metrics@", &ports.metrics.to_string())
+                .replace("@apiserver@", &apiserver_port.to_string())
                 .replace("/etc/kubernetes/pki", &pki_root.display().to_string())
                 .replace("/var/lib/etcd", &data_dir.display().to_string());
             if file == "etcd.yaml" {
