@@ -5,8 +5,9 @@
 //! HashKV needs, per entry at or below the member's compaction point, whether a compaction at
 //! the hashed revision would keep it (the newest revision of its user key, when not a
 //! deletion) — known only once every entry has passed. So those entries ("candidates") are
-//! kept as (revision, user-key hash, CRC, length), 40 bytes each, one per key that survived the
-//! last compaction; entries after the compaction point are always hashed and cost nothing.
+//! kept as (revision, user-key hash, CRC, length), 32 bytes each, one per key that survived the
+//! last compaction; entries after the compaction point are always hashed, and only the newest
+//! revision of each key written since is kept (it decides which candidates are superseded).
 //! The compaction point must be known before the stream starts: the backup asks the member
 //! for it, and records the check as skipped when the member compacts during the backup.
 
@@ -16,7 +17,7 @@ use std::path::Path;
 use super::hashkv::{hash_user_key, user_key};
 use super::status::{restored_revision, MetaFacts, Revision, KEY_BUCKET, META_BUCKET};
 use super::{SnapshotInfo, SnapshotStatus};
-use crate::bbolt::stream::{crc, EntryRef, EntrySink, Event, PageStream, VALUE_HEAD};
+use crate::bbolt::stream::{crc, EntryRef, EntrySink, Event, PageStream, INLINE_PAGES, VALUE_HEAD};
 use crate::bbolt::BoltError;
 
 /// Feeds on a snapshot's bytes (the trailer may follow: it is past the last page).
@@ -78,7 +79,7 @@ impl StreamVerifier {
         tree.walk::<BoltError>(|sink, event| walk.event(sink, event))?;
         let total_size = tree.high_water_size();
         let mut sink = tree.into_sink();
-        sink.group_candidates();
+        sink.decide_and_group_candidates();
         let hashkv = sink.compact.map(|compact| match &sink.unavailable {
             Some(why) => Err(why.clone()),
             None => Ok(OfflineHashKv {
@@ -142,8 +143,8 @@ impl Walk {
                     _ => InBucket::Other,
                 };
             }
-            Event::Leaf { page, leaf } => {
-                self.status_crc = crc::combine(self.status_crc, leaf.crc, leaf.len);
+            Event::Leaf { page, leaf, nested } => {
+                self.status_crc = crc::combine(self.status_crc, leaf.crc, u64::from(leaf.len));
                 self.total_key += u64::from(leaf.count);
                 match self.in_bucket {
                     InBucket::Key => {
@@ -155,7 +156,7 @@ impl Walk {
                                 ),
                             ));
                         }
-                        if leaf.buckets.is_some() {
+                        if nested {
                             return Err(
                                 self.corrupt(page, "bucket `key` holds a nested bucket".into())
                             );
@@ -171,7 +172,7 @@ impl Walk {
                                 "a value in bucket `key` is not an mvccpb.KeyValue".into(),
                             ));
                         }
-                        self.key_leaves.push((page, leaf.crc, leaf.len));
+                        self.key_leaves.push((page, leaf.crc, u64::from(leaf.len)));
                     }
                     InBucket::Meta => {
                         for (k, v) in sink.meta.get(&page).map(|m| &m[..]).unwrap_or_default() {
@@ -187,22 +188,45 @@ impl Walk {
 }
 
 /// An entry at or below the compaction point: hashed only if a compaction would keep it.
-/// 40 bytes; one per key that survived the last compaction.
+/// 32 bytes; one per key that survived the last compaction.
 struct Candidate {
-    page: u64,
     main: i64,
-    sub: u32,
     user_key: u64,
+    /// [`short_page`] of its page.
+    page: u32,
+    sub: u32,
     crc: u32,
-    /// Length of key and value; the top bit marks a deletion (a tombstone).
-    len_tomb: u32,
+    /// Length of key and value, with the [`TOMBSTONE`] and [`KEPT`] bits.
+    len_flags: u32,
 }
 
+/// A deletion.
 const TOMBSTONE: u32 = 1 << 31;
+/// A compaction at the hashed revision keeps it (decided once every entry has passed).
+const KEPT: u32 = 1 << 30;
+const LEN: u32 = KEPT - 1;
+
+/// A page id in 32 bits, for candidates: file pages below 2^31 (8 TiB of 4 KiB pages), inline
+/// buckets' pages above; `None` beyond.
+fn short_page(page: u64) -> Option<u32> {
+    const HIGH: u32 = 1 << 31;
+    if page >= INLINE_PAGES {
+        u32::try_from(page - INLINE_PAGES)
+            .ok()
+            .filter(|n| *n < HIGH)
+            .map(|n| n | HIGH)
+    } else {
+        u32::try_from(page).ok().filter(|p| *p < HIGH)
+    }
+}
 
 impl Candidate {
     fn len(&self) -> u64 {
-        u64::from(self.len_tomb & !TOMBSTONE)
+        u64::from(self.len_flags & LEN)
+    }
+
+    fn is_kept(&self) -> bool {
+        self.len_flags & KEPT != 0
     }
 }
 
@@ -223,11 +247,13 @@ struct EtcdEntries {
     not_keyvalue: HashSet<u64>,
     /// `meta` bucket entries the snapshot's facts come from, by page.
     meta: HashMap<u64, Vec<MetaEntry>>,
-    /// In stream order; sorted by page (stably) before the walk.
+    /// In stream order; sorted by page and key before the walk.
     candidates: Vec<Candidate>,
     /// For each page with candidates: CRC and length of its entries after them.
     tails: HashMap<u64, (u32, u64)>,
-    newest: HashMap<u64, Newest>,
+    /// The newest revision past the compaction point of each user key that has one: what
+    /// was written since the last compaction, usually a small part of the keys.
+    newest_recent: HashMap<u64, Newest>,
     /// Why HashKV cannot be computed from this stream.
     unavailable: Option<String>,
 }
@@ -243,12 +269,32 @@ const META_KEYS: [&[u8]; 4] = [
 ];
 
 impl EtcdEntries {
-    /// Puts each page's candidates together, in their order (call once, before the walk).
-    fn group_candidates(&mut self) {
-        self.candidates.sort_by_key(|c| c.page);
+    /// Marks the candidates a compaction at the hashed revision keeps — the newest revision
+    /// of a user key that has none past the compaction point, when not a deletion (every copy
+    /// of it: free pages can hold one too) — then puts each page's candidates together in key
+    /// order. Sorts in place: no memory beyond the candidates. Call once, before the walk.
+    fn decide_and_group_candidates(&mut self) {
+        let cs = &mut self.candidates;
+        cs.sort_unstable_by_key(|c| (c.user_key, std::cmp::Reverse((c.main, c.sub))));
+        let mut at = 0;
+        while at < cs.len() {
+            let (key, newest) = (cs[at].user_key, (cs[at].main, cs[at].sub));
+            let superseded = self.newest_recent.contains_key(&key);
+            while at < cs.len() && cs[at].user_key == key {
+                let c = &mut cs[at];
+                if !superseded && (c.main, c.sub) == newest && c.len_flags & TOMBSTONE == 0 {
+                    c.len_flags |= KEPT;
+                }
+                at += 1;
+            }
+        }
+        cs.sort_unstable_by_key(|c| (c.page, c.main, c.sub));
     }
 
     fn candidates_of(&self, page: u64) -> &[Candidate] {
+        let Some(page) = short_page(page) else {
+            return &[];
+        };
         let from = self.candidates.partition_point(|c| c.page < page);
         let to = self.candidates.partition_point(|c| c.page <= page);
         &self.candidates[from..to]
@@ -265,10 +311,7 @@ impl EtcdEntries {
                 crc = crc::combine(crc, *leaf_crc, *leaf_len);
                 continue;
             }
-            for c in candidates
-                .iter()
-                .filter(|c| keep_is_empty || self.is_kept(c))
-            {
+            for c in candidates.iter().filter(|c| keep_is_empty || c.is_kept()) {
                 crc = crc::combine(crc, c.crc, c.len());
             }
             let (tail_crc, tail_len) = self.tails.get(page).copied().unwrap_or((0, 0));
@@ -277,32 +320,19 @@ impl EtcdEntries {
         crc
     }
 
-    /// What a compaction at the hashed revision keeps of a key: its newest revision, unless
-    /// that is a deletion.
-    fn is_kept(&self, c: &Candidate) -> bool {
-        c.len_tomb & TOMBSTONE == 0
-            && self
-                .newest
-                .get(&c.user_key)
-                .is_some_and(|n| (n.main, n.sub) == (c.main, c.sub))
-    }
-
     /// etcd's `len(keep) > 0`: some user key's newest revision is a live value. Counted from
     /// the tree only: a free page can still hold a value of a key whose deletion a compaction
     /// removed since. Past the compaction point nothing is ever removed, so a newest revision
     /// there is in the tree; at or below it, the tree's candidates say.
     fn keeps_any(&self, key_leaves: &[(u64, u32, u64)]) -> bool {
-        let compact = self.compact.unwrap_or(0);
-        self.newest
-            .values()
-            .any(|n| n.main > compact && !n.tombstone)
+        self.newest_recent.values().any(|n| !n.tombstone)
             || key_leaves
                 .iter()
-                .any(|(page, _, _)| self.candidates_of(*page).iter().any(|c| self.is_kept(c)))
+                .any(|(page, _, _)| self.candidates_of(*page).iter().any(Candidate::is_kept))
     }
 
-    /// Tracks the newest revision of the entry's user key; the entry as a candidate when it is
-    /// one (at or below the compaction point).
+    /// The entry as a candidate when it is one (at or below the compaction point); else the
+    /// newest revision of its user key tracked.
     fn candidate_of(&mut self, e: &EntryRef<'_>, rev: Revision) -> Option<Candidate> {
         let compact = self.compact.filter(|c| *c > 0)?;
         let Some(key) = user_key(e.value_head) else {
@@ -324,18 +354,32 @@ impl EtcdEntries {
             sub: u32::try_from(rev.sub).unwrap_or(u32::MAX),
             tombstone: Revision::is_tombstone(e.key),
         };
-        let newest = self.newest.entry(user_key).or_insert(this);
-        if (this.main, this.sub) > (newest.main, newest.sub) {
-            *newest = this;
+        if rev.main > compact {
+            let newest = self.newest_recent.entry(user_key).or_insert(this);
+            if (this.main, this.sub) > (newest.main, newest.sub) {
+                *newest = this;
+            }
+            return None;
         }
-        let len = u32::try_from(e.len).unwrap_or(u32::MAX).min(!TOMBSTONE);
-        (rev.main <= compact).then_some(Candidate {
-            page: e.page,
+        let (Some(page), Some(len)) = (
+            short_page(e.page),
+            u32::try_from(e.len).ok().filter(|l| l & !LEN == 0),
+        ) else {
+            self.unavailable.get_or_insert_with(|| {
+                format!(
+                    "an entry of revision {} is beyond what one pass keeps (page {}, {} bytes)",
+                    rev.main, e.page, e.len
+                )
+            });
+            return None;
+        };
+        Some(Candidate {
+            page,
             main: this.main,
             sub: this.sub,
             user_key,
             crc: e.crc,
-            len_tomb: if this.tombstone { len | TOMBSTONE } else { len },
+            len_flags: if this.tombstone { len | TOMBSTONE } else { len },
         })
     }
 }
@@ -364,5 +408,26 @@ impl EntrySink for EtcdEntries {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_kept_per_key_and_per_page_stays_small() {
+        // Memory grows with these (docs/performance.md): one per surviving key, one per leaf.
+        assert_eq!(std::mem::size_of::<Candidate>(), 32);
+        assert!(std::mem::size_of::<(u64, crate::bbolt::stream::Summary)>() <= 72);
+    }
+
+    #[test]
+    fn page_ids_fit_in_32_bits_without_colliding() {
+        assert_eq!(short_page(7), Some(7));
+        assert_eq!(short_page(INLINE_PAGES + 3), Some((1 << 31) | 3));
+        assert_ne!(short_page(INLINE_PAGES), short_page(0));
+        assert_eq!(short_page(1 << 31), None);
+        assert_eq!(short_page(u64::MAX), None);
     }
 }

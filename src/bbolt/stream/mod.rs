@@ -84,26 +84,26 @@ impl Key {
 /// A bucket's name and whole value.
 pub type BucketEntry = (Vec<u8>, Vec<u8>);
 
-/// What a leaf page holds, for the walk.
+/// What a leaf page holds, for the walk. 64 bytes: one per leaf is kept until the end.
 #[derive(Default, Debug)]
 pub struct Leaf {
     pub overflow: u32,
     /// Entries (a nested bucket counts, as in bbolt's `ForEach`).
     pub count: u32,
     /// CRC-32C of every key and value in order (a nested bucket: its name only), and the
-    /// length it covers.
+    /// length it covers (a page is at most 4 GiB: longer ones are summarised as damaged).
     pub crc: u32,
-    pub len: u64,
+    pub len: u32,
     pub first: Option<Key>,
     pub last: Option<Key>,
-    /// Bucket entries: name and whole value (header, and the page of an inline bucket); boxed
-    /// because only the root bucket's leaves have any.
-    pub buckets: Option<Box<Vec<BucketEntry>>>,
 }
 
 #[derive(Debug)]
 pub enum Summary {
     Leaf(Leaf),
+    /// A leaf with bucket entries (name and whole value: header, and the page of an inline
+    /// bucket); boxed, as only the root bucket's leaves have any.
+    BucketLeaf(Box<(Leaf, Vec<BucketEntry>)>),
     Branch {
         overflow: u32,
         children: Box<[u64]>,

@@ -11,7 +11,7 @@
 //! breaks it damaged: a reader of the file could jump to any offset, a streaming one cannot
 //! go back, and no page bbolt wrote is laid out otherwise.
 
-use super::{EntryRef, EntrySink, Key, Leaf, Summary};
+use super::{BucketEntry, EntryRef, EntrySink, Key, Leaf, Summary};
 use crate::bbolt::page::{PageHeader, PageKind, PAGE_HEADER_SIZE};
 use crate::bbolt::{BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG};
 
@@ -65,6 +65,9 @@ pub struct Parser {
     value_seen: usize,
     entry_crc: u32,
     leaf: Leaf,
+    /// What `leaf.len` will be (checked to fit when the page is done).
+    len: u64,
+    buckets: Vec<BucketEntry>,
 }
 
 impl Parser {
@@ -96,6 +99,8 @@ impl Parser {
                 overflow: header.overflow,
                 ..Leaf::default()
             },
+            len: 0,
+            buckets: Vec::new(),
         })
     }
 
@@ -212,7 +217,7 @@ impl Parser {
         }
         self.entry_crc = crc32c::crc32c(&self.key);
         self.leaf.crc = crc32c::crc32c_append(self.leaf.crc, &self.key);
-        self.leaf.len += self.key.len() as u64;
+        self.len += self.key.len() as u64;
         self.leaf.count += 1;
         if self.leaf.first.is_none() {
             self.leaf.first = Some(Key::new(&self.key));
@@ -232,7 +237,7 @@ impl Parser {
         } else {
             self.entry_crc = crc32c::crc32c_append(self.entry_crc, taken);
             self.leaf.crc = crc32c::crc32c_append(self.leaf.crc, taken);
-            self.leaf.len += taken.len() as u64;
+            self.len += taken.len() as u64;
             let room = VALUE_HEAD.saturating_sub(self.value.len()).min(taken.len());
             self.value.extend_from_slice(&taken[..room]);
         }
@@ -246,10 +251,7 @@ impl Parser {
             let name = std::mem::take(&mut self.key);
             let value = std::mem::take(&mut self.value);
             self.prev_key = Some(name.clone());
-            self.leaf
-                .buckets
-                .get_or_insert_default()
-                .push((name, value));
+            self.buckets.push((name, value));
         } else {
             sink.entry(&EntryRef {
                 page: self.id,
@@ -279,8 +281,16 @@ impl Parser {
             },
             _ => {
                 let mut leaf = std::mem::take(&mut self.leaf);
+                let Ok(len) = u32::try_from(self.len) else {
+                    return Summary::Bad("a leaf of more than 4 GiB of keys and values".into());
+                };
+                leaf.len = len;
                 leaf.last = self.prev_key.take().map(|k| Key::new(&k));
-                Summary::Leaf(leaf)
+                if self.buckets.is_empty() {
+                    Summary::Leaf(leaf)
+                } else {
+                    Summary::BucketLeaf(Box::new((leaf, std::mem::take(&mut self.buckets))))
+                }
             }
         }
     }

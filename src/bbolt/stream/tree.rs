@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::parse::{Fed, Parser};
-use super::{EntrySink, Key, Leaf, Summary, INLINE_PAGES};
+use super::{BucketEntry, EntrySink, Key, Leaf, Summary, INLINE_PAGES};
 use crate::bbolt::page::Meta;
 use crate::bbolt::{BoltError, BUCKET_HEADER_SIZE, MAX_DEPTH};
 
@@ -15,6 +15,8 @@ pub enum Event<'a> {
     Leaf {
         page: u64,
         leaf: &'a Leaf,
+        /// Whether it holds nested buckets.
+        nested: bool,
     },
 }
 
@@ -71,8 +73,8 @@ impl<S: EntrySink> Tree<S> {
             pgid: self.meta.pgid,
             pages: &self.pages,
         };
-        pages.walk_tree(self.meta.root, &mut visited, &mut |_, leaf| {
-            buckets.extend(leaf.buckets.iter().flat_map(|b| b.iter().cloned()));
+        pages.walk_tree(self.meta.root, &mut visited, &mut |_, _, nested| {
+            buckets.extend(nested.iter().cloned());
             Ok::<(), E>(())
         })?;
         for (n, (name, value)) in buckets.iter().enumerate() {
@@ -80,29 +82,45 @@ impl<S: EntrySink> Tree<S> {
             let root = u64::from_le_bytes(value[0..8].try_into().expect("checked length"));
             if root != 0 {
                 let sink = &mut self.sink;
-                pages.walk_tree(root, &mut visited, &mut |page, leaf| {
-                    f(sink, Event::Leaf { page, leaf })
+                pages.walk_tree(root, &mut visited, &mut |page, leaf, nested| {
+                    f(
+                        sink,
+                        Event::Leaf {
+                            page,
+                            leaf,
+                            nested: !nested.is_empty(),
+                        },
+                    )
                 })?;
                 continue;
             }
             let page = INLINE_PAGES + n as u64;
-            let leaf = inline_leaf(page, &value[BUCKET_HEADER_SIZE..], &mut self.sink).map_err(
-                |reason| BoltError::Corrupt {
+            let (leaf, nested) = inline_leaf(page, &value[BUCKET_HEADER_SIZE..], &mut self.sink)
+                .map_err(|reason| BoltError::Corrupt {
                     path: self.label.clone(),
                     page: 0,
                     reason: format!("inline bucket {}: {reason}", String::from_utf8_lossy(name)),
+                })?;
+            f(
+                &mut self.sink,
+                Event::Leaf {
+                    page,
+                    leaf: &leaf,
+                    nested,
                 },
             )?;
-            f(&mut self.sink, Event::Leaf { page, leaf: &leaf })?;
         }
         Ok(())
     }
 }
 
-fn inline_leaf(id: u64, page: &[u8], sink: &mut dyn EntrySink) -> Result<Leaf, String> {
+/// An inline bucket's leaf, and whether it holds nested buckets (not walked: etcd has none;
+/// they count by name, as in bbolt's `ForEach`).
+fn inline_leaf(id: u64, page: &[u8], sink: &mut dyn EntrySink) -> Result<(Leaf, bool), String> {
     let mut parser = Parser::inline(id, page).ok_or("not a leaf page")?;
     match parser.feed(page, sink) {
-        Fed::Done(Summary::Leaf(leaf)) => Ok(leaf),
+        Fed::Done(Summary::Leaf(leaf)) => Ok((leaf, false)),
+        Fed::Done(Summary::BucketLeaf(b)) => Ok((b.0, true)),
         Fed::Done(Summary::Bad(reason)) => Err(reason),
         _ => Err("the page ends inside an element".into()),
     }
@@ -111,7 +129,7 @@ fn inline_leaf(id: u64, page: &[u8], sink: &mut dyn EntrySink) -> Result<Leaf, S
 /// A page the walk reached, undamaged.
 #[derive(Clone, Copy)]
 enum Node<'t> {
-    Leaf(&'t Leaf),
+    Leaf(&'t Leaf, &'t [BucketEntry]),
     Branch(&'t [u64]),
 }
 
@@ -146,7 +164,8 @@ impl<'t> Pages<'t> {
         };
         let (node, overflow) = match &self.pages[at].1 {
             Summary::Bad(reason) => return Err(self.corrupt(id, reason.clone())),
-            Summary::Leaf(leaf) => (Node::Leaf(leaf), leaf.overflow),
+            Summary::Leaf(leaf) => (Node::Leaf(leaf, &[]), leaf.overflow),
+            Summary::BucketLeaf(b) => (Node::Leaf(&b.0, &b.1), b.0.overflow),
             Summary::Branch { overflow, children } => (Node::Branch(children), *overflow),
         };
         for p in id..=id + u64::from(overflow) {
@@ -168,14 +187,14 @@ impl<'t> Pages<'t> {
         &self,
         root: u64,
         visited: &mut [u64],
-        on_leaf: &mut dyn FnMut(u64, &'t Leaf) -> Result<(), E>,
+        on_leaf: &mut dyn FnMut(u64, &'t Leaf, &'t [BucketEntry]) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut stack: Vec<(u64, Node<'t>, usize)> = vec![(root, self.reach(root, visited)?, 0)];
         let mut last: Option<&'t Key> = None;
         while let Some((id, node, next)) = stack.last_mut() {
             let id = *id;
             match *node {
-                Node::Leaf(leaf) => {
+                Node::Leaf(leaf, nested) => {
                     stack.pop();
                     if let (Some(prev), Some(first)) = (last, leaf.first.as_ref()) {
                         if prev.as_slice() >= first.as_slice() {
@@ -183,7 +202,7 @@ impl<'t> Pages<'t> {
                         }
                     }
                     last = leaf.last.as_ref().or(last);
-                    on_leaf(id, leaf)?;
+                    on_leaf(id, leaf, nested)?;
                 }
                 Node::Branch(children) => {
                     let Some(&child) = children.get(*next) else {
