@@ -137,6 +137,13 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             P::Replay { .. } | P::CheckpointMismatch { .. } => Some(VERIFY),
         };
     }
+    if let Some(e) = e.downcast_ref::<crate::shadow::ShadowError>() {
+        use crate::shadow::ShadowError as S;
+        return match e {
+            S::Setup(p) => classify(p),
+            S::Mismatch { .. } => Some(VERIFY),
+        };
+    }
     if let Some(e) = e.downcast_ref::<crate::retention::PruneError>() {
         return match e {
             crate::retention::PruneError::Catalog(c) => classify(c),

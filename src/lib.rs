@@ -11,7 +11,8 @@
 //! - [`catalog`]: manifests and backup ids; a backup exists once its manifest does.
 //! - [`backup`]: one backup run end to end; [`readback`]: reading one back and re-checking it.
 //! - [`restore`]: `lifeboat restore` — plan, journaled steps, resume, rollback; [`drill`]:
-//!   restore drills in a sandbox.
+//!   restore drills in a sandbox; [`pitr`]: point-in-time restore (replay of the journal);
+//!   [`shadow`]: a replica that follows the journal, proves it and cuts bases.
 //! - [`upgrade`]: `lifeboat upgrade` — preflight, the backup gate, the journaled kubeadm steps.
 //! - [`retention`]: which backups to keep (a pure plan from the catalog and a clock) and pruning.
 //! - [`service`]: `lifeboat serve` — schedule, uploader election, health and metrics, shutdown.
@@ -40,6 +41,7 @@ pub mod restore;
 pub mod retention;
 pub mod secret;
 pub mod service;
+pub mod shadow;
 pub mod stages;
 pub mod store;
 pub mod trust;

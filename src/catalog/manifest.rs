@@ -19,6 +19,9 @@ pub enum Reason {
     Manual,
     Scheduled,
     PreUpgrade,
+    /// Cut from the shadow (a replica of the journal off the control plane), at a revision
+    /// it proved equal to the cluster.
+    Shadow,
 }
 
 impl std::fmt::Display for Reason {
@@ -27,6 +30,7 @@ impl std::fmt::Display for Reason {
             Reason::Manual => "manual",
             Reason::Scheduled => "scheduled",
             Reason::PreUpgrade => "pre-upgrade",
+            Reason::Shadow => "shadow",
         })
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lifeboat::config::{
     BackupSection, ContinuousSection, DrillSection, EtcdSection, FileConfig, RestoreSection,
-    RetentionSection, S3Section, ServeSection, TrustSection, UpgradeSection,
+    RetentionSection, S3Section, ServeSection, ShadowSection, TrustSection, UpgradeSection,
 };
 
 #[derive(Parser, Debug)]
@@ -51,6 +51,37 @@ pub enum Command {
     /// The journal of continuous backup: chains, gaps, segments.
     #[command(subcommand)]
     Continuous(ContinuousCommand),
+    /// Follow the journal in a private etcd off the control plane: prove every checkpoint,
+    /// cut full backups ("bases") from it, stop at the first mismatch.
+    Shadow(Box<ShadowArgs>),
+}
+
+#[derive(Args, Debug)]
+pub struct ShadowArgs {
+    #[command(flatten)]
+    pub dest: DestArgs,
+    /// The identity to read the journal, and the private etcd: --etcd (the cluster's minor
+    /// version), --etcdutl, --work-dir.
+    #[command(flatten)]
+    pub drill: DrillSection,
+    #[command(flatten)]
+    pub shadow: ShadowSection,
+    /// age recipient the bases are encrypted to (default: `backup.recipients`); repeatable.
+    #[arg(
+        long = "recipient",
+        short = 'r',
+        value_delimiter = ',',
+        value_name = "AGE1…"
+    )]
+    pub recipients: Option<Vec<String>>,
+    /// Stop once the journal is replayed through this revision (a one-off proof).
+    #[arg(long, value_name = "REV")]
+    pub until_revision: Option<i64>,
+    /// Only this cluster's journal (hex cluster id).
+    #[arg(long, value_name = "ID")]
+    pub cluster_id: Option<String>,
+    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 #[derive(Subcommand, Debug)]
@@ -465,6 +496,22 @@ impl DrillArgs {
         FileConfig {
             drill: self.drill.clone(),
             ..self.dest.flags()
+        }
+    }
+}
+
+impl ShadowArgs {
+    pub fn flags(&self) -> FileConfig {
+        let dest = self.dest.flags();
+        FileConfig {
+            drill: self.drill.clone(),
+            shadow: self.shadow.clone(),
+            backup: BackupSection {
+                recipients: self.recipients.clone(),
+                ..Default::default()
+            }
+            .overlay(dest.backup),
+            ..dest
         }
     }
 }

@@ -9,6 +9,7 @@ mod prune;
 mod render;
 mod restore;
 mod serve;
+mod shadow;
 mod snapshot;
 mod upgrade;
 
@@ -63,6 +64,7 @@ async fn run(cli: Cli, config: FileConfig) -> Result<()> {
         Command::Upgrade(args) => upgrade::run(*args, config).await,
         Command::SigningKey(cmd) => keys::run(cmd),
         Command::Continuous(cmd) => journal::run(cmd, config).await,
+        Command::Shadow(args) => shadow::run(*args, config).await,
     }
 }
 

@@ -14,6 +14,7 @@ mod etcd;
 mod restore;
 mod retention;
 mod serve;
+mod shadow;
 mod store;
 mod trust;
 mod upgrade;
@@ -29,6 +30,7 @@ pub use etcd::{resolve_etcd, EtcdSection, ResolvedEtcd};
 pub use restore::{resolve_restore, state_dir, ResolvedRestore, RestoreSection};
 pub use retention::{resolve_retention, RetentionSection};
 pub use serve::{resolve_serve, ServeSection};
+pub use shadow::{resolve_shadow, ShadowSection};
 pub use store::{resolve_backup, resolve_store, BackupSection, S3Section};
 pub use trust::{resolve_read_policy, resolve_signer, TrustSection};
 pub use upgrade::{resolve_upgrade, ResolvedUpgrade, UpgradeSection};
@@ -84,6 +86,8 @@ pub struct FileConfig {
     pub trust: TrustSection,
     #[serde(default)]
     pub continuous: ContinuousSection,
+    #[serde(default)]
+    pub shadow: ShadowSection,
 }
 
 section! {
@@ -162,6 +166,7 @@ impl FileConfig {
             upgrade: flags.upgrade.overlay(self.upgrade),
             trust: flags.trust.overlay(self.trust),
             continuous: flags.continuous.overlay(self.continuous),
+            shadow: flags.shadow.overlay(self.shadow),
         }
     }
 }

@@ -171,6 +171,27 @@ fn describe(coverage: &[Coverage]) -> String {
         .join("; ")
 }
 
+/// The newest durable revision of the newest chain (what a follower starts towards).
+///
+/// # Errors
+/// No chain with a trusted base; unreadable or untrusted manifests.
+pub async fn newest_revision(
+    store: &Arc<dyn Store>,
+    policy: &Arc<ReadPolicy>,
+    cluster: Option<u64>,
+) -> Result<i64, PitrError> {
+    let j = journal(store, policy, cluster).await?;
+    let coverage: Vec<Coverage> = j.chains.iter().map(|(_, _, c)| c.clone()).collect();
+    j.chains
+        .last()
+        .map(|(_, _, c)| c.to_rev)
+        .ok_or_else(|| PitrError::NotCovered {
+            target: "the newest revision".into(),
+            why: "no journal chain has a trusted base backup".into(),
+            coverage: describe(&coverage),
+        })
+}
+
 /// Plans a restore to revision `target`.
 ///
 /// # Errors

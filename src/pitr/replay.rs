@@ -44,6 +44,29 @@ pub struct ReplayReport {
     pub compact_revision: i64,
 }
 
+/// What a replay tells as it goes: the shadow follows it; a point-in-time restore needs none.
+#[async_trait::async_trait]
+pub trait ReplayHook: Send {
+    /// Every revision up to `rev` is applied.
+    fn applied(&mut self, _rev: i64) {}
+
+    /// The sandbox hashes as the cluster did at `rev` (received by the capture at `at_ms`).
+    /// `exact`: a checkpoint — the sandbox is at `rev` now and stays there until this returns.
+    async fn verified(
+        &mut self,
+        _rev: i64,
+        _at_ms: Option<i64>,
+        _exact: bool,
+    ) -> Result<(), PitrError> {
+        Ok(())
+    }
+}
+
+/// No one follows.
+pub struct NoHook;
+
+impl ReplayHook for NoHook {}
+
 /// Replays `plan` and writes the snapshot at its target revision to `out` (`.part`, fsync,
 /// rename).
 ///
@@ -137,17 +160,30 @@ async fn on_own_runtime(
     run: SandboxRun,
     records: tokio::sync::mpsc::Receiver<Result<Vec<Record>, PitrError>>,
 ) -> Result<ReplayReport, PitrError> {
+    on_own_thread("lifeboat-replay", move || sandbox_replay(run, records)).await
+}
+
+/// Runs `work` on a thread with a single-threaded runtime of its own (see `on_own_runtime`).
+///
+/// # Errors
+/// What `work` returns; the thread or its runtime could not be started.
+pub(crate) async fn on_own_thread<T, F, Fut>(name: &str, work: F) -> Result<T, PitrError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, PitrError>>,
+{
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
-        .name("lifeboat-replay".into())
+        .name(name.into())
         .spawn(move || {
             let result = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {
-                Ok(rt) => rt.block_on(sandbox_replay(run, records)),
+                Ok(rt) => rt.block_on(work()),
                 Err(source) => Err(PitrError::Output {
-                    path: run.dir.clone(),
+                    path: PathBuf::from("(replay runtime)"),
                     source,
                 }),
             };
@@ -188,7 +224,7 @@ async fn sandbox_replay(
 
 /// Throughput flags: no fsync (the sandbox is thrown away), and limits that fit any revision
 /// the cluster accepted (a DeleteRange of many keys is one txn of many ops here).
-fn sandbox_flags(etcd: &Path) -> Vec<String> {
+pub(crate) fn sandbox_flags(etcd: &Path) -> Vec<String> {
     let mut flags = vec![
         "--max-txn-ops=10000000".to_string(),
         "--max-request-bytes=268435456".to_string(),
@@ -222,30 +258,52 @@ struct Replayer {
     /// Revocations seen but not yet due (`after_rev` not replayed yet).
     pending_revokes: Vec<(i64, i64)>,
     compacted: i64,
+    /// When the capture received the newest revision applied.
+    last_at_ms: Option<i64>,
     report: ReplayReport,
+    hook: Box<dyn ReplayHook>,
 }
 
-async fn replay(
+/// Where a replay starts: the sandbox serving the base backup (or a replay's own data).
+pub(crate) struct ReplayStart {
+    pub base_id: String,
+    /// The base backup's revision: compactions at or below it are in the base already.
+    pub base_rev: i64,
+    /// The sandbox's revision now.
+    pub current: i64,
+    /// The last revision to apply.
+    pub target: i64,
+    pub segments: usize,
+}
+
+/// Applies the journal's `records` to the sandbox from `start.current` up to `start.target`
+/// (or until the records end), checking every checkpoint; the report and the sandbox's
+/// revision at the end.
+///
+/// # Errors
+/// The first revision or check that fails, named.
+pub(crate) async fn apply_journal(
+    source: &mut EtcdSource,
+    start: ReplayStart,
     records: tokio::sync::mpsc::Receiver<Result<Vec<Record>, PitrError>>,
-    plan: &PitrPlan,
-    sandbox: &mut Sandbox,
-    out: &Path,
-) -> Result<ReplayReport, PitrError> {
+    hook: Box<dyn ReplayHook>,
+) -> Result<(ReplayReport, i64), PitrError> {
     let started = Instant::now();
-    let client = sandbox.source.client();
+    let client = source.client();
     let mut r = Replayer {
         client: client.clone(),
-        base_rev: plan.base.revision,
-        current: plan.base.revision,
-        target: plan.target_rev,
+        base_rev: start.base_rev,
+        current: start.current,
+        target: start.target,
         alive: Arc::new(std::sync::Mutex::new(BTreeMap::new())),
         pending_revokes: Vec::new(),
         compacted: 0,
+        last_at_ms: None,
         report: ReplayReport {
-            base: plan.base.id.clone(),
-            target_rev: plan.target_rev,
+            base: start.base_id,
+            target_rev: start.target,
             revisions: 0,
-            segments: plan.segments.len(),
+            segments: start.segments,
             checkpoints_verified: 0,
             compactions_mirrored: 0,
             leases_granted: 0,
@@ -255,21 +313,40 @@ async fn replay(
             hash: 0,
             compact_revision: 0,
         },
+        hook,
     };
     r.adopt_base_leases().await?;
     let keepalive = tokio::spawn(keep_alive(client.clone(), r.alive.clone()));
-    let outcome = r.apply_segments(records, &mut sandbox.source).await;
+    let outcome = r.apply_segments(records, source).await;
     keepalive.abort();
     outcome?;
-    if r.current != plan.target_rev {
-        return Err(PitrError::Replay {
-            rev: plan.target_rev,
-            detail: format!("the journal ends at revision {}", r.current),
-        });
-    }
     let elapsed = started.elapsed();
     r.report.replay_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     r.report.revisions_per_second = r.report.revisions as f64 / elapsed.as_secs_f64().max(1e-3);
+    Ok((r.report, r.current))
+}
+
+async fn replay(
+    records: tokio::sync::mpsc::Receiver<Result<Vec<Record>, PitrError>>,
+    plan: &PitrPlan,
+    sandbox: &mut Sandbox,
+    out: &Path,
+) -> Result<ReplayReport, PitrError> {
+    let start = ReplayStart {
+        base_id: plan.base.id.clone(),
+        base_rev: plan.base.revision,
+        current: plan.base.revision,
+        target: plan.target_rev,
+        segments: plan.segments.len(),
+    };
+    let (mut report, current) =
+        apply_journal(&mut sandbox.source, start, records, Box::new(NoHook)).await?;
+    if current != plan.target_rev {
+        return Err(PitrError::Replay {
+            rev: plan.target_rev,
+            detail: format!("the journal ends at revision {current}"),
+        });
+    }
     let (hash, compact_revision) = match sandbox.source.hash_kv(plan.target_rev).await? {
         LiveHashKv::Hash {
             hash,
@@ -277,11 +354,11 @@ async fn replay(
         } => (hash, compact_revision),
         LiveHashKv::Compacted => (0, 0),
     };
-    r.report.hash = hash;
-    r.report.compact_revision = compact_revision;
+    report.hash = hash;
+    report.compact_revision = compact_revision;
     write_snapshot(&mut sandbox.source, out).await?;
     check_written(out, plan.target_rev, hash)?;
-    Ok(r.report)
+    Ok(report)
 }
 
 impl Replayer {
@@ -326,7 +403,12 @@ impl Replayer {
                         // What follows is after the target.
                         return self.flush(&mut batch).await;
                     }
-                    Record::Rev { rev, changes, .. } => {
+                    Record::Rev {
+                        rev,
+                        changes,
+                        at_ms,
+                    } => {
+                        self.last_at_ms = Some(at_ms);
                         let expected = self.current + batch.len() as i64 + 1;
                         if rev != expected {
                             return Err(
@@ -361,6 +443,7 @@ impl Replayer {
             .map_err(|(rev, detail)| self.failed(rev, detail))?;
         self.current = last;
         self.report.revisions += n;
+        self.hook.applied(last);
         self.revoke_due().await
     }
 
@@ -412,6 +495,7 @@ impl Replayer {
         if let Some(expected) = hash.filter(|_| compact_rev < rev) {
             self.compact_to(compact_rev, rev).await?;
             self.verify_hash(rev, compact_rev, expected, source).await?;
+            self.hook.verified(rev, None, false).await?;
         }
         self.compact_to(rev, rev).await?;
         self.report.compactions_mirrored += 1;
@@ -514,7 +598,7 @@ impl Replayer {
         self.verify_hash(rev, compact_rev, expected, source).await?;
         self.report.checkpoints_verified += 1;
         tracing::info!(rev, hash = expected, "checkpoint verified");
-        Ok(())
+        self.hook.verified(rev, self.last_at_ms, true).await
     }
 
     /// The sandbox's HashKV at `rev` equals the member's, compacted at `compact_rev`.

@@ -121,6 +121,9 @@ pub fn plan(
     out
 }
 
+/// How long shadow bases are kept.
+const SHADOW_BASE_KEEP_DAYS: u32 = 1;
+
 fn plan_cluster(
     newest_first: &[&Manifest],
     bundled: &HashSet<String>,
@@ -172,6 +175,9 @@ fn plan_cluster(
         let days = match m.reason {
             Reason::Manual => policy.manual_keep_days,
             Reason::PreUpgrade => policy.pre_upgrade_keep_days,
+            // A shadow base shortens the replay of any point after it; a day of them keeps
+            // every point of the last 24 h within one base interval (docs/decisions.md).
+            Reason::Shadow => SHADOW_BASE_KEEP_DAYS,
             Reason::Scheduled => 0,
         };
         if days > 0 && younger_than(m, days) {
@@ -388,6 +394,28 @@ mod tests {
         assert_eq!(kept(&ds), vec![all[0].created_at, all[1].created_at]);
         let dropped = ds.iter().find(|d| d.action == Action::Delete).unwrap();
         assert_eq!(dropped.rules, vec!["no rule keeps it"]);
+    }
+
+    #[test]
+    fn shadow_bases_are_kept_for_a_day_and_never_count_as_scheduled() {
+        let all = vec![
+            manifest_at(hours_ago(1), Reason::Scheduled, 7),
+            manifest_at(hours_ago(2), Reason::Shadow, 7),
+            manifest_at(hours_ago(30), Reason::Shadow, 7),
+            manifest_at(hours_ago(40), Reason::Scheduled, 7),
+        ];
+        let policy = Policy {
+            keep_last: 2,
+            ..zero()
+        };
+        let ds = plan(&all, &HashSet::new(), now(), &policy, None);
+        let k = kept(&ds);
+        assert!(k.contains(&all[1].created_at), "a shadow base of the last day");
+        assert!(!k.contains(&all[2].created_at), "an older shadow base");
+        assert!(
+            k.contains(&all[3].created_at),
+            "keep_last counts scheduled backups only: {k:?}"
+        );
     }
 
     #[test]

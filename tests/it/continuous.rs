@@ -153,16 +153,16 @@ fn start_serve(dir: &Path, key: &AgeKey, etcd: &EtcdProcess) -> Serve {
     Serve::start(cmd, dir.join("serve.log"))
 }
 
-struct Journal {
-    v: Version,
-    dir: tempfile::TempDir,
-    key: AgeKey,
-    etcd: EtcdProcess,
-    serve: Serve,
+pub(crate) struct Journal {
+    pub(crate) v: Version,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) key: AgeKey,
+    pub(crate) etcd: EtcdProcess,
+    pub(crate) serve: Serve,
 }
 
 impl Journal {
-    fn start(v: Version) -> Journal {
+    pub(crate) fn start(v: Version) -> Journal {
         Journal::start_with(v, "")
     }
 
@@ -201,11 +201,11 @@ impl Journal {
         self.serve = start_serve(self.dir.path(), &self.key, &self.etcd);
     }
 
-    fn dest(&self) -> PathBuf {
+    pub(crate) fn dest(&self) -> PathBuf {
         self.dir.path().join("b")
     }
 
-    fn wait_durable(&self, rev: i64) {
+    pub(crate) fn wait_durable(&self, rev: i64) {
         wait_until(
             &format!("revision {rev} durable in the journal"),
             Duration::from_secs(60),
@@ -214,7 +214,7 @@ impl Journal {
     }
 
     /// `lifeboat snapshot get --to-revision|--to-time` into a file.
-    fn get(&self, point: &str, out: &Path) -> crate::harness::Run {
+    pub(crate) fn get(&self, point: &str, out: &Path) -> crate::harness::Run {
         let mut cmd = lifeboat();
         cmd.args(["snapshot", "get", point, "-o"]).arg(out);
         self.replaying(&mut cmd, "pitr");
@@ -230,7 +230,7 @@ impl Journal {
     }
 
     /// The store, the identity and the replay sandbox (etcd and restore tool of this version).
-    fn replaying(&self, cmd: &mut std::process::Command, work: &str) {
+    pub(crate) fn replaying(&self, cmd: &mut std::process::Command, work: &str) {
         cmd.arg("--dest")
             .arg(self.dest())
             .arg("-i")
@@ -246,7 +246,7 @@ impl Journal {
             .arg(self.dir.path().join(work));
     }
 
-    fn out(&self, name: &str) -> PathBuf {
+    pub(crate) fn out(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 }
@@ -655,7 +655,7 @@ fn a_short_lease_kept_alive_by_the_cluster_outlives_a_longer_replay() {
 }
 
 /// `n` puts under `prefix`, `pause_ms` apart; the revision after the last.
-fn write_keys(etcd: &EtcdProcess, prefix: &str, n: usize, pause_ms: u64) -> i64 {
+pub(crate) fn write_keys(etcd: &EtcdProcess, prefix: &str, n: usize, pause_ms: u64) -> i64 {
     rt().block_on(async {
         let mut c = client(etcd).await;
         for i in 0..n {
@@ -670,7 +670,7 @@ fn write_keys(etcd: &EtcdProcess, prefix: &str, n: usize, pause_ms: u64) -> i64 
     })
 }
 
-fn journal_json(j: &Journal, what: &str) -> serde_json::Value {
+pub(crate) fn journal_json(j: &Journal, what: &str) -> serde_json::Value {
     run(lifeboat()
         .args(["continuous", what, "-w", "json", "--dest"])
         .arg(j.dest()))
@@ -745,11 +745,11 @@ fn an_uploader_killed_mid_capture_is_resumed_without_a_lost_or_repeated_revision
 }
 
 /// A segment's path in the folder store, by chain order index.
-fn segment_files(j: &Journal) -> Vec<serde_json::Value> {
+pub(crate) fn segment_files(j: &Journal) -> Vec<serde_json::Value> {
     journal_json(j, "list").as_array().unwrap().clone()
 }
 
-fn manifest_path(j: &Journal, m: &serde_json::Value) -> PathBuf {
+pub(crate) fn manifest_path(j: &Journal, m: &serde_json::Value) -> PathBuf {
     j.dest().join(format!(
         "seg.{}.{:010}.{:019}.json",
         m["chain"].as_str().unwrap(),
@@ -851,7 +851,7 @@ fn all_records(j: &Journal) -> Vec<serde_json::Value> {
 }
 
 /// Changes the hash of the last checkpoint in a segment and re-signs the segment.
-fn rewrite_checkpoint(j: &Journal, m: &serde_json::Value) {
+pub(crate) fn rewrite_checkpoint(j: &Journal, m: &serde_json::Value) {
     rewrite_record(j, m, "checkpoint");
 }
 

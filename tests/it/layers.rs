@@ -21,6 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["readback"],
     &["restore"],
     &["drill", "upgrade", "pitr"],
+    &["shadow"],
     &["service"],
     &["config"],
     &["exit"],

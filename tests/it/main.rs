@@ -19,6 +19,7 @@ mod s3_cli;
 mod s3_faults;
 mod save;
 mod serve;
+mod shadow;
 mod signing;
 mod status;
 mod store_conformance;

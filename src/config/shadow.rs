@@ -1,0 +1,69 @@
+//! `[shadow]`: the replica that follows the journal (`lifeboat shadow`). Its sandbox is the
+//! drill's (`[drill]`); its bases are written like backups (`[backup]`) and signed with this
+//! host's `trust.signing_key` — the shadow's own key, which readers add to their trusted keys.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{duration, invalid, resolve_backup, resolve_drill, section, ConfigError, FileConfig};
+use crate::catalog::Reason;
+use crate::shadow::ShadowSettings;
+
+section! {
+    #[derive(clap::Args, Debug, Default, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ShadowSection {
+        /// A base (full backup from the shadow) at the first checkpoint this long after the
+        /// last one, e.g. "15m".
+        #[arg(long, env = "LIFEBOAT_SHADOW_BASE_INTERVAL", value_name = "DURATION")]
+        pub base_interval: Option<String>,
+        /// How often to look for new journal segments, e.g. "1s".
+        #[arg(long, env = "LIFEBOAT_SHADOW_POLL_INTERVAL", value_name = "DURATION")]
+        pub poll_interval: Option<String>,
+    }
+}
+
+/// How the shadow runs.
+///
+/// # Errors
+/// A bad duration, sandbox or backup setting (naming the key); bases that readers could not
+/// trust (no `trust.signing_key` while readers require signatures).
+pub fn resolve_shadow(
+    c: &FileConfig,
+    until_revision: Option<i64>,
+    cluster: Option<u64>,
+) -> Result<ShadowSettings, ConfigError> {
+    let s = &c.shadow;
+    let base_interval = duration(
+        "shadow.base_interval",
+        s.base_interval.as_ref(),
+        Duration::from_secs(15 * 60),
+    )?;
+    let poll_interval = duration(
+        "shadow.poll_interval",
+        s.poll_interval.as_ref(),
+        Duration::from_secs(1),
+    )?;
+    if poll_interval.is_zero() || poll_interval > Duration::from_secs(600) {
+        return Err(invalid(
+            "shadow.poll_interval",
+            "must be between 1ms and 10m",
+        ));
+    }
+    let backup = resolve_backup(&c.backup, &c.trust, Reason::Shadow)?;
+    if backup.signer.is_none() && !c.trust.allow_unsigned.unwrap_or(false) {
+        return Err(invalid(
+            "trust.signing_key",
+            "the shadow signs its bases with its own key: generate one (`lifeboat signing-key generate`) and add its .pub to the readers' trust.trusted_keys",
+        ));
+    }
+    Ok(ShadowSettings {
+        sandbox: resolve_drill(c)?,
+        base_interval,
+        poll_interval,
+        until_revision,
+        cluster,
+        backup,
+    })
+}

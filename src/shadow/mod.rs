@@ -1,0 +1,434 @@
+//! The shadow: a private etcd off the control plane that follows the journal of continuous
+//! backup revision by revision, exactly as a point-in-time restore replays it, proves every
+//! checkpoint the capture recorded, and every `base_interval` cuts a full backup of itself at
+//! a proven revision (a "base": restores then replay at most one interval), costing the
+//! production etcd nothing.
+//!
+//! - `follow.rs`: the chain's segments as the capture commits them, checked link by link.
+//! - here: the run — base backup → sandbox → replay with a hook that updates the shared
+//!   state (metrics, `/readyz`) and asks for a base at a checkpoint; bases are taken on the
+//!   caller's runtime from a client of their own while the replay waits at that revision.
+//!
+//! A mismatch (a checkpoint hash, a revision, a broken or tampered link) stops the shadow at
+//! the last verified revision: no base is ever written past it.
+
+mod follow;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::backup::{take_backup, BackupError, BackupSettings};
+use crate::catalog::Manifest;
+use crate::drill::{DrillSettings, Sandbox};
+use crate::etcd::{
+    EtcdSettings, EtcdSource, LiveHashKv, MemberFacts, PieceStream, Source, SourceError,
+};
+use crate::pitr::{self, PitrError, ReplayHook, ReplayStart};
+use crate::restore::RestoreTool;
+use crate::stages::encrypt::Identities;
+use crate::store::Store;
+use crate::trust::ReadPolicy;
+
+/// How the shadow runs (`[shadow]`, validated once at start).
+#[derive(Clone, Debug)]
+pub struct ShadowSettings {
+    /// The private etcd: binary (the cluster's minor version), restore tool, work dir.
+    pub sandbox: DrillSettings,
+    /// A base at the first checkpoint at least this long after the last one.
+    pub base_interval: Duration,
+    /// Between looks for new segments.
+    pub poll_interval: Duration,
+    /// Stop once the segment holding this revision is replayed (a one-off proof).
+    pub until_revision: Option<i64>,
+    pub cluster: Option<u64>,
+    /// How bases are written: encryption, compression and the shadow's own signing key.
+    pub backup: BackupSettings,
+}
+
+/// What the shadow has done and proved, for metrics, `/readyz` and the report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShadowState {
+    pub chain: String,
+    /// The base backup the shadow started from.
+    pub started_from: String,
+    /// The newest revision in the segments read so far.
+    pub journal_revision: i64,
+    pub applied_revision: i64,
+    /// The newest revision whose HashKV the shadow reproduced.
+    pub verified_revision: i64,
+    /// When the capture received `verified_revision` (ms since the epoch).
+    #[serde(skip)]
+    pub verified_at_ms: Option<i64>,
+    pub checkpoints_verified: u64,
+    pub bases: Vec<BaseTaken>,
+    pub base_failures: u64,
+    pub mismatches_total: u64,
+    /// Why the shadow stopped, when a check failed.
+    pub stopped: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BaseTaken {
+    pub id: String,
+    pub revision: i64,
+}
+
+impl ShadowState {
+    /// Seconds from the capture receiving the oldest revision not yet proven to now; 0 when
+    /// every revision read is proven.
+    pub fn lag_seconds(&self) -> f64 {
+        if self.verified_revision >= self.journal_revision {
+            return 0.0;
+        }
+        self.verified_at_ms.map_or(0.0, |at| {
+            ((Utc::now().timestamp_millis() - at).max(0) as f64) / 1000.0
+        })
+    }
+}
+
+/// The state, shared with whoever reports it.
+#[derive(Clone, Default)]
+pub struct SharedState(Arc<Mutex<ShadowState>>);
+
+impl SharedState {
+    pub fn get(&self) -> ShadowState {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ShadowState)) {
+        if let Ok(mut s) = self.0.lock() {
+            f(&mut s);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShadowError {
+    #[error(transparent)]
+    Setup(#[from] PitrError),
+    #[error("the shadow STOPPED at verified revision {verified}: {source}; no base is written past it — find what changed the journal (docs/shadow.md)")]
+    Mismatch {
+        verified: i64,
+        #[source]
+        source: PitrError,
+    },
+}
+
+/// Follows the newest chain from its newest trusted base until cancelled (or `until_revision`).
+///
+/// # Errors
+/// No journal to follow, the base cannot be read or the sandbox not started (`Setup`); a check
+/// failed on the way (`Mismatch`, also recorded in `state`).
+pub async fn run(
+    store: Arc<dyn Store>,
+    policy: Arc<ReadPolicy>,
+    identities: Option<Arc<Identities>>,
+    settings: ShadowSettings,
+    state: SharedState,
+    cancel: CancellationToken,
+) -> Result<ShadowState, ShadowError> {
+    let newest = pitr::newest_revision(&store, &policy, settings.cluster).await?;
+    let upto = settings.until_revision.map_or(newest, |u| u.min(newest));
+    let plan = match pitr::plan(&store, &policy, settings.cluster, upto).await {
+        Ok(plan) => plan,
+        Err(e) if breaks_the_journal(&e) => return Err(stopped(&state, e)),
+        Err(e) => return Err(e.into()),
+    };
+    let cluster_id = u64::from_str_radix(&plan.cluster_id, 16).unwrap_or_default();
+    state.update(|s| {
+        s.chain = plan.chain.clone();
+        s.started_from = plan.base.id.clone();
+        s.applied_revision = plan.base.revision;
+        s.verified_revision = plan.base.revision;
+        s.journal_revision = plan.base.revision;
+    });
+    tracing::info!(chain = %plan.chain, base = %plan.base.id, base_rev = plan.base.revision, "shadow starting from the newest trusted base");
+    let dir = sandbox_dir(&settings.sandbox)?;
+    let base_file = dir.path().join("base.db");
+    crate::readback::get_backup(
+        store.clone(),
+        &plan.base,
+        identities.as_ref(),
+        &base_file,
+        true,
+        Arc::new(crate::progress::Silent),
+    )
+    .await
+    .map_err(PitrError::from)?;
+    let tool = RestoreTool::find(settings.sandbox.tool.as_deref()).map_err(PitrError::from)?;
+
+    let (records_tx, records_rx) = mpsc::channel(2);
+    let (base_tx, base_rx) = mpsc::channel(1);
+    let follower = follow::follow(
+        follow::Follow {
+            store: store.clone(),
+            policy: policy.clone(),
+            identities: identities.clone(),
+            chain: plan.chain.clone(),
+            first: plan.segments.clone(),
+            before: None,
+            poll: settings.poll_interval,
+            until: settings.until_revision,
+        },
+        records_tx,
+        state.clone(),
+        cancel.clone(),
+    );
+    let replay = ReplaySide {
+        dir: dir.path().to_path_buf(),
+        base_file,
+        skip_hash_check: !crate::bbolt::has_sha256_trailer(plan.base.plain_size),
+        tool,
+        sandbox: settings.sandbox.clone(),
+        start: ReplayStart {
+            base_id: plan.base.id.clone(),
+            base_rev: plan.base.revision,
+            current: plan.base.revision,
+            target: settings.until_revision.unwrap_or(i64::MAX),
+            segments: plan.segments.len(),
+        },
+        hook: ShadowHook {
+            state: state.clone(),
+            base_interval: settings.base_interval,
+            last_base: Instant::now(),
+            bases: base_tx,
+            sandbox: None,
+        },
+    };
+    let replayed = pitr::on_own_thread("lifeboat-shadow", move || replay.run(records_rx));
+    let bases = serve_bases(store, &settings.backup, cluster_id, base_rx, &cancel);
+    let (_, result, ()) = tokio::join!(follower, replayed, bases);
+    match result {
+        Ok(()) => Ok(state.get()),
+        Err(e) if breaks_the_journal(&e) => Err(stopped(&state, e)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The journal does not reproduce the cluster: a tampered, untrusted or missing segment, a
+/// revision out of place, a checkpoint that does not hash as recorded.
+fn breaks_the_journal(e: &PitrError) -> bool {
+    use crate::continuous::ContinuousError as C;
+    matches!(
+        e,
+        PitrError::Replay { .. }
+            | PitrError::CheckpointMismatch { .. }
+            | PitrError::Journal(
+                C::Trust(_) | C::Invalid { .. } | C::BrokenChain { .. } | C::Hole { .. }
+            )
+    )
+}
+
+/// Records the stop (metrics, `/readyz`) and names it.
+fn stopped(state: &SharedState, source: PitrError) -> ShadowError {
+    let verified = state.get().verified_revision;
+    state.update(|s| {
+        s.mismatches_total += 1;
+        s.stopped = Some(source.to_string());
+    });
+    tracing::error!(verified, error = %source, "shadow stopped at a mismatch");
+    ShadowError::Mismatch { verified, source }
+}
+
+fn sandbox_dir(s: &DrillSettings) -> Result<tempfile::TempDir, PitrError> {
+    let output = |source| PitrError::Output {
+        path: s.work_dir.clone(),
+        source,
+    };
+    crate::fsutil::create_private_dir(&s.work_dir).map_err(output)?;
+    tempfile::Builder::new()
+        .prefix("lifeboat-shadow-")
+        .tempdir_in(&s.work_dir)
+        .map_err(output)
+}
+
+/// The sandbox side, owned: it runs on a thread of its own.
+struct ReplaySide {
+    dir: std::path::PathBuf,
+    base_file: std::path::PathBuf,
+    skip_hash_check: bool,
+    tool: RestoreTool,
+    sandbox: DrillSettings,
+    start: ReplayStart,
+    hook: ShadowHook,
+}
+
+impl ReplaySide {
+    async fn run(
+        mut self,
+        records: mpsc::Receiver<Result<Vec<crate::continuous::Record>, PitrError>>,
+    ) -> Result<(), PitrError> {
+        let extra = pitr::sandbox_flags(&self.sandbox.etcd);
+        let mut sandbox = Sandbox::start(
+            &self.dir,
+            &self.base_file,
+            self.skip_hash_check,
+            &self.tool,
+            &self.sandbox,
+            &extra,
+        )
+        .await?;
+        self.hook.sandbox = Some(sandbox.etcd_settings.clone());
+        let result = pitr::apply_journal(
+            &mut sandbox.source,
+            self.start,
+            records,
+            Box::new(self.hook),
+        )
+        .await;
+        sandbox.stop().await;
+        result.map(|_| ())
+    }
+}
+
+/// A base asked for: the sandbox waits at `rev` until the answer.
+struct BaseRequest {
+    rev: i64,
+    sandbox: EtcdSettings,
+    done: oneshot::Sender<Result<Manifest, BackupError>>,
+}
+
+struct ShadowHook {
+    state: SharedState,
+    base_interval: Duration,
+    last_base: Instant,
+    bases: mpsc::Sender<BaseRequest>,
+    sandbox: Option<EtcdSettings>,
+}
+
+#[async_trait::async_trait]
+impl ReplayHook for ShadowHook {
+    fn applied(&mut self, rev: i64) {
+        self.state.update(|s| s.applied_revision = rev);
+    }
+
+    async fn verified(
+        &mut self,
+        rev: i64,
+        at_ms: Option<i64>,
+        exact: bool,
+    ) -> Result<(), PitrError> {
+        self.state.update(|s| {
+            if rev > s.verified_revision {
+                s.verified_revision = rev;
+                s.verified_at_ms = at_ms.or(s.verified_at_ms);
+            }
+            s.checkpoints_verified += u64::from(exact);
+        });
+        if exact && self.last_base.elapsed() >= self.base_interval {
+            self.take_base(rev).await;
+        }
+        Ok(())
+    }
+}
+
+impl ShadowHook {
+    /// A base at `rev`, where the sandbox is and stays until it is taken. A failed base is
+    /// counted and logged; the shadow goes on (the next interval tries again).
+    async fn take_base(&mut self, rev: i64) {
+        let Some(sandbox) = self.sandbox.clone() else {
+            return;
+        };
+        let (done, answer) = oneshot::channel();
+        let asked = BaseRequest { rev, sandbox, done };
+        if self.bases.send(asked).await.is_err() {
+            return;
+        }
+        match answer.await {
+            Ok(Ok(m)) => {
+                tracing::info!(id = %m.id, rev, "shadow base committed");
+                self.last_base = Instant::now();
+                self.state.update(|s| {
+                    s.bases.push(BaseTaken {
+                        id: m.id.clone(),
+                        revision: m.revision,
+                    });
+                });
+            }
+            Ok(Err(e)) => {
+                tracing::error!(rev, error = %e, "shadow base failed; the next checkpoint after the interval tries again");
+                self.last_base = Instant::now();
+                self.state.update(|s| s.base_failures += 1);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Takes the bases the replay asks for, on this runtime (the store's), from a client of the
+/// sandbox of its own.
+async fn serve_bases(
+    store: Arc<dyn Store>,
+    settings: &BackupSettings,
+    cluster_id: u64,
+    mut asked: mpsc::Receiver<BaseRequest>,
+    cancel: &CancellationToken,
+) {
+    while let Some(req) = asked.recv().await {
+        let result = take_base(&store, settings, cluster_id, &req, cancel).await;
+        let _ = req.done.send(result);
+    }
+}
+
+async fn take_base(
+    store: &Arc<dyn Store>,
+    settings: &BackupSettings,
+    cluster_id: u64,
+    req: &BaseRequest,
+    cancel: &CancellationToken,
+) -> Result<Manifest, BackupError> {
+    let endpoint = req.sandbox.endpoints.first().cloned().unwrap_or_default();
+    let inner = EtcdSource::connect(&req.sandbox, &endpoint).await?;
+    let mut source = ShadowSource { inner, cluster_id };
+    let m = take_backup(
+        &mut source,
+        store.clone(),
+        settings,
+        Arc::new(crate::progress::Silent),
+        cancel,
+        None,
+    )
+    .await?;
+    if m.revision != req.rev {
+        // The sandbox moved while waiting: the replay is the only writer, so this is a bug.
+        return Err(BackupError::Internal(format!(
+            "the shadow's base is at revision {} where {} was asked for",
+            m.revision, req.rev
+        )));
+    }
+    Ok(m)
+}
+
+/// The sandbox, reporting the production cluster's id: a base belongs to the cluster whose
+/// journal it was replayed from (restores and retention group backups by cluster).
+struct ShadowSource {
+    inner: EtcdSource,
+    cluster_id: u64,
+}
+
+#[async_trait::async_trait]
+impl Source for ShadowSource {
+    async fn member_facts(&mut self) -> Result<MemberFacts, SourceError> {
+        let mut facts = Source::member_facts(&mut self.inner).await?;
+        facts.cluster_id = self.cluster_id;
+        facts.member_name = "shadow".into();
+        Ok(facts)
+    }
+
+    async fn snapshot(&mut self) -> Result<PieceStream, SourceError> {
+        Source::snapshot(&mut self.inner).await
+    }
+
+    async fn hash_kv(&mut self, revision: i64) -> Result<LiveHashKv, SourceError> {
+        Source::hash_kv(&mut self.inner, revision).await
+    }
+
+    async fn compaction_point(&mut self, current: i64) -> Result<i64, SourceError> {
+        Source::compaction_point(&mut self.inner, current).await
+    }
+}

@@ -1,0 +1,234 @@
+//! The shadow (#14), against real etcd 3.5: `lifeboat shadow` follows the journal that `serve
+//! --continuous` writes, proves its checkpoints, and cuts bases that equal the production
+//! cluster at their revision; a tampered segment, a forged checkpoint and a missing segment
+//! each stop it with no base past them.
+
+use std::path::PathBuf;
+
+use crate::continuous::{manifest_path, rewrite_checkpoint, segment_files, write_keys, Journal};
+use crate::data::{client, rt};
+use crate::harness::{lifeboat, run, test_keys, Run, Version};
+
+/// The shadow's own signing key pair (it signs its bases; readers trust its .pub).
+fn shadow_key(j: &Journal) -> (PathBuf, PathBuf) {
+    let secret = j.out("shadow.key");
+    let (public, _) = lifeboat::trust::generate(&secret).unwrap();
+    (secret, public)
+}
+
+/// `lifeboat shadow --until-revision REV`, a base at every checkpoint.
+fn shadow_until(j: &Journal, rev: i64, key: &PathBuf) -> Run {
+    run(&mut shadow_command(j, rev, key))
+}
+
+fn shadow_command(j: &Journal, rev: i64, key: &PathBuf) -> std::process::Command {
+    let mut cmd = lifeboat();
+    cmd.args([
+        "shadow",
+        "-w",
+        "json",
+        "--base-interval",
+        "1ms",
+        "--poll-interval",
+        "100ms",
+    ])
+    .arg(format!("--until-revision={rev}"))
+    .args(["-r", &j.key.recipient])
+    .arg("--signing-key")
+    .arg(key);
+    j.replaying(&mut cmd, "shadow");
+    cmd
+}
+
+fn state(r: &Run) -> serde_json::Value {
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", r.stdout, r.stderr))
+}
+
+fn base_revisions(state: &serde_json::Value) -> Vec<i64> {
+    state["bases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["revision"].as_i64().unwrap())
+        .collect()
+}
+
+/// The production member's HashKV at `rev`: hash and compact revision.
+fn production_hash(j: &Journal, rev: i64) -> (u32, i64) {
+    rt().block_on(async {
+        let c = client(&j.etcd).await;
+        let r = c.maintenance_client().hash_kv(rev).await.unwrap();
+        (r.hash(), r.compact_version())
+    })
+}
+
+/// A backup's manifest in the folder store.
+fn manifest_of(j: &Journal, id: &str) -> serde_json::Value {
+    let path = j.dest().join(format!("{id}.manifest.json"));
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+#[test]
+fn the_shadow_proves_the_journal_and_its_bases_equal_production_at_their_revision() {
+    let j = Journal::start(Version::V35);
+    // Writes over a few seconds: segments with checkpoints (checkpoint_interval 1s).
+    let first = write_keys(&j.etcd, "/registry/configmaps/s/c", 30, 60);
+    j.wait_durable(first);
+    let (key, public) = shadow_key(&j);
+    // The shadow starts on what is there and follows the segments committed after it (one
+    // revision per put).
+    let last = first + 30;
+    let mut cmd = shadow_command(&j, last, &key);
+    let shadow = std::thread::spawn(move || run(&mut cmd));
+    assert_eq!(
+        write_keys(&j.etcd, "/registry/configmaps/s/d", 30, 60),
+        last
+    );
+    let r = shadow.join().unwrap();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let s = state(&r);
+    assert!(s["stopped"].is_null(), "{s}");
+    assert!(s["checkpoints_verified"].as_u64() >= Some(2), "{s}");
+    assert!(s["applied_revision"].as_i64() >= Some(last), "{s}");
+    let verified = s["verified_revision"].as_i64().unwrap();
+    assert!(
+        verified > s["journal_revision"].as_i64().unwrap() - 100,
+        "{s}"
+    );
+    let bases = s["bases"].as_array().unwrap();
+    assert!(!bases.is_empty(), "{s}");
+    for b in bases {
+        let id = b["id"].as_str().unwrap();
+        let rev = b["revision"].as_i64().unwrap();
+        let m = manifest_of(&j, id);
+        assert_eq!(m["reason"], "shadow", "{m}");
+        assert_eq!(m["revision"].as_i64(), Some(rev), "{m}");
+        // Same cluster as production (its first full backup names the chain), and equal to
+        // it at that revision.
+        let production = manifest_of(&j, segment_files(&j)[0]["chain"].as_str().unwrap());
+        assert_eq!(m["cluster_id"], production["cluster_id"], "{m}");
+        let (hash, compact) = production_hash(&j, rev);
+        assert_eq!(m["hashkv"]["hash"].as_u64(), Some(u64::from(hash)), "{m}");
+        assert_eq!(
+            m["hashkv"]["compact_revision"].as_i64(),
+            Some(compact),
+            "{m}"
+        );
+    }
+    let newest_base = bases.last().unwrap()["id"].as_str().unwrap().to_string();
+
+    // A reader that trusts the shadow's key restores the base with etcd's own tool in a
+    // sandbox (the drill) and finds it as its manifest says.
+    let trust = format!("{},{}", test_keys().public.display(), public.display());
+    let mut drill = lifeboat();
+    drill
+        .args(["drill", &newest_base, "--trusted-key", &trust])
+        .arg("-i")
+        .arg(&j.key.identity_file)
+        .arg("--dest")
+        .arg(j.dest())
+        .arg("--etcd")
+        .arg(crate::harness::etcd_bin(Version::V35))
+        .arg("--etcdutl")
+        .arg(crate::harness::etcdutl_bin())
+        .arg("--work-dir")
+        .arg(j.out("drill"));
+    let d = run(&mut drill);
+    assert_eq!(d.code, 0, "{}\n{}", d.stdout, d.stderr);
+
+    // A point in time after it replays from the shadow's base, not the journal's first one.
+    let mut get = lifeboat();
+    get.args(["snapshot", "get", &format!("--to-revision={last}"), "-o"])
+        .arg(j.out("pitr.db"))
+        .args(["--trusted-key", &trust]);
+    j.replaying(&mut get, "pitr");
+    let g = run(&mut get);
+    assert_eq!(g.code, 0, "{}\n{}", g.stdout, g.stderr);
+    assert!(
+        g.stderr.contains(&format!("base backup {newest_base}")),
+        "{}",
+        g.stderr
+    );
+    // Without trusting the shadow's key, its bases are not used.
+    let mut untrusting = lifeboat();
+    untrusting
+        .args(["snapshot", "get", &format!("--to-revision={last}"), "-o"])
+        .arg(j.out("pitr-untrusting.db"));
+    j.replaying(&mut untrusting, "pitr2");
+    let u = run(&mut untrusting);
+    assert_eq!(u.code, 0, "{}\n{}", u.stdout, u.stderr);
+    assert!(!u.stderr.contains(&newest_base), "{}", u.stderr);
+}
+
+#[test]
+fn a_tampered_segment_a_forged_checkpoint_and_a_missing_segment_stop_the_shadow() {
+    let j = Journal::start(Version::V35);
+    let last = write_keys(&j.etcd, "/registry/configmaps/t/c", 60, 60);
+    j.wait_durable(last);
+    let (key, _) = shadow_key(&j);
+    let segments = segment_files(&j);
+    assert!(segments.len() >= 4, "{segments:?}");
+
+    // A segment taken out of the chain (first: later runs leave bases past it).
+    let missing = &segments[1];
+    let manifest = manifest_path(&j, missing);
+    std::fs::rename(&manifest, j.out("aside.json")).unwrap();
+    let r = shadow_until(&j, last, &key);
+    assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("is missing"), "{}", r.stderr);
+    assert_eq!(state(&r)["mismatches_total"].as_u64(), Some(1));
+    assert!(base_revisions(&state(&r)).is_empty());
+    std::fs::rename(j.out("aside.json"), &manifest).unwrap();
+
+    // A flipped byte in a segment's object: stopped before it, no base from it on.
+    let victim = &segments[segments.len() / 2];
+    let victim_first = victim["first_rev"].as_i64().unwrap();
+    let object = j.dest().join(victim["object"]["key"].as_str().unwrap());
+    let original = std::fs::read(&object).unwrap();
+    let mut bad = original.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 1;
+    std::fs::write(&object, &bad).unwrap();
+    let r = shadow_until(&j, last, &key);
+    assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("shadow STOPPED")
+            && r.stderr.contains(victim["object"]["key"].as_str().unwrap())
+            && r.stderr.contains("tampered"),
+        "{}",
+        r.stderr
+    );
+    let s = state(&r);
+    assert_eq!(s["mismatches_total"].as_u64(), Some(1), "{s}");
+    assert!(s["verified_revision"].as_i64() < Some(victim_first), "{s}");
+    assert!(
+        base_revisions(&s).iter().all(|rev| *rev < victim_first),
+        "{s}"
+    );
+    std::fs::write(&object, &original).unwrap();
+
+    // A checkpoint the replay does not reach (re-encoded and re-signed: only the replay can
+    // tell).
+    let forged = segments
+        .iter()
+        .rev()
+        .find(|m| m["checkpoints"].as_u64() > Some(0))
+        .expect("a segment with a checkpoint");
+    rewrite_checkpoint(&j, forged);
+    // Up to the forged segment: the one after it no longer links to it (that is caught too,
+    // before any replay, but this is about what only the replay can see).
+    let forged_last = forged["last_rev"].as_i64().unwrap();
+    let r = shadow_until(&j, forged_last, &key);
+    assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("FAILED"), "{}", r.stderr);
+    let s = state(&r);
+    assert_eq!(s["mismatches_total"].as_u64(), Some(1), "{s}");
+    assert!(s["stopped"].as_str().unwrap().contains("FAILED"), "{s}");
+    let forged_first = forged["first_rev"].as_i64().unwrap();
+    assert!(
+        base_revisions(&s)
+            .iter()
+            .all(|rev| *rev < forged_first.max(1)),
+        "no base at or past the forged checkpoint's segment (up to {forged_last}): {s}"
+    );
+}
