@@ -77,6 +77,10 @@ pub struct ShadowArgs {
     /// Stop once the journal is replayed through this revision (a one-off proof).
     #[arg(long, value_name = "REV")]
     pub until_revision: Option<i64>,
+    /// Serve /healthz, /readyz and /metrics here (e.g. 0.0.0.0:9102). With it, a shadow that
+    /// a check stopped keeps serving (readyz 503 naming the cause) until SIGTERM, then exits 4.
+    #[arg(long, env = "LIFEBOAT_SHADOW_LISTEN", value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
     /// Only this cluster's journal (hex cluster id).
     #[arg(long, value_name = "ID")]
     pub cluster_id: Option<String>,

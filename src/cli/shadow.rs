@@ -17,7 +17,37 @@ pub async fn run(a: ShadowArgs, file: FileConfig) -> Result<()> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     super::cancel_on_signals(shutdown.clone());
     let state = SharedState::default();
-    let result = shadow::run(store, policy, identities, settings, state.clone(), shutdown).await;
+    let server = match a.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} (--listen)"))?;
+            Some(tokio::spawn(lifeboat::service::shadow::serve_shadow(
+                listener,
+                state.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    let result = shadow::run(
+        store,
+        policy,
+        identities,
+        settings,
+        state.clone(),
+        shutdown.clone(),
+    )
+    .await;
+    if let Some(server) = server {
+        if result.is_err() {
+            // Stopped by a check: keep telling it (readyz, metrics) until told to go.
+            eprintln!("lifeboat: the shadow stopped; /readyz and /metrics say why until SIGTERM");
+            shutdown.cancelled().await;
+        }
+        shutdown.cancel();
+        let _ = server.await;
+    }
     let end = state.get();
     match a.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&end)?),

@@ -410,7 +410,10 @@ mod tests {
         };
         let ds = plan(&all, &HashSet::new(), now(), &policy, None);
         let k = kept(&ds);
-        assert!(k.contains(&all[1].created_at), "a shadow base of the last day");
+        assert!(
+            k.contains(&all[1].created_at),
+            "a shadow base of the last day"
+        );
         assert!(!k.contains(&all[2].created_at), "an older shadow base");
         assert!(
             k.contains(&all[3].created_at),

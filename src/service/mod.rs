@@ -16,6 +16,7 @@ mod http;
 pub mod leader;
 pub mod metrics;
 mod schedule;
+pub mod shadow;
 mod tick;
 
 pub use schedule::normalize_schedule;

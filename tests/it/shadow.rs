@@ -4,10 +4,12 @@
 //! each stop it with no base past them.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::continuous::{manifest_path, rewrite_checkpoint, segment_files, write_keys, Journal};
 use crate::data::{client, rt};
 use crate::harness::{lifeboat, run, test_keys, Run, Version};
+use crate::serve::{wait_until, Serve};
 
 /// The shadow's own signing key pair (it signs its bases; readers trust its .pub).
 fn shadow_key(j: &Journal) -> (PathBuf, PathBuf) {
@@ -22,20 +24,19 @@ fn shadow_until(j: &Journal, rev: i64, key: &PathBuf) -> Run {
 }
 
 fn shadow_command(j: &Journal, rev: i64, key: &PathBuf) -> std::process::Command {
+    let mut cmd = following(j, key, "1ms");
+    cmd.arg(format!("--until-revision={rev}"));
+    cmd
+}
+
+/// `lifeboat shadow` with no end, a base every `base_interval`.
+fn following(j: &Journal, key: &PathBuf, base_interval: &str) -> std::process::Command {
     let mut cmd = lifeboat();
-    cmd.args([
-        "shadow",
-        "-w",
-        "json",
-        "--base-interval",
-        "1ms",
-        "--poll-interval",
-        "100ms",
-    ])
-    .arg(format!("--until-revision={rev}"))
-    .args(["-r", &j.key.recipient])
-    .arg("--signing-key")
-    .arg(key);
+    cmd.args(["shadow", "-w", "json", "--poll-interval", "100ms"])
+        .args(["--base-interval", base_interval])
+        .args(["-r", &j.key.recipient])
+        .arg("--signing-key")
+        .arg(key);
     j.replaying(&mut cmd, "shadow");
     cmd
 }
@@ -230,5 +231,58 @@ fn a_tampered_segment_a_forged_checkpoint_and_a_missing_segment_stop_the_shadow(
             .iter()
             .all(|rev| *rev < forged_first.max(1)),
         "no base at or past the forged checkpoint's segment (up to {forged_last}): {s}"
+    );
+}
+
+#[test]
+fn readyz_and_the_metrics_name_a_stopped_shadow_until_it_is_told_to_go() {
+    let j = Journal::start(Version::V35);
+    let first = write_keys(&j.etcd, "/registry/configmaps/m/c", 30, 60);
+    j.wait_durable(first);
+    let (key, _) = shadow_key(&j);
+
+    let mut shadow = Serve::start(following(&j, &key, "1h"), j.out("shadow.log"));
+    wait_until(
+        "the shadow applied the journal",
+        Duration::from_secs(60),
+        || shadow.metric("lifeboat_shadow_applied_revision") >= first as f64,
+    );
+    assert_eq!(shadow.metric("lifeboat_shadow_up"), 1.0);
+    assert_eq!(shadow.metric("lifeboat_shadow_mismatches_total"), 0.0);
+    assert!(shadow.metric("lifeboat_shadow_verified_revision") > 0.0);
+    assert_eq!(shadow.get("/readyz").map(|(code, _)| code), Some(200));
+    assert_eq!(
+        shadow.stop(Duration::from_secs(30)),
+        0,
+        "{}",
+        shadow.log_text()
+    );
+
+    // A flipped byte in a segment after the base: the shadow stops, and says so until SIGTERM.
+    let victim = &segment_files(&j)[1];
+    let object = j.dest().join(victim["object"]["key"].as_str().unwrap());
+    let mut bad = std::fs::read(&object).unwrap();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 1;
+    std::fs::write(&object, &bad).unwrap();
+    let mut shadow = Serve::start(following(&j, &key, "1h"), j.out("shadow2.log"));
+    wait_until("the shadow stopped", Duration::from_secs(60), || {
+        shadow.metric("lifeboat_shadow_up") == 0.0
+    });
+    assert_eq!(shadow.metric("lifeboat_shadow_mismatches_total"), 1.0);
+    let (code, body) = shadow.get("/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("STOPPED") && body.contains(victim["object"]["key"].as_str().unwrap()),
+        "{body}"
+    );
+    assert!(
+        shadow.metric("lifeboat_shadow_verified_revision") < victim["first_rev"].as_f64().unwrap()
+    );
+    assert_eq!(
+        shadow.stop(Duration::from_secs(30)),
+        4,
+        "{}",
+        shadow.log_text()
     );
 }
