@@ -135,13 +135,18 @@ fn the_configmap_config_passes_check_config() {
 fn the_alerts_use_metrics_that_serve_exports() {
     let rule: serde_json::Value = serde_norway::from_str(&read("prometheusrule.yaml")).unwrap();
     assert_eq!(rule["kind"], "PrometheusRule");
-    let exported = lifeboat::service::metrics::Metrics::new().render();
+    let exported = lifeboat::service::metrics::Metrics::new().render()
+        + &lifeboat::service::shadow::render(&Default::default());
     let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
     let alerts: Vec<&str> = rules.iter().map(|r| r["alert"].as_str().unwrap()).collect();
     assert!(alerts.contains(&"EtcdBackupStale") && alerts.contains(&"EtcdBackupFailing"));
     assert!(
         alerts.contains(&"EtcdJournalLagging"),
         "the live RPO is alerted on"
+    );
+    assert!(
+        alerts.contains(&"EtcdShadowMismatch") && alerts.contains(&"EtcdShadowLagging"),
+        "the shadow's stop and lag are alerted on"
     );
     for r in rules {
         let expr = r["expr"].as_str().unwrap();
@@ -331,4 +336,74 @@ fn the_drill_instance_does_not_mount_the_signing_key() {
             assert_eq!(items, vec!["access-key", "secret-key"]);
         }
     }
+}
+
+#[test]
+fn the_shadow_runs_off_the_control_plane_unprivileged_with_a_valid_config() {
+    let d: Deployment = parse("shadow.yaml");
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    assert_ne!(pod.host_network, Some(true), "no host network");
+    assert!(
+        pod.volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|v| v.host_path.is_none()),
+        "no host mounts"
+    );
+    let terms = pod
+        .affinity
+        .unwrap()
+        .node_affinity
+        .unwrap()
+        .required_during_scheduling_ignored_during_execution
+        .unwrap()
+        .node_selector_terms;
+    assert_eq!(
+        terms[0].match_expressions.as_ref().unwrap()[0].operator,
+        "DoesNotExist"
+    );
+    assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+    let c = &pod.containers[0];
+    let sc = c.security_context.clone().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let args = c.args.clone().unwrap();
+    assert_eq!(args[0], "shadow");
+    // Its config resolves (keys and identity swapped for real ones in a temp dir), and it
+    // listens where the probes look.
+    let cm: ConfigMap = parse("shadow-config.yaml");
+    let text = cm.data.unwrap().remove("lifeboat.toml").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = crate::harness::age_key(dir.path(), "identity.txt");
+    let signing = dir.path().join("shadow.key");
+    lifeboat::trust::generate(&signing).unwrap();
+    let text = text
+        .replace(
+            "/var/run/secrets/etcd-lifeboat-shadow/identity.txt",
+            key.identity_file.to_str().unwrap(),
+        )
+        .replace(
+            "/var/run/secrets/etcd-lifeboat-shadow/shadow.key",
+            signing.to_str().unwrap(),
+        )
+        .replace(
+            "/var/run/secrets/etcd-lifeboat-shadow/signing.key.pub",
+            crate::harness::test_keys().public.to_str().unwrap(),
+        );
+    let config: lifeboat::config::FileConfig = toml::from_str(&text).unwrap();
+    let settings = lifeboat::config::resolve_shadow(&config, None, None).unwrap();
+    assert_eq!(
+        settings.base_interval,
+        std::time::Duration::from_secs(15 * 60)
+    );
+    assert!(settings.backup.signer.is_some() && settings.backup.recipients.is_some());
+    let port = c.ports.as_ref().unwrap()[0].container_port;
+    assert!(
+        args.iter().any(|a| a.ends_with(&format!(":{port}"))),
+        "{args:?}"
+    );
+    let mounted = c.volume_mounts.as_ref().unwrap();
+    assert!(mounted
+        .iter()
+        .any(|m| m.mount_path == "/var/run/secrets/etcd-lifeboat-shadow"));
 }
