@@ -119,6 +119,13 @@ async fn session(
         None => find_resume(shared, cluster).await?,
     };
     tracing::info!(chain = %resume.chain, seq = resume.next_seq, from_rev = resume.next_rev, "journal: capturing");
+    // Everything before the first revision to capture is durable already (in the chain, or in
+    // the base backup of a new one): a chain whose base holds the newest writes has no segment
+    // to say so.
+    let durable = resume.next_rev - 1;
+    if shared.metrics.continuous_last_revision.get() < durable {
+        shared.metrics.continuous_last_revision.set(durable);
+    }
     // The session ends when leadership is lost (the fence stops commits at once as well).
     let stop = shutdown.child_token();
     let watcher = {

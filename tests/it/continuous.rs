@@ -916,6 +916,8 @@ fn a_watch_behind_compaction_starts_a_new_chain_and_targets_in_the_gap_are_refus
     wait_until("a new chain after the gap", Duration::from_secs(60), || {
         j.serve.metric("lifeboat_continuous_gaps_total") >= 1.0
     });
+    // The new chain's base holds every revision so far: durable with no segment written.
+    j.wait_durable(head_rev);
     let after = write_keys(&j.etcd, "/registry/c/k", 3, 0);
     j.wait_durable(after);
     let status = journal_json(&j, "status");
