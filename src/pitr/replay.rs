@@ -428,6 +428,8 @@ impl Replayer {
                     }
                 }
             }
+            // The next segment may be long in coming (a shadow waits for the capture's).
+            self.flush(&mut batch).await?;
         }
         self.flush(&mut batch).await
     }

@@ -30,18 +30,26 @@ pub(super) struct Follow {
     pub poll: Duration,
     /// Stop after the segment holding this revision.
     pub until: Option<i64>,
+    /// The cluster, whose newer chains end this one.
+    pub cluster: u64,
 }
 
+/// Idle looks between two checks for a newer chain (a listing of every chain).
+const CHAIN_CHECK_EVERY: u32 = 10;
+
 /// Sends each segment's records in turn; returns when the replay stops listening, when
-/// `until` is sent, when cancelled, or after sending the first error.
+/// `until` is sent, when cancelled, or after sending the first error — or, with its name, when
+/// this chain has gone quiet and the cluster has a newer one (its capture started again from a
+/// fresh full backup: this chain will get no more segments).
 pub(super) async fn follow(
     f: Follow,
     tx: Sender<Result<Vec<Record>, PitrError>>,
     state: SharedState,
     cancel: CancellationToken,
-) {
+) -> Option<String> {
     let mut prev = f.before.clone();
     let mut queue: std::collections::VecDeque<SegmentManifest> = f.first.clone().into();
+    let mut idle = 0u32;
     loop {
         while let Some(m) = queue.pop_front() {
             let checked = match check_link(prev.as_ref(), &m) {
@@ -54,17 +62,28 @@ pub(super) async fn follow(
             state.update(|s| s.journal_revision = s.journal_revision.max(m.last_rev));
             let done = f.until.is_some_and(|u| m.last_rev >= u);
             if tx.send(checked).await.is_err() || failed || done {
-                return;
+                return None;
             }
             prev = Some(m);
         }
         tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tx.closed() => return,
+            () = cancel.cancelled() => return None,
+            () = tx.closed() => return None,
             () = tokio::time::sleep(f.poll) => {}
         }
         match next_segments(&f, prev.as_ref()).await {
-            Ok(new) => queue.extend(new),
+            Ok(new) if new.is_empty() => {
+                idle += 1;
+                if idle.is_multiple_of(CHAIN_CHECK_EVERY) {
+                    if let Some(newer) = newer_chain(&f).await {
+                        return Some(newer);
+                    }
+                }
+            }
+            Ok(new) => {
+                idle = 0;
+                queue.extend(new);
+            }
             Err(e) => {
                 // A listing or a manifest that cannot be read now may be a passing store
                 // outage; a manifest that is there but untrusted or unparsable is not.
@@ -73,10 +92,30 @@ pub(super) async fn follow(
                     continue;
                 }
                 let _ = tx.send(Err(e)).await;
-                return;
+                return None;
             }
         }
     }
+}
+
+/// A chain of the same cluster started after this one, if any (chains are named by their base
+/// backup's id, which sorts by time).
+async fn newer_chain(f: &Follow) -> Option<String> {
+    let chains = match crate::continuous::list_chains(f.store.as_ref()).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the journal's chains now");
+            return None;
+        }
+    };
+    let started = |name: &str| crate::catalog::BackupId::parse(name).map(|id| id.time);
+    let ours = started(&f.chain);
+    chains
+        .into_iter()
+        .filter(|c| c.cluster_id == f.cluster && c.chain != f.chain)
+        .filter(|c| started(&c.chain) > ours)
+        .map(|c| c.chain)
+        .next_back()
 }
 
 /// The manifests of the chain's segments after `prev`, in order (read and trust-checked; the

@@ -119,7 +119,8 @@ pub enum ShadowError {
     },
 }
 
-/// Follows the newest chain from its newest trusted base until cancelled (or `until_revision`).
+/// Follows the newest chain from its newest trusted base until cancelled (or `until_revision`);
+/// when the cluster starts a new chain (after a gap), goes on with that one from its base.
 ///
 /// # Errors
 /// No journal to follow, the base cannot be read or the sandbox not started (`Setup`); a check
@@ -132,81 +133,124 @@ pub async fn run(
     state: SharedState,
     cancel: CancellationToken,
 ) -> Result<ShadowState, ShadowError> {
-    let newest = pitr::newest_revision(&store, &policy, settings.cluster).await?;
-    let upto = settings.until_revision.map_or(newest, |u| u.min(newest));
-    let plan = match pitr::plan(&store, &policy, settings.cluster, upto).await {
-        Ok(plan) => plan,
-        Err(e) if breaks_the_journal(&e) => return Err(stopped(&state, e)),
-        Err(e) => return Err(e.into()),
+    let follow = Following {
+        store,
+        policy,
+        identities,
+        settings,
+        state: state.clone(),
+        cancel,
     };
-    let cluster_id = u64::from_str_radix(&plan.cluster_id, 16).unwrap_or_default();
-    state.update(|s| {
-        s.chain = plan.chain.clone();
-        s.started_from = plan.base.id.clone();
-        s.applied_revision = plan.base.revision;
-        s.verified_revision = plan.base.revision;
-        s.journal_revision = plan.base.revision;
-    });
-    tracing::info!(chain = %plan.chain, base = %plan.base.id, base_rev = plan.base.revision, "shadow starting from the newest trusted base");
-    let dir = sandbox_dir(&settings.sandbox)?;
-    let base_file = dir.path().join("base.db");
-    crate::readback::get_backup(
-        store.clone(),
-        &plan.base,
-        identities.as_ref(),
-        &base_file,
-        true,
-        Arc::new(crate::progress::Silent),
-    )
-    .await
-    .map_err(PitrError::from)?;
-    let tool = RestoreTool::find(settings.sandbox.tool.as_deref()).map_err(PitrError::from)?;
+    loop {
+        match follow.newest_chain().await? {
+            Some(chain) => {
+                tracing::warn!(%chain, "the cluster's journal continues in a newer chain; the shadow follows it from its base");
+            }
+            None => return Ok(state.get()),
+        }
+    }
+}
 
-    let (records_tx, records_rx) = mpsc::channel(2);
-    let (base_tx, base_rx) = mpsc::channel(1);
-    let follower = follow::follow(
-        follow::Follow {
-            store: store.clone(),
-            policy: policy.clone(),
-            identities: identities.clone(),
-            chain: plan.chain.clone(),
-            first: plan.segments.clone(),
-            before: None,
-            poll: settings.poll_interval,
-            until: settings.until_revision,
-        },
-        records_tx,
-        state.clone(),
-        cancel.clone(),
-    );
-    let replay = ReplaySide {
-        dir: dir.path().to_path_buf(),
-        base_file,
-        skip_hash_check: !crate::bbolt::has_sha256_trailer(plan.base.plain_size),
-        tool,
-        sandbox: settings.sandbox.clone(),
-        start: ReplayStart {
-            base_id: plan.base.id.clone(),
-            base_rev: plan.base.revision,
-            current: plan.base.revision,
-            target: settings.until_revision.unwrap_or(i64::MAX),
-            segments: plan.segments.len(),
-        },
-        hook: ShadowHook {
-            state: state.clone(),
-            base_interval: settings.base_interval,
-            last_base: Instant::now(),
-            bases: base_tx,
-            sandbox: None,
-        },
-    };
-    let replayed = pitr::on_own_thread("lifeboat-shadow", move || replay.run(records_rx));
-    let bases = serve_bases(store, &settings.backup, cluster_id, base_rx, &cancel);
-    let (_, result, ()) = tokio::join!(follower, replayed, bases);
-    match result {
-        Ok(()) => Ok(state.get()),
-        Err(e) if breaks_the_journal(&e) => Err(stopped(&state, e)),
-        Err(e) => Err(e.into()),
+/// What following one chain needs.
+struct Following {
+    store: Arc<dyn Store>,
+    policy: Arc<ReadPolicy>,
+    identities: Option<Arc<Identities>>,
+    settings: ShadowSettings,
+    state: SharedState,
+    cancel: CancellationToken,
+}
+
+impl Following {
+    /// Follows the newest chain; `Some(newer)` when a newer chain of the cluster appeared
+    /// after this one went quiet.
+    async fn newest_chain(&self) -> Result<Option<String>, ShadowError> {
+        let Following {
+            store,
+            policy,
+            identities,
+            settings,
+            state,
+            cancel,
+        } = self;
+        let store = store.clone();
+        let newest = pitr::newest_revision(&store, policy, settings.cluster).await?;
+        let upto = settings.until_revision.map_or(newest, |u| u.min(newest));
+        let plan = match pitr::plan(&store, policy, settings.cluster, upto).await {
+            Ok(plan) => plan,
+            Err(e) if breaks_the_journal(&e) => return Err(stopped(state, e)),
+            Err(e) => return Err(e.into()),
+        };
+        let cluster_id = u64::from_str_radix(&plan.cluster_id, 16).unwrap_or_default();
+        state.update(|s| {
+            s.chain = plan.chain.clone();
+            s.started_from = plan.base.id.clone();
+            s.applied_revision = plan.base.revision;
+            s.verified_revision = plan.base.revision;
+            s.journal_revision = plan.base.revision;
+        });
+        tracing::info!(chain = %plan.chain, base = %plan.base.id, base_rev = plan.base.revision, "shadow starting from the newest trusted base");
+        let dir = sandbox_dir(&settings.sandbox)?;
+        let base_file = dir.path().join("base.db");
+        crate::readback::get_backup(
+            store.clone(),
+            &plan.base,
+            identities.as_ref(),
+            &base_file,
+            true,
+            Arc::new(crate::progress::Silent),
+        )
+        .await
+        .map_err(PitrError::from)?;
+        let tool = RestoreTool::find(settings.sandbox.tool.as_deref()).map_err(PitrError::from)?;
+
+        let (records_tx, records_rx) = mpsc::channel(2);
+        let (base_tx, base_rx) = mpsc::channel(1);
+        let follower = follow::follow(
+            follow::Follow {
+                store: store.clone(),
+                policy: policy.clone(),
+                identities: identities.clone(),
+                chain: plan.chain.clone(),
+                first: plan.segments.clone(),
+                before: None,
+                poll: settings.poll_interval,
+                until: settings.until_revision,
+                cluster: cluster_id,
+            },
+            records_tx,
+            state.clone(),
+            cancel.clone(),
+        );
+        let replay = ReplaySide {
+            dir: dir.path().to_path_buf(),
+            base_file,
+            skip_hash_check: !crate::bbolt::has_sha256_trailer(plan.base.plain_size),
+            tool,
+            sandbox: settings.sandbox.clone(),
+            start: ReplayStart {
+                base_id: plan.base.id.clone(),
+                base_rev: plan.base.revision,
+                current: plan.base.revision,
+                target: settings.until_revision.unwrap_or(i64::MAX),
+                segments: plan.segments.len(),
+            },
+            hook: ShadowHook {
+                state: state.clone(),
+                base_interval: settings.base_interval,
+                last_base: Instant::now(),
+                bases: base_tx,
+                sandbox: None,
+            },
+        };
+        let replayed = pitr::on_own_thread("lifeboat-shadow", move || replay.run(records_rx));
+        let bases = serve_bases(store, &settings.backup, cluster_id, base_rx, cancel);
+        let (newer, result, ()) = tokio::join!(follower, replayed, bases);
+        match result {
+            Ok(()) => Ok(newer),
+            Err(e) if breaks_the_journal(&e) => Err(stopped(state, e)),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

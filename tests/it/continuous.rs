@@ -197,7 +197,7 @@ impl Journal {
     }
 
     /// A new `serve` on the same store and etcd (the old one must be gone).
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.serve = start_serve(self.dir.path(), &self.key, &self.etcd);
     }
 

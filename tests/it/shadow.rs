@@ -286,3 +286,48 @@ fn readyz_and_the_metrics_name_a_stopped_shadow_until_it_is_told_to_go() {
         shadow.log_text()
     );
 }
+
+#[test]
+fn the_shadow_goes_on_with_the_new_chain_when_the_cluster_starts_one() {
+    let mut j = Journal::start(Version::V35);
+    let first = write_keys(&j.etcd, "/registry/a/k", 5, 0);
+    j.wait_durable(first);
+    let (key, _) = shadow_key(&j);
+    let shadow = Serve::start(following(&j, &key, "1h"), j.out("shadow.log"));
+    wait_until(
+        "the shadow applied the journal",
+        Duration::from_secs(60),
+        || shadow.metric("lifeboat_shadow_applied_revision") >= first as f64,
+    );
+    // The uploader goes away, the cluster compacts the history it missed, and the journal
+    // continues in a new chain from a fresh full backup.
+    assert_eq!(j.serve.stop(Duration::from_secs(30)), 0);
+    let head_rev = write_keys(&j.etcd, "/registry/b/k", 10, 0);
+    rt().block_on(async {
+        let mut c = client(&j.etcd).await;
+        c.compact(
+            head_rev,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .unwrap();
+    });
+    j.restart();
+    wait_until("a new chain", Duration::from_secs(60), || {
+        j.serve.metric("lifeboat_continuous_gaps_total") >= 1.0
+    });
+    let after = write_keys(&j.etcd, "/registry/c/k", 3, 0);
+    j.wait_durable(after);
+    wait_until(
+        "the shadow on the new chain",
+        Duration::from_secs(60),
+        || shadow.metric("lifeboat_shadow_applied_revision") >= after as f64,
+    );
+    assert_eq!(
+        shadow.metric("lifeboat_shadow_up"),
+        1.0,
+        "{}",
+        shadow.log_text()
+    );
+    assert_eq!(shadow.metric("lifeboat_shadow_mismatches_total"), 0.0);
+}
