@@ -35,6 +35,33 @@ impl Sandbox {
         settings: &DrillSettings,
         extra_args: &[String],
     ) -> Result<Sandbox, DrillError> {
+        let restore = Restore {
+            snapshot,
+            skip_hash_check,
+            tool,
+        };
+        Sandbox::launch(dir, Some(restore), settings, extra_args).await
+    }
+
+    /// Starts etcd again on the data dir a sandbox left in `<dir>/data` (new ports, new
+    /// certificates); returns once it serves with a leader.
+    ///
+    /// # Errors
+    /// etcd fails or does not serve within the start timeout.
+    pub async fn resume(
+        dir: &Path,
+        settings: &DrillSettings,
+        extra_args: &[String],
+    ) -> Result<Sandbox, DrillError> {
+        Sandbox::launch(dir, None, settings, extra_args).await
+    }
+
+    async fn launch(
+        dir: &Path,
+        restore: Option<Restore<'_>>,
+        settings: &DrillSettings,
+        extra_args: &[String],
+    ) -> Result<Sandbox, DrillError> {
         let data_dir = dir.join("data");
         let pki = SandboxPki::generate(dir).map_err(|detail| DrillError::Sandbox {
             path: dir.to_path_buf(),
@@ -45,9 +72,7 @@ impl Sandbox {
         loop {
             match start_on_free_ports(
                 &data_dir,
-                snapshot,
-                skip_hash_check,
-                tool,
+                restore.as_ref(),
                 settings,
                 extra_args,
                 &pki,
@@ -107,14 +132,18 @@ type Started = (
     EtcdSettings,
 );
 
-/// Restores `snapshot` into a fresh `data_dir` for a member on two newly picked ports and
-/// starts etcd on it.
-#[allow(clippy::too_many_arguments)]
+/// What to restore a fresh data dir from.
+struct Restore<'a> {
+    snapshot: &'a Path,
+    skip_hash_check: bool,
+    tool: &'a RestoreTool,
+}
+
+/// Restores the snapshot (if any: else the data dir is there already) into `data_dir` for a
+/// member on two newly picked ports and starts etcd on it.
 async fn start_on_free_ports(
     data_dir: &Path,
-    snapshot: &Path,
-    skip_hash_check: bool,
-    tool: &RestoreTool,
+    restore: Option<&Restore<'_>>,
     settings: &DrillSettings,
     extra_args: &[String],
     pki: &SandboxPki,
@@ -128,10 +157,14 @@ async fn start_on_free_ports(
         initial_cluster: format!("drill={peer}"),
         initial_cluster_token: "lifeboat-drill".into(),
     };
-    remove_earlier_attempt(data_dir)?;
-    // No revision bump: revisions must stay those of the backup.
-    let argv = tool.restore_argv(snapshot, data_dir, &member, skip_hash_check, None);
-    crate::restore::tool::run_restore(&argv)?;
+    if let Some(r) = restore {
+        remove_earlier_attempt(data_dir)?;
+        // No revision bump: revisions must stay those of the backup.
+        let argv = r
+            .tool
+            .restore_argv(r.snapshot, data_dir, &member, r.skip_hash_check, None);
+        crate::restore::tool::run_restore(&argv)?;
+    }
     let client_url = format!("https://127.0.0.1:{client_port}");
     let etcd_settings = EtcdSettings {
         endpoints: vec![client_url.clone()],

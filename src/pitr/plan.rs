@@ -239,6 +239,29 @@ pub async fn plan(
     })
 }
 
+/// The checked segments of `chain` holding revisions `after + 1 ..= to` (a replay that goes on
+/// from its own state rather than from a backup).
+///
+/// # Errors
+/// No such chain or segment; an untrusted manifest or a broken link.
+pub async fn segments_after(
+    store: &Arc<dyn Store>,
+    policy: &ReadPolicy,
+    chain: &str,
+    after: i64,
+    to: i64,
+) -> Result<Vec<SegmentManifest>, PitrError> {
+    let listings = list_chains(store.as_ref()).await?;
+    let Some(listing) = listings.iter().find(|c| c.chain == chain) else {
+        return Err(PitrError::NotCovered {
+            target: format!("revision {}", after + 1),
+            why: format!("chain {chain} is not in the store"),
+            coverage: String::new(),
+        });
+    };
+    segments_between(store, policy, listing, after, to).await
+}
+
 /// The checked segments holding revisions `after + 1 ..= to`, linked to the one before them.
 async fn segments_between(
     store: &Arc<dyn Store>,

@@ -50,16 +50,22 @@ pub trait ReplayHook: Send {
     /// Every revision up to `rev` is applied.
     fn applied(&mut self, _rev: i64) {}
 
-    /// The sandbox hashes as the cluster did at `rev` (received by the capture at `at_ms`).
-    /// `exact`: a checkpoint — the sandbox is at `rev` now and stays there until this returns.
-    async fn verified(
-        &mut self,
-        _rev: i64,
-        _at_ms: Option<i64>,
-        _exact: bool,
-    ) -> Result<(), PitrError> {
+    /// The sandbox hashes as the cluster did (see [`Proof`]).
+    async fn verified(&mut self, _proof: Proof) -> Result<(), PitrError> {
         Ok(())
     }
+}
+
+/// A revision at which the sandbox hashed as the cluster did.
+#[derive(Debug, Clone, Copy)]
+pub struct Proof {
+    pub rev: i64,
+    pub compact_rev: i64,
+    pub hash: u32,
+    /// When the capture received `rev` (ms since the epoch), when known.
+    pub at_ms: Option<i64>,
+    /// A checkpoint: the sandbox is at `rev` now and stays there until the hook returns.
+    pub exact: bool,
 }
 
 /// No one follows.
@@ -497,7 +503,15 @@ impl Replayer {
         if let Some(expected) = hash.filter(|_| compact_rev < rev) {
             self.compact_to(compact_rev, rev).await?;
             self.verify_hash(rev, compact_rev, expected, source).await?;
-            self.hook.verified(rev, None, false).await?;
+            self.hook
+                .verified(Proof {
+                    rev,
+                    compact_rev,
+                    hash: expected,
+                    at_ms: None,
+                    exact: false,
+                })
+                .await?;
         }
         self.compact_to(rev, rev).await?;
         self.report.compactions_mirrored += 1;
@@ -600,7 +614,15 @@ impl Replayer {
         self.verify_hash(rev, compact_rev, expected, source).await?;
         self.report.checkpoints_verified += 1;
         tracing::info!(rev, hash = expected, "checkpoint verified");
-        self.hook.verified(rev, self.last_at_ms, true).await
+        self.hook
+            .verified(Proof {
+                rev,
+                compact_rev,
+                hash: expected,
+                at_ms: self.last_at_ms,
+                exact: true,
+            })
+            .await
     }
 
     /// The sandbox's HashKV at `rev` equals the member's, compacted at `compact_rev`.

@@ -13,6 +13,7 @@
 //! the last verified revision: no base is ever written past it.
 
 mod follow;
+mod local;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,11 +29,12 @@ use crate::drill::{DrillSettings, Sandbox};
 use crate::etcd::{
     EtcdSettings, EtcdSource, LiveHashKv, MemberFacts, PieceStream, Source, SourceError,
 };
-use crate::pitr::{self, PitrError, ReplayHook, ReplayStart};
+use crate::pitr::{self, PitrError, Proof, ReplayHook, ReplayStart};
 use crate::restore::RestoreTool;
 use crate::stages::encrypt::Identities;
 use crate::store::Store;
 use crate::trust::ReadPolicy;
+use local::{Proven, ShadowDir};
 
 /// How the shadow runs (`[shadow]`, validated once at start).
 #[derive(Clone, Debug)]
@@ -182,27 +184,104 @@ impl Following {
             Err(e) => return Err(e.into()),
         };
         let cluster_id = u64::from_str_radix(&plan.cluster_id, 16).unwrap_or_default();
-        state.update(|s| {
-            s.chain = plan.chain.clone();
-            s.started_from = plan.base.id.clone();
-            s.applied_revision = plan.base.revision;
-            s.verified_revision = plan.base.revision;
-            s.journal_revision = plan.base.revision;
-        });
-        tracing::info!(chain = %plan.chain, base = %plan.base.id, base_rev = plan.base.revision, "shadow starting from the newest trusted base");
-        let dir = sandbox_dir(&settings.sandbox)?;
-        let base_file = dir.path().join("base.db");
-        crate::readback::get_backup(
-            store.clone(),
-            &plan.base,
-            identities.as_ref(),
-            &base_file,
-            true,
-            Arc::new(crate::progress::Silent),
-        )
-        .await
-        .map_err(PitrError::from)?;
-        let tool = RestoreTool::find(settings.sandbox.tool.as_deref()).map_err(PitrError::from)?;
+        let target = settings.until_revision.unwrap_or(i64::MAX);
+        let dir =
+            ShadowDir::open(&settings.sandbox.work_dir).map_err(|source| PitrError::Output {
+                path: settings.sandbox.work_dir.clone(),
+                source,
+            })?;
+        let extra = pitr::sandbox_flags(&settings.sandbox.etcd);
+        let resumable = match dir.proven().filter(|p| p.chain == plan.chain) {
+            Some(p) => match local::check_resumable(&dir, &p, &settings.sandbox, &extra).await {
+                Ok(current) if current <= upto => Some((p, current)),
+                Ok(current) => {
+                    tracing::info!(current, upto, "the shadow's own data is past where it should stop; starting from the base");
+                    None
+                }
+                Err(why) => {
+                    tracing::warn!(why = %why, "the shadow's own data does not hold what it proved; starting from the newest base");
+                    None
+                }
+            },
+            None => None,
+        };
+        let (start, first, launch) = match resumable {
+            Some((p, current)) => {
+                // From the segment holding `current` (its revisions are skipped): the follower
+                // then looks for segments after it, not through the whole chain again.
+                let from_current = pitr::segments_after(
+                    &store,
+                    policy,
+                    &plan.chain,
+                    current - 1,
+                    upto.max(current),
+                )
+                .await;
+                let segments = match from_current {
+                    Ok(s) => s,
+                    // Nothing past the base yet: the follower lists the chain from its start.
+                    Err(PitrError::NotCovered { .. }) => Vec::new(),
+                    Err(e) if breaks_the_journal(&e) => return Err(stopped(state, e)),
+                    Err(e) => return Err(e.into()),
+                };
+                tracing::info!(chain = %plan.chain, current, proven = p.rev, "shadow resuming from its own data");
+                state.update(|s| {
+                    s.chain = plan.chain.clone();
+                    s.started_from =
+                        format!("its own data at revision {current} (base {})", p.base_id);
+                    s.applied_revision = current;
+                    s.verified_revision = p.rev;
+                    s.journal_revision = current;
+                });
+                let start = ReplayStart {
+                    base_id: p.base_id.clone(),
+                    base_rev: p.base_rev,
+                    current,
+                    target,
+                    segments: segments.len(),
+                };
+                (start, segments, Launch::Resume)
+            }
+            None => {
+                dir.forget().map_err(|source| PitrError::Output {
+                    path: dir.path.clone(),
+                    source,
+                })?;
+                state.update(|s| {
+                    s.chain = plan.chain.clone();
+                    s.started_from = plan.base.id.clone();
+                    s.applied_revision = plan.base.revision;
+                    s.verified_revision = plan.base.revision;
+                    s.journal_revision = plan.base.revision;
+                });
+                tracing::info!(chain = %plan.chain, base = %plan.base.id, base_rev = plan.base.revision, "shadow starting from the newest trusted base");
+                crate::readback::get_backup(
+                    store.clone(),
+                    &plan.base,
+                    identities.as_ref(),
+                    &dir.base_file(),
+                    true,
+                    Arc::new(crate::progress::Silent),
+                )
+                .await
+                .map_err(PitrError::from)?;
+                let tool =
+                    RestoreTool::find(settings.sandbox.tool.as_deref()).map_err(PitrError::from)?;
+                let start = ReplayStart {
+                    base_id: plan.base.id.clone(),
+                    base_rev: plan.base.revision,
+                    current: plan.base.revision,
+                    target,
+                    segments: plan.segments.len(),
+                };
+                let launch = Launch::Restore {
+                    base_file: dir.base_file(),
+                    skip_hash_check: !crate::bbolt::has_sha256_trailer(plan.base.plain_size),
+                    tool,
+                };
+                (start, plan.segments.clone(), launch)
+            }
+        };
 
         let (records_tx, records_rx) = mpsc::channel(2);
         let (base_tx, base_rx) = mpsc::channel(1);
@@ -212,7 +291,7 @@ impl Following {
                 policy: policy.clone(),
                 identities: identities.clone(),
                 chain: plan.chain.clone(),
-                first: plan.segments.clone(),
+                first,
                 before: None,
                 poll: settings.poll_interval,
                 until: settings.until_revision,
@@ -222,25 +301,30 @@ impl Following {
             state.clone(),
             cancel.clone(),
         );
+        let proven = Proven {
+            chain: plan.chain.clone(),
+            base_id: start.base_id.clone(),
+            base_rev: start.base_rev,
+            rev: 0,
+            compact_rev: 0,
+            hash: 0,
+        };
         let replay = ReplaySide {
-            dir: dir.path().to_path_buf(),
-            base_file,
-            skip_hash_check: !crate::bbolt::has_sha256_trailer(plan.base.plain_size),
-            tool,
+            dir: dir.path.clone(),
+            launch,
+            extra,
             sandbox: settings.sandbox.clone(),
-            start: ReplayStart {
-                base_id: plan.base.id.clone(),
-                base_rev: plan.base.revision,
-                current: plan.base.revision,
-                target: settings.until_revision.unwrap_or(i64::MAX),
-                segments: plan.segments.len(),
-            },
+            start,
             hook: ShadowHook {
                 state: state.clone(),
                 base_interval: settings.base_interval,
                 last_base: Instant::now(),
                 bases: base_tx,
                 sandbox: None,
+                dir: ShadowDir {
+                    path: dir.path.clone(),
+                },
+                proven,
             },
         };
         let replayed = pitr::on_own_thread("lifeboat-shadow", move || replay.run(records_rx));
@@ -248,7 +332,13 @@ impl Following {
         let (newer, result, ()) = tokio::join!(follower, replayed, bases);
         match result {
             Ok(()) => Ok(newer),
-            Err(e) if breaks_the_journal(&e) => Err(stopped(state, e)),
+            Err(e) if breaks_the_journal(&e) => {
+                // Its data went past the last proof into what failed: never resume from it.
+                if let Err(io) = dir.forget() {
+                    tracing::error!(error = %io, dir = %dir.path.display(), "cannot remove the shadow's data after a mismatch; remove it by hand");
+                }
+                Err(stopped(state, e))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -279,24 +369,21 @@ fn stopped(state: &SharedState, source: PitrError) -> ShadowError {
     ShadowError::Mismatch { verified, source }
 }
 
-fn sandbox_dir(s: &DrillSettings) -> Result<tempfile::TempDir, PitrError> {
-    let output = |source| PitrError::Output {
-        path: s.work_dir.clone(),
-        source,
-    };
-    crate::fsutil::create_private_dir(&s.work_dir).map_err(output)?;
-    tempfile::Builder::new()
-        .prefix("lifeboat-shadow-")
-        .tempdir_in(&s.work_dir)
-        .map_err(output)
+/// How the private etcd starts: restored from a base, or on the data it left.
+enum Launch {
+    Restore {
+        base_file: std::path::PathBuf,
+        skip_hash_check: bool,
+        tool: RestoreTool,
+    },
+    Resume,
 }
 
 /// The sandbox side, owned: it runs on a thread of its own.
 struct ReplaySide {
     dir: std::path::PathBuf,
-    base_file: std::path::PathBuf,
-    skip_hash_check: bool,
-    tool: RestoreTool,
+    launch: Launch,
+    extra: Vec<String>,
     sandbox: DrillSettings,
     start: ReplayStart,
     hook: ShadowHook,
@@ -307,16 +394,24 @@ impl ReplaySide {
         mut self,
         records: mpsc::Receiver<Result<Vec<crate::continuous::Record>, PitrError>>,
     ) -> Result<(), PitrError> {
-        let extra = pitr::sandbox_flags(&self.sandbox.etcd);
-        let mut sandbox = Sandbox::start(
-            &self.dir,
-            &self.base_file,
-            self.skip_hash_check,
-            &self.tool,
-            &self.sandbox,
-            &extra,
-        )
-        .await?;
+        let mut sandbox = match &self.launch {
+            Launch::Restore {
+                base_file,
+                skip_hash_check,
+                tool,
+            } => {
+                Sandbox::start(
+                    &self.dir,
+                    base_file,
+                    *skip_hash_check,
+                    tool,
+                    &self.sandbox,
+                    &self.extra,
+                )
+                .await?
+            }
+            Launch::Resume => Sandbox::resume(&self.dir, &self.sandbox, &self.extra).await?,
+        };
         self.hook.sandbox = Some(sandbox.etcd_settings.clone());
         let result = pitr::apply_journal(
             &mut sandbox.source,
@@ -343,6 +438,9 @@ struct ShadowHook {
     last_base: Instant,
     bases: mpsc::Sender<BaseRequest>,
     sandbox: Option<EtcdSettings>,
+    dir: ShadowDir,
+    /// The chain and base of the data dir; each proof fills in the rest.
+    proven: Proven,
 }
 
 #[async_trait::async_trait]
@@ -351,27 +449,37 @@ impl ReplayHook for ShadowHook {
         self.state.update(|s| s.applied_revision = rev);
     }
 
-    async fn verified(
-        &mut self,
-        rev: i64,
-        at_ms: Option<i64>,
-        exact: bool,
-    ) -> Result<(), PitrError> {
+    async fn verified(&mut self, proof: Proof) -> Result<(), PitrError> {
         self.state.update(|s| {
-            if rev > s.verified_revision {
-                s.verified_revision = rev;
-                s.verified_at_ms = at_ms.or(s.verified_at_ms);
+            if proof.rev > s.verified_revision {
+                s.verified_revision = proof.rev;
+                s.verified_at_ms = proof.at_ms.or(s.verified_at_ms);
             }
-            s.checkpoints_verified += u64::from(exact);
+            s.checkpoints_verified += u64::from(proof.exact);
         });
-        if exact && self.last_base.elapsed() >= self.base_interval {
-            self.take_base(rev).await;
+        if !proof.exact {
+            return Ok(());
+        }
+        self.remember(proof);
+        if self.last_base.elapsed() >= self.base_interval {
+            self.take_base(proof.rev).await;
         }
         Ok(())
     }
 }
 
 impl ShadowHook {
+    /// Records the proof in the data dir's folder, for a restart. A failure only costs a
+    /// restart from the newest base.
+    fn remember(&mut self, proof: Proof) {
+        self.proven.rev = proof.rev;
+        self.proven.compact_rev = proof.compact_rev;
+        self.proven.hash = proof.hash;
+        if let Err(e) = self.dir.record(&self.proven) {
+            tracing::warn!(error = %e, dir = %self.dir.path.display(), "cannot record the shadow's proof; a restart will start from the newest base");
+        }
+    }
+
     /// A base at `rev`, where the sandbox is and stays until it is taken. A failed base is
     /// counted and logged; the shadow goes on (the next interval tries again).
     async fn take_base(&mut self, rev: i64) {
