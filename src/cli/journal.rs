@@ -66,6 +66,13 @@ async fn show_status(a: JournalArgs, file: FileConfig) -> Result<()> {
     if let (Some(rev), Some(age)) = (s.newest_rev, s.newest_age_secs) {
         println!("newest durable revision {rev}, received {age:.1} s ago");
     }
+    match (s.proven_rev, s.proven_at) {
+        (Some(rev), Some(at)) => println!(
+            "verified window: the shadow proved the journal restores exactly up to revision {rev} (at {})",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+        _ => println!("verified window: none (no shadow proof this reader trusts; docs/shadow.md)"),
+    }
     if let (Some(rev), Some(at), Some(newest)) = (s.newest_rev, s.caught_up_at, s.newest_at) {
         if at > newest {
             println!(

@@ -5,11 +5,13 @@
 //! - `chain.rs`: committing a segment; listing chains; reading one back, checked link by link.
 //! - `capture.rs`: the watch → segments → store loop that `serve` runs on the uploader.
 //! - `head.rs`: the signed "caught up to R at T" an idle journal keeps current.
+//! - `proven.rs`: the signed "replaying this chain reproduces the cluster up to R" a shadow keeps.
 //! - `status.rs`: what a store holds: chains, their revisions and times, the gaps between.
 
 pub mod capture;
 pub mod chain;
 pub mod head;
+pub mod proven;
 pub mod prune;
 pub mod segment;
 pub mod status;

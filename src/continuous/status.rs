@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::chain::{list_chains, read_manifest, ChainListing};
 use super::head::trusted_head;
+use super::proven::trusted_proven;
 use super::{ContinuousError, SegmentManifest};
 use crate::catalog::{Catalog, Manifest};
 use crate::store::Store;
@@ -29,6 +30,9 @@ pub struct ChainStatus {
     /// When the chain was last known to hold every revision the member had (its head, while
     /// the cluster is idle): a time target up to here is restorable.
     pub caught_up_at: Option<DateTime<Utc>>,
+    /// The newest revision a shadow proved this chain restores exactly (trusted signature).
+    pub proven_rev: Option<i64>,
+    pub proven_at: Option<DateTime<Utc>>,
 }
 
 /// Revisions no chain covers: between the end of one chain and the base of the next.
@@ -53,6 +57,9 @@ pub struct JournalStatus {
     pub newest_age_secs: Option<f64>,
     /// The newest chain's head: when it last held every revision the member had.
     pub caught_up_at: Option<DateTime<Utc>>,
+    /// The verified window: the newest revision of the newest chain a shadow proved.
+    pub proven_rev: Option<i64>,
+    pub proven_at: Option<DateTime<Utc>>,
 }
 
 /// The ends of one chain: its first and last segment (none while only its base backup
@@ -124,7 +131,11 @@ pub async fn status(
         }
         let base = backups.iter().find(|m| m.id == listing.chain);
         let ends = chain_ends(store.as_ref(), policy, &listing, base.map(|m| m.revision)).await?;
-        if let Some(c) = chain_status(&listing, base, &ends) {
+        if let Some(mut c) = chain_status(&listing, base, &ends) {
+            if let Some(p) = trusted_proven(store.as_ref(), policy, &listing.chain).await {
+                c.proven_rev = Some(p.revision);
+                c.proven_at = Some(p.proven_at);
+            }
             chains.push(c);
         }
     }
@@ -136,6 +147,8 @@ pub async fn status(
         newest_age_secs: newest
             .map(|c| (Utc::now() - c.last_at).num_milliseconds().max(0) as f64 / 1000.0),
         caught_up_at: newest.and_then(|c| c.caught_up_at),
+        proven_rev: newest.and_then(|c| c.proven_rev),
+        proven_at: newest.and_then(|c| c.proven_at),
         chains,
         gaps,
     })
@@ -169,6 +182,8 @@ fn chain_status(
         first_at,
         last_at,
         caught_up_at: ends.caught_up_at,
+        proven_rev: None,
+        proven_at: None,
     })
 }
 

@@ -425,6 +425,14 @@ impl ReplaySide {
     }
 }
 
+/// What the replay asks of the caller's runtime (the store's).
+enum Ask {
+    /// Take a base.
+    Base(BaseRequest),
+    /// Publish a proof (`continuous status` shows it).
+    Proven(crate::continuous::proven::Proven),
+}
+
 /// A base asked for: the sandbox waits at `rev` until the answer.
 struct BaseRequest {
     rev: i64,
@@ -436,7 +444,7 @@ struct ShadowHook {
     state: SharedState,
     base_interval: Duration,
     last_base: Instant,
-    bases: mpsc::Sender<BaseRequest>,
+    bases: mpsc::Sender<Ask>,
     sandbox: Option<EtcdSettings>,
     dir: ShadowDir,
     /// The chain and base of the data dir; each proof fills in the rest.
@@ -461,6 +469,13 @@ impl ReplayHook for ShadowHook {
             return Ok(());
         }
         self.remember(proof);
+        let published = crate::continuous::proven::Proven::new(
+            &self.proven.chain,
+            proof.rev,
+            proof.hash,
+            proof.compact_rev,
+        );
+        let _ = self.bases.send(Ask::Proven(published)).await;
         if self.last_base.elapsed() >= self.base_interval {
             self.take_base(proof.rev).await;
         }
@@ -488,7 +503,7 @@ impl ShadowHook {
         };
         let (done, answer) = oneshot::channel();
         let asked = BaseRequest { rev, sandbox, done };
-        if self.bases.send(asked).await.is_err() {
+        if self.bases.send(Ask::Base(asked)).await.is_err() {
             return;
         }
         match answer.await {
@@ -518,12 +533,24 @@ async fn serve_bases(
     store: Arc<dyn Store>,
     settings: &BackupSettings,
     cluster_id: u64,
-    mut asked: mpsc::Receiver<BaseRequest>,
+    mut asked: mpsc::Receiver<Ask>,
     cancel: &CancellationToken,
 ) {
-    while let Some(req) = asked.recv().await {
-        let result = take_base(&store, settings, cluster_id, &req, cancel).await;
-        let _ = req.done.send(result);
+    while let Some(ask) = asked.recv().await {
+        match ask {
+            Ask::Base(req) => {
+                let result = take_base(&store, settings, cluster_id, &req, cancel).await;
+                let _ = req.done.send(result);
+            }
+            Ask::Proven(p) => {
+                let signer = settings.signer.as_deref();
+                if let Err(e) =
+                    crate::continuous::proven::write_proven(store.as_ref(), signer, &p).await
+                {
+                    tracing::warn!(error = %e, rev = p.revision, "cannot publish what the shadow proved; the next proof tries again");
+                }
+            }
+        }
     }
 }
 

@@ -118,9 +118,34 @@ fn the_shadow_proves_the_journal_and_its_bases_equal_production_at_their_revisio
     }
     let newest_base = bases.last().unwrap()["id"].as_str().unwrap().to_string();
 
+    // The verified window: what the shadow proved, for readers that trust its key.
+    let trust = format!("{},{}", test_keys().public.display(), public.display());
+    let status = |trusted: &str| {
+        run(lifeboat()
+            .args([
+                "continuous",
+                "status",
+                "-w",
+                "json",
+                "--trusted-key",
+                trusted,
+                "--dest",
+            ])
+            .arg(j.dest()))
+        .ok()
+        .json()
+    };
+    let trusting = status(&trust);
+    assert_eq!(
+        trusting["proven_rev"].as_i64(),
+        Some(verified),
+        "{trusting}"
+    );
+    let untrusting = status(test_keys().public.to_str().unwrap());
+    assert!(untrusting["proven_rev"].is_null(), "{untrusting}");
+
     // A reader that trusts the shadow's key restores the base with etcd's own tool in a
     // sandbox (the drill) and finds it as its manifest says.
-    let trust = format!("{},{}", test_keys().public.display(), public.display());
     let mut drill = lifeboat();
     drill
         .args(["drill", &newest_base, "--trusted-key", &trust])

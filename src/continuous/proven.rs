@@ -1,0 +1,124 @@
+//! What the shadow has proven of a chain: "replaying this chain reproduces the cluster's HashKV
+//! at `revision`" — the newest revision a point-in-time restore is known to give back exactly.
+//! One small object per chain, replaced by the shadow at each checkpoint it proves and signed
+//! with the shadow's key; `continuous status` shows it when its signature is trusted.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::segment::prefix;
+use super::ContinuousError;
+use crate::store::{get_small, Store, StoreError};
+use crate::trust::{ReadPolicy, SigningKey};
+
+const SCHEMA: u32 = 1;
+const NAME: &str = "proven.json";
+const LIMIT: usize = 16 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proven {
+    pub schema_version: u32,
+    pub chain: String,
+    pub revision: i64,
+    pub hash: u32,
+    pub compact_revision: i64,
+    pub proven_at: DateTime<Utc>,
+}
+
+impl Proven {
+    pub fn new(chain: &str, revision: i64, hash: u32, compact_revision: i64) -> Proven {
+        Proven {
+            schema_version: SCHEMA,
+            chain: chain.to_string(),
+            revision,
+            hash,
+            compact_revision,
+            proven_at: Utc::now(),
+        }
+    }
+}
+
+/// The object and its signature together, so they are replaced together.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    proven: String,
+    signature: Option<String>,
+}
+
+/// `seg.<chain>.proven.json` (not a segment, not a head: journal retention leaves it alone).
+pub fn proven_key(chain: &str) -> String {
+    format!("{}{NAME}", prefix(Some(chain)))
+}
+
+/// Signs `p` and replaces the chain's proven object with it.
+///
+/// # Errors
+/// Signing or the store fails.
+pub async fn write_proven(
+    store: &dyn Store,
+    signer: Option<&SigningKey>,
+    p: &Proven,
+) -> Result<(), ContinuousError> {
+    let key = proven_key(&p.chain);
+    let text = serde_json::to_string(p).unwrap_or_default();
+    let signature = match signer {
+        Some(s) => Some(s.sign(&key, text.as_bytes())?),
+        None => None,
+    };
+    let envelope = serde_json::to_vec_pretty(&Envelope {
+        proven: text,
+        signature,
+    })
+    .unwrap_or_default();
+    store.replace(&key, envelope.into()).await?;
+    Ok(())
+}
+
+/// The chain's proven object when there is one and its signature is trusted; anything else is
+/// `None` (logged when it exists but cannot be believed).
+pub async fn trusted_proven(store: &dyn Store, policy: &ReadPolicy, chain: &str) -> Option<Proven> {
+    let key = proven_key(chain);
+    let bytes = match get_small(store, &key, LIMIT).await {
+        Ok(b) => b,
+        Err(StoreError::NotFound { .. }) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, key, "cannot read what the shadow proved");
+            return None;
+        }
+    };
+    let believed = serde_json::from_slice::<Envelope>(&bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|env| {
+            policy
+                .check(&key, env.proven.as_bytes(), env.signature.as_deref())
+                .map_err(|e| e.to_string())?;
+            serde_json::from_str::<Proven>(&env.proven).map_err(|e| e.to_string())
+        })
+        .and_then(|p| {
+            if p.schema_version != SCHEMA || p.chain != chain {
+                Err("another schema or chain than its key says".to_string())
+            } else {
+                Ok(p)
+            }
+        });
+    match believed {
+        Ok(p) => Some(p),
+        Err(why) => {
+            tracing::debug!(key, why = %why, "what the shadow proved is not believed (untrusted or unreadable)");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proven_key_is_neither_a_segment_nor_a_head() {
+        let key = proven_key("20261129T070000.000Z-00000000000000ab");
+        assert_eq!(key, "seg.20261129T070000.000Z-00000000000000ab.proven.json");
+        assert!(crate::continuous::SegmentKey::of_any_key(&key).is_none());
+        assert!(crate::continuous::head::chain_of_head_key(&key).is_none());
+    }
+}
