@@ -12,13 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use super::chain::root_hash;
 use super::segment::{prefix, SegmentManifest};
+use super::signed::{read_signed, write_signed};
 use super::ContinuousError;
-use crate::store::{get_small, Store, StoreError};
+use crate::store::Store;
 use crate::trust::{ReadPolicy, SigningKey};
 
 const HEAD_SCHEMA: u32 = 1;
 const HEAD_NAME: &str = "head.json";
-const HEAD_LIMIT: usize = 16 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Head {
@@ -32,13 +32,6 @@ pub struct Head {
     /// Its last revision (the base backup's revision when `seq` is 0).
     pub revision: i64,
     pub caught_up_at: DateTime<Utc>,
-}
-
-/// One object: the head's exact bytes and their signature, so they are replaced together.
-#[derive(Serialize, Deserialize)]
-struct Envelope {
-    head: String,
-    signature: Option<String>,
 }
 
 /// `seg.<chain>.head.json`.
@@ -99,19 +92,7 @@ pub async fn write_head(
     signer: Option<&SigningKey>,
     head: &Head,
 ) -> Result<(), ContinuousError> {
-    let key = head_key(&head.chain);
-    let text = serde_json::to_string(head).unwrap_or_default();
-    let signature = match signer {
-        Some(s) => Some(s.sign(&key, text.as_bytes())?),
-        None => None,
-    };
-    let envelope = serde_json::to_vec_pretty(&Envelope {
-        head: text,
-        signature,
-    })
-    .unwrap_or_default();
-    store.replace(&key, envelope.into()).await?;
-    Ok(())
+    write_signed(store, signer, &head_key(&head.chain), "head", head).await
 }
 
 /// Reads a chain's head; `None` when there is none.
@@ -124,24 +105,13 @@ pub async fn read_head(
     chain: &str,
 ) -> Result<Option<Head>, ContinuousError> {
     let key = head_key(chain);
-    let bytes = match get_small(store, &key, HEAD_LIMIT).await {
-        Ok(b) => b,
-        Err(StoreError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let Some(head) = read_signed::<Head>(store, policy, &key, "head", "journal head").await? else {
+        return Ok(None);
     };
     let invalid = |what: String| ContinuousError::Invalid {
         key: key.clone(),
         what,
     };
-    let envelope: Envelope =
-        serde_json::from_slice(&bytes).map_err(|e| invalid(format!("not a journal head: {e}")))?;
-    policy.check(
-        &key,
-        envelope.head.as_bytes(),
-        envelope.signature.as_deref(),
-    )?;
-    let head: Head = serde_json::from_str(&envelope.head)
-        .map_err(|e| invalid(format!("not a journal head: {e}")))?;
     if head.schema_version != HEAD_SCHEMA {
         return Err(invalid(format!(
             "schema version {} is not one this lifeboat reads; upgrade lifeboat",

@@ -14,6 +14,7 @@ pub mod head;
 pub mod proven;
 pub mod prune;
 pub mod segment;
+mod signed;
 pub mod status;
 
 pub use capture::{capture, CaptureObserver, CaptureSettings, Resume};

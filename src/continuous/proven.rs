@@ -7,13 +7,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::segment::prefix;
+use super::signed::{read_signed, write_signed};
 use super::ContinuousError;
-use crate::store::{get_small, Store, StoreError};
+use crate::store::Store;
 use crate::trust::{ReadPolicy, SigningKey};
 
 const SCHEMA: u32 = 1;
 const NAME: &str = "proven.json";
-const LIMIT: usize = 16 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proven {
@@ -38,13 +38,6 @@ impl Proven {
     }
 }
 
-/// The object and its signature together, so they are replaced together.
-#[derive(Serialize, Deserialize)]
-struct Envelope {
-    proven: String,
-    signature: Option<String>,
-}
-
 /// `seg.<chain>.proven.json` (not a segment, not a head: journal retention leaves it alone).
 pub fn proven_key(chain: &str) -> String {
     format!("{}{NAME}", prefix(Some(chain)))
@@ -59,52 +52,25 @@ pub async fn write_proven(
     signer: Option<&SigningKey>,
     p: &Proven,
 ) -> Result<(), ContinuousError> {
-    let key = proven_key(&p.chain);
-    let text = serde_json::to_string(p).unwrap_or_default();
-    let signature = match signer {
-        Some(s) => Some(s.sign(&key, text.as_bytes())?),
-        None => None,
-    };
-    let envelope = serde_json::to_vec_pretty(&Envelope {
-        proven: text,
-        signature,
-    })
-    .unwrap_or_default();
-    store.replace(&key, envelope.into()).await?;
-    Ok(())
+    write_signed(store, signer, &proven_key(&p.chain), "proven", p).await
 }
 
 /// The chain's proven object when there is one and its signature is trusted; anything else is
 /// `None` (logged when it exists but cannot be believed).
 pub async fn trusted_proven(store: &dyn Store, policy: &ReadPolicy, chain: &str) -> Option<Proven> {
     let key = proven_key(chain);
-    let bytes = match get_small(store, &key, LIMIT).await {
-        Ok(b) => b,
-        Err(StoreError::NotFound { .. }) => return None,
-        Err(e) => {
-            tracing::warn!(error = %e, key, "cannot read what the shadow proved");
-            return None;
+    match read_signed::<Proven>(store, policy, &key, "proven", "shadow proof").await {
+        Ok(Some(p)) if p.schema_version == SCHEMA && p.chain == chain => Some(p),
+        Ok(Some(_)) => {
+            tracing::debug!(
+                key,
+                "a shadow proof of another schema or chain than its key says: ignored"
+            );
+            None
         }
-    };
-    let believed = serde_json::from_slice::<Envelope>(&bytes)
-        .map_err(|e| e.to_string())
-        .and_then(|env| {
-            policy
-                .check(&key, env.proven.as_bytes(), env.signature.as_deref())
-                .map_err(|e| e.to_string())?;
-            serde_json::from_str::<Proven>(&env.proven).map_err(|e| e.to_string())
-        })
-        .and_then(|p| {
-            if p.schema_version != SCHEMA || p.chain != chain {
-                Err("another schema or chain than its key says".to_string())
-            } else {
-                Ok(p)
-            }
-        });
-    match believed {
-        Ok(p) => Some(p),
-        Err(why) => {
-            tracing::debug!(key, why = %why, "what the shadow proved is not believed (untrusted or unreadable)");
+        Ok(None) => None,
+        Err(e) => {
+            tracing::debug!(key, error = %e, "a shadow proof that is not believed (untrusted or unreadable): ignored");
             None
         }
     }

@@ -670,6 +670,19 @@ pub(crate) fn write_keys(etcd: &EtcdProcess, prefix: &str, n: usize, pause_ms: u
     })
 }
 
+/// A physical compaction of `etcd` at `rev`.
+pub(crate) fn compact(etcd: &EtcdProcess, rev: i64) {
+    rt().block_on(async {
+        let mut c = client(etcd).await;
+        c.compact(
+            rev,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .unwrap();
+    });
+}
+
 pub(crate) fn journal_json(j: &Journal, what: &str) -> serde_json::Value {
     run(lifeboat()
         .args(["continuous", what, "-w", "json", "--dest"])
@@ -903,15 +916,7 @@ fn a_watch_behind_compaction_starts_a_new_chain_and_targets_in_the_gap_are_refus
     assert_eq!(j.serve.stop(Duration::from_secs(30)), 0);
     // While no uploader runs, the cluster writes and compacts that history away.
     let head_rev = write_keys(&j.etcd, "/registry/b/k", 10, 0);
-    rt().block_on(async {
-        let mut c = client(&j.etcd).await;
-        c.compact(
-            head_rev,
-            Some(etcd_client::CompactionOptions::new().with_physical()),
-        )
-        .await
-        .unwrap();
-    });
+    compact(&j.etcd, head_rev);
     j.restart();
     wait_until("a new chain after the gap", Duration::from_secs(60), || {
         j.serve.metric("lifeboat_continuous_gaps_total") >= 1.0

@@ -158,18 +158,19 @@ fn the_alerts_use_metrics_that_serve_exports() {
     }
 }
 
-#[test]
-fn the_drill_instance_runs_off_the_control_plane_unprivileged_with_a_valid_config() {
-    let d: Deployment = parse("drill.yaml");
+/// The Deployment's pod: off the control plane, no host network or mounts, non-root, read-only
+/// root, no capabilities. Its container.
+fn off_control_plane_unprivileged(name: &str) -> Container {
+    let d: Deployment = parse(name);
     let pod = d.spec.unwrap().template.spec.unwrap();
-    assert_ne!(pod.host_network, Some(true), "no host network");
+    assert_ne!(pod.host_network, Some(true), "{name}: no host network");
     assert!(
         pod.volumes
             .as_ref()
             .unwrap()
             .iter()
             .all(|v| v.host_path.is_none()),
-        "no host mounts"
+        "{name}: no host mounts"
     );
     let terms = pod
         .affinity
@@ -184,13 +185,19 @@ fn the_drill_instance_runs_off_the_control_plane_unprivileged_with_a_valid_confi
         "DoesNotExist"
     );
     assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
-    let c = &pod.containers[0];
+    let c = pod.containers[0].clone();
     let sc = c.security_context.clone().unwrap();
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(
         sc.capabilities.unwrap().drop.unwrap(),
         vec!["ALL".to_string()]
     );
+    c
+}
+
+#[test]
+fn the_drill_instance_runs_off_the_control_plane_unprivileged_with_a_valid_config() {
+    let c = &off_control_plane_unprivileged("drill.yaml");
     // The config is valid once its identity file exists (here: a real key in a temp dir).
     let cm: ConfigMap = parse("drill-config.yaml");
     let text = cm.data.unwrap().remove("lifeboat.toml").unwrap();
@@ -340,33 +347,7 @@ fn the_drill_instance_does_not_mount_the_signing_key() {
 
 #[test]
 fn the_shadow_runs_off_the_control_plane_unprivileged_with_a_valid_config() {
-    let d: Deployment = parse("shadow.yaml");
-    let pod = d.spec.unwrap().template.spec.unwrap();
-    assert_ne!(pod.host_network, Some(true), "no host network");
-    assert!(
-        pod.volumes
-            .as_ref()
-            .unwrap()
-            .iter()
-            .all(|v| v.host_path.is_none()),
-        "no host mounts"
-    );
-    let terms = pod
-        .affinity
-        .unwrap()
-        .node_affinity
-        .unwrap()
-        .required_during_scheduling_ignored_during_execution
-        .unwrap()
-        .node_selector_terms;
-    assert_eq!(
-        terms[0].match_expressions.as_ref().unwrap()[0].operator,
-        "DoesNotExist"
-    );
-    assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
-    let c = &pod.containers[0];
-    let sc = c.security_context.clone().unwrap();
-    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let c = &off_control_plane_unprivileged("shadow.yaml");
     let args = c.args.clone().unwrap();
     assert_eq!(args[0], "shadow");
     // Its config resolves (keys and identity swapped for real ones in a temp dir), and it

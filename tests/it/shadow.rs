@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::continuous::{manifest_path, rewrite_checkpoint, segment_files, write_keys, Journal};
+use crate::continuous::{
+    compact, manifest_path, rewrite_checkpoint, segment_files, write_keys, Journal,
+};
 use crate::data::{client, rt};
 use crate::harness::{lifeboat, run, test_keys, Run, Version};
 use crate::serve::{wait_until, Serve};
@@ -332,15 +334,7 @@ fn the_shadow_goes_on_with_the_new_chain_when_the_cluster_starts_one() {
     // continues in a new chain from a fresh full backup.
     assert_eq!(j.serve.stop(Duration::from_secs(30)), 0);
     let head_rev = write_keys(&j.etcd, "/registry/b/k", 10, 0);
-    rt().block_on(async {
-        let mut c = client(&j.etcd).await;
-        c.compact(
-            head_rev,
-            Some(etcd_client::CompactionOptions::new().with_physical()),
-        )
-        .await
-        .unwrap();
-    });
+    compact(&j.etcd, head_rev);
     j.restart();
     wait_until("a new chain", Duration::from_secs(60), || {
         j.serve.metric("lifeboat_continuous_gaps_total") >= 1.0
