@@ -670,6 +670,16 @@ pub(crate) fn write_keys(etcd: &EtcdProcess, prefix: &str, n: usize, pause_ms: u
     })
 }
 
+/// Flips one bit in the middle of a file; its original bytes.
+pub(crate) fn flip_a_byte(path: &Path) -> Vec<u8> {
+    let original = std::fs::read(path).unwrap();
+    let mut bad = original.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 1;
+    std::fs::write(path, &bad).unwrap();
+    original
+}
+
 /// A physical compaction of `etcd` at `rev`.
 pub(crate) fn compact(etcd: &EtcdProcess, rev: i64) {
     rt().block_on(async {
@@ -784,11 +794,7 @@ fn a_tampered_segment_a_broken_chain_and_a_checkpoint_mismatch_stop_the_restore(
     // A flipped byte in a segment object.
     let victim = &segments[1];
     let object = j.dest().join(victim["object"]["key"].as_str().unwrap());
-    let original = std::fs::read(&object).unwrap();
-    let mut bad = original.clone();
-    let mid = bad.len() / 2;
-    bad[mid] ^= 1;
-    std::fs::write(&object, &bad).unwrap();
+    let original = flip_a_byte(&object);
     let r = j.get(&target, &j.out("tampered.db"));
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert!(

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::continuous::{
-    compact, manifest_path, rewrite_checkpoint, segment_files, write_keys, Journal,
+    compact, flip_a_byte, manifest_path, rewrite_checkpoint, segment_files, write_keys, Journal,
 };
 use crate::data::{client, rt};
 use crate::harness::{lifeboat, run, test_keys, Run, Version};
@@ -212,11 +212,7 @@ fn a_tampered_segment_a_forged_checkpoint_and_a_missing_segment_stop_the_shadow(
     let victim = &segments[segments.len() / 2];
     let victim_first = victim["first_rev"].as_i64().unwrap();
     let object = j.dest().join(victim["object"]["key"].as_str().unwrap());
-    let original = std::fs::read(&object).unwrap();
-    let mut bad = original.clone();
-    let mid = bad.len() / 2;
-    bad[mid] ^= 1;
-    std::fs::write(&object, &bad).unwrap();
+    let original = flip_a_byte(&object);
     let r = shadow_until(&j, last, &key);
     assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
     assert!(
@@ -291,10 +287,7 @@ fn readyz_and_the_metrics_name_a_stopped_shadow_until_it_is_told_to_go() {
     std::fs::remove_dir_all(j.out("shadow")).unwrap();
     let victim = &segment_files(&j)[1];
     let object = j.dest().join(victim["object"]["key"].as_str().unwrap());
-    let mut bad = std::fs::read(&object).unwrap();
-    let mid = bad.len() / 2;
-    bad[mid] ^= 1;
-    std::fs::write(&object, &bad).unwrap();
+    flip_a_byte(&object);
     let mut shadow = Serve::start(following(&j, &key, "1h"), j.out("shadow2.log"));
     wait_until("the shadow stopped", Duration::from_secs(60), || {
         shadow.metric("lifeboat_shadow_up") == 0.0
@@ -392,10 +385,7 @@ fn a_restarted_shadow_goes_on_from_its_own_data_only_while_it_holds_what_was_pro
     // of them damaged since: only a replay from a base reads it again).
     let early = &segment_files(&j)[1];
     let object = j.dest().join(early["object"]["key"].as_str().unwrap());
-    let original = std::fs::read(&object).unwrap();
-    let mut bad = original.clone();
-    bad[original.len() / 2] ^= 1;
-    std::fs::write(&object, &bad).unwrap();
+    let original = flip_a_byte(&object);
     let r = once(last);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     std::fs::write(&object, &original).unwrap();
