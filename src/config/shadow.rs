@@ -67,3 +67,33 @@ pub fn resolve_shadow(
         backup,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> FileConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn bad_values_and_unsignable_bases_name_their_key() {
+        let base = "[backup]\nrecipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n";
+        let unsigned = resolve_shadow(&config(base), None, None).unwrap_err();
+        assert!(
+            unsigned.to_string().contains("trust.signing_key"),
+            "{unsigned}"
+        );
+        let allowed = config(&format!("{base}[trust]\nallow_unsigned = true\n"));
+        let s = resolve_shadow(&allowed, Some(7), None).unwrap();
+        assert_eq!(s.base_interval, Duration::from_secs(15 * 60));
+        assert_eq!(s.poll_interval, Duration::from_secs(1));
+        assert_eq!(s.until_revision, Some(7));
+        assert_eq!(s.backup.reason, Reason::Shadow);
+        let slow = config(&format!(
+            "{base}[trust]\nallow_unsigned = true\n[shadow]\npoll_interval = \"1h\"\n"
+        ));
+        let e = resolve_shadow(&slow, None, None).unwrap_err();
+        assert!(e.to_string().contains("shadow.poll_interval"), "{e}");
+    }
+}

@@ -13,7 +13,9 @@ mod pipeline;
 mod plan;
 mod replay;
 
-pub use plan::{newest_revision, plan, resolve_time, segments_after, Coverage, PitrPlan, Target};
+pub use plan::{
+    newest_chain, plan, resolve_time, segments_after, Coverage, NewestChain, PitrPlan, Target,
+};
 pub(crate) use replay::{apply_journal, on_own_thread, sandbox_flags, ReplayStart};
 pub use replay::{replay_to_file, NoHook, Proof, ReplayHook, ReplayReport};
 

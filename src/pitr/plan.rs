@@ -171,20 +171,32 @@ fn describe(coverage: &[Coverage]) -> String {
         .join("; ")
 }
 
-/// The newest durable revision of the newest chain (what a follower starts towards).
+/// The newest chain of a cluster and its newest durable revision (what a follower follows).
+#[derive(Debug, Clone)]
+pub struct NewestChain {
+    pub chain: String,
+    pub cluster: u64,
+    pub to_rev: i64,
+}
+
+/// The newest chain that has a trusted base backup.
 ///
 /// # Errors
 /// No chain with a trusted base; unreadable or untrusted manifests.
-pub async fn newest_revision(
+pub async fn newest_chain(
     store: &Arc<dyn Store>,
     policy: &Arc<ReadPolicy>,
     cluster: Option<u64>,
-) -> Result<i64, PitrError> {
+) -> Result<NewestChain, PitrError> {
     let j = journal(store, policy, cluster).await?;
     let coverage: Vec<Coverage> = j.chains.iter().map(|(_, _, c)| c.clone()).collect();
     j.chains
         .last()
-        .map(|(_, _, c)| c.to_rev)
+        .map(|(_, _, c)| NewestChain {
+            chain: c.chain.clone(),
+            cluster: j.cluster,
+            to_rev: c.to_rev,
+        })
         .ok_or_else(|| PitrError::NotCovered {
             target: "the newest revision".into(),
             why: "no journal chain has a trusted base backup".into(),

@@ -42,13 +42,14 @@ const CHAIN_CHECK_EVERY: u32 = 10;
 /// this chain has gone quiet and the cluster has a newer one (its capture started again from a
 /// fresh full backup: this chain will get no more segments).
 pub(super) async fn follow(
-    f: Follow,
+    mut f: Follow,
     tx: Sender<Result<Vec<Record>, PitrError>>,
     state: SharedState,
     cancel: CancellationToken,
 ) -> Option<String> {
-    let mut prev = f.before.clone();
-    let mut queue: std::collections::VecDeque<SegmentManifest> = f.first.clone().into();
+    let mut prev = f.before.take();
+    let mut queue: std::collections::VecDeque<SegmentManifest> =
+        std::mem::take(&mut f.first).into();
     let mut idle = 0u32;
     loop {
         while let Some(m) = queue.pop_front() {

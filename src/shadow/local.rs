@@ -22,6 +22,7 @@ pub(super) struct Proven {
     pub hash: u32,
 }
 
+#[derive(Clone)]
 pub(super) struct ShadowDir {
     pub path: PathBuf,
 }

@@ -163,172 +163,229 @@ struct Following {
     cancel: CancellationToken,
 }
 
+/// Where one run of the replay starts.
+struct Start {
+    chain: String,
+    cluster_id: u64,
+    replay: ReplayStart,
+    /// The checked segments to replay first.
+    first: Vec<crate::continuous::SegmentManifest>,
+    launch: Launch,
+}
+
 impl Following {
     /// Follows the newest chain; `Some(newer)` when a newer chain of the cluster appeared
     /// after this one went quiet.
     async fn newest_chain(&self) -> Result<Option<String>, ShadowError> {
-        let Following {
-            store,
-            policy,
-            identities,
-            settings,
-            state,
-            cancel,
-        } = self;
-        let store = store.clone();
-        let newest = pitr::newest_revision(&store, policy, settings.cluster).await?;
-        let upto = settings.until_revision.map_or(newest, |u| u.min(newest));
-        let plan = match pitr::plan(&store, policy, settings.cluster, upto).await {
-            Ok(plan) => plan,
-            Err(e) if breaks_the_journal(&e) => return Err(stopped(state, e)),
-            Err(e) => return Err(e.into()),
-        };
-        let cluster_id = u64::from_str_radix(&plan.cluster_id, 16).unwrap_or_default();
-        let target = settings.until_revision.unwrap_or(i64::MAX);
-        let dir =
-            ShadowDir::open(&settings.sandbox.work_dir).map_err(|source| PitrError::Output {
-                path: settings.sandbox.work_dir.clone(),
+        let newest = pitr::newest_chain(&self.store, &self.policy, self.settings.cluster).await?;
+        let upto = self
+            .settings
+            .until_revision
+            .map_or(newest.to_rev, |u| u.min(newest.to_rev));
+        let dir = ShadowDir::open(&self.settings.sandbox.work_dir).map_err(|source| {
+            PitrError::Output {
+                path: self.settings.sandbox.work_dir.clone(),
                 source,
-            })?;
-        let extra = pitr::sandbox_flags(&settings.sandbox.etcd);
-        let resumable = match dir.proven().filter(|p| p.chain == plan.chain) {
-            Some(p) => match local::check_resumable(&dir, &p, &settings.sandbox, &extra).await {
-                Ok(current) if current <= upto => Some((p, current)),
-                Ok(current) => {
-                    tracing::info!(current, upto, "the shadow's own data is past where it should stop; starting from the base");
-                    None
-                }
-                Err(why) => {
-                    tracing::warn!(why = %why, "the shadow's own data does not hold what it proved; starting from the newest base");
-                    None
-                }
-            },
-            None => None,
-        };
-        let (start, first, launch) = match resumable {
-            Some((p, current)) => {
-                // From the segment holding `current` (its revisions are skipped): the follower
-                // then looks for segments after it, not through the whole chain again.
-                let from_current = pitr::segments_after(
-                    &store,
-                    policy,
-                    &plan.chain,
-                    current - 1,
-                    upto.max(current),
-                )
-                .await;
-                let segments = match from_current {
-                    Ok(s) => s,
-                    // Nothing past the base yet: the follower lists the chain from its start.
-                    Err(PitrError::NotCovered { .. }) => Vec::new(),
-                    Err(e) if breaks_the_journal(&e) => return Err(stopped(state, e)),
-                    Err(e) => return Err(e.into()),
-                };
-                tracing::info!(chain = %plan.chain, current, proven = p.rev, "shadow resuming from its own data");
-                state.update(|s| {
-                    s.chain = plan.chain.clone();
-                    s.started_from =
-                        format!("its own data at revision {current} (base {})", p.base_id);
-                    s.applied_revision = current;
-                    s.verified_revision = p.rev;
-                    s.journal_revision = current;
-                });
-                let start = ReplayStart {
-                    base_id: p.base_id.clone(),
-                    base_rev: p.base_rev,
-                    current,
-                    target,
-                    segments: segments.len(),
-                };
-                (start, segments, Launch::Resume)
             }
-            None => {
-                dir.forget().map_err(|source| PitrError::Output {
-                    path: dir.path.clone(),
-                    source,
-                })?;
-                state.update(|s| {
-                    s.chain = plan.chain.clone();
-                    s.started_from = plan.base.id.clone();
-                    s.applied_revision = plan.base.revision;
-                    s.verified_revision = plan.base.revision;
-                    s.journal_revision = plan.base.revision;
-                });
-                tracing::info!(chain = %plan.chain, base = %plan.base.id, base_rev = plan.base.revision, "shadow starting from the newest trusted base");
-                crate::readback::get_backup(
-                    store.clone(),
-                    &plan.base,
-                    identities.as_ref(),
-                    &dir.base_file(),
-                    true,
-                    Arc::new(crate::progress::Silent),
-                )
-                .await
-                .map_err(PitrError::from)?;
-                let tool =
-                    RestoreTool::find(settings.sandbox.tool.as_deref()).map_err(PitrError::from)?;
-                let start = ReplayStart {
-                    base_id: plan.base.id.clone(),
-                    base_rev: plan.base.revision,
-                    current: plan.base.revision,
-                    target,
-                    segments: plan.segments.len(),
-                };
-                let launch = Launch::Restore {
-                    base_file: dir.base_file(),
-                    skip_hash_check: !crate::bbolt::has_sha256_trailer(plan.base.plain_size),
-                    tool,
-                };
-                (start, plan.segments.clone(), launch)
-            }
-        };
+        })?;
+        let extra = pitr::sandbox_flags(&self.settings.sandbox.etcd);
+        let start = match self.resumable(&dir, &newest, upto, &extra).await {
+            Some((p, current)) => self.resume(&newest, p, current, upto).await,
+            None => self.restore(&dir, upto).await,
+        }
+        .map_err(|e| self.failed(e))?;
+        self.replay(start, dir, extra).await
+    }
 
+    /// A check that failed is a stop (recorded); anything else an error of the setup.
+    fn failed(&self, e: PitrError) -> ShadowError {
+        if breaks_the_journal(&e) {
+            stopped(&self.state, e)
+        } else {
+            e.into()
+        }
+    }
+
+    /// The proof recorded in `dir` and the revision its etcd is at, when that data is of the
+    /// newest chain, not past `upto`, and still hashes as proven.
+    async fn resumable(
+        &self,
+        dir: &ShadowDir,
+        newest: &pitr::NewestChain,
+        upto: i64,
+        extra: &[String],
+    ) -> Option<(Proven, i64)> {
+        let p = dir.proven().filter(|p| p.chain == newest.chain)?;
+        match local::check_resumable(dir, &p, &self.settings.sandbox, extra).await {
+            Ok(current) if current <= upto => Some((p, current)),
+            Ok(current) => {
+                tracing::info!(
+                    current,
+                    upto,
+                    "the shadow's own data is past where it should stop; starting from the base"
+                );
+                None
+            }
+            Err(why) => {
+                tracing::warn!(why = %why, "the shadow's own data does not hold what it proved; starting from the newest base");
+                None
+            }
+        }
+    }
+
+    /// Goes on from the shadow's own data at `current`.
+    async fn resume(
+        &self,
+        newest: &pitr::NewestChain,
+        p: Proven,
+        current: i64,
+        upto: i64,
+    ) -> Result<Start, PitrError> {
+        // From the segment holding `current` (its revisions are skipped): the follower then
+        // looks for segments after it, not through the whole chain again.
+        let from_current = pitr::segments_after(
+            &self.store,
+            &self.policy,
+            &newest.chain,
+            current - 1,
+            upto.max(current),
+        )
+        .await;
+        let first = match from_current {
+            Ok(s) => s,
+            // Nothing past the base yet: the follower lists the chain from its start.
+            Err(PitrError::NotCovered { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        tracing::info!(chain = %newest.chain, current, proven = p.rev, "shadow resuming from its own data");
+        self.state.update(|s| {
+            s.chain = newest.chain.clone();
+            s.started_from = format!("its own data at revision {current} (base {})", p.base_id);
+            s.applied_revision = current;
+            s.verified_revision = p.rev;
+            s.journal_revision = current;
+        });
+        Ok(Start {
+            chain: newest.chain.clone(),
+            cluster_id: newest.cluster,
+            replay: ReplayStart {
+                base_id: p.base_id,
+                base_rev: p.base_rev,
+                current,
+                target: self.target(),
+                segments: first.len(),
+            },
+            first,
+            launch: Launch::Resume,
+        })
+    }
+
+    /// Starts over from the newest trusted base at or before `upto`.
+    async fn restore(&self, dir: &ShadowDir, upto: i64) -> Result<Start, PitrError> {
+        let plan = pitr::plan(&self.store, &self.policy, self.settings.cluster, upto).await?;
+        dir.forget().map_err(|source| PitrError::Output {
+            path: dir.path.clone(),
+            source,
+        })?;
+        self.state.update(|s| {
+            s.chain = plan.chain.clone();
+            s.started_from = plan.base.id.clone();
+            s.applied_revision = plan.base.revision;
+            s.verified_revision = plan.base.revision;
+            s.journal_revision = plan.base.revision;
+        });
+        tracing::info!(chain = %plan.chain, base = %plan.base.id, base_rev = plan.base.revision, "shadow starting from the newest trusted base");
+        crate::readback::get_backup(
+            self.store.clone(),
+            &plan.base,
+            self.identities.as_ref(),
+            &dir.base_file(),
+            true,
+            Arc::new(crate::progress::Silent),
+        )
+        .await?;
+        let tool = RestoreTool::find(self.settings.sandbox.tool.as_deref())?;
+        Ok(Start {
+            chain: plan.chain.clone(),
+            cluster_id: u64::from_str_radix(&plan.cluster_id, 16).unwrap_or_default(),
+            replay: ReplayStart {
+                base_id: plan.base.id.clone(),
+                base_rev: plan.base.revision,
+                current: plan.base.revision,
+                target: self.target(),
+                segments: plan.segments.len(),
+            },
+            launch: Launch::Restore {
+                base_file: dir.base_file(),
+                skip_hash_check: !crate::bbolt::has_sha256_trailer(plan.base.plain_size),
+                tool,
+            },
+            first: plan.segments,
+        })
+    }
+
+    fn target(&self) -> i64 {
+        self.settings.until_revision.unwrap_or(i64::MAX)
+    }
+
+    /// The follower, the replay on its own thread and the base taker, until the replay ends;
+    /// `Some(newer)` when the follower moved on to a newer chain.
+    async fn replay(
+        &self,
+        start: Start,
+        dir: ShadowDir,
+        extra: Vec<String>,
+    ) -> Result<Option<String>, ShadowError> {
         let (records_tx, records_rx) = mpsc::channel(2);
-        let (base_tx, base_rx) = mpsc::channel(1);
+        let (asks_tx, asks_rx) = mpsc::channel(1);
         let follower = follow::follow(
             follow::Follow {
-                store: store.clone(),
-                policy: policy.clone(),
-                identities: identities.clone(),
-                chain: plan.chain.clone(),
-                first,
+                store: self.store.clone(),
+                policy: self.policy.clone(),
+                identities: self.identities.clone(),
+                chain: start.chain.clone(),
+                first: start.first,
                 before: None,
-                poll: settings.poll_interval,
-                until: settings.until_revision,
-                cluster: cluster_id,
+                poll: self.settings.poll_interval,
+                until: self.settings.until_revision,
+                cluster: start.cluster_id,
             },
             records_tx,
-            state.clone(),
-            cancel.clone(),
+            self.state.clone(),
+            self.cancel.clone(),
         );
         let proven = Proven {
-            chain: plan.chain.clone(),
-            base_id: start.base_id.clone(),
-            base_rev: start.base_rev,
+            chain: start.chain.clone(),
+            base_id: start.replay.base_id.clone(),
+            base_rev: start.replay.base_rev,
             rev: 0,
             compact_rev: 0,
             hash: 0,
         };
         let replay = ReplaySide {
             dir: dir.path.clone(),
-            launch,
+            launch: start.launch,
             extra,
-            sandbox: settings.sandbox.clone(),
-            start,
+            sandbox: self.settings.sandbox.clone(),
+            start: start.replay,
             hook: ShadowHook {
-                state: state.clone(),
-                base_interval: settings.base_interval,
+                state: self.state.clone(),
+                base_interval: self.settings.base_interval,
                 last_base: Instant::now(),
-                bases: base_tx,
+                bases: asks_tx,
                 sandbox: None,
-                dir: ShadowDir {
-                    path: dir.path.clone(),
-                },
+                dir: dir.clone(),
                 proven,
             },
         };
         let replayed = pitr::on_own_thread("lifeboat-shadow", move || replay.run(records_rx));
-        let bases = serve_bases(store, &settings.backup, cluster_id, base_rx, cancel);
+        let bases = serve_bases(
+            self.store.clone(),
+            &self.settings.backup,
+            start.cluster_id,
+            asks_rx,
+            &self.cancel,
+        );
         let (newer, result, ()) = tokio::join!(follower, replayed, bases);
         match result {
             Ok(()) => Ok(newer),
@@ -337,7 +394,7 @@ impl Following {
                 if let Err(io) = dir.forget() {
                     tracing::error!(error = %io, dir = %dir.path.display(), "cannot remove the shadow's data after a mismatch; remove it by hand");
                 }
-                Err(stopped(state, e))
+                Err(stopped(&self.state, e))
             }
             Err(e) => Err(e.into()),
         }
@@ -609,5 +666,31 @@ impl Source for ShadowSource {
 
     async fn compaction_point(&mut self, current: i64) -> Result<i64, SourceError> {
         Source::compaction_point(&mut self.inner, current).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lag_counts_from_the_oldest_unproven_revision_and_is_zero_when_all_are_proven() {
+        let ten_s_ago = Utc::now().timestamp_millis() - 10_000;
+        let behind = ShadowState {
+            journal_revision: 200,
+            verified_revision: 150,
+            verified_at_ms: Some(ten_s_ago),
+            ..ShadowState::default()
+        };
+        assert!(
+            (9.0..60.0).contains(&behind.lag_seconds()),
+            "{}",
+            behind.lag_seconds()
+        );
+        let caught_up = ShadowState {
+            verified_revision: 200,
+            ..behind
+        };
+        assert_eq!(caught_up.lag_seconds(), 0.0);
     }
 }
