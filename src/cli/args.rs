@@ -81,9 +81,6 @@ pub struct ShadowArgs {
     /// a check stopped keeps serving (readyz 503 naming the cause) until SIGTERM, then exits 4.
     #[arg(long, env = "LIFEBOAT_SHADOW_LISTEN", value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
-    /// Only this cluster's journal (hex cluster id).
-    #[arg(long, value_name = "ID")]
-    pub cluster_id: Option<String>,
     #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
     pub output: Output,
 }

@@ -9,8 +9,7 @@ use super::snapshot;
 
 pub async fn run(a: ShadowArgs, file: FileConfig) -> Result<()> {
     let config = &file.overlay(a.flags());
-    let cluster = snapshot::cluster_flag(a.cluster_id.as_deref())?;
-    let settings = resolve_shadow(config, a.until_revision, cluster)?;
+    let settings = resolve_shadow(config, a.until_revision)?;
     let policy = resolve_read_policy(&config.trust)?;
     let identities = snapshot::load_identities(config.drill.identity_file.as_ref())?;
     let store = snapshot::open_store(config).await?;

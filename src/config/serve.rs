@@ -10,7 +10,7 @@ use super::{
     resolve_store, section, ConfigError, FileConfig,
 };
 use crate::catalog::Reason;
-use crate::service::{normalize_schedule, DrillPlan, ServeSettings};
+use crate::service::{normalize_schedule, DrillPlan, ServeSettings, ShadowPlan};
 use crate::stages::encrypt::Identities;
 
 section! {
@@ -55,10 +55,11 @@ pub fn resolve_serve(c: &FileConfig) -> Result<ServeSettings, ConfigError> {
         normalize_schedule(schedule_raw).map_err(|m| invalid("serve.schedule", m))?
     };
     let drill = resolve_drill_plan(c)?;
-    if backups_off && drill.is_none() {
+    let shadow = resolve_shadow_plan(c, backups_off)?;
+    if backups_off && drill.is_none() && shadow.is_none() {
         return Err(invalid(
             "serve.schedule",
-            "\"off\" takes no backups, and without [drill] schedule and identity_file there is nothing left to do",
+            "\"off\" takes no backups, and without [drill] schedule and identity_file or [shadow] enabled there is nothing left to do",
         ));
     }
     let listen_raw = s.listen.as_deref().unwrap_or("127.0.0.1:9464");
@@ -107,6 +108,7 @@ pub fn resolve_serve(c: &FileConfig) -> Result<ServeSettings, ConfigError> {
             None
         },
         drill,
+        shadow,
         continuous: if backups_off {
             None
         } else {
@@ -150,5 +152,30 @@ fn resolve_drill_plan(c: &FileConfig) -> Result<Option<DrillPlan>, ConfigError> 
         schedule,
         identity_file,
         settings: resolve_drill(c)?,
+    }))
+}
+
+/// `[shadow]` for `serve`: only on a drill-only instance (the shadow and its private etcd
+/// belong off the control plane), with the identity that reads the journal when one is set.
+fn resolve_shadow_plan(
+    c: &FileConfig,
+    backups_off: bool,
+) -> Result<Option<ShadowPlan>, ConfigError> {
+    if !c.shadow.enabled.unwrap_or(false) {
+        return Ok(None);
+    }
+    if !backups_off {
+        return Err(invalid(
+            "shadow.enabled",
+            "the shadow runs off the control plane, in a drill-only serve: set serve.schedule = \"off\" on that instance (deploy/kubernetes/shadow.yaml)",
+        ));
+    }
+    let identity_file = c.drill.identity_file.clone();
+    if let Some(path) = &identity_file {
+        Identities::from_file(path).map_err(|e| invalid("drill.identity_file", e.to_string()))?;
+    }
+    Ok(Some(ShadowPlan {
+        identity_file,
+        settings: super::resolve_shadow(c, None)?,
     }))
 }

@@ -14,6 +14,10 @@ section! {
     #[derive(clap::Args, Debug, Default, Clone, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct ShadowSection {
+        /// `serve` runs the shadow too (only a drill-only instance: `serve.schedule = "off"`,
+        /// off the control plane). `lifeboat shadow` runs it regardless.
+        #[arg(skip)]
+        pub enabled: Option<bool>,
         /// A base (full backup from the shadow) at the first checkpoint this long after the
         /// last one, e.g. "15m".
         #[arg(long, env = "LIFEBOAT_SHADOW_BASE_INTERVAL", value_name = "DURATION")]
@@ -21,6 +25,10 @@ section! {
         /// How often to look for new journal segments, e.g. "1s".
         #[arg(long, env = "LIFEBOAT_SHADOW_POLL_INTERVAL", value_name = "DURATION")]
         pub poll_interval: Option<String>,
+        /// Only this cluster's journal (hex cluster id, as `snapshot list` shows it): for a
+        /// bucket shared by several clusters.
+        #[arg(long, env = "LIFEBOAT_SHADOW_CLUSTER_ID", value_name = "ID")]
+        pub cluster_id: Option<String>,
     }
 }
 
@@ -32,9 +40,17 @@ section! {
 pub fn resolve_shadow(
     c: &FileConfig,
     until_revision: Option<i64>,
-    cluster: Option<u64>,
 ) -> Result<ShadowSettings, ConfigError> {
     let s = &c.shadow;
+    let cluster = match &s.cluster_id {
+        None => None,
+        Some(raw) => Some(crate::catalog::parse_cluster_id(raw).ok_or_else(|| {
+            invalid(
+                "shadow.cluster_id",
+                format!("`{raw}` is not a hex cluster id (as `snapshot list` shows it)"),
+            )
+        })?),
+    };
     let base_interval = duration(
         "shadow.base_interval",
         s.base_interval.as_ref(),
@@ -79,13 +95,13 @@ mod tests {
     #[test]
     fn bad_values_and_unsignable_bases_name_their_key() {
         let base = "[backup]\nrecipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n";
-        let unsigned = resolve_shadow(&config(base), None, None).unwrap_err();
+        let unsigned = resolve_shadow(&config(base), None).unwrap_err();
         assert!(
             unsigned.to_string().contains("trust.signing_key"),
             "{unsigned}"
         );
         let allowed = config(&format!("{base}[trust]\nallow_unsigned = true\n"));
-        let s = resolve_shadow(&allowed, Some(7), None).unwrap();
+        let s = resolve_shadow(&allowed, Some(7)).unwrap();
         assert_eq!(s.base_interval, Duration::from_secs(15 * 60));
         assert_eq!(s.poll_interval, Duration::from_secs(1));
         assert_eq!(s.until_revision, Some(7));
@@ -93,7 +109,12 @@ mod tests {
         let slow = config(&format!(
             "{base}[trust]\nallow_unsigned = true\n[shadow]\npoll_interval = \"1h\"\n"
         ));
-        let e = resolve_shadow(&slow, None, None).unwrap_err();
+        let e = resolve_shadow(&slow, None).unwrap_err();
         assert!(e.to_string().contains("shadow.poll_interval"), "{e}");
+        let cluster = config(&format!(
+            "{base}[trust]\nallow_unsigned = true\n[shadow]\ncluster_id = \"nothex\"\n"
+        ));
+        let e = resolve_shadow(&cluster, None).unwrap_err();
+        assert!(e.to_string().contains("shadow.cluster_id"), "{e}");
     }
 }

@@ -62,7 +62,11 @@ async fn metrics_text(
             if let Some(lag) = shared.journal_lag() {
                 shared.metrics.continuous_lag.set(lag);
             }
-            shared.metrics.render()
+            let text = shared.metrics.render();
+            match &shared.shadow {
+                Some(shadow) => super::shadow::join_metrics(&text, &shadow.get()),
+                None => text,
+            }
         },
     )
 }
@@ -98,13 +102,20 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
     }
     let mut components: Vec<&str> = verdict.iter().map(|(c, _)| *c).collect();
     components.dedup();
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!(
-            "not ready: {} (details in the log)\n",
-            components.join(", ")
-        ),
-    )
+    let mut body = format!(
+        "not ready: {} (details in the log)\n",
+        components.join(", ")
+    );
+    // A stopped shadow is named in full: the segment or checkpoint is what the page needs.
+    if let Some(line) = shadow_readiness(&shared).and_then(|(_, public)| public) {
+        body.push_str(&line);
+        body.push('\n');
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, body)
+}
+
+fn shadow_readiness(shared: &Shared) -> Option<(String, Option<String>)> {
+    super::shadow::readiness(&shared.shadow.as_ref()?.get())
 }
 
 async fn check(shared: &Shared) -> Vec<(&'static str, String)> {
@@ -135,6 +146,9 @@ async fn check(shared: &Shared) -> Vec<(&'static str, String)> {
                 format!("no successful backup in the last {} s", window.as_secs()),
             ));
         }
+    }
+    if let Some((detail, _)) = shadow_readiness(shared) {
+        problems.push(("shadow", detail));
     }
     if let Some(lag) = shared.journal_lag() {
         if lag > JOURNAL_STALL.as_secs_f64() {

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! With `schedule = "off"` the instance takes no backups and needs no etcd: a drill-only
-//! instance off the control plane, the one place that holds the age identity.
+//! instance off the control plane, the one place that holds the age identity. It may run the
+//! shadow too (`[shadow] enabled`): its metrics join the service's, a stop makes `/readyz` 503.
 
 mod continuous;
 mod http;
@@ -58,6 +59,8 @@ pub struct ServeSettings {
     /// `None` with `[serve] prune = false`: a separate pruner deletes.
     pub retention: Option<Policy>,
     pub drill: Option<DrillPlan>,
+    /// `Some` on a drill-only instance that runs the shadow (`[shadow] enabled`).
+    pub shadow: Option<ShadowPlan>,
     /// `Some` when the journal (continuous backup) is on.
     pub continuous: Option<crate::continuous::CaptureSettings>,
     /// What retention and drills accept as a backup (`[trust]`).
@@ -72,6 +75,15 @@ pub struct DrillPlan {
     /// Read at every drill, so a rotated key file is picked up.
     pub identity_file: std::path::PathBuf,
     pub settings: crate::drill::DrillSettings,
+}
+
+/// The shadow in a drill-only `serve`.
+#[derive(Debug, Clone)]
+pub struct ShadowPlan {
+    /// Read at every start of the shadow, so a rotated key file is picked up; `None` for a
+    /// journal written unencrypted.
+    pub identity_file: Option<std::path::PathBuf>,
+    pub settings: crate::shadow::ShadowSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +117,8 @@ struct Shared {
     /// Journal on: when every revision of the member was last known durable.
     continuous: bool,
     durable_at: Mutex<Option<std::time::SystemTime>>,
+    /// What the shadow has proved, when this instance runs it.
+    shadow: Option<crate::shadow::SharedState>,
 }
 
 impl Shared {
@@ -157,6 +171,7 @@ pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result
         read_policy: settings.read_policy.clone(),
         continuous: settings.continuous.is_some(),
         durable_at: Mutex::new(None),
+        shadow: settings.shadow.as_ref().map(|_| Default::default()),
     });
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -170,6 +185,16 @@ pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result
         Some(plan) => Some(start_drills(plan.clone(), shared.clone(), shutdown.clone()).await?),
         None => None,
     };
+    let shadow = match (&settings.shadow, &shared.shadow) {
+        (Some(plan), Some(state)) => Some(tokio::spawn(shadow::follow_in_serve(
+            plan.clone(),
+            store.clone(),
+            settings.read_policy.clone(),
+            state.clone(),
+            shutdown.clone(),
+        ))),
+        _ => None,
+    };
     let result = match &settings.backup {
         Some(backup) => run_backups(&settings, backup, &shared, &shutdown).await,
         None => {
@@ -177,6 +202,9 @@ pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result
             Ok(())
         }
     };
+    if let Some(shadow) = shadow {
+        let _ = shadow.await;
+    }
     if let Some((mut scheduler, worker)) = drills {
         let _ = scheduler.shutdown().await;
         let _ = worker.await;

@@ -1,8 +1,11 @@
-//! The shadow's `/healthz`, `/readyz` and `/metrics` (`lifeboat shadow --listen`). The shadow
-//! runs off the control plane, in the cluster's own network: `/readyz` names why it stopped,
-//! so the page an alert links to says which segment or checkpoint failed.
+//! The shadow as a service: its own `/healthz`, `/readyz` and `/metrics` (`lifeboat shadow
+//! --listen`), or inside a drill-only `serve` (`[shadow] enabled`), its metrics joined to the
+//! service's. The shadow runs off the control plane, in the cluster's own network: `/readyz`
+//! names why it stopped, so the page an alert links to says which segment or checkpoint failed.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,7 +17,90 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::shadow::{ShadowState, SharedState};
+use super::{sleep_or_cancel, ShadowPlan};
+use crate::shadow::{ShadowError, ShadowState, SharedState};
+use crate::stages::encrypt::Identities;
+use crate::store::Store;
+use crate::trust::ReadPolicy;
+
+/// The shadow inside `serve`, until `shutdown`. One that cannot start (no journal yet, the
+/// store or its etcd failing) is started again after a pause, the cause in `/readyz`; one that
+/// a check stopped stays stopped — metrics and `/readyz` say where — until the service is
+/// restarted, after the journal is looked at (docs/shadow.md).
+pub(super) async fn follow_in_serve(
+    plan: ShadowPlan,
+    store: Arc<dyn Store>,
+    policy: Arc<ReadPolicy>,
+    state: SharedState,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let pause = retry_pause(plan.settings.poll_interval);
+    while !shutdown.is_cancelled() {
+        let outcome = match read_identities(&plan) {
+            Ok(identities) => crate::shadow::run(
+                store.clone(),
+                policy.clone(),
+                identities,
+                plan.settings.clone(),
+                state.clone(),
+                shutdown.clone(),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                ShadowError::Mismatch { .. } => None,
+                other => Some(other.to_string()),
+            }),
+            Err(why) => Err(Some(why)),
+        };
+        match outcome {
+            Ok(()) | Err(None) => return,
+            Err(Some(why)) => {
+                tracing::error!(error = %why, retry_in = ?pause, "the shadow cannot follow the journal; it tries again");
+                state.note_retrying(why);
+                if sleep_or_cancel(pause, &shutdown).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Thirty polls, between 1 s and 1 min: long enough not to hammer a store that is down,
+/// short enough to pick up a journal that has just started.
+fn retry_pause(poll: Duration) -> Duration {
+    (poll * 30).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+fn read_identities(plan: &ShadowPlan) -> Result<Option<Arc<Identities>>, String> {
+    plan.identity_file
+        .as_ref()
+        .map(|path| Identities::from_file(path).map(Arc::new))
+        .transpose()
+        .map_err(|e| e.to_string())
+}
+
+/// The service's metrics text with the shadow's joined to it (one exposition, one `# EOF`).
+pub(super) fn join_metrics(service: &str, s: &ShadowState) -> String {
+    let head = service.strip_suffix("# EOF\n").unwrap_or(service);
+    format!("{head}{}", render(s))
+}
+
+/// What `serve`'s `/readyz` says of the shadow: a stop names its cause (segment names and
+/// revisions, nothing secret); a failing start only the component (its error may name
+/// endpoints: the log has it).
+pub(super) fn readiness(s: &ShadowState) -> Option<(String, Option<String>)> {
+    if let Some(why) = &s.stopped {
+        let line = format!(
+            "shadow: STOPPED at verified revision {}: {why}",
+            s.verified_revision
+        );
+        return Some((line.clone(), Some(line)));
+    }
+    s.retrying
+        .as_ref()
+        .map(|why| (format!("not following the journal: {why}"), None))
+}
 
 /// Serves until `shutdown`.
 pub async fn serve_shadow(
@@ -132,6 +218,52 @@ pub fn render(s: &ShadowState) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn joined_metrics_are_one_exposition() {
+        let service = "# HELP a x\n# TYPE a gauge\na 1\n# EOF\n";
+        let text = join_metrics(service, &ShadowState::default());
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(
+            text.starts_with("# HELP a x\n") && text.ends_with("# EOF\n"),
+            "{text}"
+        );
+        assert!(text.contains("lifeboat_shadow_up 1"), "{text}");
+    }
+
+    #[test]
+    fn readiness_names_a_stop_publicly_and_a_failing_start_only_in_the_log() {
+        assert_eq!(readiness(&ShadowState::default()), None);
+        let retrying = ShadowState {
+            retrying: Some("http://10.0.0.1:8333 unreachable".into()),
+            ..ShadowState::default()
+        };
+        let (detail, public) = readiness(&retrying).unwrap();
+        assert!(detail.contains("10.0.0.1") && public.is_none(), "{detail}");
+        let stopped = ShadowState {
+            stopped: Some("segment seg.x tampered".into()),
+            verified_revision: 9,
+            ..retrying
+        };
+        let (_, public) = readiness(&stopped).unwrap();
+        assert_eq!(
+            public.as_deref(),
+            Some("shadow: STOPPED at verified revision 9: segment seg.x tampered")
+        );
+    }
+
+    #[test]
+    fn a_failing_start_is_retried_after_thirty_polls_within_a_minute() {
+        assert_eq!(retry_pause(Duration::from_secs(1)), Duration::from_secs(30));
+        assert_eq!(
+            retry_pause(Duration::from_millis(10)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            retry_pause(Duration::from_secs(10)),
+            Duration::from_secs(60)
+        );
+    }
 
     #[test]
     fn the_documented_names_are_exported_with_the_state() {

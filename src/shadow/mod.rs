@@ -72,6 +72,9 @@ pub struct ShadowState {
     pub mismatches_total: u64,
     /// Why the shadow stopped, when a check failed.
     pub stopped: Option<String>,
+    /// Why the shadow is not following now when it could not start (no journal yet, the
+    /// store unreachable): `serve` tries again after a pause.
+    pub retrying: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -100,6 +103,11 @@ pub struct SharedState(Arc<Mutex<ShadowState>>);
 impl SharedState {
     pub fn get(&self) -> ShadowState {
         self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Records why the shadow could not start (cleared when it does).
+    pub fn note_retrying(&self, why: String) {
+        self.update(|s| s.retrying = Some(why));
     }
 
     fn update(&self, f: impl FnOnce(&mut ShadowState)) {
@@ -336,6 +344,7 @@ impl Following {
         dir: ShadowDir,
         extra: Vec<String>,
     ) -> Result<Option<String>, ShadowError> {
+        self.state.update(|s| s.retrying = None);
         let (records_tx, records_rx) = mpsc::channel(2);
         let (asks_tx, asks_rx) = mpsc::channel(1);
         let follower = follow::follow(

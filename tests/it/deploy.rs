@@ -349,7 +349,7 @@ fn the_drill_instance_does_not_mount_the_signing_key() {
 fn the_shadow_runs_off_the_control_plane_unprivileged_with_a_valid_config() {
     let c = &off_control_plane_unprivileged("shadow.yaml");
     let args = c.args.clone().unwrap();
-    assert_eq!(args[0], "shadow");
+    assert_eq!(args[0], "serve");
     // Its config resolves (keys and identity swapped for real ones in a temp dir), and it
     // listens where the probes look.
     let cm: ConfigMap = parse("shadow-config.yaml");
@@ -372,17 +372,17 @@ fn the_shadow_runs_off_the_control_plane_unprivileged_with_a_valid_config() {
             crate::harness::test_keys().public.to_str().unwrap(),
         );
     let config: lifeboat::config::FileConfig = toml::from_str(&text).unwrap();
-    let settings = lifeboat::config::resolve_shadow(&config, None, None).unwrap();
+    let serve = lifeboat::config::resolve_serve(&config).unwrap();
+    assert!(serve.backup.is_none(), "a drill-only instance");
+    assert!(serve.drill.is_some(), "it still drills the newest backup");
+    let settings = serve.shadow.expect("[shadow] enabled").settings;
     assert_eq!(
         settings.base_interval,
         std::time::Duration::from_secs(15 * 60)
     );
     assert!(settings.backup.signer.is_some() && settings.backup.recipients.is_some());
     let port = c.ports.as_ref().unwrap()[0].container_port;
-    assert!(
-        args.iter().any(|a| a.ends_with(&format!(":{port}"))),
-        "{args:?}"
-    );
+    assert_eq!(serve.listen.port(), port as u16);
     let mounted = c.volume_mounts.as_ref().unwrap();
     assert!(mounted
         .iter()

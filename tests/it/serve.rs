@@ -162,6 +162,27 @@ pub(crate) fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> b
     }
 }
 
+impl Serve {
+    /// As `wait_until`, with this instance's log in the failure.
+    pub(crate) fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&Serve) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !f(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; its log:\n{}\nits metrics:\n{:?}",
+                self.log_text(),
+                self.get("/metrics")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 #[test]
 fn serve_takes_scheduled_backups_reports_health_and_metrics_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
@@ -505,6 +526,13 @@ fn check_config_validates_without_connecting_and_names_bad_keys() {
         .arg(&config))
     .ok();
     assert!(on.stdout.contains("segment_interval: 2s"), "{}", on.stdout);
+    // The shadow belongs off the control plane: not on an instance that takes backups.
+    std::fs::write(&config, format!("{text}[shadow]\nenabled = true\n")).unwrap();
+    let bad = run(lifeboat()
+        .args(["serve", "--check-config", "--config"])
+        .arg(&config));
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("shadow.enabled"), "{}", bad.stderr);
 }
 
 #[test]

@@ -405,3 +405,309 @@ fn a_restarted_shadow_goes_on_from_its_own_data_only_while_it_holds_what_was_pro
         r.stderr
     );
 }
+
+/// A drill-only `serve` (`schedule = "off"`) that runs the shadow from its `[shadow]` section.
+struct ShadowServe<'a> {
+    dir: &'a std::path::Path,
+    age: &'a crate::harness::AgeKey,
+    /// A folder, or an S3 URL with `flags` and `env` to reach it.
+    dest: String,
+    key: PathBuf,
+    trusted: String,
+    flags: Vec<String>,
+    env: Vec<(&'static str, String)>,
+}
+
+impl ShadowServe<'_> {
+    /// Starts it; its work dir and log are named `name`.
+    fn start(&self, name: &str) -> Serve {
+        let config = self.dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"[backup]
+dest = "{dest}"
+work_dir = "{work}"
+recipients = ["{recipient}"]
+
+[s3]
+max_attempts = 2
+request_timeout = "5s"
+
+[serve]
+schedule = "off"
+
+[drill]
+identity_file = "{identity}"
+etcd = "{etcd}"
+etcdutl = "{etcdutl}"
+
+[shadow]
+enabled = true
+base_interval = "1s"
+poll_interval = "100ms"
+"#,
+                dest = self.dest,
+                work = self.dir.join(name).display(),
+                recipient = self.age.recipient,
+                identity = self.age.identity_file.display(),
+                etcd = crate::harness::etcd_bin(Version::V35).display(),
+                etcdutl = crate::harness::etcdutl_bin().display(),
+            ),
+        )
+        .unwrap();
+        let mut cmd = lifeboat();
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .arg("--signing-key")
+            .arg(&self.key)
+            .args(["--trusted-key", &self.trusted])
+            .args(&self.flags)
+            .envs(self.env.iter().cloned());
+        Serve::start(cmd, self.dir.join(format!("{name}.log")))
+    }
+}
+
+/// `etcdctl get` of every key, as JSON key-values (key, value, create and mod revision,
+/// version, lease).
+fn every_kv(cmd: &mut std::process::Command) -> serde_json::Value {
+    let out = crate::harness::run_ok(cmd.args(["get", "", "--prefix", "-w", "json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["kvs"].clone()
+}
+
+/// The newest base the shadow committed to the folder store.
+fn newest_shadow_base(j: &Journal) -> serde_json::Value {
+    let mut bases: Vec<serde_json::Value> = std::fs::read_dir(j.dest())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".manifest.json"))
+        .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
+        .filter(|m: &serde_json::Value| m["reason"] == "shadow")
+        .collect();
+    bases.sort_by_key(|m| m["revision"].as_i64());
+    bases.pop().expect("a base from the shadow")
+}
+
+#[test]
+fn serve_runs_the_shadow_off_the_control_plane_and_its_base_restores_on_a_kubeadm_node() {
+    use crate::harness::node::FakeNode;
+    let j = Journal::start(Version::V35);
+    let first = write_keys(&j.etcd, "/registry/configmaps/v/a", 30, 30);
+    j.wait_durable(first);
+    let (key, public) = shadow_key(&j);
+    let trust = format!("{},{}", test_keys().public.display(), public.display());
+    let plan = ShadowServe {
+        dir: j.dir.path(),
+        age: &j.key,
+        dest: j.dest().display().to_string(),
+        key,
+        trusted: trust.clone(),
+        flags: Vec::new(),
+        env: Vec::new(),
+    };
+    let mut shadow = plan.start("serve-shadow");
+    // Writes go on, as in a Kubernetes cluster (leases renewed every few seconds): checkpoints
+    // come with segments, and bases with proven checkpoints.
+    let mut n = 0;
+    shadow.wait_until(
+        "the shadow proved the journal and wrote a base",
+        Duration::from_secs(90),
+        |shadow| {
+            n += 1;
+            j.etcd
+                .put(&format!("/registry/leases/v/{}", n % 5), &n.to_string());
+            shadow.metric("lifeboat_shadow_bases_total") >= 1.0
+                && shadow.metric("lifeboat_shadow_verified_revision") >= first as f64
+        },
+    );
+    assert_eq!(shadow.metric("lifeboat_shadow_up"), 1.0);
+    assert_eq!(shadow.metric("lifeboat_shadow_mismatches_total"), 0.0);
+    // serve's own metrics are there too, in the same exposition.
+    let (_, metrics) = shadow.get("/metrics").unwrap();
+    assert!(
+        metrics.contains("lifeboat_drill_failures_total"),
+        "{metrics}"
+    );
+    assert_eq!(metrics.matches("# EOF").count(), 1, "{metrics}");
+    let (code, body) = shadow.get("/readyz").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        shadow.stop(Duration::from_secs(30)),
+        0,
+        "{}",
+        shadow.log_text()
+    );
+
+    // The base, restored with the normal `lifeboat restore` on a kubeadm node (of another
+    // cluster: --force), serves what production held at its revision.
+    let base = newest_shadow_base(&j);
+    let rev = base["revision"].as_i64().unwrap();
+    let expected = every_kv(j.etcd.etcdctl().arg(format!("--rev={rev}")));
+    let node = FakeNode::start(Version::V35);
+    let mut restore = node.restore();
+    restore
+        .arg(base["id"].as_str().unwrap())
+        .arg("--dest")
+        .arg(j.dest())
+        .arg("--identity")
+        .arg(&j.key.identity_file)
+        .args(["--trusted-key", &trust, "--yes", "--force"]);
+    let r = run(&mut restore);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    node.wait_healthy();
+    // The keys as they were (create and mod revisions too); the member's revision is bumped
+    // past the old one, as every restore does so watchers cannot miss the change.
+    assert_eq!(every_kv(&mut node.etcdctl()), expected);
+    assert_eq!(
+        node.revision(),
+        rev + lifeboat::restore::DEFAULT_BUMP_REVISION as i64
+    );
+
+    // A segment after the newest base that no longer reads as written: a new shadow (it
+    // starts from that base) stops at it, /readyz names it while serve goes on (its drills,
+    // its metrics), and SIGTERM ends it normally.
+    let after = write_keys(&j.etcd, "/registry/configmaps/v/c", 10, 0);
+    j.wait_durable(after);
+    let segments = segment_files(&j);
+    let victim = segments.last().unwrap();
+    assert!(victim["first_rev"].as_i64().unwrap() > rev, "{victim}");
+    flip_a_byte(&j.dest().join(victim["object"]["key"].as_str().unwrap()));
+    std::fs::remove_dir_all(j.out("serve-shadow")).unwrap();
+    let mut shadow = plan.start("serve-shadow");
+    shadow.wait_until("the shadow stopped", Duration::from_secs(60), |shadow| {
+        shadow.metric("lifeboat_shadow_up") == 0.0
+    });
+    assert_eq!(shadow.metric("lifeboat_shadow_mismatches_total"), 1.0);
+    let (code, body) = shadow.get("/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("shadow: STOPPED")
+            && body.contains(victim["object"]["key"].as_str().unwrap()),
+        "{body}"
+    );
+    assert_eq!(
+        shadow.stop(Duration::from_secs(30)),
+        0,
+        "{}",
+        shadow.log_text()
+    );
+}
+
+/// The shadow in serve before any journal exists, on S3 behind a proxy that refuses the bases'
+/// uploads for a while: it waits for the journal (not ready, trying again), follows it once
+/// the capture starts, counts the bases that fail and goes on proving; once uploads pass, a
+/// base is written.
+#[test]
+fn serve_waits_for_the_journal_and_a_failing_base_is_counted_while_the_shadow_goes_on() {
+    use crate::harness::http_fault::{FaultProxy, HttpFault};
+    use crate::harness::s3::S3Server;
+    use crate::harness::EtcdProcess;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let server = S3Server::start();
+    rt().block_on(server.create_bucket("shadow"));
+    let refuse_bases = Arc::new(AtomicBool::new(true));
+    let switch = refuse_bases.clone();
+    let proxy = FaultProxy::start(&server.endpoint, move |_, line| {
+        let upload = line.starts_with("PUT ") || line.starts_with("POST ");
+        (upload && line.contains(".db.zst") && switch.load(Ordering::SeqCst))
+            .then_some(HttpFault::Status(503))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let age = crate::harness::age_key(dir.path(), "key.txt");
+    let secret = dir.path().join("shadow.key");
+    let (public, _) = lifeboat::trust::generate(&secret).unwrap();
+    let dest = "s3://shadow/c1".to_string();
+    let plan = ShadowServe {
+        dir: dir.path(),
+        age: &age,
+        dest: dest.clone(),
+        key: secret,
+        trusted: format!("{},{}", test_keys().public.display(), public.display()),
+        flags: vec![
+            format!("--s3-endpoint={}", proxy.endpoint),
+            "--s3-path-style".to_string(),
+        ],
+        env: server.env(),
+    };
+    let shadow = plan.start("shadow");
+    shadow.wait_until(
+        "the shadow waiting for a journal",
+        Duration::from_secs(60),
+        |shadow| {
+            shadow
+                .get("/readyz")
+                .is_some_and(|(code, body)| code == 503 && body.contains("shadow"))
+        },
+    );
+    assert_eq!(
+        shadow.metric("lifeboat_shadow_up"),
+        1.0,
+        "waiting is not a stop"
+    );
+
+    // Production starts capturing into the bucket (directly, not through the proxy).
+    let etcd = EtcdProcess::start(Version::V35, None);
+    std::fs::write(
+        dir.path().join("lifeboat.toml"),
+        "[continuous]\nsegment_interval = \"500ms\"\ncheckpoint_interval = \"1s\"\n",
+    )
+    .unwrap();
+    let mut cmd = lifeboat();
+    cmd.arg("--config")
+        .arg(dir.path().join("lifeboat.toml"))
+        .args(["serve", "--continuous", "--schedule", "0 0 1 1 *"])
+        .args(["-r", &age.recipient])
+        .args(etcd.lifeboat_flags())
+        .arg(format!("--dest={dest}"))
+        .args(server.flags())
+        .arg("--work-dir")
+        .arg(dir.path().join("w"))
+        .envs(server.env());
+    let production = Serve::start(cmd, dir.path().join("serve.log"));
+    let last = write_keys(&etcd, "/registry/configmaps/f/a", 30, 60);
+    production.wait_until("durable", Duration::from_secs(60), |p| {
+        p.metric("lifeboat_continuous_last_revision") >= last as f64
+    });
+    // Writes go on, as in a Kubernetes cluster: checkpoints keep coming.
+    let mut n = 0;
+    let mut writing = || {
+        n += 1;
+        etcd.put(&format!("/registry/leases/f/{}", n % 5), &n.to_string());
+    };
+    shadow.wait_until(
+        "the shadow proving while its bases fail",
+        Duration::from_secs(90),
+        |shadow| {
+            writing();
+            shadow.metric("lifeboat_shadow_base_failures_total") >= 2.0
+                && shadow.metric("lifeboat_shadow_verified_revision") >= (last - 29) as f64
+        },
+    );
+    assert_eq!(shadow.metric("lifeboat_shadow_bases_total"), 0.0);
+    assert_eq!(
+        shadow.metric("lifeboat_shadow_up"),
+        1.0,
+        "{}",
+        shadow.log_text()
+    );
+    assert_eq!(shadow.metric("lifeboat_shadow_mismatches_total"), 0.0);
+
+    // Uploads pass again: the next proven checkpoint gets its base.
+    refuse_bases.store(false, Ordering::SeqCst);
+    let more = write_keys(&etcd, "/registry/configmaps/f/b", 10, 100);
+    shadow.wait_until("a base", Duration::from_secs(60), |shadow| {
+        writing();
+        shadow.metric("lifeboat_shadow_bases_total") >= 1.0
+    });
+    shadow.wait_until(
+        "proven through the new writes",
+        Duration::from_secs(60),
+        |shadow| shadow.metric("lifeboat_shadow_verified_revision") >= (more - 9) as f64,
+    );
+    shadow.wait_until("ready", Duration::from_secs(30), |shadow| {
+        shadow.get("/readyz").is_some_and(|(code, _)| code == 200)
+    });
+}
