@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{duration, invalid, section, ConfigError};
-use crate::continuous::CaptureSettings;
+use crate::continuous::{CaptureSettings, CheckpointPace};
 
 section! {
     #[derive(clap::Args, Debug, Default, Clone, Deserialize)]
@@ -64,11 +64,14 @@ pub fn resolve_continuous(c: &ContinuousSection) -> Result<Option<CaptureSetting
             ))
         }
     };
-    let checkpoint_interval = duration(
-        "continuous.checkpoint_interval",
-        c.checkpoint_interval.as_ref(),
-        d.checkpoint_interval,
-    )?;
+    let checkpoint = match c.checkpoint_interval.as_deref() {
+        None | Some("auto") => CheckpointPace::Auto,
+        Some(raw) => CheckpointPace::Every(duration(
+            "continuous.checkpoint_interval",
+            Some(&raw.to_string()),
+            Duration::ZERO,
+        )?),
+    };
     let head_interval = duration(
         "continuous.heartbeat_interval",
         c.heartbeat_interval.as_ref(),
@@ -86,7 +89,7 @@ pub fn resolve_continuous(c: &ContinuousSection) -> Result<Option<CaptureSetting
     Ok(Some(CaptureSettings {
         segment_interval,
         segment_max_bytes,
-        checkpoint_interval,
+        checkpoint,
         head_interval,
         ..d
     }))
@@ -130,5 +133,17 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(on.segment_interval, Duration::from_millis(500));
+        assert_eq!(on.checkpoint, CheckpointPace::Auto, "the default");
+        let fixed = resolve_continuous(&ContinuousSection {
+            enabled: Some(true),
+            checkpoint_interval: Some("1m".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            fixed.checkpoint,
+            CheckpointPace::Every(Duration::from_secs(60))
+        );
     }
 }

@@ -35,7 +35,7 @@ const COMPACTION_HINT_PATIENCE: Duration = Duration::from_secs(60);
 pub struct CaptureSettings {
     pub segment_interval: Duration,
     pub segment_max_bytes: usize,
-    pub checkpoint_interval: Duration,
+    pub checkpoint: CheckpointPace,
     /// How often the watch is asked for progress (the heartbeat behind the lag metric).
     pub heartbeat: Duration,
     /// The largest watch message accepted (fragments keep each below the server's limit).
@@ -52,11 +52,46 @@ impl Default for CaptureSettings {
         CaptureSettings {
             segment_interval: Duration::from_secs(2),
             segment_max_bytes: 8 << 20,
-            checkpoint_interval: Duration::from_secs(300),
+            checkpoint: CheckpointPace::Auto,
             heartbeat: Duration::from_secs(1),
             max_message: 64 << 20,
             queue: 64,
             head_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How often the capture takes a checkpoint (the member's HashKV at the segment's last
+/// revision). A HashKV scans the member's whole key space while holding its backend's read
+/// lock, and the member's commits wait for that lock: writes stall for as long as it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointPace {
+    /// Every this long.
+    Every(Duration),
+    /// As often as the member can afford: `AUTO_FACTOR` times the last HashKV's duration (the
+    /// member's writes wait at most 1/`AUTO_FACTOR` of the time), between `AUTO_MIN` (a proof
+    /// every few seconds on a small database) and `AUTO_MAX` (the fixed default before).
+    Auto,
+}
+
+const AUTO_FACTOR: u32 = 50;
+const AUTO_MIN: Duration = Duration::from_secs(5);
+const AUTO_MAX: Duration = Duration::from_secs(300);
+
+impl CheckpointPace {
+    /// The wait before the first checkpoint.
+    fn first(self) -> Duration {
+        match self {
+            CheckpointPace::Every(d) => d,
+            CheckpointPace::Auto => AUTO_MIN,
+        }
+    }
+
+    /// The wait after a checkpoint whose HashKV took `took`.
+    pub fn after(self, took: Duration) -> Duration {
+        match self {
+            CheckpointPace::Every(d) => d,
+            CheckpointPace::Auto => took.saturating_mul(AUTO_FACTOR).clamp(AUTO_MIN, AUTO_MAX),
         }
     }
 }
@@ -267,7 +302,9 @@ async fn write_head_once(
 /// The segment being filled.
 struct Builder {
     resume: Resume,
-    checkpoint_interval: Duration,
+    pace: CheckpointPace,
+    /// The wait between checkpoints now (`pace` after the last HashKV).
+    checkpoint_every: Duration,
     last_checkpoint: Instant,
     leases: Vec<Record>,
     revs: Vec<Record>,
@@ -289,7 +326,8 @@ impl Builder {
         Builder {
             first_rev: resume.next_rev,
             resume,
-            checkpoint_interval: settings.checkpoint_interval,
+            pace: settings.checkpoint,
+            checkpoint_every: settings.checkpoint.first(),
             last_checkpoint: Instant::now(),
             leases: Vec::new(),
             revs: Vec::new(),
@@ -379,13 +417,23 @@ impl Builder {
         source: &mut EtcdSource,
         last_rev: i64,
     ) -> Result<Option<Record>, ContinuousError> {
-        if self.last_checkpoint.elapsed() < self.checkpoint_interval {
+        if self.last_checkpoint.elapsed() < self.checkpoint_every {
             return Ok(None);
         }
+        let started = Instant::now();
+        let answer = source.hash_kv(last_rev).await?;
+        let took = started.elapsed();
+        self.checkpoint_every = self.pace.after(took);
+        tracing::debug!(
+            rev = last_rev,
+            took_ms = took.as_millis() as u64,
+            next_in_s = self.checkpoint_every.as_secs(),
+            "checkpoint HashKV"
+        );
         let LiveHashKv::Hash {
             hash,
             compact_revision,
-        } = source.hash_kv(last_rev).await?
+        } = answer
         else {
             return Ok(None);
         };
@@ -531,5 +579,34 @@ impl Builder {
         self.first_rev = last_rev + 1;
         self.bytes = 0;
         Ok(sealed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_checkpoints_keep_the_members_write_stall_under_two_percent_within_bounds() {
+        let auto = CheckpointPace::Auto;
+        assert_eq!(auto.first(), Duration::from_secs(5));
+        // A small database: a proof every 5 s.
+        assert_eq!(
+            auto.after(Duration::from_millis(40)),
+            Duration::from_secs(5)
+        );
+        // 1 s of HashKV: one every 50 s.
+        assert_eq!(auto.after(Duration::from_secs(1)), Duration::from_secs(50));
+        // A huge database is still checked every 5 minutes.
+        assert_eq!(
+            auto.after(Duration::from_secs(30)),
+            Duration::from_secs(300)
+        );
+        let fixed = CheckpointPace::Every(Duration::from_secs(60));
+        assert_eq!(fixed.first(), Duration::from_secs(60));
+        assert_eq!(
+            fixed.after(Duration::from_secs(30)),
+            Duration::from_secs(60)
+        );
     }
 }

@@ -17,7 +17,7 @@ pub mod segment;
 mod signed;
 pub mod status;
 
-pub use capture::{capture, CaptureObserver, CaptureSettings, Resume};
+pub use capture::{capture, CaptureObserver, CaptureSettings, CheckpointPace, Resume};
 pub use chain::{list_chains, read_manifest, read_records, ChainListing, Sealed, SegmentWriter};
 pub use segment::{Record, SegmentKey, SegmentManifest};
 
