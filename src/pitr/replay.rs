@@ -54,6 +54,13 @@ pub trait ReplayHook: Send {
     async fn verified(&mut self, _proof: Proof) -> Result<(), PitrError> {
         Ok(())
     }
+
+    /// The sandbox is about to compact: whatever still reads an older revision of it must be
+    /// done.
+    async fn before_compaction(&mut self) {}
+
+    /// The replay has ended, either way; the sandbox stops after this returns.
+    async fn finished(&mut self) {}
 }
 
 /// A revision at which the sandbox hashed as the cluster did.
@@ -324,6 +331,7 @@ pub(crate) async fn apply_journal(
     r.adopt_base_leases().await?;
     let keepalive = tokio::spawn(keep_alive(client.clone(), r.alive.clone()));
     let outcome = r.apply_segments(records, source).await;
+    r.hook.finished().await;
     keepalive.abort();
     outcome?;
     let elapsed = started.elapsed();
@@ -524,6 +532,7 @@ impl Replayer {
         if to <= self.compacted || to <= 0 {
             return Ok(());
         }
+        self.hook.before_compaction().await;
         match self
             .client
             .compact(to, Some(CompactionOptions::new().with_physical()))

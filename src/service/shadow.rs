@@ -53,15 +53,19 @@ pub(super) async fn follow_in_serve(
             }),
             Err(why) => Err(Some(why)),
         };
-        match outcome {
-            Ok(()) | Err(None) => return,
-            Err(Some(why)) => {
-                tracing::error!(error = %why, retry_in = ?pause, "the shadow cannot follow the journal; it tries again");
-                state.note_retrying(why);
-                if sleep_or_cancel(pause, &shutdown).await {
-                    return;
-                }
-            }
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let why = match outcome {
+            Err(None) => return,
+            // It follows until cancelled: ending otherwise is a failure to follow.
+            Ok(()) => "the shadow stopped following the journal".to_string(),
+            Err(Some(why)) => why,
+        };
+        tracing::error!(error = %why, retry_in = ?pause, "the shadow cannot follow the journal; it tries again");
+        state.note_retrying(why);
+        if sleep_or_cancel(pause, &shutdown).await {
+            return;
         }
     }
 }

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -385,6 +386,7 @@ impl Following {
                 sandbox: None,
                 dir: dir.clone(),
                 proven,
+                in_flight: None,
             },
         };
         let replayed = pitr::on_own_thread("lifeboat-shadow", move || replay.run(records_rx));
@@ -499,11 +501,20 @@ enum Ask {
     Proven(crate::continuous::proven::Proven),
 }
 
-/// A base asked for: the sandbox waits at `rev` until the answer.
+/// A base asked for: the sandbox waits at `rev` until its snapshot has begun (`started`: etcd
+/// reads the snapshot in one read transaction, opened before the first byte, so it stays at
+/// `rev` while the replay goes on); `done` says how it ended.
 struct BaseRequest {
     rev: i64,
     sandbox: EtcdSettings,
+    started: oneshot::Sender<()>,
     done: oneshot::Sender<Result<Manifest, BackupError>>,
+}
+
+/// A base streaming from the sandbox while the replay goes on.
+struct InFlight {
+    rev: i64,
+    done: oneshot::Receiver<Result<Manifest, BackupError>>,
 }
 
 struct ShadowHook {
@@ -515,12 +526,15 @@ struct ShadowHook {
     dir: ShadowDir,
     /// The chain and base of the data dir; each proof fills in the rest.
     proven: Proven,
+    /// The base being written, if one is.
+    in_flight: Option<InFlight>,
 }
 
 #[async_trait::async_trait]
 impl ReplayHook for ShadowHook {
     fn applied(&mut self, rev: i64) {
         self.state.update(|s| s.applied_revision = rev);
+        self.note_base_if_done();
     }
 
     async fn verified(&mut self, proof: Proof) -> Result<(), PitrError> {
@@ -547,6 +561,17 @@ impl ReplayHook for ShadowHook {
         }
         Ok(())
     }
+
+    /// A compaction would take the base's revision away from the sandbox's HashKV, which the
+    /// base checks once its stream ends.
+    async fn before_compaction(&mut self) {
+        self.settle_base().await;
+    }
+
+    /// The sandbox stops next: a base still streaming from it finishes first.
+    async fn finished(&mut self) {
+        self.settle_base().await;
+    }
 }
 
 impl ShadowHook {
@@ -561,21 +586,59 @@ impl ShadowHook {
         }
     }
 
-    /// A base at `rev`, where the sandbox is and stays until it is taken. A failed base is
-    /// counted and logged; the shadow goes on (the next interval tries again).
+    /// A base at `rev`: the sandbox waits there until the base's snapshot has begun, then the
+    /// replay goes on while it streams. A failed base is counted and logged; the shadow goes
+    /// on (the next interval tries again).
     async fn take_base(&mut self, rev: i64) {
         let Some(sandbox) = self.sandbox.clone() else {
             return;
         };
+        self.settle_base().await;
+        let (started, begun) = oneshot::channel();
         let (done, answer) = oneshot::channel();
-        let asked = BaseRequest { rev, sandbox, done };
+        let asked = BaseRequest {
+            rev,
+            sandbox,
+            started,
+            done,
+        };
         if self.bases.send(Ask::Base(asked)).await.is_err() {
             return;
         }
-        match answer.await {
-            Ok(Ok(m)) => {
+        self.last_base = Instant::now();
+        // Dropped unsent when the base fails before its stream: `answer` has why.
+        let _ = begun.await;
+        self.in_flight = Some(InFlight { rev, done: answer });
+    }
+
+    /// Waits for the base in flight, if any, and records how it ended.
+    async fn settle_base(&mut self) {
+        if let Some(f) = self.in_flight.take() {
+            let outcome = f.done.await;
+            self.note_base(f.rev, outcome.ok());
+        }
+    }
+
+    /// Records the base in flight if it has ended.
+    fn note_base_if_done(&mut self) {
+        let Some(f) = self.in_flight.as_mut() else {
+            return;
+        };
+        let outcome = match f.done.try_recv() {
+            Err(oneshot::error::TryRecvError::Empty) => return,
+            Err(oneshot::error::TryRecvError::Closed) => None,
+            Ok(result) => Some(result),
+        };
+        let rev = f.rev;
+        self.in_flight = None;
+        self.note_base(rev, outcome);
+    }
+
+    /// `None`: the base taker is gone (the shadow is stopping).
+    fn note_base(&self, rev: i64, outcome: Option<Result<Manifest, BackupError>>) {
+        match outcome {
+            Some(Ok(m)) => {
                 tracing::info!(id = %m.id, rev, "shadow base committed");
-                self.last_base = Instant::now();
                 self.state.update(|s| {
                     s.bases.push(BaseTaken {
                         id: m.id.clone(),
@@ -583,12 +646,11 @@ impl ShadowHook {
                     });
                 });
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 tracing::error!(rev, error = %e, "shadow base failed; the next checkpoint after the interval tries again");
-                self.last_base = Instant::now();
                 self.state.update(|s| s.base_failures += 1);
             }
-            Err(_) => {}
+            None => {}
         }
     }
 }
@@ -602,21 +664,40 @@ async fn serve_bases(
     mut asked: mpsc::Receiver<Ask>,
     cancel: &CancellationToken,
 ) {
-    while let Some(ask) = asked.recv().await {
-        match ask {
-            Ask::Base(req) => {
-                let result = take_base(&store, settings, cluster_id, &req, cancel).await;
-                let _ = req.done.send(result);
-            }
-            Ask::Proven(p) => {
-                let signer = settings.signer.as_deref();
-                if let Err(e) =
-                    crate::continuous::proven::write_proven(store.as_ref(), signer, &p).await
-                {
-                    tracing::warn!(error = %e, rev = p.revision, "cannot publish what the shadow proved; the next proof tries again");
+    // At most one base at a time (the replay settles one before asking for the next); proofs
+    // are published while it streams, so the replay never waits for a base behind them.
+    let mut base: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> =
+        None;
+    loop {
+        tokio::select! {
+            ask = asked.recv() => match ask {
+                None => break,
+                Some(Ask::Base(req)) => {
+                    let store = &store;
+                    base = Some(Box::pin(async move {
+                        let result = take_base(store, settings, cluster_id, req.rev, &req.sandbox, req.started, cancel).await;
+                        let _ = req.done.send(result);
+                    }));
                 }
-            }
+                Some(Ask::Proven(p)) => publish_proof(store.as_ref(), settings, &p).await,
+            },
+            () = async { base.as_mut().expect("guarded by the condition").await }, if base.is_some() => base = None,
         }
+    }
+    if let Some(base) = base {
+        base.await;
+    }
+}
+
+/// Replaces the chain's proof in the store; a failure waits for the next proof.
+async fn publish_proof(
+    store: &dyn Store,
+    settings: &BackupSettings,
+    p: &crate::continuous::proven::Proven,
+) {
+    let signer = settings.signer.as_deref();
+    if let Err(e) = crate::continuous::proven::write_proven(store, signer, p).await {
+        tracing::warn!(error = %e, rev = p.revision, "cannot publish what the shadow proved; the next proof tries again");
     }
 }
 
@@ -624,12 +705,18 @@ async fn take_base(
     store: &Arc<dyn Store>,
     settings: &BackupSettings,
     cluster_id: u64,
-    req: &BaseRequest,
+    rev: i64,
+    sandbox: &EtcdSettings,
+    started: oneshot::Sender<()>,
     cancel: &CancellationToken,
 ) -> Result<Manifest, BackupError> {
-    let endpoint = req.sandbox.endpoints.first().cloned().unwrap_or_default();
-    let inner = EtcdSource::connect(&req.sandbox, &endpoint).await?;
-    let mut source = ShadowSource { inner, cluster_id };
+    let endpoint = sandbox.endpoints.first().cloned().unwrap_or_default();
+    let inner = EtcdSource::connect(sandbox, &endpoint).await?;
+    let mut source = ShadowSource {
+        inner,
+        cluster_id,
+        started: Some(started),
+    };
     let m = take_backup(
         &mut source,
         store.clone(),
@@ -639,21 +726,23 @@ async fn take_base(
         None,
     )
     .await?;
-    if m.revision != req.rev {
-        // The sandbox moved while waiting: the replay is the only writer, so this is a bug.
+    if m.revision != rev {
+        // The sandbox moved before the snapshot began: the replay waits for that, so a bug.
         return Err(BackupError::Internal(format!(
-            "the shadow's base is at revision {} where {} was asked for",
-            m.revision, req.rev
+            "the shadow's base is at revision {} where {rev} was asked for",
+            m.revision
         )));
     }
     Ok(m)
 }
 
 /// The sandbox, reporting the production cluster's id: a base belongs to the cluster whose
-/// journal it was replayed from (restores and retention group backups by cluster).
+/// journal it was replayed from (restores and retention group backups by cluster). It tells
+/// the replay when the snapshot has begun.
 struct ShadowSource {
     inner: EtcdSource,
     cluster_id: u64,
+    started: Option<oneshot::Sender<()>>,
 }
 
 #[async_trait::async_trait]
@@ -665,8 +754,15 @@ impl Source for ShadowSource {
         Ok(facts)
     }
 
+    /// The stream, which says "begun" once its first piece is in: etcd opened the snapshot's
+    /// read transaction before sending it, so the sandbox may move on.
     async fn snapshot(&mut self) -> Result<PieceStream, SourceError> {
-        Source::snapshot(&mut self.inner).await
+        let mut stream = Source::snapshot(&mut self.inner).await?;
+        let first = stream.next().await;
+        if let Some(begun) = self.started.take() {
+            let _ = begun.send(());
+        }
+        Ok(Box::pin(futures::stream::iter(first).chain(stream)))
     }
 
     async fn hash_kv(&mut self, revision: i64) -> Result<LiveHashKv, SourceError> {
