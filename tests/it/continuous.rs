@@ -1035,19 +1035,8 @@ fn serve_rev(node: &crate::harness::node::FakeNode) -> i64 {
 /// grows; when the store is back the queue drains, in order, with nothing lost.
 #[test]
 fn while_the_store_is_down_segments_queue_and_catch_up_afterwards() {
-    use crate::harness::http_fault::{FaultProxy, HttpFault};
-    use crate::harness::s3::S3Server;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    let server = S3Server::start();
-    rt().block_on(server.create_bucket("journal"));
-    let down = Arc::new(AtomicBool::new(false));
-    let switch = down.clone();
-    let proxy = FaultProxy::start(&server.endpoint, move |_, _| {
-        switch
-            .load(Ordering::SeqCst)
-            .then_some(HttpFault::Status(503))
-    });
+    let store = crate::harness::http_fault::FlakyS3::start("journal", false, |_| true);
+    let (server, proxy) = (&store.server, &store.proxy);
     let dir = tempfile::tempdir().unwrap();
     let key = age_key(dir.path(), "key.txt");
     let etcd = EtcdProcess::start(Version::V35, None);
@@ -1079,7 +1068,7 @@ fn while_the_store_is_down_segments_queue_and_catch_up_afterwards() {
     wait_until("durable before the outage", Duration::from_secs(60), || {
         serve.metric("lifeboat_continuous_last_revision") >= before as f64
     });
-    down.store(true, Ordering::SeqCst);
+    store.fail(true);
     let outage = std::time::Instant::now();
     let mut last = before;
     while outage.elapsed() < Duration::from_secs(30) {
@@ -1091,7 +1080,7 @@ fn while_the_store_is_down_segments_queue_and_catch_up_afterwards() {
     );
     let lag = serve.metric("lifeboat_continuous_lag_seconds");
     assert!(lag >= 20.0, "the lag shows the outage: {lag}");
-    down.store(false, Ordering::SeqCst);
+    store.fail(false);
     wait_until("caught up", Duration::from_secs(120), || {
         serve.metric("lifeboat_continuous_last_revision") >= last as f64
     });

@@ -78,6 +78,12 @@ impl Serve {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, and the exit code must be `code` (the log shows why not).
+    pub(crate) fn stop_with(&mut self, code: i32) {
+        let got = self.stop(Duration::from_secs(30));
+        assert_eq!(got, code, "exit code; its log:\n{}", self.log_text());
+    }
+
     /// SIGTERM, then wait; returns the exit code.
     pub(crate) fn stop(&mut self, within: Duration) -> i32 {
         run_ok(

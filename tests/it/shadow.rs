@@ -274,12 +274,7 @@ fn readyz_and_the_metrics_name_a_stopped_shadow_until_it_is_told_to_go() {
     assert_eq!(shadow.metric("lifeboat_shadow_mismatches_total"), 0.0);
     assert!(shadow.metric("lifeboat_shadow_verified_revision") > 0.0);
     assert_eq!(shadow.get("/readyz").map(|(code, _)| code), Some(200));
-    assert_eq!(
-        shadow.stop(Duration::from_secs(30)),
-        0,
-        "{}",
-        shadow.log_text()
-    );
+    shadow.stop_with(0);
 
     // A flipped byte in a segment after the base: a shadow that replays it (a new one: this one
     // proved that segment already and would go on from its own data) stops, and says so until
@@ -303,12 +298,7 @@ fn readyz_and_the_metrics_name_a_stopped_shadow_until_it_is_told_to_go() {
         shadow.metric("lifeboat_shadow_verified_revision") < victim["first_rev"].as_f64().unwrap(),
         "{body}"
     );
-    assert_eq!(
-        shadow.stop(Duration::from_secs(30)),
-        4,
-        "{}",
-        shadow.log_text()
-    );
+    shadow.stop_with(4);
 }
 
 #[test]
@@ -533,12 +523,7 @@ fn serve_runs_the_shadow_off_the_control_plane_and_its_base_restores_on_a_kubead
     assert_eq!(metrics.matches("# EOF").count(), 1, "{metrics}");
     let (code, body) = shadow.get("/readyz").unwrap();
     assert_eq!(code, 200, "{body}");
-    assert_eq!(
-        shadow.stop(Duration::from_secs(30)),
-        0,
-        "{}",
-        shadow.log_text()
-    );
+    shadow.stop_with(0);
 
     // The base, restored with the normal `lifeboat restore` on a kubeadm node (of another
     // cluster: --force), serves what production held at its revision.
@@ -587,12 +572,7 @@ fn serve_runs_the_shadow_off_the_control_plane_and_its_base_restores_on_a_kubead
             && body.contains(victim["object"]["key"].as_str().unwrap()),
         "{body}"
     );
-    assert_eq!(
-        shadow.stop(Duration::from_secs(30)),
-        0,
-        "{}",
-        shadow.log_text()
-    );
+    shadow.stop_with(0);
 }
 
 /// The shadow in serve before any journal exists, on S3 behind a proxy that refuses the bases'
@@ -601,20 +581,13 @@ fn serve_runs_the_shadow_off_the_control_plane_and_its_base_restores_on_a_kubead
 /// base is written.
 #[test]
 fn serve_waits_for_the_journal_and_a_failing_base_is_counted_while_the_shadow_goes_on() {
-    use crate::harness::http_fault::{FaultProxy, HttpFault};
-    use crate::harness::s3::S3Server;
     use crate::harness::EtcdProcess;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    let server = S3Server::start();
-    rt().block_on(server.create_bucket("shadow"));
-    let refuse_bases = Arc::new(AtomicBool::new(true));
-    let switch = refuse_bases.clone();
-    let proxy = FaultProxy::start(&server.endpoint, move |_, line| {
+    // The bases' uploads (data objects: `<id>.db.zst.age`) are refused at first.
+    let store = crate::harness::http_fault::FlakyS3::start("shadow", true, |line| {
         let upload = line.starts_with("PUT ") || line.starts_with("POST ");
-        (upload && line.contains(".db.zst") && switch.load(Ordering::SeqCst))
-            .then_some(HttpFault::Status(503))
+        upload && line.contains(".db.zst")
     });
+    let (server, proxy) = (&store.server, &store.proxy);
     let dir = tempfile::tempdir().unwrap();
     let age = crate::harness::age_key(dir.path(), "key.txt");
     let secret = dir.path().join("shadow.key");
@@ -696,7 +669,7 @@ fn serve_waits_for_the_journal_and_a_failing_base_is_counted_while_the_shadow_go
     assert_eq!(shadow.metric("lifeboat_shadow_mismatches_total"), 0.0);
 
     // Uploads pass again: the next proven checkpoint gets its base.
-    refuse_bases.store(false, Ordering::SeqCst);
+    store.fail(false);
     let more = write_keys(&etcd, "/registry/configmaps/f/b", 10, 100);
     shadow.wait_until("a base", Duration::from_secs(60), |shadow| {
         writing();

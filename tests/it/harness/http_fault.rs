@@ -212,3 +212,36 @@ impl Drop for FaultProxy {
         let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
+
+/// An S3 server with one bucket, behind a proxy that answers 503 to the requests `faulty`
+/// picks (by request line) while `failing` is on.
+pub struct FlakyS3 {
+    pub server: super::s3::S3Server,
+    pub proxy: FaultProxy,
+    pub failing: Arc<AtomicBool>,
+}
+
+impl FlakyS3 {
+    pub fn start(
+        bucket: &str,
+        failing: bool,
+        faulty: impl Fn(&str) -> bool + Send + 'static,
+    ) -> FlakyS3 {
+        let server = super::s3::S3Server::start();
+        crate::data::rt().block_on(server.create_bucket(bucket));
+        let failing = Arc::new(AtomicBool::new(failing));
+        let on = failing.clone();
+        let proxy = FaultProxy::start(&server.endpoint, move |_, line| {
+            (on.load(Ordering::SeqCst) && faulty(line)).then_some(HttpFault::Status(503))
+        });
+        FlakyS3 {
+            server,
+            proxy,
+            failing,
+        }
+    }
+
+    pub fn fail(&self, on: bool) {
+        self.failing.store(on, Ordering::SeqCst);
+    }
+}
