@@ -55,10 +55,6 @@ pub trait ReplayHook: Send {
         Ok(())
     }
 
-    /// The sandbox is about to compact: whatever still reads an older revision of it must be
-    /// done.
-    async fn before_compaction(&mut self) {}
-
     /// The replay has ended, either way; the sandbox stops after this returns.
     async fn finished(&mut self) {}
 }
@@ -532,7 +528,6 @@ impl Replayer {
         if to <= self.compacted || to <= 0 {
             return Ok(());
         }
-        self.hook.before_compaction().await;
         match self
             .client
             .compact(to, Some(CompactionOptions::new().with_physical()))

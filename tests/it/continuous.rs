@@ -140,17 +140,32 @@ fn assert_same(expected: &Expected, got: &Expected, what: &str) {
 }
 
 fn start_serve(dir: &Path, key: &AgeKey, etcd: &EtcdProcess) -> Serve {
+    let mut cmd = capturing(dir, key, &dir.join("b").display().to_string());
+    cmd.args(etcd.lifeboat_flags());
+    Serve::start(cmd, dir.join("serve.log"))
+}
+
+/// The `[continuous]` lines of the tests: segments every 500 ms, a checkpoint every second.
+pub(crate) const FAST_JOURNAL: &str =
+    "[continuous]\nsegment_interval = \"500ms\"\ncheckpoint_interval = \"1s\"\n";
+
+/// `serve --continuous` with no scheduled backup in sight, its config `dir/lifeboat.toml`
+/// (written by the caller, or `FAST_JOURNAL` when there is none), work dir `dir/w`, backups
+/// to `dest`; the caller adds how to reach etcd (and S3).
+pub(crate) fn capturing(dir: &Path, key: &AgeKey, dest: &str) -> std::process::Command {
+    let config = dir.join("lifeboat.toml");
+    if !config.exists() {
+        std::fs::write(&config, FAST_JOURNAL).unwrap();
+    }
     let mut cmd = lifeboat();
     cmd.arg("--config")
-        .arg(dir.join("lifeboat.toml"))
+        .arg(config)
         .args(["serve", "--continuous", "--schedule", "0 0 1 1 *"])
         .args(["-r", &key.recipient])
-        .args(etcd.lifeboat_flags())
-        .arg("--dest")
-        .arg(dir.join("b"))
+        .arg(format!("--dest={dest}"))
         .arg("--work-dir")
         .arg(dir.join("w"));
-    Serve::start(cmd, dir.join("serve.log"))
+    cmd
 }
 
 pub(crate) struct Journal {
@@ -173,13 +188,7 @@ impl Journal {
         let etcd = EtcdProcess::start(v, None);
         etcd.put("/registry/namespaces/default", "ns");
         let config = dir.path().join("lifeboat.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[continuous]\nsegment_interval = \"500ms\"\ncheckpoint_interval = \"1s\"\n{continuous}"
-            ),
-        )
-        .unwrap();
+        std::fs::write(&config, format!("{FAST_JOURNAL}{continuous}")).unwrap();
         let serve = start_serve(dir.path(), &key, &etcd);
         // The journal starts from a full backup it takes itself (the store has none).
         wait_until(
@@ -963,22 +972,12 @@ fn restore_to_a_revision_puts_the_node_back_at_exactly_that_state() {
     let node = FakeNode::start(Version::V35);
     let dir = tempfile::tempdir().unwrap();
     let key = age_key(dir.path(), "key.txt");
-    std::fs::write(
-        dir.path().join("lifeboat.toml"),
-        "[continuous]\nsegment_interval = \"500ms\"\ncheckpoint_interval = \"1s\"\n",
-    )
-    .unwrap();
-    let mut cmd = lifeboat();
-    cmd.arg("--config")
-        .arg(dir.path().join("lifeboat.toml"))
-        .args(["serve", "--continuous", "--schedule", "0 0 1 1 *"])
-        .args(["-r", &key.recipient])
-        .arg("--etcd-manifest")
-        .arg(node.etcd_manifest())
-        .arg("--dest")
-        .arg(dir.path().join("b"))
-        .arg("--work-dir")
-        .arg(dir.path().join("w"));
+    let mut cmd = capturing(
+        dir.path(),
+        &key,
+        &dir.path().join("b").display().to_string(),
+    );
+    cmd.arg("--etcd-manifest").arg(node.etcd_manifest());
     let mut serve = Serve::start(cmd, dir.path().join("serve.log"));
     wait_until(
         "the journal's first full backup",
@@ -1042,7 +1041,7 @@ fn while_the_store_is_down_segments_queue_and_catch_up_afterwards() {
     let etcd = EtcdProcess::start(Version::V35, None);
     std::fs::write(
         dir.path().join("lifeboat.toml"),
-        "[continuous]\nsegment_interval = \"500ms\"\ncheckpoint_interval = \"1s\"\n[s3]\nmax_attempts = 2\nrequest_timeout = \"5s\"\n",
+        format!("{FAST_JOURNAL}[s3]\nmax_attempts = 2\nrequest_timeout = \"5s\"\n"),
     )
     .unwrap();
     let s3 = [
@@ -1050,15 +1049,9 @@ fn while_the_store_is_down_segments_queue_and_catch_up_afterwards() {
         format!("--s3-endpoint={}", proxy.endpoint),
         "--s3-path-style".to_string(),
     ];
-    let mut cmd = lifeboat();
-    cmd.arg("--config")
-        .arg(dir.path().join("lifeboat.toml"))
-        .args(["serve", "--continuous", "--schedule", "0 0 1 1 *"])
-        .args(["-r", &key.recipient])
-        .args(etcd.lifeboat_flags())
-        .args(&s3)
-        .arg("--work-dir")
-        .arg(dir.path().join("w"))
+    let mut cmd = capturing(dir.path(), &key, "s3://journal/c1");
+    cmd.args(etcd.lifeboat_flags())
+        .args(&s3[1..])
         .envs(server.env());
     let serve = Serve::start(cmd, dir.path().join("serve.log"));
     wait_until("the first full backup", Duration::from_secs(60), || {

@@ -623,21 +623,9 @@ fn serve_waits_for_the_journal_and_a_failing_base_is_counted_while_the_shadow_go
 
     // Production starts capturing into the bucket (directly, not through the proxy).
     let etcd = EtcdProcess::start(Version::V35, None);
-    std::fs::write(
-        dir.path().join("lifeboat.toml"),
-        "[continuous]\nsegment_interval = \"500ms\"\ncheckpoint_interval = \"1s\"\n",
-    )
-    .unwrap();
-    let mut cmd = lifeboat();
-    cmd.arg("--config")
-        .arg(dir.path().join("lifeboat.toml"))
-        .args(["serve", "--continuous", "--schedule", "0 0 1 1 *"])
-        .args(["-r", &age.recipient])
-        .args(etcd.lifeboat_flags())
-        .arg(format!("--dest={dest}"))
+    let mut cmd = crate::continuous::capturing(dir.path(), &age, &dest);
+    cmd.args(etcd.lifeboat_flags())
         .args(server.flags())
-        .arg("--work-dir")
-        .arg(dir.path().join("w"))
         .envs(server.env());
     let production = Serve::start(cmd, dir.path().join("serve.log"));
     let last = write_keys(&etcd, "/registry/configmaps/f/a", 30, 60);
