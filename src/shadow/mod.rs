@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -386,7 +385,6 @@ impl Following {
                 sandbox: None,
                 dir: dir.clone(),
                 proven,
-                in_flight: None,
             },
         };
         let replayed = pitr::on_own_thread("lifeboat-shadow", move || replay.run(records_rx));
@@ -501,21 +499,11 @@ enum Ask {
     Proven(crate::continuous::proven::Proven),
 }
 
-/// A base asked for: the sandbox waits at `rev` until its snapshot has begun (`started`: etcd
-/// reads the snapshot in one read transaction, opened before the first byte, so it stays at
-/// `rev` while the replay goes on); `done` says how it ended.
+/// A base asked for: the sandbox waits at `rev` until the answer.
 struct BaseRequest {
-    /// The checkpoint just proven at the base's revision.
-    proof: Proof,
-    sandbox: EtcdSettings,
-    started: oneshot::Sender<()>,
-    done: oneshot::Sender<Result<Manifest, BackupError>>,
-}
-
-/// A base streaming from the sandbox while the replay goes on.
-struct InFlight {
     rev: i64,
-    done: oneshot::Receiver<Result<Manifest, BackupError>>,
+    sandbox: EtcdSettings,
+    done: oneshot::Sender<Result<Manifest, BackupError>>,
 }
 
 struct ShadowHook {
@@ -527,15 +515,12 @@ struct ShadowHook {
     dir: ShadowDir,
     /// The chain and base of the data dir; each proof fills in the rest.
     proven: Proven,
-    /// The base being written, if one is.
-    in_flight: Option<InFlight>,
 }
 
 #[async_trait::async_trait]
 impl ReplayHook for ShadowHook {
     fn applied(&mut self, rev: i64) {
         self.state.update(|s| s.applied_revision = rev);
-        self.note_base_if_done();
     }
 
     async fn verified(&mut self, proof: Proof) -> Result<(), PitrError> {
@@ -558,14 +543,9 @@ impl ReplayHook for ShadowHook {
         );
         let _ = self.bases.send(Ask::Proven(published)).await;
         if self.last_base.elapsed() >= self.base_interval {
-            self.take_base(proof).await;
+            self.take_base(proof.rev).await;
         }
         Ok(())
-    }
-
-    /// The sandbox stops next: a base still streaming from it finishes first.
-    async fn finished(&mut self) {
-        self.settle_base().await;
     }
 }
 
@@ -581,60 +561,21 @@ impl ShadowHook {
         }
     }
 
-    /// A base at `rev`: the sandbox waits there until the base's snapshot has begun, then the
-    /// replay goes on while it streams. A failed base is counted and logged; the shadow goes
-    /// on (the next interval tries again).
-    async fn take_base(&mut self, proof: Proof) {
-        let rev = proof.rev;
+    /// A base at `rev`, where the sandbox is and stays until it is taken. A failed base is
+    /// counted and logged; the shadow goes on (the next interval tries again).
+    async fn take_base(&mut self, rev: i64) {
         let Some(sandbox) = self.sandbox.clone() else {
             return;
         };
-        self.settle_base().await;
-        let (started, begun) = oneshot::channel();
         let (done, answer) = oneshot::channel();
-        let asked = BaseRequest {
-            proof,
-            sandbox,
-            started,
-            done,
-        };
+        let asked = BaseRequest { rev, sandbox, done };
         if self.bases.send(Ask::Base(asked)).await.is_err() {
             return;
         }
-        self.last_base = Instant::now();
-        // Dropped unsent when the base fails before its stream: `answer` has why.
-        let _ = begun.await;
-        self.in_flight = Some(InFlight { rev, done: answer });
-    }
-
-    /// Waits for the base in flight, if any, and records how it ended.
-    async fn settle_base(&mut self) {
-        if let Some(f) = self.in_flight.take() {
-            let outcome = f.done.await;
-            self.note_base(f.rev, outcome.ok());
-        }
-    }
-
-    /// Records the base in flight if it has ended.
-    fn note_base_if_done(&mut self) {
-        let Some(f) = self.in_flight.as_mut() else {
-            return;
-        };
-        let outcome = match f.done.try_recv() {
-            Err(oneshot::error::TryRecvError::Empty) => return,
-            Err(oneshot::error::TryRecvError::Closed) => None,
-            Ok(result) => Some(result),
-        };
-        let rev = f.rev;
-        self.in_flight = None;
-        self.note_base(rev, outcome);
-    }
-
-    /// `None`: the base taker is gone (the shadow is stopping).
-    fn note_base(&self, rev: i64, outcome: Option<Result<Manifest, BackupError>>) {
-        match outcome {
-            Some(Ok(m)) => {
+        match answer.await {
+            Ok(Ok(m)) => {
                 tracing::info!(id = %m.id, rev, "shadow base committed");
+                self.last_base = Instant::now();
                 self.state.update(|s| {
                     s.bases.push(BaseTaken {
                         id: m.id.clone(),
@@ -642,11 +583,12 @@ impl ShadowHook {
                     });
                 });
             }
-            Some(Err(e)) => {
+            Ok(Err(e)) => {
                 tracing::error!(rev, error = %e, "shadow base failed; the next checkpoint after the interval tries again");
+                self.last_base = Instant::now();
                 self.state.update(|s| s.base_failures += 1);
             }
-            None => {}
+            Err(_) => {}
         }
     }
 }
@@ -660,40 +602,21 @@ async fn serve_bases(
     mut asked: mpsc::Receiver<Ask>,
     cancel: &CancellationToken,
 ) {
-    // At most one base at a time (the replay settles one before asking for the next); proofs
-    // are published while it streams, so the replay never waits for a base behind them.
-    let mut base: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> =
-        None;
-    loop {
-        tokio::select! {
-            ask = asked.recv() => match ask {
-                None => break,
-                Some(Ask::Base(req)) => {
-                    let store = &store;
-                    base = Some(Box::pin(async move {
-                        let result = take_base(store, settings, cluster_id, req.proof, &req.sandbox, req.started, cancel).await;
-                        let _ = req.done.send(result);
-                    }));
+    while let Some(ask) = asked.recv().await {
+        match ask {
+            Ask::Base(req) => {
+                let result = take_base(&store, settings, cluster_id, &req, cancel).await;
+                let _ = req.done.send(result);
+            }
+            Ask::Proven(p) => {
+                let signer = settings.signer.as_deref();
+                if let Err(e) =
+                    crate::continuous::proven::write_proven(store.as_ref(), signer, &p).await
+                {
+                    tracing::warn!(error = %e, rev = p.revision, "cannot publish what the shadow proved; the next proof tries again");
                 }
-                Some(Ask::Proven(p)) => publish_proof(store.as_ref(), settings, &p).await,
-            },
-            () = async { base.as_mut().expect("guarded by the condition").await }, if base.is_some() => base = None,
+            }
         }
-    }
-    if let Some(base) = base {
-        base.await;
-    }
-}
-
-/// Replaces the chain's proof in the store; a failure waits for the next proof.
-async fn publish_proof(
-    store: &dyn Store,
-    settings: &BackupSettings,
-    p: &crate::continuous::proven::Proven,
-) {
-    let signer = settings.signer.as_deref();
-    if let Err(e) = crate::continuous::proven::write_proven(store, signer, p).await {
-        tracing::warn!(error = %e, rev = p.revision, "cannot publish what the shadow proved; the next proof tries again");
     }
 }
 
@@ -701,20 +624,12 @@ async fn take_base(
     store: &Arc<dyn Store>,
     settings: &BackupSettings,
     cluster_id: u64,
-    proof: Proof,
-    sandbox: &EtcdSettings,
-    started: oneshot::Sender<()>,
+    req: &BaseRequest,
     cancel: &CancellationToken,
 ) -> Result<Manifest, BackupError> {
-    let rev = proof.rev;
-    let endpoint = sandbox.endpoints.first().cloned().unwrap_or_default();
-    let inner = EtcdSource::connect(sandbox, &endpoint).await?;
-    let mut source = ShadowSource {
-        inner,
-        cluster_id,
-        started: Some(started),
-        proof,
-    };
+    let endpoint = req.sandbox.endpoints.first().cloned().unwrap_or_default();
+    let inner = EtcdSource::connect(&req.sandbox, &endpoint).await?;
+    let mut source = ShadowSource { inner, cluster_id };
     let m = take_backup(
         &mut source,
         store.clone(),
@@ -724,25 +639,21 @@ async fn take_base(
         None,
     )
     .await?;
-    if m.revision != rev {
-        // The sandbox moved before the snapshot began: the replay waits for that, so a bug.
+    if m.revision != req.rev {
+        // The sandbox moved while waiting: the replay is the only writer, so this is a bug.
         return Err(BackupError::Internal(format!(
-            "the shadow's base is at revision {} where {rev} was asked for",
-            m.revision
+            "the shadow's base is at revision {} where {} was asked for",
+            m.revision, req.rev
         )));
     }
     Ok(m)
 }
 
 /// The sandbox, reporting the production cluster's id: a base belongs to the cluster whose
-/// journal it was replayed from (restores and retention group backups by cluster). It tells
-/// the replay when the snapshot has begun.
+/// journal it was replayed from (restores and retention group backups by cluster).
 struct ShadowSource {
     inner: EtcdSource,
     cluster_id: u64,
-    started: Option<oneshot::Sender<()>>,
-    /// The base's revision as the production member hashed it, which the sandbox reproduced.
-    proof: Proof,
 }
 
 #[async_trait::async_trait]
@@ -754,29 +665,11 @@ impl Source for ShadowSource {
         Ok(facts)
     }
 
-    /// The stream, which says "begun" once its first piece is in: etcd opened the snapshot's
-    /// read transaction before sending it, so the sandbox may move on.
     async fn snapshot(&mut self) -> Result<PieceStream, SourceError> {
-        let mut stream = Source::snapshot(&mut self.inner).await?;
-        let first = stream.next().await;
-        if let Some(begun) = self.started.take() {
-            let _ = begun.send(());
-        }
-        Ok(Box::pin(futures::stream::iter(first).chain(stream)))
+        Source::snapshot(&mut self.inner).await
     }
 
-    /// At the base's revision, the production member's HashKV from the capture's checkpoint
-    /// (the sandbox reproduced it): the base is checked against production itself, and the
-    /// sandbox, which has moved on while the base streamed, is not asked about the past (etcd
-    /// 3.5.16 answered a revision 5 minutes and ~150,000 revisions back with another hash than
-    /// the snapshot taken there).
     async fn hash_kv(&mut self, revision: i64) -> Result<LiveHashKv, SourceError> {
-        if revision == self.proof.rev {
-            return Ok(LiveHashKv::Hash {
-                hash: self.proof.hash,
-                compact_revision: self.proof.compact_rev,
-            });
-        }
         Source::hash_kv(&mut self.inner, revision).await
     }
 
