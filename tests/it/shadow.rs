@@ -71,12 +71,18 @@ fn manifest_of(j: &Journal, id: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
 }
 
+/// A journal of `n` puts under `prefix` (60 ms apart: segments with checkpoints, one a
+/// second), durable; the revision of the last put.
+fn journal_of(prefix: &str, n: usize) -> (Journal, i64) {
+    let j = Journal::start(Version::V35);
+    let last = write_keys(&j.etcd, prefix, n, 60);
+    j.wait_durable(last);
+    (j, last)
+}
+
 #[test]
 fn the_shadow_proves_the_journal_and_its_bases_equal_production_at_their_revision() {
-    let j = Journal::start(Version::V35);
-    // Writes over a few seconds: segments with checkpoints (checkpoint_interval 1s).
-    let first = write_keys(&j.etcd, "/registry/configmaps/s/c", 30, 60);
-    j.wait_durable(first);
+    let (j, first) = journal_of("/registry/configmaps/s/c", 30);
     let (key, public) = shadow_key(&j);
     // The shadow starts on what is there and follows the segments committed after it (one
     // revision per put).
@@ -190,9 +196,7 @@ fn the_shadow_proves_the_journal_and_its_bases_equal_production_at_their_revisio
 
 #[test]
 fn a_tampered_segment_a_forged_checkpoint_and_a_missing_segment_stop_the_shadow() {
-    let j = Journal::start(Version::V35);
-    let last = write_keys(&j.etcd, "/registry/configmaps/t/c", 60, 60);
-    j.wait_durable(last);
+    let (j, last) = journal_of("/registry/configmaps/t/c", 60);
     let (key, _) = shadow_key(&j);
     let segments = segment_files(&j);
     assert!(segments.len() >= 4, "{segments:?}");
@@ -259,9 +263,7 @@ fn a_tampered_segment_a_forged_checkpoint_and_a_missing_segment_stop_the_shadow(
 
 #[test]
 fn readyz_and_the_metrics_name_a_stopped_shadow_until_it_is_told_to_go() {
-    let j = Journal::start(Version::V35);
-    let first = write_keys(&j.etcd, "/registry/configmaps/m/c", 30, 60);
-    j.wait_durable(first);
+    let (j, first) = journal_of("/registry/configmaps/m/c", 30);
     let (key, _) = shadow_key(&j);
 
     let mut shadow = Serve::start(following(&j, &key, "1h"), j.out("shadow.log"));
@@ -340,9 +342,7 @@ fn the_shadow_goes_on_with_the_new_chain_when_the_cluster_starts_one() {
 
 #[test]
 fn a_restarted_shadow_goes_on_from_its_own_data_only_while_it_holds_what_was_proven() {
-    let j = Journal::start(Version::V35);
-    let first = write_keys(&j.etcd, "/registry/configmaps/r/a", 30, 60);
-    j.wait_durable(first);
+    let (j, first) = journal_of("/registry/configmaps/r/a", 30);
     let (key, _) = shadow_key(&j);
     let once = |rev: i64| {
         let mut cmd = following(&j, &key, "1h");
@@ -483,9 +483,7 @@ fn newest_shadow_base(j: &Journal) -> serde_json::Value {
 #[test]
 fn serve_runs_the_shadow_off_the_control_plane_and_its_base_restores_on_a_kubeadm_node() {
     use crate::harness::node::FakeNode;
-    let j = Journal::start(Version::V35);
-    let first = write_keys(&j.etcd, "/registry/configmaps/v/a", 30, 30);
-    j.wait_durable(first);
+    let (j, first) = journal_of("/registry/configmaps/v/a", 30);
     let (key, public) = shadow_key(&j);
     let trust = format!("{},{}", test_keys().public.display(), public.display());
     let plan = ShadowServe {
