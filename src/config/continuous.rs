@@ -66,9 +66,9 @@ pub fn resolve_continuous(c: &ContinuousSection) -> Result<Option<CaptureSetting
     };
     let checkpoint = match c.checkpoint_interval.as_deref() {
         None | Some("auto") => CheckpointPace::Auto,
-        Some(raw) => CheckpointPace::Every(duration(
+        Some(_) => CheckpointPace::Every(duration(
             "continuous.checkpoint_interval",
-            Some(&raw.to_string()),
+            c.checkpoint_interval.as_ref(),
             Duration::ZERO,
         )?),
     };

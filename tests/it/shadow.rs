@@ -331,13 +331,7 @@ fn the_shadow_goes_on_with_the_new_chain_when_the_cluster_starts_one() {
         Duration::from_secs(60),
         || shadow.metric("lifeboat_shadow_applied_revision") >= after as f64,
     );
-    assert_eq!(
-        shadow.metric("lifeboat_shadow_up"),
-        1.0,
-        "{}",
-        shadow.log_text()
-    );
-    assert_eq!(shadow.metric("lifeboat_shadow_mismatches_total"), 0.0);
+    assert_following(&shadow);
 }
 
 #[test]
@@ -457,6 +451,17 @@ poll_interval = "100ms"
             .envs(self.env.iter().cloned());
         Serve::start(cmd, self.dir.join(format!("{name}.log")))
     }
+}
+
+/// The shadow follows the journal: up, nothing failed (its log when not).
+fn assert_following(shadow: &Serve) {
+    assert_eq!(
+        shadow.metric("lifeboat_shadow_up"),
+        1.0,
+        "{}",
+        shadow.log_text()
+    );
+    assert_eq!(shadow.metric("lifeboat_shadow_mismatches_total"), 0.0);
 }
 
 /// `etcdctl get` of every key, as JSON key-values (key, value, create and mod revision,
@@ -646,13 +651,7 @@ fn serve_waits_for_the_journal_and_a_failing_base_is_counted_while_the_shadow_go
         },
     );
     assert_eq!(shadow.metric("lifeboat_shadow_bases_total"), 0.0);
-    assert_eq!(
-        shadow.metric("lifeboat_shadow_up"),
-        1.0,
-        "{}",
-        shadow.log_text()
-    );
-    assert_eq!(shadow.metric("lifeboat_shadow_mismatches_total"), 0.0);
+    assert_following(&shadow);
 
     // Uploads pass again: the next proven checkpoint gets its base.
     store.fail(false);
