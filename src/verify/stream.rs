@@ -6,8 +6,10 @@
 //! the hashed revision would keep it (the newest revision of its user key, when not a
 //! deletion) — known only once every entry has passed. So those entries ("candidates") are
 //! kept as (revision, user-key hash, CRC, length), 32 bytes each, one per key that survived the
-//! last compaction; entries after the compaction point are always hashed, and only the newest
-//! revision of each key written since is kept (it decides which candidates are superseded).
+//! last compaction; entries after the compaction point are always hashed, and only the oldest
+//! and newest revision of each key written since are kept (they decide which candidates are
+//! superseded at the snapshot's revision, which free pages written during the snapshot can
+//! hold revisions past).
 //! The compaction point must be known before the stream starts: the backup asks the member
 //! for it, and records the check as skipped when the member compacts during the backup.
 
@@ -79,13 +81,16 @@ impl StreamVerifier {
         tree.walk::<BoltError>(|sink, event| walk.event(sink, event))?;
         let total_size = tree.high_water_size();
         let mut sink = tree.into_sink();
-        sink.decide_and_group_candidates();
-        let hashkv = sink.compact.map(|compact| match &sink.unavailable {
-            Some(why) => Err(why.clone()),
-            None => Ok(OfflineHashKv {
+        sink.decide_and_group_candidates(walk.revision);
+        let hashkv = sink.compact.map(|compact| {
+            if let Some(why) = &sink.unavailable {
+                return Err(why.clone());
+            }
+            let hash = sink.hash_kv(&walk.key_leaves, walk.revision)?;
+            Ok(OfflineHashKv {
                 compact_revision: compact,
-                hash: sink.hash_kv(&walk.key_leaves),
-            }),
+                hash,
+            })
         });
         Ok(StreamChecked {
             info: SnapshotInfo {
@@ -230,12 +235,25 @@ impl Candidate {
     }
 }
 
-/// The newest revision of one user key (16 bytes).
+/// A revision of one user key (16 bytes).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Newest {
     main: i64,
     sub: u32,
     tombstone: bool,
+}
+
+/// The revisions past the compaction point seen of one user key, anywhere in the stream.
+///
+/// Free pages can hold revisions newer than the snapshot's own: etcd's snapshot copies the
+/// file's pages while the member goes on writing, and a page freed before the snapshot began
+/// can be reused by a later write before it streams by. So "this key was written since the
+/// compaction" must mean "at or below the snapshot's revision", known only at the end: the
+/// oldest such revision says whether there is one; the newest, whether the key is live then.
+#[derive(Clone, Copy)]
+struct Recent {
+    oldest: i64,
+    newest: Newest,
 }
 
 #[derive(Default)]
@@ -251,9 +269,9 @@ struct EtcdEntries {
     candidates: Vec<Candidate>,
     /// For each page with candidates: CRC and length of its entries after them.
     tails: HashMap<u64, (u32, u64)>,
-    /// The newest revision past the compaction point of each user key that has one: what
-    /// was written since the last compaction, usually a small part of the keys.
-    newest_recent: HashMap<u64, Newest>,
+    /// The revisions past the compaction point of each user key that has one: what was
+    /// written since the last compaction, usually a small part of the keys.
+    recent: HashMap<u64, Recent>,
     /// Why HashKV cannot be computed from this stream.
     unavailable: Option<String>,
 }
@@ -269,17 +287,18 @@ const META_KEYS: [&[u8]; 4] = [
 ];
 
 impl EtcdEntries {
-    /// Marks the candidates a compaction at the hashed revision keeps — the newest revision
-    /// of a user key that has none past the compaction point, when not a deletion (every copy
-    /// of it: free pages can hold one too) — then puts each page's candidates together in key
-    /// order. Sorts in place: no memory beyond the candidates. Call once, before the walk.
-    fn decide_and_group_candidates(&mut self) {
+    /// Marks the candidates a compaction at the hashed revision `revision` keeps — the newest
+    /// revision of a user key that has none between the compaction point and `revision`, when
+    /// not a deletion (every copy of it: free pages can hold one too) — then puts each page's
+    /// candidates together in key order. Sorts in place: no memory beyond the candidates.
+    /// Call once, after the walk has found `revision`, before hashing.
+    fn decide_and_group_candidates(&mut self, revision: i64) {
         let cs = &mut self.candidates;
         cs.sort_unstable_by_key(|c| (c.user_key, std::cmp::Reverse((c.main, c.sub))));
         let mut at = 0;
         while at < cs.len() {
             let (key, newest) = (cs[at].user_key, (cs[at].main, cs[at].sub));
-            let superseded = self.newest_recent.contains_key(&key);
+            let superseded = self.recent.get(&key).is_some_and(|r| r.oldest <= revision);
             while at < cs.len() && cs[at].user_key == key {
                 let c = &mut cs[at];
                 if !superseded && (c.main, c.sub) == newest && c.len_flags & TOMBSTONE == 0 {
@@ -300,10 +319,10 @@ impl EtcdEntries {
         &self.candidates[from..to]
     }
 
-    /// HashKV over the leaves of bucket `key` (in key order): each leaf's candidates that a
-    /// compaction would keep, then the rest of its entries.
-    fn hash_kv(&self, key_leaves: &[(u64, u32, u64)]) -> u32 {
-        let keep_is_empty = !self.keeps_any(key_leaves);
+    /// HashKV at `revision` over the leaves of bucket `key` (in key order): each leaf's
+    /// candidates that a compaction would keep, then the rest of its entries.
+    fn hash_kv(&self, key_leaves: &[(u64, u32, u64)], revision: i64) -> Result<u32, String> {
+        let keep_is_empty = !self.keeps_any(key_leaves, revision)?;
         let mut crc = crc32c::crc32c(KEY_BUCKET);
         for (page, leaf_crc, leaf_len) in key_leaves {
             let candidates = self.candidates_of(*page);
@@ -317,18 +336,41 @@ impl EtcdEntries {
             let (tail_crc, tail_len) = self.tails.get(page).copied().unwrap_or((0, 0));
             crc = crc::combine(crc, tail_crc, tail_len);
         }
-        crc
+        Ok(crc)
     }
 
-    /// etcd's `len(keep) > 0`: some user key's newest revision is a live value. Counted from
-    /// the tree only: a free page can still hold a value of a key whose deletion a compaction
-    /// removed since. Past the compaction point nothing is ever removed, so a newest revision
-    /// there is in the tree; at or below it, the tree's candidates say.
-    fn keeps_any(&self, key_leaves: &[(u64, u32, u64)]) -> bool {
-        self.newest_recent.values().any(|n| !n.tombstone)
-            || key_leaves
+    /// etcd's `len(keep) > 0`: some user key's newest revision at `revision` is a live value.
+    /// Counted from the tree only: a free page can still hold a value of a key whose deletion
+    /// a compaction removed since. Past the compaction point nothing is ever removed, so a
+    /// newest revision there is in the tree; at or below it, the tree's candidates say.
+    ///
+    /// A key also written after the snapshot began (a free page reused meanwhile) has its
+    /// newest revision at `revision` unknown; that matters only when no other key is live.
+    fn keeps_any(&self, key_leaves: &[(u64, u32, u64)], revision: i64) -> Result<bool, String> {
+        let live_recent = || {
+            self.recent
+                .values()
+                .any(|r| r.newest.main <= revision && !r.newest.tombstone)
+        };
+        let live_candidate = || {
+            key_leaves
                 .iter()
                 .any(|(page, _, _)| self.candidates_of(*page).iter().any(Candidate::is_kept))
+        };
+        if live_recent() || live_candidate() {
+            return Ok(true);
+        }
+        match self
+            .recent
+            .values()
+            .find(|r| r.oldest <= revision && r.newest.main > revision)
+        {
+            Some(r) => Err(format!(
+                "the member was written to during the snapshot (a free page holds revision {}, past the snapshot's {revision}) and no key is known to be live at {revision}",
+                r.newest.main
+            )),
+            None => Ok(false),
+        }
     }
 
     /// The entry as a candidate when it is one (at or below the compaction point); else the
@@ -355,9 +397,13 @@ impl EtcdEntries {
             tombstone: Revision::is_tombstone(e.key),
         };
         if rev.main > compact {
-            let newest = self.newest_recent.entry(user_key).or_insert(this);
-            if (this.main, this.sub) > (newest.main, newest.sub) {
-                *newest = this;
+            let seen = self.recent.entry(user_key).or_insert(Recent {
+                oldest: this.main,
+                newest: this,
+            });
+            seen.oldest = seen.oldest.min(this.main);
+            if (this.main, this.sub) > (seen.newest.main, seen.newest.sub) {
+                seen.newest = this;
             }
             return None;
         }
@@ -420,6 +466,37 @@ mod tests {
         // Memory grows with these (docs/performance.md): one per surviving key, one per leaf.
         assert_eq!(std::mem::size_of::<Candidate>(), 32);
         assert!(std::mem::size_of::<(u64, crate::bbolt::stream::Summary)>() <= 72);
+    }
+
+    fn recent(oldest: i64, newest: i64, tombstone: bool) -> Recent {
+        Recent {
+            oldest,
+            newest: Newest {
+                main: newest,
+                sub: 0,
+                tombstone,
+            },
+        }
+    }
+
+    #[test]
+    fn a_key_rewritten_after_the_snapshot_is_live_only_if_known_to_be() {
+        let mut e = EtcdEntries::default();
+        // Written at 8 and (in a page reused after the snapshot at 10 began) at 12.
+        e.recent.insert(1, recent(8, 12, false));
+        let unknown = e.keeps_any(&[], 10).unwrap_err();
+        assert!(
+            unknown.contains("revision 12, past the snapshot's 10"),
+            "{unknown}"
+        );
+        // Another key live at 10 decides it.
+        e.recent.insert(2, recent(9, 9, false));
+        assert_eq!(e.keeps_any(&[], 10), Ok(true));
+        // A key deleted at 9, and one written only after the snapshot: none live.
+        let mut e = EtcdEntries::default();
+        e.recent.insert(1, recent(7, 9, true));
+        e.recent.insert(2, recent(11, 12, false));
+        assert_eq!(e.keeps_any(&[], 10), Ok(false));
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::path::Path;
 use lifeboat::bbolt::BoltError;
 use lifeboat::verify::{self, OfflineHashKv, StreamChecked, StreamVerifier};
 
+use etcd_client::{CompactionOptions, Txn, TxnOp};
+
 use crate::data::{client, fill, rt};
 use crate::harness::{run_ok, EtcdProcess, Version};
 use crate::status::oracle_status;
@@ -245,4 +247,128 @@ fn a_truncated_stream_is_caught_naming_the_missing_page() {
         stream(&bytes[..4096], 1000, None),
         Err(BoltError::Truncated { page: 1, .. })
     ));
+}
+
+/// etcd's snapshot copies the file's pages while the member goes on writing, and a page that
+/// was free when the snapshot began may be reused by a later write before it streams by. Such
+/// a copy is built here from two real snapshots: A's live pages, and B's (taken after keys
+/// were overwritten) wherever A's pages are free. Its status and HashKV must be A's — the
+/// member's own HashKV at A's revision. (Before this was handled, the newer revisions in the
+/// reused pages marked keys as rewritten since the compaction, and the HashKV of backups of
+/// busy clusters, and of the shadow's bases, did not match.)
+#[test]
+fn free_pages_written_during_the_snapshot_do_not_change_its_hashkv() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdProcess::start(Version::V35, None);
+    let put_all = |round: usize| {
+        rt().block_on(async {
+            let mut c = client(&etcd).await;
+            for batch in 0..30 {
+                let ops: Vec<_> = (batch * 100..batch * 100 + 100)
+                    .map(|i| {
+                        let key = format!("/registry/pods/ns{}/p{i}", i % 7);
+                        TxnOp::put(key, format!("{round}:{i}:{}", "v".repeat(400)), None)
+                    })
+                    .collect();
+                c.txn(Txn::new().and_then(ops)).await.unwrap();
+            }
+        })
+    };
+    for round in 0..3 {
+        put_all(round);
+    }
+    // The compaction frees pages; the write after it makes A's revision past its point.
+    let (compact, rev_a) = rt().block_on(async {
+        let mut c = client(&etcd).await;
+        let at = c.get("x", None).await.unwrap().header().unwrap().revision();
+        c.compact(at, Some(CompactionOptions::new().with_physical()))
+            .await
+            .unwrap();
+        let put = c.put("/registry/events/after", "e", None).await.unwrap();
+        (at, put.header().unwrap().revision())
+    });
+    let snap = |name: &str| {
+        let p = dir.path().join(name);
+        run_ok(etcd.etcdctl().args(["snapshot", "save"]).arg(&p));
+        std::fs::read(p).unwrap()
+    };
+    let a = snap("a.db");
+    let (member_hash, member_compact) = member_hashkv(&etcd, rev_a);
+    assert_eq!(member_compact, compact);
+    put_all(3);
+    put_all(4);
+    let b = snap("b.db");
+
+    let page_size = 4096;
+    let (live, pgid) = live_pages(&a, page_size);
+    let mut during = a.clone();
+    let mut reused = 0;
+    for page in 2..pgid as usize {
+        let range = page * page_size..(page + 1) * page_size;
+        if live.contains(&(page as u64))
+            || range.end > b.len()
+            || a[range.clone()] == b[range.clone()]
+        {
+            continue;
+        }
+        during[range.clone()].copy_from_slice(&b[range]);
+        reused += 1;
+    }
+    assert!(reused > 10, "B must have reused pages free in A: {reused}");
+
+    let expected = stream(&a, 32 * 1024, Some(compact)).unwrap();
+    assert_eq!(
+        expected.hashkv.clone().unwrap().unwrap().hash,
+        member_hash,
+        "A as etcdctl saved it"
+    );
+    for chunk in [during.len(), 32 * 1024, 3001] {
+        let s = stream(&during, chunk, Some(compact)).unwrap();
+        assert_eq!(s.info.status, expected.info.status, "chunk {chunk}");
+        assert_eq!(s.info.restored_revision, rev_a);
+        assert_eq!(
+            s.hashkv.unwrap().unwrap(),
+            OfflineHashKv {
+                compact_revision: compact,
+                hash: member_hash
+            },
+            "the member's HashKV at {rev_a}, chunk {chunk}"
+        );
+    }
+}
+
+/// The pages reachable from a bbolt file's newest meta page (branches, leaves, their overflow
+/// pages, nested buckets' roots), and its high-water mark.
+fn live_pages(file: &[u8], page_size: usize) -> (std::collections::HashSet<u64>, u64) {
+    let u16_at = |at: usize| u16::from_le_bytes(file[at..at + 2].try_into().unwrap());
+    let u32_at = |at: usize| u32::from_le_bytes(file[at..at + 4].try_into().unwrap());
+    let u64_at = |at: usize| u64::from_le_bytes(file[at..at + 8].try_into().unwrap());
+    // Meta: after the 16-byte page header, root bucket at 16, pgid at 40, txid at 48.
+    let meta = (0..2)
+        .map(|p| p * page_size + 16)
+        .max_by_key(|m| u64_at(m + 48))
+        .unwrap();
+    let (root, pgid) = (u64_at(meta + 16), u64_at(meta + 40));
+    let mut live = std::collections::HashSet::new();
+    let mut next = vec![root];
+    while let Some(id) = next.pop() {
+        let page = id as usize * page_size;
+        let (flags, count, overflow) = (u16_at(page + 8), u16_at(page + 10), u32_at(page + 12));
+        live.extend(id..=id + u64::from(overflow));
+        for i in 0..usize::from(count) {
+            let elem = page + 16 + i * 16;
+            match flags {
+                0x01 => next.push(u64_at(elem + 8)),
+                0x02 if u32_at(elem) & 1 == 1 => {
+                    let value = elem + u32_at(elem + 4) as usize + u32_at(elem + 8) as usize;
+                    match u64_at(value) {
+                        0 => {} // an inline bucket: no page of its own
+                        root => next.push(root),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    (live, pgid)
 }
