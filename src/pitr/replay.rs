@@ -54,6 +54,9 @@ pub trait ReplayHook: Send {
     async fn verified(&mut self, _proof: Proof) -> Result<(), PitrError> {
         Ok(())
     }
+
+    /// The replay has ended, either way; the sandbox stops after this returns.
+    async fn finished(&mut self) {}
 }
 
 /// A revision at which the sandbox hashed as the cluster did.
@@ -324,6 +327,7 @@ pub(crate) async fn apply_journal(
     r.adopt_base_leases().await?;
     let keepalive = tokio::spawn(keep_alive(client.clone(), r.alive.clone()));
     let outcome = r.apply_segments(records, source).await;
+    r.hook.finished().await;
     keepalive.abort();
     outcome?;
     let elapsed = started.elapsed();

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -385,6 +386,7 @@ impl Following {
                 sandbox: None,
                 dir: dir.clone(),
                 proven,
+                in_flight: None,
             },
         };
         let replayed = pitr::on_own_thread("lifeboat-shadow", move || replay.run(records_rx));
@@ -393,6 +395,7 @@ impl Following {
             &self.settings.backup,
             start.cluster_id,
             asks_rx,
+            &self.state,
             &self.cancel,
         );
         let (newer, result, ()) = tokio::join!(follower, replayed, bases);
@@ -499,11 +502,15 @@ enum Ask {
     Proven(crate::continuous::proven::Proven),
 }
 
-/// A base asked for: the sandbox waits at `rev` until the answer.
+/// A base asked for: the sandbox waits at `rev` until its snapshot has begun (`started`: etcd
+/// reads the snapshot in one read transaction, opened before the first byte, so it stays at
+/// `rev` while the replay goes on); `done` is dropped once it has ended and been recorded.
 struct BaseRequest {
-    rev: i64,
+    /// The checkpoint just proven at the base's revision.
+    proof: Proof,
     sandbox: EtcdSettings,
-    done: oneshot::Sender<Result<Manifest, BackupError>>,
+    started: oneshot::Sender<()>,
+    done: oneshot::Sender<()>,
 }
 
 struct ShadowHook {
@@ -515,6 +522,8 @@ struct ShadowHook {
     dir: ShadowDir,
     /// The chain and base of the data dir; each proof fills in the rest.
     proven: Proven,
+    /// The base being written, if one is: closed once it has ended.
+    in_flight: Option<oneshot::Receiver<()>>,
 }
 
 #[async_trait::async_trait]
@@ -542,10 +551,17 @@ impl ReplayHook for ShadowHook {
             proof.compact_rev,
         );
         let _ = self.bases.send(Ask::Proven(published)).await;
-        if self.last_base.elapsed() >= self.base_interval {
-            self.take_base(proof.rev).await;
+        // A base still streaming when the next is due: the next proof after it ends takes
+        // one, so the replay never waits for a base.
+        if !self.base_in_flight() && self.last_base.elapsed() >= self.base_interval {
+            self.take_base(proof).await;
         }
         Ok(())
+    }
+
+    /// The sandbox stops next: a base still streaming from it finishes first.
+    async fn finished(&mut self) {
+        self.settle_base().await;
     }
 }
 
@@ -561,34 +577,71 @@ impl ShadowHook {
         }
     }
 
-    /// A base at `rev`, where the sandbox is and stays until it is taken. A failed base is
-    /// counted and logged; the shadow goes on (the next interval tries again).
-    async fn take_base(&mut self, rev: i64) {
+    /// A base at `rev`: the sandbox waits there until the base's snapshot has begun, then the
+    /// replay goes on while it streams. A failed base is counted and logged; the shadow goes
+    /// on (the next interval tries again).
+    async fn take_base(&mut self, proof: Proof) {
+        let rev = proof.rev;
         let Some(sandbox) = self.sandbox.clone() else {
             return;
         };
+        let (started, begun) = oneshot::channel();
         let (done, answer) = oneshot::channel();
-        let asked = BaseRequest { rev, sandbox, done };
+        let asked = BaseRequest {
+            proof,
+            sandbox,
+            started,
+            done,
+        };
         if self.bases.send(Ask::Base(asked)).await.is_err() {
             return;
         }
-        match answer.await {
-            Ok(Ok(m)) => {
-                tracing::info!(id = %m.id, rev, "shadow base committed");
-                self.last_base = Instant::now();
-                self.state.update(|s| {
-                    s.bases.push(BaseTaken {
-                        id: m.id.clone(),
-                        revision: m.revision,
-                    });
+        self.last_base = Instant::now();
+        // Dropped unsent when the base fails before its stream (its error is logged).
+        if begun.await.is_ok() {
+            tracing::info!(
+                rev,
+                "shadow base streaming from the sandbox; the replay goes on beside it"
+            );
+        }
+        self.in_flight = Some(answer);
+    }
+
+    /// Whether a base is still being written.
+    fn base_in_flight(&mut self) -> bool {
+        let Some(done) = self.in_flight.as_mut() else {
+            return false;
+        };
+        if let Err(oneshot::error::TryRecvError::Empty) = done.try_recv() {
+            return true;
+        }
+        self.in_flight = None;
+        false
+    }
+
+    /// Waits for the base in flight, if any, to end.
+    async fn settle_base(&mut self) {
+        if let Some(done) = self.in_flight.take() {
+            let _ = done.await;
+        }
+    }
+}
+
+/// Logs and counts how a base ended.
+fn note_base(state: &SharedState, rev: i64, outcome: Result<Manifest, BackupError>) {
+    match outcome {
+        Ok(m) => {
+            tracing::info!(id = %m.id, rev, "shadow base committed");
+            state.update(|s| {
+                s.bases.push(BaseTaken {
+                    id: m.id.clone(),
+                    revision: m.revision,
                 });
-            }
-            Ok(Err(e)) => {
-                tracing::error!(rev, error = %e, "shadow base failed; the next checkpoint after the interval tries again");
-                self.last_base = Instant::now();
-                self.state.update(|s| s.base_failures += 1);
-            }
-            Err(_) => {}
+            });
+        }
+        Err(e) => {
+            tracing::error!(rev, error = %e, "shadow base failed; the next checkpoint after the interval tries again");
+            state.update(|s| s.base_failures += 1);
         }
     }
 }
@@ -600,23 +653,45 @@ async fn serve_bases(
     settings: &BackupSettings,
     cluster_id: u64,
     mut asked: mpsc::Receiver<Ask>,
+    state: &SharedState,
     cancel: &CancellationToken,
 ) {
-    while let Some(ask) = asked.recv().await {
-        match ask {
-            Ask::Base(req) => {
-                let result = take_base(&store, settings, cluster_id, &req, cancel).await;
-                let _ = req.done.send(result);
-            }
-            Ask::Proven(p) => {
-                let signer = settings.signer.as_deref();
-                if let Err(e) =
-                    crate::continuous::proven::write_proven(store.as_ref(), signer, &p).await
-                {
-                    tracing::warn!(error = %e, rev = p.revision, "cannot publish what the shadow proved; the next proof tries again");
+    // At most one base at a time (the replay asks for one only when none is in flight);
+    // proofs are published while it streams, so the replay never waits for a base.
+    let mut base: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> =
+        None;
+    loop {
+        tokio::select! {
+            ask = asked.recv() => match ask {
+                None => break,
+                Some(Ask::Base(req)) => {
+                    let store = &store;
+                    base = Some(Box::pin(async move {
+                        let rev = req.proof.rev;
+                        let result = take_base(store, settings, cluster_id, req.proof, &req.sandbox, req.started, cancel).await;
+                        note_base(state, rev, result);
+                        drop(req.done);
+                    }));
                 }
-            }
+                Some(Ask::Proven(p)) => publish_proof(store.as_ref(), settings, &p).await,
+            },
+            () = async { base.as_mut().expect("guarded by the condition").await }, if base.is_some() => base = None,
         }
+    }
+    if let Some(base) = base {
+        base.await;
+    }
+}
+
+/// Replaces the chain's proof in the store; a failure waits for the next proof.
+async fn publish_proof(
+    store: &dyn Store,
+    settings: &BackupSettings,
+    p: &crate::continuous::proven::Proven,
+) {
+    let signer = settings.signer.as_deref();
+    if let Err(e) = crate::continuous::proven::write_proven(store, signer, p).await {
+        tracing::warn!(error = %e, rev = p.revision, "cannot publish what the shadow proved; the next proof tries again");
     }
 }
 
@@ -624,12 +699,20 @@ async fn take_base(
     store: &Arc<dyn Store>,
     settings: &BackupSettings,
     cluster_id: u64,
-    req: &BaseRequest,
+    proof: Proof,
+    sandbox: &EtcdSettings,
+    started: oneshot::Sender<()>,
     cancel: &CancellationToken,
 ) -> Result<Manifest, BackupError> {
-    let endpoint = req.sandbox.endpoints.first().cloned().unwrap_or_default();
-    let inner = EtcdSource::connect(&req.sandbox, &endpoint).await?;
-    let mut source = ShadowSource { inner, cluster_id };
+    let rev = proof.rev;
+    let endpoint = sandbox.endpoints.first().cloned().unwrap_or_default();
+    let inner = EtcdSource::connect(sandbox, &endpoint).await?;
+    let mut source = ShadowSource {
+        inner,
+        cluster_id,
+        started: Some(started),
+        proof,
+    };
     let m = take_backup(
         &mut source,
         store.clone(),
@@ -639,21 +722,25 @@ async fn take_base(
         None,
     )
     .await?;
-    if m.revision != req.rev {
-        // The sandbox moved while waiting: the replay is the only writer, so this is a bug.
+    if m.revision != rev {
+        // The sandbox moved before the snapshot began: the replay waits for that, so a bug.
         return Err(BackupError::Internal(format!(
-            "the shadow's base is at revision {} where {} was asked for",
-            m.revision, req.rev
+            "the shadow's base is at revision {} where {rev} was asked for",
+            m.revision
         )));
     }
     Ok(m)
 }
 
 /// The sandbox, reporting the production cluster's id: a base belongs to the cluster whose
-/// journal it was replayed from (restores and retention group backups by cluster).
+/// journal it was replayed from (restores and retention group backups by cluster). It tells
+/// the replay when the snapshot has begun.
 struct ShadowSource {
     inner: EtcdSource,
     cluster_id: u64,
+    started: Option<oneshot::Sender<()>>,
+    /// The base's revision as the production member hashed it, which the sandbox reproduced.
+    proof: Proof,
 }
 
 #[async_trait::async_trait]
@@ -665,11 +752,28 @@ impl Source for ShadowSource {
         Ok(facts)
     }
 
+    /// The stream, which says "begun" once its first piece is in: etcd opened the snapshot's
+    /// read transaction before sending it, so the sandbox may move on.
     async fn snapshot(&mut self) -> Result<PieceStream, SourceError> {
-        Source::snapshot(&mut self.inner).await
+        let mut stream = Source::snapshot(&mut self.inner).await?;
+        let first = stream.next().await;
+        if let Some(begun) = self.started.take() {
+            let _ = begun.send(());
+        }
+        Ok(Box::pin(futures::stream::iter(first).chain(stream)))
     }
 
+    /// At the base's revision, the production member's HashKV from the capture's checkpoint
+    /// (the sandbox reproduced it): the base is checked against production itself. The
+    /// sandbox, which has moved on while the base streamed and may have compacted since, could
+    /// only answer with its compaction point of now (a skipped check).
     async fn hash_kv(&mut self, revision: i64) -> Result<LiveHashKv, SourceError> {
+        if revision == self.proof.rev {
+            return Ok(LiveHashKv::Hash {
+                hash: self.proof.hash,
+                compact_revision: self.proof.compact_rev,
+            });
+        }
         Source::hash_kv(&mut self.inner, revision).await
     }
 

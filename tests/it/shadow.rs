@@ -194,6 +194,81 @@ fn the_shadow_proves_the_journal_and_its_bases_equal_production_at_their_revisio
     assert!(!u.stderr.contains(&newest_base), "{}", u.stderr);
 }
 
+/// A base streams beside the replay: while one waits before its commit (the test hold), the
+/// shadow goes on proving revisions past it, and takes no second base meanwhile; the base,
+/// committed once let go, equals production at its revision.
+#[test]
+fn the_shadow_goes_on_proving_while_a_base_is_written() {
+    let (j, _) = journal_of("/registry/configmaps/h/c", 30);
+    let (key, _) = shadow_key(&j);
+    let release = j.out("release");
+    let mut cmd = following(&j, &key, "1ms");
+    cmd.env("LIFEBOAT_TEST_HOLD_BEFORE_COMMIT", &release)
+        .env("LIFEBOAT_LOG_LEVEL", "info");
+    let mut shadow = Serve::start(cmd, j.out("shadow.log"));
+    let streaming = "shadow base streaming from the sandbox";
+    shadow.wait_until(
+        "a base held before its commit",
+        Duration::from_secs(60),
+        |shadow| {
+            let log = shadow.log_text();
+            log.contains("test hold before commit") && log.contains(streaming)
+        },
+    );
+    let log = shadow.log_text();
+    let line = log.lines().find(|l| l.contains(streaming)).unwrap();
+    let held: i64 = line
+        .split("rev=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no revision in {line}"));
+    // More to replay and prove (a checkpoint a second) while the base is held.
+    let last = write_keys(&j.etcd, "/registry/configmaps/h/d", 30, 60);
+    j.wait_durable(last);
+    shadow.wait_until(
+        "proofs past the held base",
+        Duration::from_secs(60),
+        |shadow| shadow.metric("lifeboat_shadow_verified_revision") > held as f64,
+    );
+    let log = shadow.log_text();
+    assert_eq!(log.matches(streaming).count(), 1, "{log}");
+    assert!(!log.contains("shadow base committed"), "{log}");
+
+    std::fs::write(&release, b"go").unwrap();
+    shadow.wait_until(
+        "the held base committed",
+        Duration::from_secs(60),
+        |shadow| shadow.log_text().contains("shadow base committed"),
+    );
+    assert_following(&shadow);
+    shadow.stop_with(0);
+    let id = shadow_bases(&j)
+        .into_iter()
+        .find(|m| m["revision"].as_i64() == Some(held))
+        .unwrap_or_else(|| panic!("no base at {held}: {}", shadow.log_text()))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m = manifest_of(&j, &id);
+    let (hash, compact) = production_hash(&j, held);
+    assert_eq!(m["hashkv"]["hash"].as_u64(), Some(u64::from(hash)), "{m}");
+    assert_eq!(m["hashkv"]["compact_revision"].as_i64(), Some(compact));
+}
+
+/// The manifests of the shadow's bases in the folder store.
+fn shadow_bases(j: &Journal) -> Vec<serde_json::Value> {
+    std::fs::read_dir(j.dest())
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            let id = name.strip_suffix(".manifest.json")?.to_string();
+            Some(manifest_of(j, &id))
+        })
+        .filter(|m| m["reason"] == "shadow")
+        .collect()
+}
+
 #[test]
 fn a_tampered_segment_a_forged_checkpoint_and_a_missing_segment_stop_the_shadow() {
     let (j, last) = journal_of("/registry/configmaps/t/c", 60);
