@@ -123,6 +123,9 @@ pub trait CaptureObserver: Send + Sync {
     fn caught_up(&self, at: SystemTime);
     /// Committing a segment failed; it will be retried.
     fn commit_failed(&self, e: &ContinuousError);
+    /// The member's HashKV for a checkpoint took `took` (its writes waited as long); the next
+    /// is due `next` after it.
+    fn checkpoint_hashed(&self, _took: Duration, _next: Duration) {}
 }
 
 /// Captures until `cancel` (then commits what was received) or an error. `Compacted` means the
@@ -175,13 +178,14 @@ async fn watch_loop(
     let mut stream = source
         .watch_changes(resume.next_rev, settings.max_message)
         .await?;
-    let mut builder = Builder::new(resume, settings);
+    let mut builder = Builder::new(resume, settings, observer.clone());
     builder.record_all_leases(source).await?;
     let mut heartbeat = tokio::time::interval(settings.heartbeat);
     let mut seal_timer = tokio::time::interval(settings.segment_interval);
     let mut last_head: Option<Instant> = None;
     seal_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let checkpoint_due = builder.checkpoint_due();
         tokio::select! {
             () = cancel.cancelled() => {
                 if builder.has_revisions() {
@@ -196,6 +200,12 @@ async fn watch_loop(
                     let sealed = builder.seal(source).await?;
                     send(&tx, sealed).await?;
                 }
+            }
+            // A checkpoint is due: seal now rather than at the next tick (up to a segment
+            // interval later), which every revision since the last proof would wait for.
+            () = sleep_until(checkpoint_due), if checkpoint_due.is_some() => {
+                let sealed = builder.seal(source).await?;
+                send(&tx, sealed).await?;
             }
             item = stream.next() => match item? {
                 None => return Err(ContinuousError::WatchEnded),
@@ -225,6 +235,14 @@ async fn watch_loop(
                 }
             },
         }
+    }
+}
+
+/// Sleeps until `at`; forever when there is none.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -302,10 +320,13 @@ async fn write_head_once(
 /// The segment being filled.
 struct Builder {
     resume: Resume,
+    observer: Arc<dyn CaptureObserver>,
     pace: CheckpointPace,
     /// The wait between checkpoints now (`pace` after the last HashKV).
     checkpoint_every: Duration,
     last_checkpoint: Instant,
+    /// When the last segment was sealed.
+    last_seal: Instant,
     leases: Vec<Record>,
     revs: Vec<Record>,
     revokes: Vec<Record>,
@@ -322,13 +343,19 @@ struct Builder {
 }
 
 impl Builder {
-    fn new(resume: Resume, settings: &CaptureSettings) -> Builder {
+    fn new(
+        resume: Resume,
+        settings: &CaptureSettings,
+        observer: Arc<dyn CaptureObserver>,
+    ) -> Builder {
         Builder {
             first_rev: resume.next_rev,
             resume,
+            observer,
             pace: settings.checkpoint,
             checkpoint_every: settings.checkpoint.first(),
             last_checkpoint: Instant::now(),
+            last_seal: Instant::now(),
             leases: Vec::new(),
             revs: Vec::new(),
             revokes: Vec::new(),
@@ -343,6 +370,14 @@ impl Builder {
 
     fn has_revisions(&self) -> bool {
         !self.revs.is_empty()
+    }
+
+    /// When the next checkpoint is due, while there is a segment to take it with and no seal
+    /// has come since it fell due (one that could not take it — the member compacting — leaves
+    /// the retry to the next tick).
+    fn checkpoint_due(&self) -> Option<Instant> {
+        let due = self.last_checkpoint + self.checkpoint_every;
+        (self.has_revisions() && due > self.last_seal).then_some(due)
     }
 
     /// Every lease alive now goes into the first segment of this capture, so a replay has
@@ -424,6 +459,7 @@ impl Builder {
         let answer = source.hash_kv(last_rev).await?;
         let took = started.elapsed();
         self.checkpoint_every = self.pace.after(took);
+        self.observer.checkpoint_hashed(took, self.checkpoint_every);
         tracing::debug!(
             rev = last_rev,
             took_ms = took.as_millis() as u64,
@@ -530,6 +566,7 @@ impl Builder {
     /// Closes the segment: leases granted since the last look (before its revisions), leases
     /// gone since, compactions the member confirms, a checkpoint when one is due.
     async fn seal(&mut self, source: &mut EtcdSource) -> Result<Sealed, ContinuousError> {
+        self.last_seal = Instant::now();
         let (alive, at_rev) = source.lease_ids().await?;
         let alive: BTreeSet<i64> = alive.into_iter().collect();
         for id in alive.difference(&self.known.clone()) {
@@ -585,6 +622,47 @@ impl Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Quiet;
+    impl CaptureObserver for Quiet {
+        fn committed(&self, _: &SegmentManifest) {}
+        fn caught_up(&self, _: SystemTime) {}
+        fn commit_failed(&self, _: &ContinuousError) {}
+    }
+
+    fn builder() -> Builder {
+        let resume = Resume {
+            chain: "c".into(),
+            cluster_id: 1,
+            next_seq: 1,
+            prev_hash: String::new(),
+            next_rev: 10,
+        };
+        let settings = CaptureSettings {
+            checkpoint: CheckpointPace::Every(Duration::from_secs(5)),
+            ..CaptureSettings::default()
+        };
+        Builder::new(resume, &settings, Arc::new(Quiet))
+    }
+
+    #[test]
+    fn a_due_checkpoint_seals_the_segment_once_and_only_with_revisions_in_it() {
+        let mut b = builder();
+        assert_eq!(b.checkpoint_due(), None, "nothing to seal yet");
+        b.push(
+            crate::etcd::watch::Revision {
+                rev: 10,
+                changes: Vec::new(),
+            },
+            Utc::now(),
+        )
+        .unwrap();
+        let due = b.last_checkpoint + Duration::from_secs(5);
+        assert_eq!(b.checkpoint_due(), Some(due));
+        // A seal after it fell due that could not take the checkpoint: the tick retries.
+        b.last_seal = due + Duration::from_millis(1);
+        assert_eq!(b.checkpoint_due(), None);
+    }
 
     #[test]
     fn auto_checkpoints_keep_the_members_write_stall_under_two_percent_within_bounds() {

@@ -27,6 +27,7 @@ impl CaptureObserver for Observer {
         let metrics = &self.0.metrics;
         metrics.continuous_last_revision.set(m.last_rev);
         metrics.continuous_segments.inc();
+        metrics.continuous_checkpoints.inc_by(m.checkpoints);
         metrics.continuous_bytes.inc_by(m.object.size);
         // Every revision up to last_rev is durable; it was received at last_at.
         let received = SystemTime::from(m.last_at);
@@ -38,6 +39,12 @@ impl CaptureObserver for Observer {
     }
 
     fn commit_failed(&self, _: &ContinuousError) {}
+
+    fn checkpoint_hashed(&self, took: Duration, next: Duration) {
+        let metrics = &self.0.metrics;
+        metrics.continuous_checkpoint_hashkv.set(took.as_secs_f64());
+        metrics.continuous_checkpoint_pace.set(next.as_secs_f64());
+    }
 }
 
 /// Runs capture sessions while leader, until `shutdown`.

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub continuous_segments: Counter,
     pub continuous_bytes: Counter,
     pub continuous_gaps: Counter,
+    pub continuous_checkpoints: Counter,
+    pub continuous_checkpoint_hashkv: Gauge<f64, AtomicU64>,
+    pub continuous_checkpoint_pace: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -56,6 +59,9 @@ impl Metrics {
             continuous_segments: Counter::default(),
             continuous_bytes: Counter::default(),
             continuous_gaps: Counter::default(),
+            continuous_checkpoints: Counter::default(),
+            continuous_checkpoint_hashkv: Gauge::default(),
+            continuous_checkpoint_pace: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -142,6 +148,21 @@ impl Metrics {
             "lifeboat_continuous_gaps",
             "Times the journal had to start a new chain (history compacted, or no exact resume)",
             m.continuous_gaps.clone(),
+        );
+        registry.register(
+            "lifeboat_continuous_checkpoints",
+            "HashKV checkpoints recorded in committed journal segments (what the shadow and restores prove against)",
+            m.continuous_checkpoints.clone(),
+        );
+        registry.register(
+            "lifeboat_continuous_checkpoint_hashkv_seconds",
+            "Duration of the member's last checkpoint HashKV: its writes waited as long",
+            m.continuous_checkpoint_hashkv.clone(),
+        );
+        registry.register(
+            "lifeboat_continuous_checkpoint_pace_seconds",
+            "Wait between checkpoints now (continuous.checkpoint_interval; auto: 50x the last HashKV, 5 s to 5 min)",
+            m.continuous_checkpoint_pace.clone(),
         );
         // Known failure reasons start at 0, so `increase()` in alerts sees the first failure.
         for reason in ["etcd", "verify", "store", "cancelled", "internal"] {

@@ -183,12 +183,17 @@ impl Journal {
 
     /// With more lines for the `[continuous]` section.
     fn start_with(v: Version, continuous: &str) -> Journal {
+        Journal::start_config(v, &format!("{FAST_JOURNAL}{continuous}"))
+    }
+
+    /// With this config file.
+    fn start_config(v: Version, config_text: &str) -> Journal {
         let dir = tempfile::tempdir().unwrap();
         let key = age_key(dir.path(), "key.txt");
         let etcd = EtcdProcess::start(v, None);
         etcd.put("/registry/namespaces/default", "ns");
         let config = dir.path().join("lifeboat.toml");
-        std::fs::write(&config, format!("{FAST_JOURNAL}{continuous}")).unwrap();
+        std::fs::write(&config, config_text).unwrap();
         let serve = start_serve(dir.path(), &key, &etcd);
         // The journal starts from a full backup it takes itself (the store has none).
         wait_until(
@@ -443,13 +448,7 @@ fn point_in_time_restores_are_exact(v: Version) {
     // Checkpoints were recorded and verified on the way to the newest revision.
     let out = j.out("at-final-again.db");
     let r = j.get(&format!("--to-revision={final_rev}"), &out);
-    let verified: u64 = r
-        .stdout
-        .split(" checkpoint(s) verified")
-        .next()
-        .and_then(|s| s.rsplit(", ").next())
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0);
+    let verified = verified_checkpoints(&r.stdout);
     assert!(verified >= 1, "no checkpoint verified: {}", r.stdout);
     // The compaction was recorded at its own revision, with the member's hash at that point
     // where etcd gives one (3.5 keeps it from the compaction; 3.4 refuses HashKV there), and
@@ -677,6 +676,66 @@ pub(crate) fn write_keys(etcd: &EtcdProcess, prefix: &str, n: usize, pause_ms: u
         }
         head(&mut c).await
     })
+}
+
+/// The default checkpoint pace, `auto`, against real etcd: 50 times the member's last HashKV,
+/// at least 5 s — on a small database, one every 5 s, never faster; the capture reports the
+/// pace and the HashKV's duration (how long the member's writes waited).
+#[test]
+fn checkpoints_come_at_the_auto_pace_by_default() {
+    let started = std::time::Instant::now();
+    let j = Journal::start_config(Version::V35, "[continuous]\nsegment_interval = \"500ms\"\n");
+    // Checkpoints come with segments: writes go on until two have been recorded.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                write_keys(&j.etcd, &format!("/registry/leases/l{n}-"), 5, 100);
+                n += 1;
+            }
+        });
+        j.serve
+            .wait_until("two checkpoints", Duration::from_secs(60), |serve| {
+                serve.metric("lifeboat_continuous_checkpoints_total") >= 2.0
+            });
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        writer.join().unwrap();
+    });
+    let checkpoints = j.serve.metric("lifeboat_continuous_checkpoints_total");
+    let elapsed = started.elapsed().as_secs_f64();
+    // The first comes 5 s after the capture started, each next one 5 s or more after it.
+    assert!(
+        checkpoints <= (elapsed / 5.0).floor(),
+        "{checkpoints} checkpoints in {elapsed:.1} s: faster than one per 5 s"
+    );
+    let took = j
+        .serve
+        .metric("lifeboat_continuous_checkpoint_hashkv_seconds");
+    let pace = j
+        .serve
+        .metric("lifeboat_continuous_checkpoint_pace_seconds");
+    assert!(took > 0.0, "the HashKV's duration: {took}");
+    let expected = (took * 50.0).clamp(5.0, 300.0);
+    assert!(
+        (pace - expected).abs() < 1e-3,
+        "pace {pace} s after a HashKV of {took} s (expected {expected})"
+    );
+    // And a restore to the newest durable revision checks them on its way.
+    let last = j.serve.metric("lifeboat_continuous_last_revision") as i64;
+    let r = j.get(&format!("--to-revision={last}"), &j.out("auto.db"));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(verified_checkpoints(&r.stdout) >= 2, "{}", r.stdout);
+}
+
+/// How many checkpoints a `snapshot get --to-revision` says it verified.
+fn verified_checkpoints(stdout: &str) -> u64 {
+    stdout
+        .split(" checkpoint(s) verified")
+        .next()
+        .and_then(|s| s.rsplit(", ").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Flips one bit in the middle of a file; its original bytes.
