@@ -161,7 +161,7 @@ impl Metrics {
         );
         registry.register(
             "lifeboat_continuous_checkpoint_pace_seconds",
-            "Wait between checkpoints now (continuous.checkpoint_interval; auto: 50x the last HashKV, 5 s to 5 min)",
+            "Wait between checkpoints now (continuous.checkpoint_interval; auto: 25x what a HashKV takes, 5 s to 5 min)",
             m.continuous_checkpoint_pace.clone(),
         );
         // Known failure reasons start at 0, so `increase()` in alerts sees the first failure.

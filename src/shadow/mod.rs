@@ -7,7 +7,8 @@
 //! - `follow.rs`: the chain's segments as the capture commits them, checked link by link.
 //! - here: the run — base backup → sandbox → replay with a hook that updates the shared
 //!   state (metrics, `/readyz`) and asks for a base at a checkpoint; bases are taken on the
-//!   caller's runtime from a client of their own while the replay waits at that revision.
+//!   caller's runtime from a client of their own; the replay waits at that revision only
+//!   until the base's snapshot has begun (etcd reads it in one transaction), then goes on.
 //!
 //! A mismatch (a checkpoint hash, a revision, a broken or tampered link) stops the shadow at
 //! the last verified revision: no base is ever written past it.
