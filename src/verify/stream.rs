@@ -237,7 +237,7 @@ impl Candidate {
 
 /// A revision of one user key (16 bytes).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Newest {
+struct KeyRevision {
     main: i64,
     sub: u32,
     tombstone: bool,
@@ -253,7 +253,7 @@ struct Newest {
 #[derive(Clone, Copy)]
 struct Recent {
     oldest: i64,
-    newest: Newest,
+    newest: KeyRevision,
 }
 
 #[derive(Default)]
@@ -391,7 +391,7 @@ impl EtcdEntries {
             return None;
         };
         let user_key = hash_user_key(key);
-        let this = Newest {
+        let this = KeyRevision {
             main: rev.main,
             sub: u32::try_from(rev.sub).unwrap_or(u32::MAX),
             tombstone: Revision::is_tombstone(e.key),
@@ -471,7 +471,7 @@ mod tests {
     fn recent(oldest: i64, newest: i64, tombstone: bool) -> Recent {
         Recent {
             oldest,
-            newest: Newest {
+            newest: KeyRevision {
                 main: newest,
                 sub: 0,
                 tombstone,

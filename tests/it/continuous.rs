@@ -685,22 +685,8 @@ pub(crate) fn write_keys(etcd: &EtcdProcess, prefix: &str, n: usize, pause_ms: u
 fn checkpoints_come_at_the_auto_pace_by_default() {
     let started = std::time::Instant::now();
     let j = Journal::start_config(Version::V35, "[continuous]\nsegment_interval = \"500ms\"\n");
-    // Checkpoints come with segments: writes go on until two have been recorded.
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        let writer = scope.spawn(|| {
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                write_keys(&j.etcd, &format!("/registry/leases/l{n}-"), 5, 100);
-                n += 1;
-            }
-        });
-        j.serve
-            .wait_until("two checkpoints", Duration::from_secs(60), |serve| {
-                serve.metric("lifeboat_continuous_checkpoints_total") >= 2.0
-            });
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        writer.join().unwrap();
+    writing_until(&j, "two checkpoints", Duration::from_secs(60), |serve| {
+        serve.metric("lifeboat_continuous_checkpoints_total") >= 2.0
     });
     let checkpoints = j.serve.metric("lifeboat_continuous_checkpoints_total");
     let elapsed = started.elapsed().as_secs_f64();
@@ -725,6 +711,55 @@ fn checkpoints_come_at_the_auto_pace_by_default() {
     let r = j.get(&format!("--to-revision={last}"), &j.out("auto.db"));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(verified_checkpoints(&r.stdout) >= 2, "{}", r.stdout);
+}
+
+/// A checkpoint seals its segment when it falls due, not at the next segment tick: with
+/// segments every minute (the longest allowed) and checkpoints every second, proofs still come
+/// every second or so, each in a segment of its own.
+#[test]
+fn a_due_checkpoint_seals_its_segment_before_the_tick() {
+    let j = Journal::start_config(
+        Version::V35,
+        "[continuous]\nsegment_interval = \"60s\"\ncheckpoint_interval = \"1s\"\n",
+    );
+    // Well before the first minute's tick.
+    writing_until(&j, "two checkpoints", Duration::from_secs(30), |serve| {
+        serve.metric("lifeboat_continuous_checkpoints_total") >= 2.0
+    });
+    let segments = segment_files(&j);
+    assert!(
+        segments
+            .iter()
+            .filter(|m| m["checkpoints"].as_u64() == Some(1))
+            .count()
+            >= 2,
+        "{segments:?}"
+    );
+}
+
+/// Writes keys (checkpoints come only with segments, segments only with writes) until `done`
+/// holds for the journal's serve.
+fn writing_until(j: &Journal, what: &str, timeout: Duration, done: impl FnMut(&Serve) -> bool) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                write_keys(&j.etcd, &format!("/registry/leases/l{n}-"), 5, 100);
+                n += 1;
+            }
+        });
+        // The writer stops whether the wait passes or fails (a panic would leave it running
+        // and the scope waiting for it forever).
+        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            j.serve.wait_until(what, timeout, done);
+        }));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        writer.join().unwrap();
+        if let Err(panic) = waited {
+            std::panic::resume_unwind(panic);
+        }
+    });
 }
 
 /// How many checkpoints a `snapshot get --to-revision` says it verified.
