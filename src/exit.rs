@@ -59,7 +59,7 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             CatalogError::Empty { .. } | CatalogError::NoSuchBackup { .. } => Some(NOT_FOUND),
             CatalogError::AmbiguousLatest { .. } => Some(USAGE),
             CatalogError::Store(_) => Some(STORAGE),
-            CatalogError::Manifest(_) => Some(VERIFY),
+            CatalogError::Manifest(_) | CatalogError::NewerUntrusted { .. } => Some(VERIFY),
             CatalogError::Trust(t) => classify(t),
         };
     }
@@ -115,9 +115,11 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
         return match e {
             C::Source(_) => Some(ETCD),
             C::Store(_) => Some(STORAGE),
-            C::Trust(_) | C::Invalid { .. } | C::BrokenChain { .. } | C::Hole { .. } => {
-                Some(VERIFY)
-            }
+            C::Trust(_)
+            | C::Invalid { .. }
+            | C::BrokenChain { .. }
+            | C::Hole { .. }
+            | C::Unconfirmed { .. } => Some(VERIFY),
             C::NeedIdentity { .. } => Some(KEYS),
             C::Encode { .. } | C::WatchEnded | C::UploaderStopped | C::Fenced(_) => Some(FAILURE),
         };

@@ -33,6 +33,18 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// Once a private key is in memory (an age identity, a signing key), the process may not dump
+/// core (a core file would hold the key, readable wherever cores go) and other processes of the
+/// same user may not attach to it or read its memory: `PR_SET_DUMPABLE` 0 does both. For the
+/// rest of the process's life: there is no safe moment to turn it back on.
+pub fn no_core_dumps() {
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        tracing::warn!(error = %e, "could not disable core dumps while a private key is loaded");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, Utc};
 use minisign::{KeyPair, PublicKey, PublicKeyBox, SecretKey, SecretKeyBox, SignatureBox};
 
 /// A manifest's signature is stored beside it, under the manifest's key plus this.
@@ -42,13 +43,13 @@ pub enum TrustError {
         what: &'static str,
         detail: String,
     },
-    #[error("the signing key {path} is readable by others: `chmod 600 {path}`")]
+    #[error("the signing key {path} is readable by others: `chmod 600 {path}` (group-readable, as a Kubernetes Secret with fsGroup mounts it, is accepted)")]
     KeyTooOpen { path: PathBuf },
     #[error("signing failed: {0}")]
     Sign(String),
     #[error("{key}: {detail}")]
     Untrusted { key: String, detail: String },
-    #[error("no trusted signing key: pass --trusted-key FILE.pub (or [trust] trusted_keys) — the public half of the writers' signing key — or, to read backups written before signing, --allow-unsigned")]
+    #[error("no trusted signing key: pass --trusted-key FILE.pub (or [trust] trusted_keys) — the public half of the writers' signing key — or, to read backups written before signing, trust.allow_unsigned_before = <RFC 3339 time>")]
     NoTrustedKey,
 }
 
@@ -64,16 +65,30 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
-/// The public keys a reader trusts.
+/// The public keys a reader trusts, each with its role and scope.
 #[derive(Default)]
 pub struct TrustedKeys {
-    keys: Vec<PublicKey>,
+    keys: Vec<TrustedKey>,
+}
+
+/// One trusted public key: what it may sign (`role`), for which clusters (all when `None`),
+/// and up to when (objects dated after `not_after` are not accepted from it: a retired key).
+#[derive(Clone)]
+pub struct TrustedKey {
+    pk: PublicKey,
+    pub role: Role,
+    pub clusters: Option<Vec<u64>>,
+    pub not_after: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for TrustedKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
-            .entries(self.keys.iter().map(|k| key_id(k.keynum())))
+            .entries(
+                self.keys
+                    .iter()
+                    .map(|k| format!("{} ({})", key_id(k.pk.keynum()), k.role)),
+            )
             .finish()
     }
 }
@@ -150,9 +165,18 @@ impl SigningKey {
     /// Unreadable, readable by others, or not a minisign secret key.
     pub fn from_file(path: &Path) -> Result<SigningKey, TrustError> {
         use std::os::unix::fs::PermissionsExt;
-        if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
-            return Err(TrustError::KeyTooOpen { path: path.into() });
+        // As for age identities: others' bits refuse; group bits (a Kubernetes Secret mounted
+        // with an fsGroup is 0440) only warn — the group is the pod's own.
+        match std::fs::metadata(path).map(|m| m.permissions().mode()) {
+            Ok(mode) if mode & 0o007 != 0 => {
+                return Err(TrustError::KeyTooOpen { path: path.into() })
+            }
+            Ok(mode) if mode & 0o070 != 0 => {
+                tracing::warn!(path = %path.display(), "the signing key is readable by its group: chmod 600 it where no fsGroup needs it");
+            }
+            _ => {}
         }
+        crate::secret::no_core_dumps();
         let bad = |detail: String| TrustError::BadKey {
             path: path.to_path_buf(),
             what: "secret key",
@@ -191,37 +215,68 @@ fn trusted_comment(key: &str) -> String {
     format!("lifeboat {key}")
 }
 
+impl TrustedKey {
+    /// Loads a minisign public key (`FILE.pub` of `signing-key generate`, or a bare key line),
+    /// trusted for everything `role` may sign, any cluster, any time.
+    ///
+    /// # Errors
+    /// A file that cannot be read or holds no public key.
+    pub fn from_file(path: &Path, role: Role) -> Result<TrustedKey, TrustError> {
+        let text = read(path)?;
+        let pk = PublicKeyBox::from_string(&text)
+            .and_then(PublicKeyBox::into_public_key)
+            .or_else(|_| PublicKey::from_base64(text.trim()))
+            .map_err(|e| TrustError::BadKey {
+                path: path.to_path_buf(),
+                what: "public key",
+                detail: e.to_string(),
+            })?;
+        Ok(TrustedKey {
+            pk,
+            role,
+            clusters: None,
+            not_after: None,
+        })
+    }
+
+    pub fn id(&self) -> String {
+        key_id(self.pk.keynum())
+    }
+}
+
 impl TrustedKeys {
-    /// Loads minisign public keys (`FILE.pub` of `signing-key generate`, or a bare key line).
+    /// Loads public keys trusted as writers (the meaning of `--trusted-key`).
     ///
     /// # Errors
     /// A file that cannot be read or holds no public key.
     pub fn from_files(paths: &[PathBuf]) -> Result<TrustedKeys, TrustError> {
-        let mut keys = Vec::new();
+        let mut keys = TrustedKeys::default();
         for path in paths {
-            let text = read(path)?;
-            let key = PublicKeyBox::from_string(&text)
-                .and_then(PublicKeyBox::into_public_key)
-                .or_else(|_| PublicKey::from_base64(text.trim()))
-                .map_err(|e| TrustError::BadKey {
-                    path: path.clone(),
-                    what: "public key",
-                    detail: e.to_string(),
-                })?;
-            keys.push(key);
+            keys.push(TrustedKey::from_file(path, Role::Writer)?);
         }
-        Ok(TrustedKeys { keys })
+        Ok(keys)
+    }
+
+    /// Adds a key. The same key listed twice keeps its first entry: a key is trusted in one
+    /// role and scope, never the widest of several by accident.
+    pub fn push(&mut self, key: TrustedKey) {
+        if !self.keys.iter().any(|k| k.pk.keynum() == key.pk.keynum()) {
+            self.keys.push(key);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
 
-    /// The public half of a signing key: a writer trusts what it writes itself.
-    pub fn add_own(&mut self, signer: &SigningKey) {
-        if !self.keys.iter().any(|k| k.keynum() == signer.pk.keynum()) {
-            self.keys.push(signer.pk.clone());
-        }
+    /// The public half of a signing key: a writer trusts what it writes itself, in `role`.
+    pub fn add_own(&mut self, signer: &SigningKey, role: Role) {
+        self.push(TrustedKey {
+            pk: signer.pk.clone(),
+            role,
+            clusters: None,
+            not_after: None,
+        });
     }
 
     /// Checks that `signature` (a `.minisig` text) is a signature of `bytes`, made for `key`,
@@ -231,6 +286,16 @@ impl TrustedKeys {
     /// `Untrusted`, naming `key`: not a signature, another key's, another name's, or not of
     /// these bytes.
     pub fn verify(&self, key: &str, bytes: &[u8], signature: &str) -> Result<String, TrustError> {
+        self.verify_key(key, bytes, signature).map(|(_, id)| id)
+    }
+
+    /// [`TrustedKeys::verify`], returning the trusted key that signed (its role and scope).
+    fn verify_key(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        signature: &str,
+    ) -> Result<(&TrustedKey, String), TrustError> {
         let untrusted = |detail: String| TrustError::Untrusted {
             key: key.to_string(),
             detail,
@@ -238,12 +303,12 @@ impl TrustedKeys {
         let sig = SignatureBox::from_string(signature)
             .map_err(|e| untrusted(format!("its signature does not parse ({e})")))?;
         let signer = key_id(sig.keynum());
-        let pk = self
+        let trusted = self
             .keys
             .iter()
-            .find(|k| k.keynum() == sig.keynum())
+            .find(|k| k.pk.keynum() == sig.keynum())
             .ok_or_else(|| untrusted(format!("signed by key {signer}, which is not trusted")))?;
-        minisign::verify(pk, &sig, Cursor::new(bytes), true, false, false)
+        minisign::verify(&trusted.pk, &sig, Cursor::new(bytes), true, false, false)
             .map_err(|e| untrusted(format!("the signature by {signer} does not match ({e})")))?;
         let comment = sig
             .trusted_comment()
@@ -253,22 +318,94 @@ impl TrustedKeys {
                 "the signature was made for another name ({comment:?})"
             )));
         }
-        Ok(signer)
+        Ok((trusted, signer))
     }
 }
 
-/// What a reader accepts: manifests signed by one of `keys`; with `allow_unsigned`, also
-/// manifests without a signature (backups written before signing — said loudly).
+/// What a key may sign (#21): a writer (the nodes that take backups and capture the journal)
+/// signs anything; a shadow (off the control plane, with its own S3 principal) signs only its
+/// own bases (`reason = shadow`) and its proofs, so a stolen shadow key cannot make a backup that
+/// restores as `latest`, nor a segment or head the capture or a point-in-time restore believes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Writer,
+    Shadow,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Writer => "writer",
+            Role::Shadow => "shadow",
+        })
+    }
+}
+
+/// What a signed object claims to be, from its (already checked) name and content: what the
+/// signing key's role and scope must allow.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    /// The object's key in the store.
+    pub key: &'a str,
+    pub kind: Kind,
+    /// The cluster it belongs to, when its name says.
+    pub cluster: Option<u64>,
+    /// When it was made, by its name or content: a key's `not_after` applies to it.
+    pub dated: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A full backup's manifest; `shadow`: its reason is `shadow`.
+    Backup { shadow: bool },
+    /// A segment manifest or a chain's head: what restores replay and the capture resumes on.
+    Journal,
+    /// A shadow's proof of a chain (`proven.json`).
+    Proof,
+}
+
+impl Kind {
+    fn allows(self, role: Role) -> bool {
+        match (self, role) {
+            (_, Role::Writer) => true,
+            (Kind::Backup { shadow }, Role::Shadow) => shadow,
+            (Kind::Proof, Role::Shadow) => true,
+            (Kind::Journal, Role::Shadow) => false,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Backup { shadow: true } => "a shadow base",
+            Kind::Backup { shadow: false } => "a backup that is not a shadow base",
+            Kind::Journal => "a journal segment or head",
+            Kind::Proof => "a shadow proof",
+        }
+    }
+}
+
+/// Who signed an object the policy accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signer {
+    pub id: String,
+    pub role: Role,
+}
+
+/// What a reader accepts: objects signed by a trusted key whose role and scope allow them;
+/// with `unsigned_before`, also backup manifests without a signature dated before that time
+/// (backups written before signing — said loudly). Segments, heads and proofs are never
+/// accepted unsigned: they are written only by versions that sign.
 pub struct ReadPolicy {
     keys: TrustedKeys,
-    allow_unsigned: bool,
+    unsigned_before: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for ReadPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReadPolicy")
             .field("keys", &self.keys)
-            .field("allow_unsigned", &self.allow_unsigned)
+            .field("unsigned_before", &self.unsigned_before)
             .finish()
     }
 }
@@ -276,13 +413,16 @@ impl std::fmt::Debug for ReadPolicy {
 impl ReadPolicy {
     /// # Errors
     /// `NoTrustedKey`: no key and unsigned backups not allowed would refuse everything.
-    pub fn new(keys: TrustedKeys, allow_unsigned: bool) -> Result<ReadPolicy, TrustError> {
-        if keys.is_empty() && !allow_unsigned {
+    pub fn new(
+        keys: TrustedKeys,
+        unsigned_before: Option<DateTime<Utc>>,
+    ) -> Result<ReadPolicy, TrustError> {
+        if keys.is_empty() && unsigned_before.is_none() {
             return Err(TrustError::NoTrustedKey);
         }
         Ok(ReadPolicy {
             keys,
-            allow_unsigned,
+            unsigned_before,
         })
     }
 
@@ -290,36 +430,73 @@ impl ReadPolicy {
     pub fn refuse_all() -> ReadPolicy {
         ReadPolicy {
             keys: TrustedKeys::default(),
-            allow_unsigned: false,
+            unsigned_before: None,
         }
     }
 
-    /// Decides on a manifest stored under `key` with `bytes` and its `.minisig` text, if any.
-    /// Returns the signer's key id when it was checked.
+    /// Decides on the object `claim` describes, stored with `bytes` and its `.minisig` text, if
+    /// any. Returns who signed it; `None` for an unsigned backup let through.
     ///
     /// # Errors
-    /// `Untrusted`, naming `key`.
+    /// `Untrusted`, naming the object's key: unsigned, signed by a key not trusted, not
+    /// matching, or signed by a key whose role or scope does not cover it.
     pub fn check(
         &self,
-        key: &str,
+        claim: &Claim<'_>,
         bytes: &[u8],
         signature: Option<&str>,
-    ) -> Result<Option<String>, TrustError> {
-        match signature {
-            Some(sig) if !self.keys.is_empty() => self.keys.verify(key, bytes, sig).map(Some),
-            None if self.allow_unsigned => {
-                tracing::warn!(key, "UNSIGNED manifest accepted (--allow-unsigned): nothing proves who wrote it");
-                Ok(None)
-            }
-            Some(_) if self.allow_unsigned => {
-                tracing::warn!(key, "signature NOT checked: no trusted key is configured (--allow-unsigned)");
-                Ok(None)
-            }
-            _ => Err(TrustError::Untrusted {
-                key: key.to_string(),
-                detail: "it is not signed; a backup counts only with a signature by a trusted key (--allow-unsigned reads unsigned ones)".into(),
-            }),
+    ) -> Result<Option<Signer>, TrustError> {
+        let untrusted = |detail: String| TrustError::Untrusted {
+            key: claim.key.to_string(),
+            detail,
+        };
+        let Some(signature) = signature else {
+            return match (claim.kind, self.unsigned_before) {
+                (Kind::Backup { .. }, Some(before)) if claim.dated < before => {
+                    tracing::warn!(key = claim.key, "UNSIGNED manifest accepted (trust.allow_unsigned_before): nothing proves who wrote it");
+                    Ok(None)
+                }
+                (Kind::Backup { .. }, Some(before)) => Err(untrusted(format!(
+                    "it is not signed, and it is dated {} — not before trust.allow_unsigned_before ({before}); only backups older than that may be unsigned",
+                    claim.dated
+                ))),
+                (Kind::Backup { .. }, None) => Err(untrusted(
+                    "it is not signed; a backup counts only with a signature by a trusted key (trust.allow_unsigned_before = <time> reads older unsigned ones)".into(),
+                )),
+                _ => Err(untrusted(
+                    "it is not signed; journal objects are never accepted without a signature".into(),
+                )),
+            };
+        };
+        let (key, id) = self.keys.verify_key(claim.key, bytes, signature)?;
+        if !claim.kind.allows(key.role) {
+            return Err(untrusted(format!(
+                "signed by key {id}, trusted as {} only, which may not sign {}",
+                key.role,
+                claim.kind.name()
+            )));
         }
+        if let Some(clusters) = &key.clusters {
+            if !claim.cluster.is_some_and(|c| clusters.contains(&c)) {
+                return Err(untrusted(format!(
+                    "signed by key {id}, which is trusted only for clusters {}",
+                    clusters
+                        .iter()
+                        .map(|c| format!("{c:x}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        if let Some(not_after) = key.not_after {
+            if claim.dated > not_after {
+                return Err(untrusted(format!(
+                    "signed by key {id}, which is trusted only for objects dated up to {not_after} (this one: {})",
+                    claim.dated
+                )));
+            }
+        }
+        Ok(Some(Signer { id, role: key.role }))
     }
 }
 
@@ -361,27 +538,101 @@ mod tests {
         assert!(msg(trusted.verify("x.manifest.json", b"{}", "garbage")).contains("does not parse"));
     }
 
+    fn claim(kind: Kind, dated: DateTime<Utc>) -> Claim<'static> {
+        Claim {
+            key: "k",
+            kind,
+            cluster: Some(0xab),
+            dated,
+        }
+    }
+
+    const BACKUP: Kind = Kind::Backup { shadow: false };
+
     #[test]
-    fn a_reader_refuses_unsigned_manifests_unless_told() {
+    fn a_reader_refuses_unsigned_objects_unless_older_than_allowed() {
         let dir = tempfile::tempdir().unwrap();
         let (signer, trusted) = pair(dir.path(), "a.key");
         assert!(matches!(
-            ReadPolicy::new(TrustedKeys::default(), false),
+            ReadPolicy::new(TrustedKeys::default(), None),
             Err(TrustError::NoTrustedKey)
         ));
-        let strict = ReadPolicy::new(trusted, false).unwrap();
+        let now = Utc::now();
+        let strict = ReadPolicy::new(trusted, None).unwrap();
         let sig = signer.sign("k", b"m").unwrap();
+        let signed = strict
+            .check(&claim(BACKUP, now), b"m", Some(&sig))
+            .unwrap()
+            .unwrap();
+        assert_eq!((signed.id, signed.role), (signer.id(), Role::Writer));
+        assert!(strict.check(&claim(BACKUP, now), b"m", None).is_err());
+        assert!(strict.check(&claim(BACKUP, now), b"x", Some(&sig)).is_err());
+        // #21: unsigned only for backups dated before the cut-over, never for the journal.
+        let cutover = now - chrono::Duration::days(1);
+        let migrating = ReadPolicy::new(TrustedKeys::default(), Some(cutover)).unwrap();
+        let old = cutover - chrono::Duration::hours(1);
         assert_eq!(
-            strict.check("k", b"m", Some(&sig)).unwrap(),
-            Some(signer.id())
+            migrating.check(&claim(BACKUP, old), b"m", None).unwrap(),
+            None
         );
-        assert!(strict.check("k", b"m", None).is_err());
-        assert!(strict.check("k", b"x", Some(&sig)).is_err());
-        let lenient = ReadPolicy::new(TrustedKeys::default(), true).unwrap();
-        assert_eq!(lenient.check("k", b"m", None).unwrap(), None);
+        let refused = |r: Result<Option<Signer>, TrustError>| r.unwrap_err().to_string();
+        assert!(refused(migrating.check(&claim(BACKUP, now), b"m", None))
+            .contains("allow_unsigned_before"));
+        for kind in [Kind::Journal, Kind::Proof] {
+            assert!(refused(migrating.check(&claim(kind, old), b"m", None)).contains("never"));
+        }
         assert!(ReadPolicy::refuse_all()
-            .check("k", b"m", Some(&sig))
+            .check(&claim(BACKUP, now), b"m", Some(&sig))
             .is_err());
+    }
+
+    /// #21: a shadow's key signs its bases and proofs, nothing a restore or the capture
+    /// would otherwise believe; scopes bind keys to clusters and to a time.
+    #[test]
+    fn a_key_signs_only_what_its_role_and_scope_allow() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shadow, _) = pair(dir.path(), "shadow.key");
+        let (writer, _) = pair(dir.path(), "writer.key");
+        let mut keys = TrustedKeys::default();
+        keys.push(TrustedKey::from_file(&dir.path().join("shadow.key.pub"), Role::Shadow).unwrap());
+        let mut scoped =
+            TrustedKey::from_file(&dir.path().join("writer.key.pub"), Role::Writer).unwrap();
+        let now = Utc::now();
+        scoped.clusters = Some(vec![0xab]);
+        scoped.not_after = Some(now);
+        keys.push(scoped);
+        let policy = ReadPolicy::new(keys, None).unwrap();
+        let by = |k: &SigningKey, c: &Claim<'_>| {
+            let sig = k.sign(c.key, b"m").unwrap();
+            policy.check(c, b"m", Some(&sig))
+        };
+        let earlier = now - chrono::Duration::hours(1);
+        let shadow_base = claim(Kind::Backup { shadow: true }, earlier);
+        assert_eq!(
+            by(&shadow, &shadow_base).unwrap().unwrap().role,
+            Role::Shadow
+        );
+        assert!(by(&shadow, &claim(Kind::Proof, earlier)).is_ok());
+        for kind in [BACKUP, Kind::Journal] {
+            let e = by(&shadow, &claim(kind, earlier)).unwrap_err().to_string();
+            assert!(e.contains("trusted as shadow only"), "{e}");
+        }
+        for kind in [BACKUP, Kind::Journal, Kind::Proof] {
+            assert!(by(&writer, &claim(kind, earlier)).is_ok(), "{kind:?}");
+        }
+        let elsewhere = Claim {
+            cluster: Some(0xcd),
+            ..claim(BACKUP, earlier)
+        };
+        assert!(by(&writer, &elsewhere)
+            .unwrap_err()
+            .to_string()
+            .contains("only for clusters ab"));
+        let later = claim(BACKUP, now + chrono::Duration::seconds(1));
+        assert!(by(&writer, &later)
+            .unwrap_err()
+            .to_string()
+            .contains("dated up to"));
     }
 
     #[test]
@@ -413,5 +664,8 @@ mod tests {
             SigningKey::from_file(&path),
             Err(TrustError::KeyTooOpen { .. })
         ));
+        // #21: a Secret mounted with fsGroup (0440) loads, with a warning.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
+        assert!(SigningKey::from_file(&path).is_ok());
     }
 }

@@ -40,6 +40,7 @@ impl Fake {
                 raft_index: 16,
                 revision: 11,
                 is_learner: false,
+                data_at: None,
             },
             bytes: FIXTURE.to_vec(),
             cut_after: None,

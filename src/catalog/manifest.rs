@@ -83,6 +83,10 @@ pub struct Manifest {
     pub reason: Reason,
     pub tool_version: String,
     pub duration_ms: u64,
+    /// When the data's newest revision was written, where that is not `created_at`: a shadow's
+    /// base is cut later than the revision it holds was received (#21).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +163,7 @@ impl Manifest {
             reason,
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
             duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            data_at: member.data_at,
         }
     }
 

@@ -16,7 +16,7 @@ pub use manifest::{
 };
 
 use crate::store::{bytes_stream, get_small, Store, StoreError};
-use crate::trust::{ReadPolicy, SigningKey};
+use crate::trust::{Claim, Kind, ReadPolicy, Signer, SigningKey};
 
 const ID_PREFIX: &str = "etcd-";
 const MANIFEST_SUFFIX: &str = ".manifest.json";
@@ -48,6 +48,12 @@ pub enum CatalogError {
     Manifest(#[from] ManifestError),
     #[error(transparent)]
     Trust(#[from] crate::trust::TrustError),
+    #[error("`latest` would be {pick}, but {newer} is newer and not trusted ({why}): someone may have hidden the newest backup (a deleted signature, a delete marker, an overwritten manifest). Find out why it is not trusted; to restore the older backup anyway, name it by id or pass --accept-older")]
+    NewerUntrusted {
+        pick: String,
+        newer: String,
+        why: String,
+    },
 }
 
 fn cluster_hint(cluster: &Option<String>) -> String {
@@ -202,6 +208,51 @@ fn check_names(key: &str, m: &Manifest, now: DateTime<Utc>) -> Result<(), Manife
     Ok(())
 }
 
+/// A manifest the policy accepted, and who signed it (`None`: an old unsigned backup let
+/// through by `trust.allow_unsigned_before`).
+struct Checked {
+    manifest: Manifest,
+    signer: Option<Signer>,
+}
+
+/// What `latest` can be: the trusted candidates, best first, and what was skipped.
+#[derive(Debug)]
+pub struct Latest {
+    pub candidates: Vec<Manifest>,
+    pub skipped: Vec<Skipped>,
+}
+
+impl Latest {
+    /// No silent rollback (#21): `pick` stands only when no manifest of its cluster that
+    /// could not be trusted is newer (by its id's time: nothing else of it can be believed).
+    /// A deleted signature, a delete marker over it or an overwritten manifest would otherwise
+    /// make `latest` quietly the backup before. `accept_older` lets it stand, logged.
+    ///
+    /// # Errors
+    /// `NewerUntrusted`, naming the newest such manifest and why it was not trusted.
+    pub fn settle(&self, pick: &Manifest, accept_older: bool) -> Result<(), CatalogError> {
+        let cluster = cluster_of(pick);
+        let newer = self
+            .skipped
+            .iter()
+            .filter_map(|s| id_of_manifest_key(&s.key).map(|id| (id, s)))
+            .filter(|(id, _)| Some(id.cluster_id) == cluster && id.time > pick.created_at)
+            .max_by_key(|(id, _)| id.time);
+        let Some((_, newer)) = newer else {
+            return Ok(());
+        };
+        if accept_older {
+            tracing::warn!(pick = %pick.id, newer = %newer.key, why = %newer.reason, "a newer manifest is not trusted; using the older backup as told (--accept-older)");
+            return Ok(());
+        }
+        Err(CatalogError::NewerUntrusted {
+            pick: pick.id.clone(),
+            newer: newer.key.clone(),
+            why: newer.reason.clone(),
+        })
+    }
+}
+
 /// Manifests that could not be read, reported next to a listing rather than failing it.
 #[derive(Debug)]
 pub struct Skipped {
@@ -234,6 +285,32 @@ impl Catalog {
     /// # Errors
     /// The store cannot be listed.
     pub async fn list(&self) -> Result<(Vec<Manifest>, Vec<Skipped>), CatalogError> {
+        let (checked, skipped) = self.list_checked().await?;
+        Ok((checked.into_iter().map(|c| c.manifest).collect(), skipped))
+    }
+
+    /// The backups a writer's key signed, newest first: what may stand for the cluster's own
+    /// state where no journal confirms it (the upgrade gate's "fresh backup", a new chain's
+    /// base) — never a shadow's base, never an unsigned one.
+    ///
+    /// # Errors
+    /// The store cannot be listed.
+    pub async fn writer_signed(&self) -> Result<Vec<Manifest>, CatalogError> {
+        let (checked, _) = self.list_checked().await?;
+        Ok(checked
+            .into_iter()
+            .filter(|c| {
+                c.manifest.reason != Reason::Shadow
+                    && c.signer
+                        .as_ref()
+                        .is_some_and(|s| s.role == crate::trust::Role::Writer)
+            })
+            .map(|c| c.manifest)
+            .collect())
+    }
+
+    /// [`Catalog::list`], with who signed each manifest.
+    async fn list_checked(&self) -> Result<(Vec<Checked>, Vec<Skipped>), CatalogError> {
         let mut manifests = Vec::new();
         let mut skipped = Vec::new();
         for object in self.store.list(ID_PREFIX).await? {
@@ -248,13 +325,17 @@ impl Catalog {
                 }),
             }
         }
-        manifests.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        manifests.sort_by(|a, b| {
+            let (a, b) = (&a.manifest, &b.manifest);
+            b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id))
+        });
         Ok((manifests, skipped))
     }
 
-    /// Reads a manifest and checks that it is what its name says: nothing it names is
-    /// trusted otherwise (retention deletes the object a manifest names).
-    async fn read_manifest(&self, key: &str) -> Result<Manifest, CatalogError> {
+    /// Reads a manifest and checks that it is what its name says and that a key trusted for
+    /// it signed it: nothing it names is trusted otherwise (retention deletes the object a
+    /// manifest names).
+    async fn read_manifest(&self, key: &str) -> Result<Checked, CatalogError> {
         let bytes = get_small(self.store.as_ref(), key, MANIFEST_LIMIT).await?;
         let manifest = Manifest::parse(key, &bytes)?;
         check_names(key, &manifest, Utc::now())?;
@@ -264,8 +345,63 @@ impl Catalog {
                 Err(StoreError::NotFound { .. }) => None,
                 Err(e) => return Err(e.into()),
             };
-        self.policy.check(key, &bytes, signature.as_deref())?;
-        Ok(manifest)
+        let claim = Claim {
+            key,
+            kind: Kind::Backup {
+                shadow: manifest.reason == Reason::Shadow,
+            },
+            cluster: cluster_of(&manifest),
+            dated: manifest.created_at,
+        };
+        let signer = self.policy.check(&claim, &bytes, signature.as_deref())?;
+        Ok(Checked { manifest, signer })
+    }
+
+    /// The candidates for `latest` in `cluster`, best first: signed before unsigned (an
+    /// unsigned backup never wins over a signed one), then by revision — revisions only grow
+    /// in a cluster, even across restores (they are bumped), while a backup's time is its
+    /// writer's clock (a shadow's base is dated when cut, whatever revision it proved) — then
+    /// by time. The caller picks the first it can use (a shadow base needs its journal's
+    /// confirmation) and then calls [`Latest::settle`].
+    ///
+    /// # Errors
+    /// `Empty`, `AmbiguousLatest`, or store errors.
+    pub async fn latest(&self, cluster: Option<u64>) -> Result<Latest, CatalogError> {
+        let location = self.store.location();
+        let (all, skipped) = self.list_checked().await?;
+        let mut mine: Vec<Checked> = all
+            .into_iter()
+            .filter(|c| cluster.is_none_or(|id| cluster_of(&c.manifest) == Some(id)))
+            .collect();
+        let mut clusters: Vec<String> =
+            mine.iter().map(|c| c.manifest.cluster_id.clone()).collect();
+        clusters.sort();
+        clusters.dedup();
+        if clusters.len() > 1 {
+            return Err(CatalogError::AmbiguousLatest { location, clusters });
+        }
+        if mine.is_empty() {
+            return Err(CatalogError::Empty {
+                location,
+                cluster: cluster.map(|c| format!("{c:x}")),
+            });
+        }
+        mine.sort_by(|a, b| {
+            let rank = |c: &Checked| {
+                (
+                    c.signer.is_some(),
+                    c.manifest.revision,
+                    c.manifest.created_at,
+                )
+            };
+            rank(b)
+                .cmp(&rank(a))
+                .then(b.manifest.id.cmp(&a.manifest.id))
+        });
+        Ok(Latest {
+            candidates: mine.into_iter().map(|c| c.manifest).collect(),
+            skipped,
+        })
     }
 
     /// Finds `latest` or a backup by id (a unique prefix of an id is accepted too), in
@@ -283,18 +419,10 @@ impl Catalog {
         let location = self.store.location();
         let in_cluster = |m: &Manifest| cluster.is_none_or(|c| cluster_of(m) == Some(c));
         if selector == "latest" {
-            let (all, _) = self.list().await?;
-            let mine: Vec<Manifest> = all.into_iter().filter(|m| in_cluster(m)).collect();
-            let mut clusters: Vec<String> = mine.iter().map(|m| m.cluster_id.clone()).collect();
-            clusters.sort();
-            clusters.dedup();
-            if clusters.len() > 1 {
-                return Err(CatalogError::AmbiguousLatest { location, clusters });
-            }
-            return mine.into_iter().next().ok_or(CatalogError::Empty {
-                location,
-                cluster: cluster.map(|c| format!("{c:x}")),
-            });
+            let latest = self.latest(cluster).await?;
+            let pick = latest.candidates[0].clone();
+            latest.settle(&pick, false)?;
+            return Ok(pick);
         }
         let no_such = || CatalogError::NoSuchBackup {
             id: selector.to_string(),
@@ -304,8 +432,8 @@ impl Catalog {
         if id_of_manifest_key(&key).is_some() {
             return match self.read_manifest(&key).await {
                 Err(CatalogError::Store(StoreError::NotFound { .. })) => Err(no_such()),
-                Ok(m) if !in_cluster(&m) => Err(no_such()),
-                other => other,
+                Ok(c) if !in_cluster(&c.manifest) => Err(no_such()),
+                other => other.map(|c| c.manifest),
             };
         }
         let (all, _) = self.list().await?;
@@ -476,7 +604,13 @@ mod tests {
     }
 
     fn lenient() -> Arc<ReadPolicy> {
-        Arc::new(ReadPolicy::new(crate::trust::TrustedKeys::default(), true).unwrap())
+        Arc::new(
+            ReadPolicy::new(
+                crate::trust::TrustedKeys::default(),
+                Some(Utc::now() + chrono::Duration::days(1)),
+            )
+            .unwrap(),
+        )
     }
 
     /// #11: a reader with trusted keys lists only manifests signed by one of them.
@@ -500,7 +634,7 @@ mod tests {
             Arc::new(
                 ReadPolicy::new(
                     crate::trust::TrustedKeys::from_files(&[ours_pub]).unwrap(),
-                    false,
+                    None,
                 )
                 .unwrap(),
             ),
@@ -510,11 +644,21 @@ mod tests {
         assert_eq!(skipped.len(), 2, "{skipped:?}");
         assert!(skipped.iter().any(|s| s.reason.contains("not trusted")));
         assert!(skipped.iter().any(|s| s.reason.contains("not signed")));
-        assert_eq!(
-            block_on(strict.find("latest", None)).unwrap(),
-            signed,
-            "newest trusted"
+        // #21: newer manifests that are not trusted make `latest` fail rather than quietly be
+        // the older one; told, the newest trusted one stands.
+        let refused = block_on(strict.find("latest", None)).unwrap_err();
+        assert!(
+            matches!(refused, CatalogError::NewerUntrusted { .. }),
+            "{refused}"
         );
+        assert!(
+            refused.to_string().contains(&unsigned.id),
+            "names the newest: {refused}"
+        );
+        let latest = block_on(strict.latest(None)).unwrap();
+        assert_eq!(latest.candidates, vec![signed.clone()]);
+        assert!(latest.settle(&signed, true).is_ok());
+        assert!(block_on(strict.find(&signed.id, None)).is_ok(), "by id");
         assert!(block_on(strict.find(&unsigned.id, None)).is_err());
         // A signed manifest changed afterwards is refused.
         let key = key_of(&signed);
@@ -558,7 +702,52 @@ mod tests {
         let mut expected = vec![garbage_key, key_of(&future)];
         expected.sort();
         assert_eq!(skipped, expected);
-        assert_eq!(block_on(catalog.find("latest", None)).unwrap(), good);
+        // Neither becomes `latest`; the one dated in the future (newer than any) is named.
+        let e = block_on(catalog.find("latest", None))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&future.id) && e.contains("in the future"), "{e}");
+        assert_eq!(
+            block_on(catalog.latest(None)).unwrap().candidates,
+            vec![good]
+        );
+    }
+
+    /// #21: `latest` is the highest revision of the cluster (a backup's time is its writer's
+    /// clock), and an unsigned backup never wins over a signed one.
+    #[test]
+    fn latest_orders_by_revision_and_prefers_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (public, _) = crate::trust::generate(&dir.path().join("k")).unwrap();
+        let key = SigningKey::from_file(&dir.path().join("k")).unwrap();
+        let now = Utc::now();
+        let mut high = manifest(now - chrono::Duration::hours(3), 0xab);
+        high.revision = 900;
+        let mut low = manifest(now - chrono::Duration::hours(1), 0xab);
+        low.revision = 100;
+        let mut unsigned = manifest(now - chrono::Duration::hours(2), 0xab);
+        unsigned.revision = 5000;
+        let (_d, catalog) = store_with(&[]);
+        block_on(catalog.commit(&high, Some(&key))).unwrap();
+        block_on(catalog.commit(&low, Some(&key))).unwrap();
+        block_on(catalog.commit(&unsigned, None)).unwrap();
+        let reader = Catalog::new(
+            catalog.store().clone(),
+            Arc::new(
+                ReadPolicy::new(
+                    crate::trust::TrustedKeys::from_files(&[public]).unwrap(),
+                    Some(now),
+                )
+                .unwrap(),
+            ),
+        );
+        let latest = block_on(reader.latest(None)).unwrap();
+        let ids: Vec<&str> = latest.candidates.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            vec![high.id.as_str(), low.id.as_str(), unsigned.id.as_str()]
+        );
+        assert_eq!(block_on(reader.find("latest", None)).unwrap(), high);
     }
 
     #[test]

@@ -381,6 +381,11 @@ pub struct PickArgs {
     /// a plaintext snapshot).
     #[arg(long)]
     pub allow_unencrypted: bool,
+    /// Let `latest` be a backup although a newer manifest of the cluster is not trusted (a
+    /// deleted or foreign signature, an overwritten manifest): otherwise refused (exit 4), as a
+    /// hidden newest backup would make it the one before without a word. Logged.
+    #[arg(long)]
+    pub accept_older: bool,
 }
 
 #[derive(Args, Debug)]

@@ -53,6 +53,17 @@ async fn show_status(a: JournalArgs, file: FileConfig) -> Result<()> {
             }
         );
     }
+    for c in &s.chains {
+        for h in &c.holes {
+            println!(
+                "HOLE: chain {} lacks segment(s) {}–{}: revisions before {} are not restorable through it from its base (deleted or never committed)",
+                c.chain,
+                h.after_seq + 1,
+                h.resumes_at_seq - 1,
+                h.resumes_at_rev
+            );
+        }
+    }
     for g in &s.gaps {
         println!(
             "GAP: revisions {}–{} of cluster {} are not restorable (between chains {} and {})",

@@ -59,7 +59,7 @@ pub(super) async fn to_file(
             rev
         }
     };
-    let plan = pitr::plan(&store, &policy, cluster, rev).await?;
+    let plan = pitr::plan(&store, &policy, identities.map(Arc::as_ref), cluster, rev).await?;
     eprintln!(
         "point-in-time plan: base backup {} (revision {}), then {} revisions from {} journal segment(s) of chain {} up to revision {}",
         plan.base.id,

@@ -1,7 +1,7 @@
 //! `lifeboat shadow`: follow the journal in a private etcd, prove it, cut bases.
 
 use anyhow::{Context, Result};
-use lifeboat::config::{resolve_read_policy, resolve_shadow, FileConfig};
+use lifeboat::config::{resolve_read_policy_as, resolve_shadow, FileConfig};
 use lifeboat::shadow::{self, ShadowState, SharedState};
 
 use super::args::{Output, ShadowArgs};
@@ -10,7 +10,7 @@ use super::snapshot;
 pub async fn run(a: ShadowArgs, file: FileConfig) -> Result<()> {
     let config = &file.overlay(a.flags());
     let settings = resolve_shadow(config, a.until_revision)?;
-    let policy = resolve_read_policy(&config.trust)?;
+    let policy = resolve_read_policy_as(&config.trust, lifeboat::trust::Role::Shadow)?;
     let identities = snapshot::load_identities(config.drill.identity_file.as_ref())?;
     let store = snapshot::open_store(config).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();

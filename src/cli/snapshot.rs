@@ -13,6 +13,7 @@ use lifeboat::etcd::EtcdSource;
 use lifeboat::readback;
 use lifeboat::stages::encrypt::Identities;
 use lifeboat::store::Store;
+use lifeboat::trust::ReadPolicy;
 
 use super::args::{
     GetArgs, ListArgs, Output, PickArgs, SaveArgs, SnapshotCommand, StatusArgs, VerifyArgs,
@@ -111,11 +112,57 @@ pub(super) async fn find(
     let store = open_store(config).await?;
     let cluster = cluster_flag(pick.cluster_id.as_deref())?;
     let policy = resolve_read_policy(&config.trust)?;
-    let manifest = Catalog::new(store.clone(), policy)
-        .find(selector, cluster)
-        .await?;
+    let catalog = Catalog::new(store.clone(), policy.clone());
+    let ids = identities.map(Arc::as_ref);
+    let manifest = if selector == "latest" {
+        pick_latest(&catalog, &policy, ids, cluster, pick.accept_older).await?
+    } else {
+        let m = catalog.find(selector, cluster).await?;
+        confirm_base(&store, &policy, ids, &m).await?;
+        m
+    };
     readback::check_encryption(&manifest, identities.is_some(), pick.allow_unencrypted)?;
     Ok((store, manifest))
+}
+
+/// `latest`: the best candidate the journal does not refuse (a shadow base needs a
+/// writer-signed checkpoint at its revision), and only if no newer manifest was hidden.
+async fn pick_latest(
+    catalog: &Catalog,
+    policy: &ReadPolicy,
+    identities: Option<&Identities>,
+    cluster: Option<u64>,
+    accept_older: bool,
+) -> Result<Manifest> {
+    let latest = catalog.latest(cluster).await?;
+    let mut refused = Vec::new();
+    for m in &latest.candidates {
+        match confirm_base(catalog.store(), policy, identities, m).await {
+            Ok(()) => {
+                latest.settle(m, accept_older)?;
+                return Ok(m.clone());
+            }
+            Err(e) => {
+                tracing::warn!(id = %m.id, error = %e, "a shadow base is not `latest`: the journal does not confirm it");
+                refused.push(format!("{e:#}"));
+            }
+        }
+    }
+    anyhow::bail!(
+        "no backup in {} can be `latest`: {}",
+        catalog.store().location(),
+        refused.join("; ")
+    )
+}
+
+async fn confirm_base(
+    store: &Arc<dyn Store>,
+    policy: &ReadPolicy,
+    identities: Option<&Identities>,
+    m: &Manifest,
+) -> Result<()> {
+    lifeboat::continuous::confirm::confirm_base(store, policy, identities, m).await?;
+    Ok(())
 }
 
 pub(super) fn load_identities(path: Option<&PathBuf>) -> Result<Option<Arc<Identities>>> {

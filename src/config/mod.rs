@@ -32,7 +32,9 @@ pub use retention::{resolve_retention, RetentionSection};
 pub use serve::{resolve_serve, ServeSection};
 pub use shadow::{resolve_shadow, ShadowSection};
 pub use store::{resolve_backup, resolve_store, BackupSection, S3Section};
-pub use trust::{resolve_read_policy, resolve_signer, TrustSection};
+pub use trust::{
+    resolve_read_policy, resolve_read_policy_as, resolve_signer, KeyEntry, TrustSection,
+};
 pub use upgrade::{resolve_upgrade, ResolvedUpgrade, UpgradeSection};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/etcd-lifeboat/lifeboat.toml";
@@ -279,6 +281,7 @@ mod tests {
             .lines()
             .map(|l| match l.strip_prefix("# ") {
                 Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                Some(rest) if rest.starts_with("[[") => rest,
                 _ => l,
             })
             .map(|l| format!("{l}\n"))
@@ -288,5 +291,6 @@ mod tests {
         assert_eq!(parsed.backup.max_rate.as_deref(), Some("50MiB"));
         assert!(parsed.etcd.endpoints.is_some() && parsed.log.level.is_some());
         assert!(parsed.backup.recipients.is_some() && parsed.etcd.stall_timeout.is_some());
+        assert_eq!(parsed.trust.keys.map(|k| k.len()), Some(1));
     }
 }

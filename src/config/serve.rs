@@ -114,7 +114,16 @@ pub fn resolve_serve(c: &FileConfig) -> Result<ServeSettings, ConfigError> {
         } else {
             super::resolve_continuous(&c.continuous)?
         },
-        read_policy: super::resolve_read_policy(&c.trust)?,
+        // A drill-only instance running the shadow signs with the shadow's key, which it
+        // trusts as a shadow's, never as a writer's.
+        read_policy: super::resolve_read_policy_as(
+            &c.trust,
+            if c.shadow.enabled.unwrap_or(false) {
+                crate::trust::Role::Shadow
+            } else {
+                crate::trust::Role::Writer
+            },
+        )?,
     })
 }
 

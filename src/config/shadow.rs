@@ -68,10 +68,10 @@ pub fn resolve_shadow(
         ));
     }
     let backup = resolve_backup(&c.backup, &c.trust, Reason::Shadow)?;
-    if backup.signer.is_none() && !c.trust.allow_unsigned.unwrap_or(false) {
+    if backup.signer.is_none() {
         return Err(invalid(
             "trust.signing_key",
-            "the shadow signs its bases with its own key: generate one (`lifeboat signing-key generate`) and add its .pub to the readers' trust.trusted_keys",
+            "the shadow signs its bases and proofs with its own key: generate one (`lifeboat signing-key generate`) and add its .pub to the readers' trust.trusted_shadow_keys",
         ));
     }
     Ok(ShadowSettings {
@@ -100,20 +100,20 @@ mod tests {
             unsigned.to_string().contains("trust.signing_key"),
             "{unsigned}"
         );
-        let allowed = config(&format!("{base}[trust]\nallow_unsigned = true\n"));
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("shadow.key");
+        crate::trust::generate(&key).unwrap();
+        let signed = format!("{base}[trust]\nsigning_key = \"{}\"\n", key.display());
+        let allowed = config(&signed);
         let s = resolve_shadow(&allowed, Some(7)).unwrap();
         assert_eq!(s.base_interval, Duration::from_secs(15 * 60));
         assert_eq!(s.poll_interval, Duration::from_secs(1));
         assert_eq!(s.until_revision, Some(7));
         assert_eq!(s.backup.reason, Reason::Shadow);
-        let slow = config(&format!(
-            "{base}[trust]\nallow_unsigned = true\n[shadow]\npoll_interval = \"1h\"\n"
-        ));
+        let slow = config(&format!("{signed}[shadow]\npoll_interval = \"1h\"\n"));
         let e = resolve_shadow(&slow, None).unwrap_err();
         assert!(e.to_string().contains("shadow.poll_interval"), "{e}");
-        let cluster = config(&format!(
-            "{base}[trust]\nallow_unsigned = true\n[shadow]\ncluster_id = \"nothex\"\n"
-        ));
+        let cluster = config(&format!("{signed}[shadow]\ncluster_id = \"nothex\"\n"));
         let e = resolve_shadow(&cluster, None).unwrap_err();
         assert!(e.to_string().contains("shadow.cluster_id"), "{e}");
     }

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::chain::{Sealed, SegmentWriter};
+use super::clock::ChainClock;
 use super::head::{write_head, Head};
 use super::segment::{Header, Record, SegmentManifest, SCHEMA_VERSION};
 use super::ContinuousError;
@@ -123,6 +124,9 @@ pub struct Resume {
     pub next_seq: u64,
     pub prev_hash: String,
     pub next_rev: i64,
+    /// The chain's last recorded time (its newest segment's, or its base's): no time this
+    /// capture records goes below it, whatever this node's clock says.
+    pub last_at: Option<DateTime<Utc>>,
 }
 
 /// What the uploader commits, in order.
@@ -197,6 +201,7 @@ async fn watch_loop(
     let mut stream = source
         .watch_changes(resume.next_rev, settings.max_message)
         .await?;
+    let mut clock = ChainClock::after(resume.last_at);
     let mut builder = Builder::new(resume, settings, observer.clone());
     builder.record_all_leases(source).await?;
     let mut heartbeat = tokio::time::interval(settings.heartbeat);
@@ -229,7 +234,7 @@ async fn watch_loop(
             item = stream.next() => match item? {
                 None => return Err(ContinuousError::WatchEnded),
                 Some(WatchItem::Revisions(revs)) => {
-                    let at = Utc::now();
+                    let at = clock.now();
                     for r in revs {
                         // A lease's TTL is read the moment its first key arrives: a lease
                         // revoked soon after cannot be asked any more.
@@ -246,7 +251,7 @@ async fn watch_loop(
                         observer.caught_up(SystemTime::now());
                         if last_head.is_none_or(|t| t.elapsed() >= settings.head_interval) {
                             // Skipped when segments still queue: they are the newer news.
-                            if tx.try_send(Job::Head { at: Utc::now() }).is_ok() {
+                            if tx.try_send(Job::Head { at: clock.now() }).is_ok() {
                                 last_head = Some(Instant::now());
                             }
                         }
@@ -658,6 +663,7 @@ mod tests {
             next_seq: 1,
             prev_hash: String::new(),
             next_rev: 10,
+            last_at: None,
         };
         let settings = CaptureSettings {
             checkpoint: CheckpointPace::Every(Duration::from_secs(5)),

@@ -17,7 +17,7 @@ use super::ContinuousError;
 use crate::catalog::{BackupId, Compression, Encryption, ObjectRef};
 use crate::stages::encrypt::{Identities, Recipients};
 use crate::store::{bytes_stream, get_small, Store, StoreError};
-use crate::trust::{ReadPolicy, SigningKey};
+use crate::trust::{Claim, Kind, ReadPolicy, SigningKey};
 
 /// The largest segment manifest a reader accepts.
 const MANIFEST_LIMIT: usize = 64 * 1024;
@@ -217,12 +217,21 @@ pub async fn read_manifest(
         },
         None => None,
     };
-    policy.check(&manifest_key, &bytes, signature.as_deref())?;
+    // Parsed before it is trusted only to learn what it claims (cluster, time); nothing in it
+    // is used unless a writer's signature over these exact bytes passes for that claim.
     let m: SegmentManifest =
         serde_json::from_slice(&bytes).map_err(|e| ContinuousError::Invalid {
             key: manifest_key.clone(),
             what: format!("not a segment manifest: {e}"),
         })?;
+    let claim = Claim {
+        key: &manifest_key,
+        kind: Kind::Journal,
+        cluster: BackupId::parse(&key.chain).map(|id| id.cluster_id),
+        dated: m.last_at,
+    };
+    policy.check(&claim, &bytes, signature.as_deref())?;
+    super::clock::not_in_the_future(&manifest_key, m.last_at, Utc::now())?;
     let invalid = |what: String| ContinuousError::Invalid {
         key: manifest_key.clone(),
         what,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::chain::root_hash;
 use super::segment::{prefix, SegmentManifest};
-use super::signed::{read_signed, write_signed};
+use super::signed::{read_signed, write_signed, Envelope};
 use super::ContinuousError;
 use crate::store::Store;
 use crate::trust::{ReadPolicy, SigningKey};
@@ -32,6 +32,16 @@ pub struct Head {
     /// Its last revision (the base backup's revision when `seq` is 0).
     pub revision: i64,
     pub caught_up_at: DateTime<Utc>,
+}
+
+impl Envelope for Head {
+    const KIND: crate::trust::Kind = crate::trust::Kind::Journal;
+    fn cluster(&self) -> Option<u64> {
+        crate::catalog::parse_cluster_id(&self.cluster_id)
+    }
+    fn dated(&self) -> DateTime<Utc> {
+        self.caught_up_at
+    }
 }
 
 /// `seg.<chain>.head.json`.

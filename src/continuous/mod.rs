@@ -3,6 +3,8 @@
 //!
 //! - `segment.rs`: the format of a segment's body and of its signed manifest, and the keys.
 //! - `chain.rs`: committing a segment; listing chains; reading one back, checked link by link.
+//! - `confirm.rs`: a shadow's base is used only where a writer-signed checkpoint confirms it.
+//! - `clock.rs`: journal times that never go backwards in a chain, nor beyond the allowed skew.
 //! - `capture.rs`: the watch → segments → store loop that `serve` runs on the uploader.
 //! - `head.rs`: the signed "caught up to R at T" an idle journal keeps current.
 //! - `proven.rs`: the signed "replaying this chain reproduces the cluster up to R" a shadow keeps.
@@ -10,6 +12,8 @@
 
 pub mod capture;
 pub mod chain;
+pub mod clock;
+pub mod confirm;
 pub mod head;
 pub mod proven;
 pub mod prune;
@@ -57,4 +61,6 @@ pub enum ContinuousError {
     UploaderStopped,
     #[error("capture stopped: {0}")]
     Fenced(String),
+    #[error("shadow base {id} (revision {rev}) is not used: {why}")]
+    Unconfirmed { id: String, rev: i64, why: String },
 }

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::segment::prefix;
-use super::signed::{read_signed, write_signed};
+use super::signed::{read_signed, write_signed, Envelope};
 use super::ContinuousError;
 use crate::store::Store;
 use crate::trust::{ReadPolicy, SigningKey};
@@ -35,6 +35,16 @@ impl Proven {
             compact_revision,
             proven_at: Utc::now(),
         }
+    }
+}
+
+impl Envelope for Proven {
+    const KIND: crate::trust::Kind = crate::trust::Kind::Proof;
+    fn cluster(&self) -> Option<u64> {
+        crate::catalog::BackupId::parse(&self.chain).map(|id| id.cluster_id)
+    }
+    fn dated(&self) -> DateTime<Utc> {
+        self.proven_at
     }
 }
 

@@ -2,12 +2,21 @@
 //! exact text and its signature in one envelope `{"<field>": text, "signature": …}`, so they
 //! are replaced together, and believed only when the signature passes the reader's policy.
 
+use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::ContinuousError;
 use crate::store::{get_small, Store, StoreError};
-use crate::trust::{ReadPolicy, SigningKey};
+use crate::trust::{Claim, Kind, ReadPolicy, SigningKey};
+
+/// What a signed envelope's content claims, for the reader's policy: which kind of object it
+/// is, of which cluster, and when it was written (its writer's clock).
+pub(super) trait Envelope: DeserializeOwned {
+    const KIND: Kind;
+    fn cluster(&self) -> Option<u64>;
+    fn dated(&self) -> DateTime<Utc>;
+}
 
 /// The largest envelope a reader accepts.
 const LIMIT: usize = 16 * 1024;
@@ -40,7 +49,7 @@ pub(super) async fn write_signed<T: Serialize>(
 ///
 /// # Errors
 /// Unreadable, not such an envelope, untrusted, or not a `T` (`what` names it in messages).
-pub(super) async fn read_signed<T: DeserializeOwned>(
+pub(super) async fn read_signed<T: Envelope>(
     store: &dyn Store,
     policy: &ReadPolicy,
     key: &str,
@@ -61,8 +70,16 @@ pub(super) async fn read_signed<T: DeserializeOwned>(
     let text = envelope[field]
         .as_str()
         .ok_or_else(|| invalid(format!("no `{field}`")))?;
-    policy.check(key, text.as_bytes(), envelope["signature"].as_str())?;
-    serde_json::from_str(text)
-        .map(Some)
-        .map_err(|e| invalid(e.to_string()))
+    // Parsed before it is trusted only to learn what it claims to be; nothing is used unless
+    // the signature over these exact bytes passes for that claim.
+    let value: T = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    let claim = Claim {
+        key,
+        kind: T::KIND,
+        cluster: value.cluster(),
+        dated: value.dated(),
+    };
+    policy.check(&claim, text.as_bytes(), envelope["signature"].as_str())?;
+    super::clock::not_in_the_future(key, claim.dated, Utc::now())?;
+    Ok(Some(value))
 }

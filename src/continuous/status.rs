@@ -33,6 +33,19 @@ pub struct ChainStatus {
     /// The newest revision a shadow proved this chain restores exactly (trusted signature).
     pub proven_rev: Option<i64>,
     pub proven_at: Option<DateTime<Utc>>,
+    /// Segments missing inside the chain (by their sequence numbers): nothing at or after a
+    /// hole is restorable from this chain's earlier base.
+    pub holes: Vec<Hole>,
+}
+
+/// Segments missing between two that are there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hole {
+    /// The last segment before the hole, and the first after it.
+    pub after_seq: u64,
+    pub resumes_at_seq: u64,
+    /// The first revision of the segment after the hole (from its name).
+    pub resumes_at_rev: i64,
 }
 
 /// Revisions no chain covers: between the end of one chain and the base of the next.
@@ -184,7 +197,23 @@ fn chain_status(
         caught_up_at: ends.caught_up_at,
         proven_rev: None,
         proven_at: None,
+        holes: holes(listing),
     })
+}
+
+/// Missing sequence numbers between the segments listed (names only: a deleted segment leaves
+/// no manifest to read). The head of a chain removed by retention is not a hole.
+pub fn holes(listing: &ChainListing) -> Vec<Hole> {
+    listing
+        .segments
+        .windows(2)
+        .filter(|w| w[1].seq > w[0].seq + 1)
+        .map(|w| Hole {
+            after_seq: w[0].seq,
+            resumes_at_seq: w[1].seq,
+            resumes_at_rev: w[1].first_rev,
+        })
+        .collect()
 }
 
 /// Between consecutive chains of a cluster, ordered by base, where the next one starts above

@@ -141,6 +141,9 @@ pub struct MemberFacts {
     pub raft_index: u64,
     pub revision: i64,
     pub is_learner: bool,
+    /// When the data's newest revision was written, where the source knows it better than
+    /// "now" (a shadow's sandbox replays the past: the capture's receive time of its revision).
+    pub data_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The member's `HashKV(rev)` answer.
@@ -363,6 +366,7 @@ impl EtcdSource {
             raft_index: status.raft_index(),
             revision: header.as_ref().map(|h| h.revision()).unwrap_or_default(),
             is_learner: status.is_learner(),
+            data_at: None,
         })
     }
 

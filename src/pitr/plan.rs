@@ -9,11 +9,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::PitrError;
-use crate::catalog::{cluster_of, Catalog, Manifest};
+use crate::catalog::{cluster_of, Catalog, Manifest, Reason};
 use crate::continuous::chain::check_link;
+use crate::continuous::confirm::confirm_base;
 use crate::continuous::status::chain_ends;
 use crate::continuous::{
-    list_chains, read_manifest, read_records, ChainListing, Record, SegmentManifest,
+    list_chains, read_manifest, read_records, ChainListing, ContinuousError, Record,
+    SegmentManifest,
 };
 use crate::stages::encrypt::Identities;
 use crate::store::Store;
@@ -127,6 +129,7 @@ async fn journal(
         // retention has removed the head of the chain).
         let Some(base) = backups
             .iter()
+            .filter(|m| m.reason != Reason::Shadow)
             .filter(|m| m.revision + 1 >= first_rev && m.revision <= last_rev)
             .min_by_key(|m| (m.revision, m.created_at))
             .cloned()
@@ -212,6 +215,7 @@ pub async fn newest_chain(
 pub async fn plan(
     store: &Arc<dyn Store>,
     policy: &Arc<ReadPolicy>,
+    identities: Option<&Identities>,
     cluster: Option<u64>,
     target: i64,
 ) -> Result<PitrPlan, PitrError> {
@@ -231,14 +235,24 @@ pub async fn plan(
     else {
         return Err(not_covered("no journal chain reaches it".into()));
     };
-    // Any trusted backup inside the chain's range serves as the base: the newest one.
-    let base = j
+    // Any trusted backup inside the chain's range serves as the base: the newest one — a
+    // shadow's only where a writer-signed checkpoint at its revision confirms it.
+    let mut inside: Vec<&Manifest> = j
         .backups
         .iter()
         .filter(|m| m.revision >= chain_base.revision && m.revision <= target)
-        .max_by_key(|m| (m.revision, m.created_at))
-        .cloned()
-        .unwrap_or_else(|| chain_base.clone());
+        .collect();
+    inside.sort_by_key(|m| std::cmp::Reverse((m.revision, m.created_at)));
+    let mut base = chain_base.clone();
+    for m in inside {
+        match confirm_base(store, policy, identities, m).await {
+            Ok(()) => {
+                base = m.clone();
+                break;
+            }
+            Err(e) => tracing::warn!(error = %e, "not a base for this restore"),
+        }
+    }
     let segments = segments_between(store, policy, listing, base.revision, target).await?;
     Ok(PitrPlan {
         cluster_id: format!("{:x}", j.cluster),
@@ -338,20 +352,41 @@ pub async fn resolve_time(
     };
     // Binary search for the last segment whose first revision was received at or before `at`.
     let (mut lo, mut hi) = (0usize, listing.segments.len());
-    let mut found: Option<SegmentManifest> = None;
+    let mut found: Option<(usize, SegmentManifest)> = None;
     while lo < hi {
         let mid = (lo + hi) / 2;
         let m = read_manifest(store.as_ref(), policy, &listing.segments[mid]).await?;
         if m.first_at <= at {
-            found = Some(m);
+            found = Some((mid, m));
             lo = mid + 1;
         } else {
             hi = mid;
         }
     }
-    let Some(segment) = found else {
+    let Some((index, segment)) = found else {
         return Ok(base.revision);
     };
+    // The search sees only the segments that are there: with the ones received around `at`
+    // deleted, it would land on an earlier one and restore an earlier revision without a
+    // word. The next segment must exist, link to this one and start after `at`; the last one
+    // is covered by the head (the coverage above).
+    if let Some(next_key) = listing.segments.get(index + 1) {
+        let next = read_manifest(store.as_ref(), policy, next_key).await?;
+        check_link(Some(&segment), &next).map_err(|e| PitrError::NotCovered {
+            target: at.to_rfc3339(),
+            why: format!("the journal has a hole after segment {}: {e}", segment.seq),
+            coverage: describe(&coverage),
+        })?;
+        if next.first_at <= at {
+            return Err(PitrError::Journal(ContinuousError::Invalid {
+                key: next_key.manifest_key(),
+                what: format!(
+                    "its times go backwards (it starts at {}, the segment before it at {}): the journal cannot map a time to a revision here",
+                    next.first_at, segment.first_at
+                ),
+            }));
+        }
+    }
     let at_ms = at.timestamp_millis();
     let records = read_records(store.as_ref(), &segment, identities).await?;
     let rev = records

@@ -183,6 +183,7 @@ fn chain_from(base: &crate::catalog::Manifest, cluster: u64) -> Resume {
         next_seq: 1,
         prev_hash: root_hash(&base.id),
         next_rev: base.revision + 1,
+        last_at: Some(base.created_at),
     }
 }
 
@@ -204,11 +205,14 @@ async fn find_resume(shared: &Arc<Shared>, cluster: u64) -> Result<Resume, Sessi
                 next_seq: m.seq + 1,
                 prev_hash: m.hash.clone(),
                 next_rev: m.last_rev + 1,
+                last_at: Some(m.last_at),
             });
         }
     }
-    let (backups, _) = Catalog::new(shared.store.clone(), shared.read_policy.clone())
-        .list()
+    // A chain starts only from a writer's own backup (never a shadow's base: its key may not
+    // sign what the capture builds on), the newest by revision.
+    let backups = Catalog::new(shared.store.clone(), shared.read_policy.clone())
+        .writer_signed()
         .await
         .map_err(|e| {
             SessionEnd::Failed(ContinuousError::Invalid {
@@ -216,7 +220,11 @@ async fn find_resume(shared: &Arc<Shared>, cluster: u64) -> Result<Resume, Sessi
                 what: e.to_string(),
             })
         })?;
-    match backups.into_iter().find(|m| cluster_of(m) == Some(cluster)) {
+    let newest = backups
+        .into_iter()
+        .filter(|m| cluster_of(m) == Some(cluster))
+        .max_by_key(|m| (m.revision, m.created_at));
+    match newest {
         Some(base) => Ok(chain_from(&base, cluster)),
         None => Err(SessionEnd::NeedFullBackup(
             "the store has no full backup of this cluster to start a chain from".into(),

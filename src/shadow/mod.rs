@@ -19,7 +19,7 @@ mod local;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -292,7 +292,14 @@ impl Following {
 
     /// Starts over from the newest trusted base at or before `upto`.
     async fn restore(&self, dir: &ShadowDir, upto: i64) -> Result<Start, PitrError> {
-        let plan = pitr::plan(&self.store, &self.policy, self.settings.cluster, upto).await?;
+        let plan = pitr::plan(
+            &self.store,
+            &self.policy,
+            self.identities.as_deref(),
+            self.settings.cluster,
+            upto,
+        )
+        .await?;
         dir.forget().map_err(|source| PitrError::Output {
             path: dir.path.clone(),
             source,
@@ -555,7 +562,14 @@ impl ReplayHook for ShadowHook {
         // A base still streaming when the next is due: the next proof after it ends takes
         // one, so the replay never waits for a base.
         if !self.base_in_flight() && self.last_base.elapsed() >= self.base_interval {
-            self.take_base(proof).await;
+            if base_too_old(proof.at_ms, self.base_interval, Utc::now()) {
+                tracing::warn!(
+                    rev = proof.rev,
+                    "no shadow base: the shadow lags (the revision it just proved is older than twice the base interval); a base that old is no use, and it would sort above newer production backups by time"
+                );
+            } else {
+                self.take_base(proof).await;
+            }
         }
         Ok(())
     }
@@ -626,6 +640,17 @@ impl ShadowHook {
             let _ = done.await;
         }
     }
+}
+
+/// A lagging shadow cuts no base (#21): one whose proof (received at `at_ms`) is older than
+/// twice the base interval. An unknown time (a checkpoint with no revision after a compaction)
+/// does not hold a base back.
+fn base_too_old(at_ms: Option<i64>, base_interval: Duration, now: DateTime<Utc>) -> bool {
+    let bound = chrono::Duration::from_std(base_interval.saturating_mul(2))
+        .unwrap_or(chrono::Duration::MAX);
+    at_ms
+        .and_then(DateTime::<Utc>::from_timestamp_millis)
+        .is_some_and(|at| now - at > bound)
 }
 
 /// Logs and counts how a base ended.
@@ -750,6 +775,10 @@ impl Source for ShadowSource {
         let mut facts = Source::member_facts(&mut self.inner).await?;
         facts.cluster_id = self.cluster_id;
         facts.member_name = "shadow".into();
+        facts.data_at = self
+            .proof
+            .at_ms
+            .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis);
         Ok(facts)
     }
 
@@ -785,6 +814,21 @@ impl Source for ShadowSource {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_lagging_shadow_cuts_no_base() {
+        let now = Utc::now();
+        let interval = Duration::from_secs(15 * 60);
+        let ago = |mins: i64| Some((now - chrono::Duration::minutes(mins)).timestamp_millis());
+        assert!(!base_too_old(ago(1), interval, now));
+        assert!(!base_too_old(ago(29), interval, now));
+        assert!(base_too_old(ago(31), interval, now));
+        assert!(
+            !base_too_old(None, interval, now),
+            "an unknown time holds nothing back"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -137,7 +137,7 @@ impl Identities {
             }
             _ => {}
         }
-        no_core_dumps();
+        crate::secret::no_core_dumps();
         let text = std::fs::read_to_string(path).map_err(|source| KeyError::IdentityFile {
             path: path.to_path_buf(),
             source,
@@ -186,18 +186,6 @@ fn shown(value: &str) -> String {
         value.chars().take(80).collect()
     } else {
         format!("<{} characters, not shown>", value.chars().count())
-    }
-}
-
-/// Once a private key is in memory, the process may not dump core (a core file would hold the
-/// key, readable wherever cores go) and other processes of the same user may not attach to it
-/// or read its memory: `PR_SET_DUMPABLE` 0 does both. For the rest of the process's life:
-/// there is no safe moment to turn it back on.
-fn no_core_dumps() {
-    if let Err(e) =
-        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
-    {
-        tracing::warn!(error = %e, "could not disable core dumps while the identity is loaded");
     }
 }
 

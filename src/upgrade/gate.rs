@@ -98,7 +98,9 @@ async fn recent_verified_backup(
     cluster: &str,
     max_age: Duration,
 ) -> Option<Manifest> {
-    let (manifests, _) = catalog.list().await.ok()?;
+    // Only a writer's own backup stands for the cluster's state here: a shadow's base is
+    // dated when cut, whatever revision it proved, and is confirmed only through the journal.
+    let manifests = catalog.writer_signed().await.ok()?;
     let now = Utc::now();
     let m = manifests.into_iter().find(|m| {
         m.cluster_id == cluster
