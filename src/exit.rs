@@ -133,7 +133,7 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             P::Sandbox(d) => classify(d),
             P::Tool(r) => classify(r),
             P::Store(_) | P::Output { .. } => Some(STORAGE),
-            P::Etcd(_) => Some(FAILURE),
+            P::Etcd(_) | P::SandboxFailed { .. } => Some(FAILURE),
             P::NotCovered { .. } => Some(NOT_FOUND),
             P::AmbiguousCluster(_) => Some(USAGE),
             P::Replay { .. } | P::CheckpointMismatch { .. } => Some(VERIFY),

@@ -280,6 +280,11 @@ impl Catalog {
         &self.store
     }
 
+    /// What this catalog's reads accept.
+    pub fn policy(&self) -> &ReadPolicy {
+        &self.policy
+    }
+
     /// Every backup, newest first, plus the manifests that could not be read.
     ///
     /// # Errors

@@ -64,6 +64,9 @@ async fn show_status(a: JournalArgs, file: FileConfig) -> Result<()> {
             );
         }
     }
+    for u in &s.untrusted_chains {
+        println!("UNTRUSTED: chain {} is not used: {}", u.chain, u.why);
+    }
     for g in &s.gaps {
         println!(
             "GAP: revisions {}–{} of cluster {} are not restorable (between chains {} and {})",

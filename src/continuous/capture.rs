@@ -41,8 +41,12 @@ pub struct CaptureSettings {
     pub heartbeat: Duration,
     /// The largest watch message accepted (fragments keep each below the server's limit).
     pub max_message: usize,
-    /// Sealed segments waiting for the store, at most.
-    pub queue: usize,
+    /// Bytes of sealed segments waiting for the store, at most (#21: counted in segments, an
+    /// S3 outage under load could queue 64 × 8 MiB against a 256 Mi pod limit). When full, the
+    /// watch waits: etcd holds what follows, and if the outage outlasts its history (the next
+    /// compaction), the capture ends with `Compacted` and a new chain starts from a fresh
+    /// full backup once the store is back.
+    pub queue_bytes: usize,
     /// While idle, how often the chain's head is replaced ("caught up to R at T"): the
     /// precision of a time target after the newest write.
     pub head_interval: Duration,
@@ -56,7 +60,7 @@ impl Default for CaptureSettings {
             checkpoint: CheckpointPace::Auto,
             heartbeat: Duration::from_secs(1),
             max_message: 64 << 20,
-            queue: 64,
+            queue_bytes: 64 << 20,
             head_interval: Duration::from_secs(30),
         }
     }
@@ -129,13 +133,47 @@ pub struct Resume {
     pub last_at: Option<DateTime<Utc>>,
 }
 
+/// Jobs queued at most (heads are tiny; segments are bounded by bytes, [`QueueBudget`]).
+const JOBS_QUEUED: usize = 1024;
+
+/// The bytes of sealed segments the queue may hold, in KiB permits.
+#[derive(Clone)]
+struct QueueBudget {
+    permits: Arc<tokio::sync::Semaphore>,
+    total: u32,
+}
+
+impl QueueBudget {
+    fn new(bytes: usize) -> QueueBudget {
+        let total = u32::try_from((bytes / 1024).max(1)).unwrap_or(u32::MAX >> 4);
+        QueueBudget {
+            permits: Arc::new(tokio::sync::Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Waits until `len` bytes fit (a segment larger than the whole budget waits for an empty
+    /// queue).
+    async fn reserve(&self, len: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let want = u32::try_from(len.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total);
+        if self.permits.available_permits() < want as usize {
+            tracing::warn!(
+                queued_kib = self.total as usize - self.permits.available_permits(),
+                "the segment queue is full (the store is slow or down): the watch waits"
+            );
+        }
+        self.permits.clone().acquire_many_owned(want).await.ok()
+    }
+}
+
 /// What the uploader commits, in order.
 enum Job {
-    Segment(Sealed),
+    /// A segment, holding its share of the queue's byte budget until committed.
+    Segment(Sealed, Option<tokio::sync::OwnedSemaphorePermit>),
     /// Every revision up to the newest committed one was all the member had at `at`.
-    Head {
-        at: DateTime<Utc>,
-    },
+    Head { at: DateTime<Utc> },
 }
 
 /// What capture reports as it goes (the service turns it into metrics).
@@ -165,7 +203,11 @@ pub async fn capture(
     fence: Option<Arc<dyn Fence>>,
     observer: Arc<dyn CaptureObserver>,
 ) -> Result<(), ContinuousError> {
-    let (tx, rx) = mpsc::channel::<Job>(settings.queue.max(1));
+    let (tx, rx) = mpsc::channel::<Job>(JOBS_QUEUED);
+    let queue = Queue {
+        tx,
+        budget: QueueBudget::new(settings.queue_bytes),
+    };
     let durable = Arc::new(AtomicI64::new(resume.next_rev - 1));
     // After `cancel`, what is queued is still committed, each segment tried once more.
     let uploads = upload_loop(
@@ -184,7 +226,7 @@ pub async fn capture(
         durable.clone(),
         cancel.clone(),
     );
-    let watch = watch_loop(source, settings, resume, tx, cancel, &observer, &durable);
+    let watch = watch_loop(source, settings, resume, queue, cancel, &observer, &durable);
     let (watched, uploaded) = tokio::join!(watch, uploads);
     uploaded.and(watched)
 }
@@ -193,7 +235,7 @@ async fn watch_loop(
     source: &mut EtcdSource,
     settings: &CaptureSettings,
     resume: Resume,
-    tx: mpsc::Sender<Job>,
+    queue: Queue,
     cancel: &CancellationToken,
     observer: &Arc<dyn CaptureObserver>,
     durable: &AtomicI64,
@@ -214,7 +256,7 @@ async fn watch_loop(
             () = cancel.cancelled() => {
                 if builder.has_revisions() {
                     let sealed = builder.seal(source).await?;
-                    let _ = tx.send(Job::Segment(sealed)).await;
+                    let _ = queue.tx.send(Job::Segment(sealed, None)).await;
                 }
                 return Ok(());
             }
@@ -222,14 +264,14 @@ async fn watch_loop(
             _ = seal_timer.tick() => {
                 if builder.has_revisions() {
                     let sealed = builder.seal(source).await?;
-                    send(&tx, sealed).await?;
+                    queue.send(sealed).await?;
                 }
             }
             // A checkpoint is due: seal now rather than at the next tick (up to a segment
             // interval later), which every revision since the last proof would wait for.
             () = sleep_until(checkpoint_due), if checkpoint_due.is_some() => {
                 let sealed = builder.seal(source).await?;
-                send(&tx, sealed).await?;
+                queue.send(sealed).await?;
             }
             item = stream.next() => match item? {
                 None => return Err(ContinuousError::WatchEnded),
@@ -242,7 +284,7 @@ async fn watch_loop(
                         builder.push(r, at)?;
                         if builder.bytes >= settings.segment_max_bytes {
                             let sealed = builder.seal(source).await?;
-                            send(&tx, sealed).await?;
+                            queue.send(sealed).await?;
                         }
                     }
                 }
@@ -251,7 +293,7 @@ async fn watch_loop(
                         observer.caught_up(SystemTime::now());
                         if last_head.is_none_or(|t| t.elapsed() >= settings.head_interval) {
                             // Skipped when segments still queue: they are the newer news.
-                            if tx.try_send(Job::Head { at: clock.now() }).is_ok() {
+                            if queue.tx.try_send(Job::Head { at: clock.now() }).is_ok() {
                                 last_head = Some(Instant::now());
                             }
                         }
@@ -270,10 +312,20 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-async fn send(tx: &mpsc::Sender<Job>, sealed: Sealed) -> Result<(), ContinuousError> {
-    tx.send(Job::Segment(sealed))
-        .await
-        .map_err(|_| ContinuousError::UploaderStopped)
+/// The uploader's queue: jobs in order, segments within the byte budget.
+struct Queue {
+    tx: mpsc::Sender<Job>,
+    budget: QueueBudget,
+}
+
+impl Queue {
+    async fn send(&self, sealed: Sealed) -> Result<(), ContinuousError> {
+        let held = self.budget.reserve(sealed.body.len()).await;
+        self.tx
+            .send(Job::Segment(sealed, held))
+            .await
+            .map_err(|_| ContinuousError::UploaderStopped)
+    }
 }
 
 async fn upload_loop(
@@ -286,8 +338,9 @@ async fn upload_loop(
     stop: CancellationToken,
 ) -> Result<(), ContinuousError> {
     while let Some(job) = rx.recv().await {
-        let sealed = match job {
-            Job::Segment(sealed) => sealed,
+        // `_held` returns the segment's bytes to the queue's budget once it is committed.
+        let (sealed, _held) = match job {
+            Job::Segment(sealed, held) => (sealed, held),
             Job::Head { at } => {
                 head.caught_up_at = at;
                 write_head_once(&writer, &head, fence.as_deref()).await?;
@@ -670,6 +723,26 @@ mod tests {
             ..CaptureSettings::default()
         };
         Builder::new(resume, &settings, Arc::new(Quiet))
+    }
+
+    /// #21: the queue holds at most its budget of bytes; a segment waits until committed ones
+    /// give theirs back.
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes() {
+        let budget = QueueBudget::new(1 << 20);
+        let first = budget.reserve(700 << 10).await.unwrap();
+        let second = budget.reserve(300 << 10).await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(50), budget.reserve(100 << 10));
+        assert!(waiting.await.is_err(), "over the budget: waits");
+        drop(first);
+        let third = tokio::time::timeout(Duration::from_millis(50), budget.reserve(100 << 10));
+        assert!(
+            third.await.is_ok(),
+            "room again once a segment is committed"
+        );
+        drop(second);
+        // Larger than the whole budget: it waits for an empty queue, not forever.
+        assert!(budget.reserve(8 << 20).await.is_some());
     }
 
     #[test]

@@ -193,6 +193,30 @@ pub async fn list_chains(store: &dyn Store) -> Result<Vec<ChainListing>, StoreEr
     Ok(out)
 }
 
+/// Whether a chain listed by its names alone is one a writer wrote (#21): its first segment's
+/// manifest (or, with none yet, its head) is trusted. Anyone who can write the bucket can put
+/// objects under any chain name; such a chain is skipped, warned, by every reader, rather than
+/// failing restores, the capture's resume or the shadow.
+///
+/// # Errors
+/// Why the chain is not believed (untrusted, unreadable, no segment and no head).
+pub async fn check_chain(
+    store: &dyn Store,
+    policy: &ReadPolicy,
+    listing: &ChainListing,
+) -> Result<(), ContinuousError> {
+    match listing.segments.first() {
+        Some(first) => read_manifest(store, policy, first).await.map(|_| ()),
+        None => match super::head::read_head(store, policy, &listing.chain).await? {
+            Some(_) => Ok(()),
+            None => Err(ContinuousError::Invalid {
+                key: listing.chain.clone(),
+                what: "a chain with neither a segment nor a head".into(),
+            }),
+        },
+    }
+}
+
 /// Reads and checks one segment manifest: trusted signature, consistent with its name.
 ///
 /// # Errors
@@ -265,7 +289,10 @@ pub async fn read_records(
     m: &SegmentManifest,
     identities: Option<&Identities>,
 ) -> Result<Vec<Record>, ContinuousError> {
-    let stored = get_small(store, &m.object.key, OBJECT_LIMIT).await?;
+    // At most what the signed manifest says the object holds: a larger object (swapped in by
+    // whoever can write the bucket) is refused as it streams, not buffered whole first.
+    let limit = usize::try_from(m.object.size).map_or(OBJECT_LIMIT, |n| n.min(OBJECT_LIMIT));
+    let stored = get_small(store, &m.object.key, limit).await?;
     let invalid = |what: String| ContinuousError::Invalid {
         key: m.object.key.clone(),
         what,
@@ -282,13 +309,25 @@ pub async fn read_records(
         });
     }
     let mut body = Vec::new();
-    let mut reader = crate::stages::decode::decoder(
+    let reader = crate::stages::decode::decoder(
         std::io::Cursor::new(stored),
         identities.filter(|_| encrypted),
     )
     .map_err(|e| invalid(format!("cannot decode: {e}")))?;
-    std::io::Read::read_to_end(&mut reader, &mut body)
-        .map_err(|e| invalid(format!("cannot decode: {e}")))?;
+    // A small object may still decompress to a great deal: read one byte past the signed
+    // plain size, enough to tell it is wrong, and no more.
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(reader, m.plain_size.saturating_add(1)),
+        &mut body,
+    )
+    .map_err(|e| invalid(format!("cannot decode: {e}")))?;
+    if body.len() as u64 != m.plain_size {
+        return Err(invalid(format!(
+            "it decodes to {} bytes or more where its manifest says {}",
+            body.len(),
+            m.plain_size
+        )));
+    }
     if sha256_hex(&body) != m.hash {
         return Err(invalid("its content does not match its hash".into()));
     }

@@ -28,6 +28,34 @@ pub struct JournalPlan {
     pub segments_to_delete: usize,
     /// Per chain: the revision of the backup PITR into the window starts from.
     pub anchors: BTreeMap<String, i64>,
+    /// Per chain with deletions: its oldest segment kept, whose first revision (from its name)
+    /// decided the cut. Names are not signed: nothing of the chain is deleted unless this
+    /// segment's manifest is trusted and says the same (the caller checks, #21).
+    #[serde(skip)]
+    pub cuts: BTreeMap<String, SegmentKey>,
+    /// Chains left alone because their names do not form a chain (a sequence number twice,
+    /// revisions that do not grow with it): planted or damaged, never pruned on their word.
+    pub suspicious: Vec<String>,
+}
+
+impl JournalPlan {
+    /// Drops every deletion of `chain` (its cut could not be confirmed).
+    pub fn spare(&mut self, chain: &str) {
+        let before = self.delete.len();
+        self.delete.retain(|(k, _)| k.chain != chain);
+        let spared = before - self.delete.len();
+        self.segments_kept += spared;
+        self.segments_to_delete = self.delete.len();
+        self.cuts.remove(chain);
+    }
+}
+
+/// Whether segment names form one chain: sequence numbers unique and first revisions growing
+/// with them (sorted by sequence number).
+fn names_form_a_chain(segments: &[SegmentKey]) -> bool {
+    segments
+        .windows(2)
+        .all(|w| w[1].seq > w[0].seq && w[1].first_rev > w[0].first_rev)
 }
 
 /// Plans the journal's retention.
@@ -60,6 +88,12 @@ pub fn plan(
             continue;
         }
         segments.sort_by_key(|s| s.seq);
+        if !names_form_a_chain(&segments) {
+            tracing::warn!(chain, "journal retention leaves a chain alone: its segment names repeat a sequence number or their revisions do not grow (planted or damaged objects; `lifeboat continuous status` shows the chain)");
+            out.suspicious.push(chain.clone());
+            out.segments_kept += segments.len();
+            continue;
+        }
         let Some(anchor) = anchor(&segments, kept, cluster, window_start) else {
             out.segments_kept += segments.len();
             continue;
@@ -69,6 +103,7 @@ pub fn plan(
             let (this, next) = (&pair[0], &pair[1]);
             // `this` holds revisions up to next.first_rev - 1.
             if next.first_rev - 1 <= anchor {
+                out.cuts.insert(chain.clone(), next.clone());
                 let mut keys = vec![this.manifest_key()];
                 keys.extend(
                     objects
@@ -98,8 +133,11 @@ fn anchor(
     window_start: DateTime<Utc>,
 ) -> Option<i64> {
     let (first, last) = (segments.first()?, segments.last()?);
+    // A shadow's base never anchors the journal: its key may not vouch for what the writers'
+    // journal may lose.
     let in_chain: Vec<&Manifest> = kept
         .iter()
+        .filter(|m| m.reason != crate::catalog::Reason::Shadow)
         .filter(|m| cluster_of(m) == Some(cluster))
         .filter(|m| m.revision + 1 >= first.first_rev && m.revision < last.first_rev)
         .collect();
@@ -227,6 +265,47 @@ mod tests {
         assert_eq!(p.anchors.get(&chain), Some(&150));
         let gone: Vec<u64> = p.delete.iter().map(|(k, _)| k.seq).collect();
         assert_eq!(gone, vec![1, 2, 3]);
+    }
+
+    /// #21: names are not signed. A planted twin (`seq` 4 again, first revision 1) would make
+    /// every segment before it look unneeded; such a chain is left alone, and the segment
+    /// that decides the cut is named for the caller to check.
+    #[test]
+    fn planted_segment_names_do_not_drive_deletions() {
+        let base = backup(100, 10);
+        let older = backup(80, 50);
+        let chain = base.id.clone();
+        let keep = Duration::from_secs(72 * 3600);
+        let day = Duration::from_secs(86400);
+        let all = segment_objects(&chain, &[11, 41, 61, 121, 201]);
+        let p = plan(&all, &[base.clone(), older.clone()], keep, day, now(), None);
+        assert_eq!(p.cuts.get(&chain).map(|k| k.seq), Some(2), "41– decided it");
+        let mut planted = all.clone();
+        planted.push(ObjectInfo {
+            key: SegmentKey {
+                chain: chain.clone(),
+                seq: 4,
+                first_rev: 1,
+            }
+            .manifest_key(),
+            size: 1,
+            modified: Some(std::time::SystemTime::from(now())),
+        });
+        let p = plan(
+            &planted,
+            &[base.clone(), older.clone()],
+            keep,
+            day,
+            now(),
+            None,
+        );
+        assert!(p.delete.is_empty(), "{:?}", p.delete);
+        assert_eq!(p.suspicious, vec![chain.clone()]);
+        // A cut that cannot be confirmed spares the chain.
+        let mut p = plan(&all, &[base, older], keep, day, now(), None);
+        p.spare(&chain);
+        assert!(p.delete.is_empty() && p.cuts.is_empty());
+        assert_eq!(p.segments_kept, 5);
     }
 
     #[test]

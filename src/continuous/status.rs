@@ -73,6 +73,14 @@ pub struct JournalStatus {
     /// The verified window: the newest revision of the newest chain a shadow proved.
     pub proven_rev: Option<i64>,
     pub proven_at: Option<DateTime<Utc>>,
+    /// Chains whose segments or head are not trusted: not restorable, named here (#21).
+    pub untrusted_chains: Vec<UntrustedChain>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UntrustedChain {
+    pub chain: String,
+    pub why: String,
 }
 
 /// The ends of one chain: its first and last segment (none while only its base backup
@@ -138,12 +146,24 @@ pub async fn status(
             what: e.to_string(),
         })?;
     let mut chains = Vec::new();
+    let mut untrusted = Vec::new();
     for listing in list_chains(store.as_ref()).await? {
         if cluster.is_some_and(|c| c != listing.cluster_id) {
             continue;
         }
         let base = backups.iter().find(|m| m.id == listing.chain);
-        let ends = chain_ends(store.as_ref(), policy, &listing, base.map(|m| m.revision)).await?;
+        let ends =
+            match chain_ends(store.as_ref(), policy, &listing, base.map(|m| m.revision)).await {
+                Ok(ends) => ends,
+                Err(e @ (ContinuousError::Trust(_) | ContinuousError::Invalid { .. })) => {
+                    untrusted.push(UntrustedChain {
+                        chain: listing.chain.clone(),
+                        why: e.to_string(),
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
         if let Some(mut c) = chain_status(&listing, base, &ends) {
             if let Some(p) = trusted_proven(store.as_ref(), policy, &listing.chain).await {
                 c.proven_rev = Some(p.revision);
@@ -164,6 +184,7 @@ pub async fn status(
         proven_at: newest.and_then(|c| c.proven_at),
         chains,
         gaps,
+        untrusted_chains: untrusted,
     })
 }
 

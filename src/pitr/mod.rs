@@ -51,6 +51,8 @@ pub enum PitrError {
     AmbiguousCluster(String),
     #[error("replay of revision {rev} failed: {detail}; the journal does not reproduce the cluster, nothing was restored")]
     Replay { rev: i64, detail: String },
+    #[error("the replay sandbox's etcd failed at revision {rev}: {detail} — the machine (killed, out of memory or disk, over the sandbox's quota), not the journal; free room or memory and run it again")]
+    SandboxFailed { rev: i64, detail: String },
     #[error("checkpoint at revision {rev} FAILED: the replayed store hashes to {actual}, the cluster hashed to {expected} (compact revision {compact_rev}); the journal does not reproduce the cluster, nothing was restored")]
     CheckpointMismatch {
         rev: i64,

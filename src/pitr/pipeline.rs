@@ -68,13 +68,24 @@ pub(super) fn pending(rev: i64, changes: &[Change], prev: Option<&[Change]>) -> 
 /// Applies `batch` (consecutive revisions, oldest first) with up to `window` in flight; an
 /// unguarded one only once all before it are in. Checks that each got exactly its revision.
 ///
+/// Why a batch did not apply.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// The journal does not fit the sandbox: a revision came out at another number, or a
+    /// guard never held.
+    Journal(i64, String),
+    /// The sandbox etcd itself failed (gone, out of space, over its quota): the environment,
+    /// not the journal (#21).
+    Sandbox(i64, String),
+}
+
 /// # Errors
-/// `(revision, what)` for the first revision that failed or came out at another revision.
+/// The first revision that failed or came out at another revision, and why.
 pub(super) async fn apply_in_order(
     client: &Client,
     batch: Vec<Pending>,
     window: usize,
-) -> Result<(), (i64, String)> {
+) -> Result<(), Failure> {
     let mut queue: std::collections::BTreeSet<usize> = (0..batch.len()).collect();
     let mut attempts = vec![0u32; batch.len()];
     let mut applied = vec![false; batch.len()];
@@ -92,7 +103,7 @@ pub(super) async fn apply_in_order(
             queue.remove(&i);
             attempts[i] += 1;
             if attempts[i] > MAX_ATTEMPTS {
-                return Err((
+                return Err(Failure::Journal(
                     batch[i].rev,
                     "its guard never held: something else writes to the sandbox".into(),
                 ));
@@ -105,14 +116,14 @@ pub(super) async fn apply_in_order(
             break;
         };
         let rev = batch[i].rev;
-        let resp = result.map_err(|e| (rev, e.to_string()))?;
+        let resp = result.map_err(|e| Failure::Sandbox(rev, e.to_string()))?;
         if !resp.succeeded() {
             queue.insert(i); // the one before was not in yet
             continue;
         }
         let got = resp.header().map_or(0, |h| h.revision());
         if got != rev {
-            return Err((
+            return Err(Failure::Journal(
                 rev,
                 format!("the sandbox is at revision {got} after it (a change the cluster made is missing or extra)"),
             ));

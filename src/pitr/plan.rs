@@ -106,13 +106,23 @@ async fn journal(
     let mut chains = Vec::new();
     for listing in listings.into_iter().filter(|c| c.cluster_id == cluster) {
         let own_base = backups.iter().find(|m| m.id == listing.chain);
-        let ends = chain_ends(
+        // A chain whose ends are not trusted (planted names, or damage) is skipped, warned:
+        // one such chain must not make every restore of the cluster fail (#21).
+        let ends = match chain_ends(
             store.as_ref(),
             policy,
             &listing,
             own_base.map(|m| m.revision),
         )
-        .await?;
+        .await
+        {
+            Ok(ends) => ends,
+            Err(e @ (ContinuousError::Trust(_) | ContinuousError::Invalid { .. })) => {
+                tracing::warn!(chain = %listing.chain, error = %e, "journal chain not used: not trusted");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let Some(to_time) = ends.caught_up_at else {
             continue;
         };

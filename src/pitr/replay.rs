@@ -216,7 +216,7 @@ async fn sandbox_replay(
     run: SandboxRun,
     records: tokio::sync::mpsc::Receiver<Result<Vec<Record>, PitrError>>,
 ) -> Result<ReplayReport, PitrError> {
-    let extra = sandbox_flags(&run.settings.etcd);
+    let extra = sandbox_flags(&run.settings.etcd, run.plan.base.db_size);
     let mut sandbox = Sandbox::start(
         &run.dir,
         &run.base_file,
@@ -231,13 +231,22 @@ async fn sandbox_replay(
     result
 }
 
+/// The sandbox's backend quota for a base of `db_size` bytes: the replay adds history on top
+/// of it (compacted only where the journal says), so a fixed quota made a large cluster's
+/// replay fail with NOSPACE — read, before #21, as a journal that does not reproduce the
+/// cluster. etcd's recommended maximum (8 GiB) or four times the base, whichever is larger.
+pub(crate) fn sandbox_quota(db_size: u64) -> u64 {
+    (8u64 << 30).max(db_size.saturating_mul(4))
+}
+
 /// Throughput flags: no fsync (the sandbox is thrown away), and limits that fit any revision
-/// the cluster accepted (a DeleteRange of many keys is one txn of many ops here).
-pub(crate) fn sandbox_flags(etcd: &Path) -> Vec<String> {
+/// the cluster accepted (a DeleteRange of many keys is one txn of many ops here); the quota
+/// from the base's size ([`sandbox_quota`]).
+pub(crate) fn sandbox_flags(etcd: &Path, db_size: u64) -> Vec<String> {
     let mut flags = vec![
         "--max-txn-ops=10000000".to_string(),
         "--max-request-bytes=268435456".to_string(),
-        "--quota-backend-bytes=8589934592".to_string(),
+        format!("--quota-backend-bytes={}", sandbox_quota(db_size)),
         "--snapshot-count=1000000".to_string(),
     ];
     let help = std::process::Command::new(etcd).arg("--help").output();
@@ -378,7 +387,7 @@ impl Replayer {
             .client
             .leases()
             .await
-            .map_err(|e| self.failed(self.current, format!("listing leases: {e}")))?;
+            .map_err(|e| self.sandbox_failed(self.current, format!("listing leases: {e}")))?;
         for l in leases.leases() {
             // Its granted TTL paces its renewals (0, renewed every tick, if it cannot be read).
             let ttl = self
@@ -395,6 +404,11 @@ impl Replayer {
 
     fn failed(&self, rev: i64, detail: String) -> PitrError {
         PitrError::Replay { rev, detail }
+    }
+
+    /// The sandbox etcd refused or failed a request: its environment, not the journal.
+    fn sandbox_failed(&self, rev: i64, detail: String) -> PitrError {
+        PitrError::SandboxFailed { rev, detail }
     }
 
     async fn apply_segments(
@@ -452,7 +466,10 @@ impl Replayer {
         let n = batch.len() as i64;
         pipeline::apply_in_order(&self.client, std::mem::take(batch), pipeline::WINDOW)
             .await
-            .map_err(|(rev, detail)| self.failed(rev, detail))?;
+            .map_err(|f| match f {
+                pipeline::Failure::Journal(rev, detail) => self.failed(rev, detail),
+                pipeline::Failure::Sandbox(rev, detail) => self.sandbox_failed(rev, detail),
+            })?;
         self.current = last;
         self.report.revisions += n;
         self.hook.applied(last);
@@ -535,7 +552,9 @@ impl Replayer {
         {
             Ok(_) => {}
             Err(e) if e.to_string().contains("compacted") => {}
-            Err(e) => return Err(self.failed(at_record, format!("compacting to {to}: {e}"))),
+            Err(e) => {
+                return Err(self.sandbox_failed(at_record, format!("compacting to {to}: {e}")))
+            }
         }
         self.compacted = to;
         Ok(())
@@ -560,7 +579,9 @@ impl Replayer {
         {
             Ok(_) => {}
             Err(e) if e.to_string().contains("lease already exists") => {}
-            Err(e) => return Err(self.failed(self.current, format!("granting lease {id:x}: {e}"))),
+            Err(e) => {
+                return Err(self.sandbox_failed(self.current, format!("granting lease {id:x}: {e}")))
+            }
         }
         self.report.leases_granted += 1;
         if let Ok(mut alive) = self.alive.lock() {
@@ -598,7 +619,9 @@ impl Replayer {
                 }
                 Err(e) if e.to_string().contains("requested lease not found") => {}
                 Err(e) => {
-                    return Err(self.failed(self.current, format!("revoking lease {id:x}: {e}")))
+                    return Err(
+                        self.sandbox_failed(self.current, format!("revoking lease {id:x}: {e}"))
+                    )
                 }
             }
         }

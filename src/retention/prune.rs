@@ -107,7 +107,7 @@ pub async fn prune(
     let journal_objects = store
         .list(&crate::continuous::segment::prefix(None))
         .await?;
-    let journal = crate::continuous::prune::plan(
+    let mut journal = crate::continuous::prune::plan(
         &journal_objects,
         &kept,
         policy.journal_keep,
@@ -115,6 +115,7 @@ pub async fn prune(
         now,
         only_cluster,
     );
+    confirm_cuts(catalog, &mut journal).await;
     let (journal_deleted, journal_locked) = if dry_run {
         (0, 0)
     } else {
@@ -132,6 +133,21 @@ pub async fn prune(
         journal_locked,
         skipped_manifests: skipped.into_iter().map(|s| s.key).collect(),
     })
+}
+
+/// Segment names are not signed (#21): a chain's segments go only when the segment at its cut
+/// — the oldest kept, whose first revision decided what goes — has a trusted manifest that
+/// says what its name says. Otherwise the chain is left alone, warned.
+async fn confirm_cuts(catalog: &Catalog, journal: &mut crate::continuous::prune::JournalPlan) {
+    let cuts: Vec<_> = journal.cuts.values().cloned().collect();
+    for cut in cuts {
+        let store = catalog.store().as_ref();
+        if let Err(e) = crate::continuous::read_manifest(store, catalog.policy(), &cut).await {
+            tracing::warn!(chain = %cut.chain, error = %e, "journal retention leaves a chain alone: the segment that decides what goes is not trusted");
+            journal.spare(&cut.chain);
+            journal.suspicious.push(cut.chain.clone());
+        }
+    }
 }
 
 /// Deletes the segments and dead attempts the journal plan names, except what a lock holds.

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::{sleep_or_cancel, ServeSettings, Shared};
 use crate::backup::BackupSettings;
 use crate::catalog::{cluster_of, Catalog, Fence};
-use crate::continuous::chain::root_hash;
+use crate::continuous::chain::{check_chain, root_hash};
 use crate::continuous::{
     capture, list_chains, read_manifest, CaptureObserver, CaptureSettings, ContinuousError, Resume,
     SegmentManifest, SegmentWriter,
@@ -194,7 +194,21 @@ async fn find_resume(shared: &Arc<Shared>, cluster: u64) -> Result<Resume, Sessi
     let chains = list_chains(shared.store.as_ref())
         .await
         .map_err(|e| failed(e.into()))?;
-    if let Some(chain) = chains.iter().rev().find(|c| c.cluster_id == cluster) {
+    // The newest chain a writer wrote: one planted under a newer name must not stop the
+    // capture (#21); a real chain whose newest segment is then untrusted does (loudly).
+    let mut newest = None;
+    for chain in chains.iter().rev().filter(|c| c.cluster_id == cluster) {
+        match check_chain(shared.store.as_ref(), &shared.read_policy, chain).await {
+            Ok(()) => {
+                newest = Some(chain);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(chain = %chain.chain, error = %e, "a journal chain that is not trusted: not resumed");
+            }
+        }
+    }
+    if let Some(chain) = newest {
         if let Some(last) = chain.segments.last() {
             let m = read_manifest(shared.store.as_ref(), &shared.read_policy, last)
                 .await

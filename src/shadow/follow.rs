@@ -111,12 +111,20 @@ async fn newer_chain(f: &Follow) -> Option<String> {
     };
     let started = |name: &str| crate::catalog::BackupId::parse(name).map(|id| id.time);
     let ours = started(&f.chain);
-    chains
+    let newer = chains
         .into_iter()
         .filter(|c| c.cluster_id == f.cluster && c.chain != f.chain)
-        .filter(|c| started(&c.chain) > ours)
-        .map(|c| c.chain)
-        .next_back()
+        .filter(|c| started(&c.chain) > ours);
+    // Newest first; a chain no writer signed (planted names) is not one to move to.
+    for c in newer.rev() {
+        match crate::continuous::chain::check_chain(f.store.as_ref(), &f.policy, &c).await {
+            Ok(()) => return Some(c.chain),
+            Err(e) => {
+                tracing::warn!(chain = %c.chain, error = %e, "a newer chain that is not trusted: not followed");
+            }
+        }
+    }
+    None
 }
 
 /// The manifests of the chain's segments after `prev`, in order (read and trust-checked; the

@@ -42,6 +42,17 @@ impl ShadowDir {
         self.path.join("base.db")
     }
 
+    /// The size of the database its etcd left (0 when none).
+    pub fn db_size(&self) -> u64 {
+        let db = self
+            .path
+            .join("data")
+            .join("member")
+            .join("snap")
+            .join("db");
+        std::fs::metadata(db).map_or(0, |m| m.len())
+    }
+
     /// What was last proven here, if anything readable.
     pub fn proven(&self) -> Option<Proven> {
         let bytes = std::fs::read(self.path.join(PROVEN)).ok()?;

@@ -153,14 +153,47 @@ pub async fn run(
         state: state.clone(),
         cancel,
     };
+    let mut pause = ENVIRONMENT_RETRY_MIN;
     loop {
-        match follow.newest_chain().await? {
-            Some(chain) => {
+        match follow.newest_chain().await {
+            Ok(Some(chain)) => {
                 tracing::warn!(%chain, "the cluster's journal continues in a newer chain; the shadow follows it from its base");
             }
-            None => return Ok(state.get()),
+            Ok(None) => return Ok(state.get()),
+            // The machine failed the sandbox (#21): not a mismatch. Its data is kept (a
+            // restart resumes from it once it still hashes as proven) and it tries again.
+            Err(ShadowError::Setup(e)) if is_environment(&e) && !follow.cancel.is_cancelled() => {
+                tracing::error!(error = %e, retry_in = ?pause, "the shadow's sandbox failed (not the journal); it tries again");
+                state.note_retrying(e.to_string());
+                tokio::select! {
+                    () = follow.cancel.cancelled() => return Ok(state.get()),
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(ENVIRONMENT_RETRY_MAX);
+            }
+            Err(e) => return Err(e),
         }
     }
+}
+
+/// The least lag [`base_too_old`] allows.
+const BASE_LAG_FLOOR: Duration = Duration::from_secs(5 * 60);
+
+const ENVIRONMENT_RETRY_MIN: Duration = Duration::from_secs(1);
+const ENVIRONMENT_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// A failure of the sandbox's machine — its etcd killed, out of space or over its quota, not
+/// starting — rather than of the journal: retried, never counted as a mismatch.
+fn is_environment(e: &PitrError) -> bool {
+    matches!(
+        e,
+        PitrError::SandboxFailed { .. }
+            | PitrError::Etcd(_)
+            | PitrError::Sandbox(
+                crate::drill::DrillError::EtcdStart { .. }
+                    | crate::drill::DrillError::Sandbox { .. }
+            )
+    )
 }
 
 /// What following one chain needs.
@@ -181,6 +214,8 @@ struct Start {
     /// The checked segments to replay first.
     first: Vec<crate::continuous::SegmentManifest>,
     launch: Launch,
+    /// The size of the database the replay starts on (its quota follows).
+    base_db_size: u64,
 }
 
 impl Following {
@@ -198,12 +233,19 @@ impl Following {
                 source,
             }
         })?;
-        let extra = pitr::sandbox_flags(&self.settings.sandbox.etcd);
+        // Sized from the data the sandbox starts on: its own, or (below) the base's.
+        let extra = pitr::sandbox_flags(&self.settings.sandbox.etcd, dir.db_size());
         let start = match self.resumable(&dir, &newest, upto, &extra).await {
             Some((p, current)) => self.resume(&newest, p, current, upto).await,
             None => self.restore(&dir, upto).await,
         }
         .map_err(|e| self.failed(e))?;
+        let extra = match start.launch {
+            Launch::Restore { .. } => {
+                pitr::sandbox_flags(&self.settings.sandbox.etcd, start.base_db_size)
+            }
+            Launch::Resume => extra,
+        };
         self.replay(start, dir, extra).await
     }
 
@@ -287,6 +329,7 @@ impl Following {
             },
             first,
             launch: Launch::Resume,
+            base_db_size: 0,
         })
     }
 
@@ -338,6 +381,7 @@ impl Following {
                 tool,
             },
             first: plan.segments,
+            base_db_size: plan.base.db_size,
         })
     }
 
@@ -643,10 +687,11 @@ impl ShadowHook {
 }
 
 /// A lagging shadow cuts no base (#21): one whose proof (received at `at_ms`) is older than
-/// twice the base interval. An unknown time (a checkpoint with no revision after a compaction)
-/// does not hold a base back.
+/// twice the base interval, and at least [`BASE_LAG_FLOOR`] (a short interval must not refuse
+/// the bases of a shadow that keeps up). An unknown time (a checkpoint with no revision after
+/// a compaction) does not hold a base back.
 fn base_too_old(at_ms: Option<i64>, base_interval: Duration, now: DateTime<Utc>) -> bool {
-    let bound = chrono::Duration::from_std(base_interval.saturating_mul(2))
+    let bound = chrono::Duration::from_std(base_interval.saturating_mul(2).max(BASE_LAG_FLOOR))
         .unwrap_or(chrono::Duration::MAX);
     at_ms
         .and_then(DateTime::<Utc>::from_timestamp_millis)
@@ -827,6 +872,9 @@ mod tests {
             !base_too_old(None, interval, now),
             "an unknown time holds nothing back"
         );
+        let short = Duration::from_millis(1);
+        assert!(!base_too_old(ago(4), short, now), "the floor");
+        assert!(base_too_old(ago(6), short, now));
     }
 
     use super::*;

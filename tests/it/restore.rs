@@ -572,7 +572,16 @@ fn a_backup_signed_by_another_key_is_never_restored() {
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert!(r.stderr.contains("not trusted"), "{}", r.stderr);
     assert_unchanged(&s.node, &before);
-    let plan = run(restore_cmd(&s).args(["--force", "--dry-run", "-w", "json"]))
+    // `latest` is not quietly the older genuine backup while a newer manifest is untrusted
+    // (#21); told to, it is.
+    let refused = run(restore_cmd(&s).args(["--force", "--dry-run", "-w", "json"]));
+    assert_eq!(refused.code, 4, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains(forged["id"].as_str().unwrap()),
+        "{}",
+        refused.stderr
+    );
+    let plan = run(restore_cmd(&s).args(["--force", "--dry-run", "-w", "json", "--accept-older"]))
         .ok()
         .json();
     assert!(

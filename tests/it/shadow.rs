@@ -20,6 +20,16 @@ fn shadow_key(j: &Journal) -> (PathBuf, PathBuf) {
     (secret, public)
 }
 
+/// Reader flags that trust the writers' key and, as a shadow's only, `public` (#21).
+fn trusting_shadow(public: &std::path::Path) -> Vec<String> {
+    vec![
+        "--trusted-key".into(),
+        test_keys().public.display().to_string(),
+        "--trusted-shadow-key".into(),
+        public.display().to_string(),
+    ]
+}
+
 /// `lifeboat shadow --until-revision REV`, a base at every checkpoint.
 fn shadow_until(j: &Journal, rev: i64, key: &PathBuf) -> Run {
     run(&mut shadow_command(j, rev, key))
@@ -127,18 +137,12 @@ fn the_shadow_proves_the_journal_and_its_bases_equal_production_at_their_revisio
     let newest_base = bases.last().unwrap()["id"].as_str().unwrap().to_string();
 
     // The verified window: what the shadow proved, for readers that trust its key.
-    let trust = format!("{},{}", test_keys().public.display(), public.display());
-    let status = |trusted: &str| {
+    let trust = trusting_shadow(&public);
+    let status = |trusted: &[String]| {
         run(lifeboat()
-            .args([
-                "continuous",
-                "status",
-                "-w",
-                "json",
-                "--trusted-key",
-                trusted,
-                "--dest",
-            ])
+            .args(["continuous", "status", "-w", "json"])
+            .args(trusted)
+            .arg("--dest")
             .arg(j.dest()))
         .ok()
         .json()
@@ -149,14 +153,18 @@ fn the_shadow_proves_the_journal_and_its_bases_equal_production_at_their_revisio
         Some(verified),
         "{trusting}"
     );
-    let untrusting = status(test_keys().public.to_str().unwrap());
+    let untrusting = status(&[
+        "--trusted-key".into(),
+        test_keys().public.display().to_string(),
+    ]);
     assert!(untrusting["proven_rev"].is_null(), "{untrusting}");
 
     // A reader that trusts the shadow's key restores the base with etcd's own tool in a
     // sandbox (the drill) and finds it as its manifest says.
     let mut drill = lifeboat();
     drill
-        .args(["drill", &newest_base, "--trusted-key", &trust])
+        .args(["drill", &newest_base])
+        .args(&trust)
         .arg("-i")
         .arg(&j.key.identity_file)
         .arg("--dest")
@@ -174,7 +182,7 @@ fn the_shadow_proves_the_journal_and_its_bases_equal_production_at_their_revisio
     let mut get = lifeboat();
     get.args(["snapshot", "get", &format!("--to-revision={last}"), "-o"])
         .arg(j.out("pitr.db"))
-        .args(["--trusted-key", &trust]);
+        .args(&trust);
     j.replaying(&mut get, "pitr");
     let g = run(&mut get);
     assert_eq!(g.code, 0, "{}\n{}", g.stdout, g.stderr);
@@ -192,6 +200,68 @@ fn the_shadow_proves_the_journal_and_its_bases_equal_production_at_their_revisio
     let u = run(&mut untrusting);
     assert_eq!(u.code, 0, "{}\n{}", u.stdout, u.stderr);
     assert!(!u.stderr.contains(&newest_base), "{}", u.stderr);
+
+    // #21: for a reader that trusts the shadow, `latest` is its newest base (the highest
+    // revision), confirmed by the journal's writer-signed checkpoint there.
+    let latest = |out: &str| {
+        let mut get = lifeboat();
+        get.args(["snapshot", "get", "latest", "-o"])
+            .arg(j.out(out))
+            .args(&trust)
+            .arg("-i")
+            .arg(&j.key.identity_file)
+            .arg("--dest")
+            .arg(j.dest());
+        run(&mut get)
+    };
+    let l = latest("latest.db").ok();
+    assert!(l.stdout.contains(&newest_base), "{}", l.stdout);
+    // A base the shadow's key signed at a revision no checkpoint confirms (what a stolen
+    // shadow key could make) is neither `latest` nor restorable by its id.
+    let forged = forge_shadow_base(&j, &newest_base, &key);
+    let l = latest("latest2.db").ok();
+    assert!(l.stdout.contains(&newest_base), "{}", l.stdout);
+    assert!(l.stderr.contains(&forged), "{}", l.stderr);
+    let mut by_id = lifeboat();
+    by_id
+        .args(["snapshot", "get", &forged, "-o"])
+        .arg(j.out("forged.db"))
+        .args(&trust)
+        .arg("-i")
+        .arg(&j.key.identity_file)
+        .arg("--dest")
+        .arg(j.dest());
+    let f = run(&mut by_id);
+    assert_eq!(f.code, 4, "{}\n{}", f.stdout, f.stderr);
+    assert!(f.stderr.contains("is not used"), "{}", f.stderr);
+}
+
+/// A copy of base `id` under a new id one revision later, signed with the shadow's `key`: a
+/// shadow base no journal checkpoint confirms. Returns its id.
+fn forge_shadow_base(j: &Journal, id: &str, key: &std::path::Path) -> String {
+    let mut m = manifest_of(j, id);
+    let cluster = u64::from_str_radix(m["cluster_id"].as_str().unwrap(), 16).unwrap();
+    let new = lifeboat::catalog::BackupId::new(chrono::Utc::now(), cluster);
+    let object = new.object_key(true);
+    std::fs::copy(
+        j.dest().join(m["object"]["key"].as_str().unwrap()),
+        j.dest().join(&object),
+    )
+    .unwrap();
+    m["id"] = new.to_string().into();
+    m["created_at"] = new.time.to_rfc3339().into();
+    m["object"]["key"] = object.into();
+    m["revision"] = (m["revision"].as_i64().unwrap() + 1).into();
+    m["hashkv"]["hash"] = (m["hashkv"]["hash"].as_u64().unwrap() ^ 1).into();
+    let name = new.manifest_key();
+    let bytes = serde_json::to_vec_pretty(&m).unwrap();
+    let sig = lifeboat::trust::SigningKey::from_file(key)
+        .unwrap()
+        .sign(&name, &bytes)
+        .unwrap();
+    std::fs::write(j.dest().join(&name), bytes).unwrap();
+    std::fs::write(j.dest().join(format!("{name}.minisig")), sig).unwrap();
+    new.to_string()
 }
 
 /// A base streams beside the replay: while one waits before its commit (the test hold), the
@@ -472,7 +542,6 @@ struct ShadowServe<'a> {
     /// A folder, or an S3 URL with `flags` and `env` to reach it.
     dest: String,
     key: PathBuf,
-    trusted: String,
     flags: Vec<String>,
     env: Vec<(&'static str, String)>,
 }
@@ -521,7 +590,6 @@ poll_interval = "100ms"
             .arg("serve")
             .arg("--signing-key")
             .arg(&self.key)
-            .args(["--trusted-key", &self.trusted])
             .args(&self.flags)
             .envs(self.env.iter().cloned());
         Serve::start(cmd, self.dir.join(format!("{name}.log")))
@@ -565,13 +633,12 @@ fn serve_runs_the_shadow_off_the_control_plane_and_its_base_restores_on_a_kubead
     use crate::harness::node::FakeNode;
     let (j, first) = journal_of("/registry/configmaps/v/a", 30);
     let (key, public) = shadow_key(&j);
-    let trust = format!("{},{}", test_keys().public.display(), public.display());
+    let trust = trusting_shadow(&public);
     let plan = ShadowServe {
         dir: j.dir.path(),
         age: &j.key,
         dest: j.dest().display().to_string(),
         key,
-        trusted: trust.clone(),
         flags: Vec::new(),
         env: Vec::new(),
     };
@@ -616,7 +683,8 @@ fn serve_runs_the_shadow_off_the_control_plane_and_its_base_restores_on_a_kubead
         .arg(j.dest())
         .arg("--identity")
         .arg(&j.key.identity_file)
-        .args(["--trusted-key", &trust, "--yes", "--force"]);
+        .args(&trust)
+        .args(["--yes", "--force"]);
     let r = run(&mut restore);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     node.wait_healthy();
@@ -669,14 +737,13 @@ fn serve_waits_for_the_journal_and_a_failing_base_is_counted_while_the_shadow_go
     let dir = tempfile::tempdir().unwrap();
     let age = crate::harness::age_key(dir.path(), "key.txt");
     let secret = dir.path().join("shadow.key");
-    let (public, _) = lifeboat::trust::generate(&secret).unwrap();
+    lifeboat::trust::generate(&secret).unwrap();
     let dest = "s3://shadow/c1".to_string();
     let plan = ShadowServe {
         dir: dir.path(),
         age: &age,
         dest: dest.clone(),
         key: secret,
-        trusted: format!("{},{}", test_keys().public.display(), public.display()),
         flags: vec![
             format!("--s3-endpoint={}", proxy.endpoint),
             "--s3-path-style".to_string(),

@@ -142,9 +142,83 @@ fn a_signing_key_others_can_read_is_refused_naming_the_key() {
     assert!(r.stderr.contains("trust.signing_key"), "{}", r.stderr);
 }
 
+/// #21, reproduced as a new user would: hiding the newest backup's signature made `snapshot
+/// get latest` quietly return the backup before it. Now `latest` fails naming it; a shadow's
+/// key, trusted as a shadow's, cannot sign a backup that becomes `latest` either.
+#[test]
+fn a_hidden_newest_backup_stops_latest_and_a_shadow_key_cannot_sign_a_manual_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let dest = dir.path().join("b");
+    let etcd = EtcdProcess::start(Version::V35, None);
+    let save = |extra: &[&str]| {
+        etcd.put("/registry/a", &extra.len().to_string());
+        run(lifeboat()
+            .args(["snapshot", "save", "-w", "json", "-r", &key.recipient])
+            .args(etcd.lifeboat_flags())
+            .arg("--dest")
+            .arg(&dest)
+            .args(extra))
+        .ok()
+        .json()
+    };
+    let older = save(&[]);
+    let newest = save(&[]);
+    let get_latest = |extra: &[&str]| {
+        run(lifeboat()
+            .args(["snapshot", "get", "latest", "-o"])
+            .arg(dir.path().join(format!("out-{}.db", extra.len())))
+            .arg("--force")
+            .arg("--dest")
+            .arg(&dest)
+            .arg("-i")
+            .arg(&key.identity_file)
+            .args(extra))
+    };
+    let id = |m: &serde_json::Value| m["id"].as_str().unwrap().to_string();
+    let signature = dest.join(format!("{}.manifest.json.minisig", id(&newest)));
+    let kept = std::fs::read(&signature).unwrap();
+    std::fs::remove_file(&signature).unwrap();
+    let r = get_latest(&[]);
+    assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(&id(&newest)) && r.stderr.contains("not signed"),
+        "{}",
+        r.stderr
+    );
+    let r = get_latest(&["--accept-older"]).ok();
+    assert!(r.stdout.contains(&id(&older)), "{}", r.stdout);
+    std::fs::write(&signature, kept).unwrap();
+    assert!(get_latest(&[]).ok().stdout.contains(&id(&newest)));
+
+    // A backup signed with the shadow's key: not a shadow base, so not trusted from it.
+    let shadow = dir.path().join("shadow.key");
+    let (shadow_pub, _) = lifeboat::trust::generate(&shadow).unwrap();
+    let forged = save(&["--signing-key", shadow.to_str().unwrap()]);
+    assert_eq!(forged["reason"], "manual");
+    let trusting = ["--trusted-shadow-key", shadow_pub.to_str().unwrap()];
+    let listed = run(lifeboat()
+        .args(["snapshot", "list", "-w", "json", "--dest"])
+        .arg(&dest)
+        .args(trusting))
+    .ok();
+    assert!(!listed.stdout.contains(&id(&forged)), "{}", listed.stdout);
+    assert!(
+        listed.stderr.contains("trusted as shadow only"),
+        "{}",
+        listed.stderr
+    );
+    let r = get_latest(&trusting);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains(&id(&forged)), "{}", r.stderr);
+    // The same key as a writer's (--trusted-key) would be trusted: the role is what differs.
+    let r = get_latest(&["--trusted-key", shadow_pub.to_str().unwrap()]).ok();
+    assert!(r.stdout.contains(&id(&forged)), "{}", r.stdout);
+}
+
 /// #11: a backup written straight into the store by someone without the writers' key — signed
 /// with another key, or not at all, or a real one replayed under a newer name — is never
-/// listed, read, drilled or pruned; `--allow-unsigned` lets unsigned ones through, loudly.
+/// listed, read, drilled or pruned; `--allow-unsigned-before` lets old unsigned ones through.
 #[test]
 fn forged_backups_are_refused_by_every_reader_and_ignored_by_retention() {
     let dir = tempfile::tempdir().unwrap();
@@ -228,8 +302,23 @@ fn forged_backups_are_refused_by_every_reader_and_ignored_by_retention() {
             r.stderr
         );
     }
+    // #21: `latest` does not quietly become the older genuine backup while newer manifests
+    // are untrusted: it fails naming the newest; told to, it takes the newest trusted one.
     let out = dir.path().join("latest.db");
-    read("get", "latest", &["-o", out.to_str().unwrap()]).ok();
+    let refused = read("get", "latest", &["-o", out.to_str().unwrap()]);
+    assert_eq!(refused.code, 4, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains(&replay_id) && refused.stderr.contains("--accept-older"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!out.exists());
+    read(
+        "get",
+        "latest",
+        &["-o", out.to_str().unwrap(), "--accept-older"],
+    )
+    .ok();
     let got = run(lifeboat()
         .args(["snapshot", "status", "-w", "json"])
         .arg(&out))
@@ -255,7 +344,19 @@ fn forged_backups_are_refused_by_every_reader_and_ignored_by_retention() {
             .arg(dir.path().join("d")))
     };
     assert_eq!(drill(foreign["id"].as_str().unwrap()).code, 4);
-    assert_eq!(drill("latest").ok().json()["id"], genuine_id.as_str());
+    assert_eq!(drill("latest").code, 4);
+    let drilled = run(lifeboat()
+        .args(["drill", "latest", "--accept-older", "-w", "json", "--dest"])
+        .arg(&dest)
+        .arg("--identity")
+        .arg(&key.identity_file)
+        .arg("--etcd")
+        .arg(crate::harness::etcd_bin(Version::V35))
+        .arg("--etcdutl")
+        .arg(crate::harness::etcdutl_bin())
+        .arg("--work-dir")
+        .arg(dir.path().join("d")));
+    assert_eq!(drilled.ok().json()["id"], genuine_id.as_str());
 
     // Retention deletes nothing on the word of an untrusted manifest.
     prune_all_but_the_newest(&dest, &[]);
@@ -271,24 +372,39 @@ fn forged_backups_are_refused_by_every_reader_and_ignored_by_retention() {
         );
     }
 
-    // Migration: --allow-unsigned lets the unsigned one through, and says so.
-    let r = run(lifeboat()
-        .args([
-            "snapshot",
-            "list",
-            "-w",
-            "json",
-            "--allow-unsigned",
-            "--dest",
-        ])
-        .arg(&dest))
-    .ok();
-    assert!(
-        r.stdout.contains(unsigned["id"].as_str().unwrap()),
-        "{}",
-        r.stdout
-    );
+    // Migration: unsigned backups dated before `--allow-unsigned-before` pass, and say so;
+    // after it they stay refused (#21).
+    let unsigned_id = unsigned["id"].as_str().unwrap();
+    let list_before = |at: &str| {
+        run(lifeboat()
+            .args([
+                "snapshot",
+                "list",
+                "-w",
+                "json",
+                "--allow-unsigned-before",
+                at,
+                "--dest",
+            ])
+            .arg(&dest))
+        .ok()
+    };
+    let later = (chrono::Utc::now() + chrono::Duration::minutes(1)).to_rfc3339();
+    let r = list_before(&later);
+    assert!(r.stdout.contains(unsigned_id), "{}", r.stdout);
     assert!(r.stderr.contains("UNSIGNED"), "{}", r.stderr);
+    let r = list_before(genuine["created_at"].as_str().unwrap());
+    assert!(!r.stdout.contains(unsigned_id), "{}", r.stdout);
+    // The old switch names its replacement.
+    let old = run(lifeboat()
+        .args(["snapshot", "list", "--allow-unsigned", "--dest"])
+        .arg(&dest));
+    assert_eq!(old.code, 2, "{}", old.stderr);
+    assert!(
+        old.stderr.contains("allow_unsigned_before"),
+        "{}",
+        old.stderr
+    );
 }
 
 /// Key rotation: backups signed by the old key stay readable while both keys are trusted, and

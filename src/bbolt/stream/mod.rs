@@ -55,12 +55,20 @@ pub trait EntrySink {
 /// Ids given to inline buckets' pages, which have none of their own.
 pub const INLINE_PAGES: u64 = 1 << 63;
 
-/// A key kept for the order check between leaves; etcd's revision keys fit inline.
+/// A key kept for the order check between leaves; etcd's revision keys fit inline. At most
+/// [`KEY_KEPT`] bytes of a key are kept: the summaries of every leaf stay until the stream
+/// ends, and a crafted stream (anyone can encrypt to the public recipient) with a page-sized
+/// key in every leaf would otherwise hold about as much memory as the file (#21).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Key {
     Short(u8, [u8; 22]),
     Long(Box<[u8]>),
+    /// The first [`KEY_KEPT`] bytes of a longer key.
+    Capped(Box<[u8]>),
 }
+
+/// How much of a long key a leaf summary keeps.
+pub const KEY_KEPT: usize = 64;
 
 impl Key {
     fn new(bytes: &[u8]) -> Key {
@@ -68,16 +76,27 @@ impl Key {
             let mut b = [0u8; 22];
             b[..bytes.len()].copy_from_slice(bytes);
             Key::Short(bytes.len() as u8, b)
-        } else {
+        } else if bytes.len() <= KEY_KEPT {
             Key::Long(bytes.into())
+        } else {
+            Key::Capped(bytes[..KEY_KEPT].into())
         }
     }
 
     pub fn as_slice(&self) -> &[u8] {
         match self {
             Key::Short(n, b) => &b[..usize::from(*n)],
-            Key::Long(b) => b,
+            Key::Long(b) | Key::Capped(b) => b,
         }
+    }
+
+    /// Whether this key (a leaf's last) may come before `next` (the next leaf's first), as far
+    /// as the bytes kept tell: two keys that share their kept bytes, one of them longer, cannot
+    /// be told apart and pass; everything else is decided exactly.
+    pub fn may_precede(&self, next: &Key) -> bool {
+        let (a, b) = (self.as_slice(), next.as_slice());
+        let capped = matches!(self, Key::Capped(_)) || matches!(next, Key::Capped(_));
+        a < b || (a == b && capped)
     }
 }
 
@@ -302,5 +321,31 @@ impl<S: EntrySink> PageStream<S> {
         }
         self.pages.sort_unstable_by_key(|(id, _)| *id);
         Ok(Tree::new(self.label, layout.meta, self.pages, self.sink))
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    /// #21: a summary keeps at most KEY_KEPT bytes of a key; the order between leaves is still
+    /// decided exactly wherever the kept bytes differ.
+    #[test]
+    fn long_keys_are_capped_and_still_ordered() {
+        let long = |fill: u8, tail: u8| {
+            let mut k = vec![fill; 4096];
+            k.push(tail);
+            Key::new(&k)
+        };
+        let a = long(b'a', 1);
+        assert_eq!(a.as_slice().len(), KEY_KEPT);
+        assert!(matches!(a, Key::Capped(_)));
+        assert!(a.may_precede(&long(b'b', 0)), "differ in the kept bytes");
+        assert!(!long(b'b', 0).may_precede(&a), "out of order");
+        assert!(a.may_precede(&long(b'a', 2)), "undecidable: passes");
+        let short = Key::new(b"k1");
+        assert!(short.may_precede(&Key::new(b"k2")));
+        assert!(!short.may_precede(&Key::new(b"k1")), "a repeated key");
+        assert!(!Key::new(b"k2").may_precede(&short));
     }
 }

@@ -197,7 +197,7 @@ impl<'t> Pages<'t> {
                 Node::Leaf(leaf, nested) => {
                     stack.pop();
                     if let (Some(prev), Some(first)) = (last, leaf.first.as_ref()) {
-                        if prev.as_slice() >= first.as_slice() {
+                        if !prev.may_precede(first) {
                             return Err(self.corrupt(id, "keys out of order").into());
                         }
                     }
