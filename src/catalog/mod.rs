@@ -373,7 +373,18 @@ impl Catalog {
     /// `Empty`, `AmbiguousLatest`, or store errors.
     pub async fn latest(&self, cluster: Option<u64>) -> Result<Latest, CatalogError> {
         let location = self.store.location();
-        let (all, skipped) = self.list_checked().await?;
+        let (all, mut skipped) = self.list_checked().await?;
+        // A manifest hidden behind a delete marker while a locked version of it remains was
+        // not removed by retention (which deletes only what no lock holds): it counts as an
+        // untrusted newer manifest (#21).
+        for key in self.store.hidden_locked(ID_PREFIX).await {
+            if id_of_manifest_key(&key).is_some() {
+                skipped.push(Skipped {
+                    key,
+                    reason: "it is hidden behind a delete marker while a locked version of it is still in the bucket (restore that version, or find who deleted it)".into(),
+                });
+            }
+        }
         let mut mine: Vec<Checked> = all
             .into_iter()
             .filter(|c| cluster.is_none_or(|id| cluster_of(&c.manifest) == Some(id)))

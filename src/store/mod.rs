@@ -108,6 +108,14 @@ pub trait Store: Send + Sync {
         Ok(None)
     }
 
+    /// Keys under `prefix` hidden behind a delete marker while an older version of them is
+    /// still locked (#21): someone hid what the pruner would never have deleted. Empty for
+    /// stores without versions, and where versions cannot be listed (said in the log).
+    async fn hidden_locked(&self, prefix: &str) -> Vec<String> {
+        let _ = prefix;
+        Vec::new()
+    }
+
     /// Removes what interrupted writes left behind (`.part` files, stale multipart uploads)
     /// that no live writer owns; returns what it removed.
     async fn clean_incomplete(&self) -> Result<Vec<String>, StoreError>;

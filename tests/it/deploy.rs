@@ -258,6 +258,7 @@ fn actions(policy: &str) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|s| s["Effect"] == "Allow")
         .flat_map(|s| s["Action"].as_array().unwrap().clone())
         .map(|a| a.as_str().unwrap().to_string())
         .collect()
@@ -282,6 +283,56 @@ fn the_node_cannot_delete_and_the_pruner_cannot_write_or_bypass_a_lock() {
             .all(|a| !a.starts_with("s3:Put") && !a.contains("Bypass") && !a.contains('*')),
         "{pruner:?}"
     );
+}
+
+/// #21: the shadow's principal deletes nothing and writes only its bases and proofs; the
+/// bucket policy denies the writers and the shadow every unconditional overwrite but of the
+/// objects replaced in place, and locks longer than the retention period. (SeaweedFS cannot
+/// evaluate these conditions; AWS does: checked here for shape.)
+#[test]
+fn the_shadow_writes_only_its_own_objects_and_nothing_is_overwritten_unconditionally() {
+    let shadow = actions("shadow-policy.json");
+    assert!(
+        shadow
+            .iter()
+            .all(|a| !a.contains("Delete") && !a.contains("Bypass") && !a.contains('*')),
+        "{shadow:?}"
+    );
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/iam");
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p.join(name)).unwrap()).unwrap()
+    };
+    let policy = read("shadow-policy.json");
+    for s in policy["Statement"].as_array().unwrap() {
+        if s["Action"].to_string().contains("s3:PutObject") {
+            for r in s["Resource"].as_array().unwrap() {
+                let r = r.as_str().unwrap();
+                assert!(
+                    r.ends_with("/etcd-*") || r.ends_with(".proven.json"),
+                    "the shadow writes {r}"
+                );
+            }
+        }
+    }
+    let bucket = read("bucket-policy.json");
+    let statements = bucket["Statement"].as_array().unwrap();
+    let overwrite = statements
+        .iter()
+        .find(|s| s["Effect"] == "Deny" && s["Condition"]["Null"]["s3:if-none-match"] == "true")
+        .expect("a deny of unconditional writes");
+    assert_eq!(
+        overwrite["Condition"]["Bool"]["s3:ObjectCreationOperation"], "true",
+        "multipart parts carry no condition header: only PutObject/CompleteMultipartUpload"
+    );
+    let spared = overwrite["NotResource"].to_string();
+    assert!(
+        spared.contains(".head.json")
+            && spared.contains(".proven.json")
+            && !spared.contains("etcd-*")
+    );
+    assert!(statements.iter().any(|s| s["Effect"] == "Deny"
+        && !s["Condition"]["NumericGreaterThan"]["s3:object-lock-remaining-retention-days"]
+            .is_null()));
 }
 
 #[test]

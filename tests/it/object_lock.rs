@@ -292,3 +292,156 @@ fn a_lock_setting_on_a_bucket_without_object_lock_is_refused_before_any_upload()
     );
     assert!(rt().block_on(server.keys("plain")).is_empty());
 }
+
+/// #21: the shadow has its own S3 principal (deploy/iam/shadow-policy.json): it writes its bases
+/// and its proofs, and nothing of what the writers' journal is made of; it deletes nothing.
+#[test]
+fn the_shadows_credentials_write_only_its_bases_and_proofs() {
+    let server = S3Server::start_with_roles();
+    rt().block_on(server.create_bucket(BUCKET));
+    let shadow = server.shadow.clone().unwrap();
+    let put = |key: &str| {
+        rt().block_on(async {
+            server
+                .client_as(&shadow)
+                .await
+                .put_object()
+                .bucket(BUCKET)
+                .key(key)
+                .body(aws_sdk_s3::primitives::ByteStream::from_static(b"x"))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.code().unwrap_or("no code").to_string())
+        })
+    };
+    let chain = "etcd-20261204T000000.000Z-00000000000000ab-0001";
+    let base = format!("{PREFIX}{chain}.manifest.json");
+    for key in [
+        base.clone(),
+        format!("{PREFIX}{chain}.db.zst.age"),
+        format!("{PREFIX}seg.{chain}.proven.json"),
+        format!("{chain}.manifest.json"),
+    ] {
+        assert_eq!(put(&key), Ok(()), "{key}");
+    }
+    for key in [
+        format!("{PREFIX}seg.{chain}.0000000001.0000000000000000002.json"),
+        format!("{PREFIX}seg.{chain}.head.json"),
+        format!("{PREFIX}notes.txt"),
+    ] {
+        assert_eq!(put(&key), Err("AccessDenied".into()), "{key}");
+    }
+    assert_eq!(
+        delete_as(&server, &shadow, &base, None),
+        Err("AccessDenied".into())
+    );
+}
+
+/// #21: Object Lock protects versions while lifeboat reads current ones. A node's credentials
+/// can put a backup's files again without lock headers: the pruner then still spares the key
+/// (an older version is locked) instead of hiding it behind a delete marker; and a manifest
+/// hidden behind a delete marker while locked makes `latest` fail, naming it.
+#[test]
+fn a_locked_older_version_spares_its_key_and_a_hidden_locked_backup_stops_latest() {
+    let server = S3Server::start_with_roles();
+    rt().block_on(server.create_locked_bucket(BUCKET));
+    let node = server.node.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let etcd = EtcdProcess::start(Version::V35, None);
+    let save = || -> Value {
+        etcd.put("/registry/a", "1");
+        let mut cmd = lifeboat();
+        cmd.args(["snapshot", "save", "-w", "json", "-r", &key.recipient])
+            .args(etcd.lifeboat_flags())
+            .arg(format!("--dest=s3://{BUCKET}/{PREFIX}"))
+            .args(server.flags())
+            .arg("--s3-lock-mode=compliance")
+            .arg("--s3-lock-period=1h")
+            .envs(server.env_as(&node));
+        run(&mut cmd).ok().json()
+    };
+    let older = save();
+    let newer = save();
+    // The node puts every file of the older backup again, same bytes, no lock headers.
+    for k in keys_of(&older) {
+        let bytes = rt().block_on(server.get(BUCKET, &k));
+        rt().block_on(async {
+            server
+                .client_as(&node)
+                .await
+                .put_object()
+                .bucket(BUCKET)
+                .key(&k)
+                .body(aws_sdk_s3::primitives::ByteStream::from(bytes))
+                .send()
+                .await
+                .unwrap()
+        });
+    }
+    let config = pruner_config(&server, dir.path());
+    let report = as_pruner(
+        &config,
+        &[
+            "prune",
+            "--keep-last",
+            "0",
+            "--manual-keep-days",
+            "0",
+            "-w",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    let decision = report["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == older["id"])
+        .unwrap()
+        .clone();
+    assert_eq!(decision["action"], "locked", "{report}");
+    let (_, markers) = versions(&server);
+    assert!(markers.is_empty(), "nothing hidden: {markers:?}");
+
+    // Someone hides the newer backup's manifest behind a delete marker.
+    let manifest = format!("{PREFIX}{}.manifest.json", newer["id"].as_str().unwrap());
+    rt().block_on(async {
+        server
+            .client()
+            .await
+            .delete_object()
+            .bucket(BUCKET)
+            .key(&manifest)
+            .send()
+            .await
+            .unwrap()
+    });
+    let latest = |extra: &[&str]| {
+        let mut cmd = lifeboat();
+        cmd.args(["snapshot", "get", "latest", "--force", "-o"])
+            .arg(dir.path().join("latest.db"))
+            .arg("-i")
+            .arg(&key.identity_file)
+            .arg(format!("--dest=s3://{BUCKET}/{PREFIX}"))
+            .args(server.flags())
+            .args(extra)
+            .envs(server.env());
+        run(&mut cmd)
+    };
+    let r = latest(&[]);
+    assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(newer["id"].as_str().unwrap()) && r.stderr.contains("delete marker"),
+        "{}",
+        r.stderr
+    );
+    let r = latest(&["--accept-older"]).ok();
+    assert!(
+        r.stdout.contains(older["id"].as_str().unwrap()),
+        "{}",
+        r.stdout
+    );
+}

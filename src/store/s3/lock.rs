@@ -64,17 +64,119 @@ impl S3Store {
         }
     }
 
+    /// The strongest lock on any version of `full` (#21): node credentials may `PutObject` over
+    /// a backup's file without lock headers, or a delete marker may hide it, while an older
+    /// version is still locked; the key is spared while any version is. Versions are read
+    /// when the bucket lets this principal list them (the pruner's may); otherwise only the
+    /// current one.
     pub(super) async fn read_lock(&self, full: &str) -> Result<Option<Lock>, StoreError> {
+        let mut strongest = self.version_lock(full, None).await?;
+        match self.noncurrent_versions(full).await {
+            Ok(versions) => {
+                for v in versions {
+                    let lock = self.version_lock(full, Some(&v)).await?;
+                    strongest = stronger(strongest, lock);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(key = full, error = %e, "cannot list the versions of an object; its current version's lock decides");
+            }
+        }
+        Ok(strongest)
+    }
+
+    /// Keys under `prefix` whose newest version is a delete marker while an older version is
+    /// still locked: hidden, not deleted (the pruner deletes only what no lock holds, and
+    /// removes every version).
+    pub(super) async fn locked_behind_markers(&self, prefix: &str) -> Result<Vec<String>, String> {
+        let mut hidden = Vec::new();
+        let mut key_marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.settings.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.clone())
+                .send()
+                .await
+                .map_err(|e| describe_sdk_error(&e))?;
+            for m in page.delete_markers() {
+                if m.is_latest() == Some(true) {
+                    if let Some(key) = m.key() {
+                        hidden.push(key.to_string());
+                    }
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(String::from);
+        }
+        let now = SystemTime::now();
+        let mut locked = Vec::new();
+        for key in hidden {
+            let lock = self.read_lock(&key).await.map_err(|e| e.to_string())?;
+            if lock.is_some_and(|l| l.holds_at(now)) {
+                locked.push(key);
+            }
+        }
+        Ok(locked)
+    }
+
+    /// The version ids of `full` other than the newest (delete markers excluded).
+    async fn noncurrent_versions(&self, full: &str) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        let mut key_marker: Option<String> = None;
+        let mut version_marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.settings.bucket)
+                .prefix(full)
+                .set_key_marker(key_marker.clone())
+                .set_version_id_marker(version_marker.clone())
+                .send()
+                .await
+                .map_err(|e| describe_sdk_error(&e))?;
+            out.extend(
+                page.versions()
+                    .iter()
+                    .filter(|v| v.key() == Some(full) && v.is_latest() != Some(true))
+                    .filter_map(|v| v.version_id().map(String::from)),
+            );
+            if page.is_truncated() != Some(true) {
+                return Ok(out);
+            }
+            key_marker = page.next_key_marker().map(String::from);
+            version_marker = page.next_version_id_marker().map(String::from);
+        }
+    }
+
+    /// The lock of one version of `full` (the current one when `version` is `None`).
+    async fn version_lock(
+        &self,
+        full: &str,
+        version: Option<&str>,
+    ) -> Result<Option<Lock>, StoreError> {
         let head = match self
             .client
             .head_object()
             .bucket(&self.settings.bucket)
             .key(full)
+            .set_version_id(version.map(String::from))
             .send()
             .await
         {
             Ok(h) => h,
             Err(SdkError::ServiceError(e)) if e.err().is_not_found() => return Ok(None),
+            // A delete marker's version answers 405 to HEAD: it holds nothing.
+            Err(SdkError::ServiceError(e))
+                if version.is_some() && e.raw().status().as_u16() == 405 =>
+            {
+                return Ok(None)
+            }
             Err(e) => return Err(self.sdk_err(format!("reading the lock of {full}"), e)),
         };
         if head.object_lock_legal_hold_status() == Some(&ObjectLockLegalHoldStatus::On) {
@@ -144,6 +246,19 @@ impl S3Store {
             key_marker = page.next_key_marker().map(String::from);
             version_marker = page.next_version_id_marker().map(String::from);
         }
+    }
+}
+
+/// The lock that holds longer: a legal hold over any retention, else the later end.
+fn stronger(a: Option<Lock>, b: Option<Lock>) -> Option<Lock> {
+    match (a, b) {
+        (None, b) => b,
+        (a, None) => a,
+        (Some(a), Some(b)) => match (a.until, b.until) {
+            (None, _) => Some(a),
+            (_, None) => Some(b),
+            (Some(x), Some(y)) => Some(if y > x { b } else { a }),
+        },
     }
 }
 

@@ -178,7 +178,10 @@ impl S3Store {
                 .ssekms_key_id(id),
             None => req,
         };
-        if let Some(lock) = &self.settings.lock {
+        // An object replaced in place (a journal head, a shadow's proof: state, not history)
+        // is not locked (#21): every replacement would leave one more locked version, ~20,000
+        // a day per chain, that nothing could delete before its lock ends.
+        if let Some(lock) = self.settings.lock.as_ref().filter(|_| !overwrite) {
             let (mode, until) = lock::retention(lock);
             req = req
                 .object_lock_mode(mode)
@@ -266,20 +269,30 @@ impl S3Store {
             }
         }
         done.sort_by_key(|p| p.part_number());
-        self.client
+        // Never over an existing object (#21), as for single PUTs: a bucket policy can then
+        // deny every unconditional write (deploy/iam).
+        let completed = self
+            .client
             .complete_multipart_upload()
             .bucket(&self.settings.bucket)
             .key(full)
             .upload_id(upload_id)
+            .if_none_match("*")
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(done))
                     .build(),
             )
             .send()
-            .await
-            .map_err(|e| self.sdk_err(format!("completing the upload of {key}"), e))?;
-        Ok(total)
+            .await;
+        match completed {
+            Ok(_) => Ok(total),
+            Err(e) if is_precondition_failed(&e) => Err(StoreError::AlreadyExists {
+                location: self.location(),
+                key: key.to_string(),
+            }),
+            Err(e) => Err(self.sdk_err(format!("completing the upload of {key}"), e)),
+        }
     }
 
     async fn upload_part(
@@ -512,6 +525,23 @@ impl Store for S3Store {
     async fn lock_of(&self, key: &str) -> Result<Option<Lock>, StoreError> {
         let full = self.full_key(key)?;
         self.read_lock(&full).await
+    }
+
+    async fn hidden_locked(&self, prefix: &str) -> Vec<String> {
+        let Ok(full) = self.full_key(prefix) else {
+            return Vec::new();
+        };
+        let root = full.strip_suffix(prefix).unwrap_or_default().to_string();
+        match self.locked_behind_markers(&full).await {
+            Ok(keys) => keys
+                .into_iter()
+                .filter_map(|k| k.strip_prefix(&root).map(String::from))
+                .collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list object versions: hidden backups are not looked for");
+                Vec::new()
+            }
+        }
     }
 
     async fn clean_incomplete(&self) -> Result<Vec<String>, StoreError> {

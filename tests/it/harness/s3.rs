@@ -19,6 +19,8 @@ pub struct S3Server {
     /// policies in deploy/iam/ (the admin keys above can do anything).
     pub node: Option<Keys>,
     pub pruner: Option<Keys>,
+    /// The shadow's (deploy/iam/shadow-policy.json): its bases and proofs, nothing else.
+    pub shadow: Option<Keys>,
     _dir: tempfile::TempDir,
 }
 
@@ -80,7 +82,7 @@ impl S3Server {
         S3Server::start_with(Some(pki), Identities::AdminOnly)
     }
 
-    /// Also knows a node and a pruner identity, each allowed what the IAM policy of its name
+    /// Also knows a node, a pruner and a shadow identity, each allowed what the IAM policy of its name
     /// in deploy/iam/ allows (SeaweedFS evaluates attached IAM policies).
     pub fn start_with_roles() -> S3Server {
         S3Server::start_with(None, Identities::WithRoles)
@@ -249,16 +251,20 @@ fn try_start(pki: Option<&super::Pki>, ids: Identities) -> Result<S3Server, Stri
         "actions": ["Admin", "Read", "List", "Tagging", "Write"],
     })];
     let mut policies = Vec::new();
-    let (node, pruner) = match ids {
-        Identities::AdminOnly => (None, None),
+    let (node, pruner, shadow) = match ids {
+        Identities::AdminOnly => (None, None, None),
         Identities::WithRoles => {
-            let (node, pruner) = (Keys::random("NODE"), Keys::random("PRUNER"));
-            for (role, keys) in [("node", &node), ("pruner", &pruner)] {
+            let (node, pruner, shadow) = (
+                Keys::random("NODE"),
+                Keys::random("PRUNER"),
+                Keys::random("SHADOW"),
+            );
+            for (role, keys) in [("node", &node), ("pruner", &pruner), ("shadow", &shadow)] {
                 let (identity, policy) = role_identity(role, keys);
                 identities.push(identity);
                 policies.push(policy);
             }
-            (Some(node), Some(pruner))
+            (Some(node), Some(pruner), Some(shadow))
         }
     };
     let config = dir.path().join("identities.json");
@@ -307,6 +313,7 @@ fn try_start(pki: Option<&super::Pki>, ids: Identities) -> Result<S3Server, Stri
         secret_key: admin.secret_key,
         node,
         pruner,
+        shadow,
         _dir: dir,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
