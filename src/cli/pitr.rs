@@ -100,6 +100,25 @@ pub(super) fn print_report(r: &ReplayReport, out: &Path) {
         r.target_rev,
         summary(r)
     );
+    if let Some(note) = unverified(r) {
+        println!("{note}");
+    }
+}
+
+/// What no checkpoint proved (#21): the revisions after the last checkpoint verified on the
+/// way (or after the base) up to the target.
+pub(super) fn unverified(r: &ReplayReport) -> Option<String> {
+    if r.verified_through.is_some_and(|v| v >= r.target_rev) || r.revisions == 0 {
+        return None;
+    }
+    let from = match r.verified_through {
+        Some(v) => format!("the last checkpoint at revision {v}"),
+        None => format!("the base {}", r.base),
+    };
+    Some(format!(
+        "unverified after {from}: revisions up to {} are as the signed journal records them (signatures, digests and hash chain checked) but no HashKV proved them; the next checkpoint does (`lifeboat continuous status` shows the verified window)",
+        r.target_rev
+    ))
 }
 
 /// What a replay did and proved, in one line.
@@ -114,4 +133,40 @@ pub(super) fn summary(r: &ReplayReport) -> String {
         r.hash,
         r.compact_revision
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(verified_through: Option<i64>, target_rev: i64) -> ReplayReport {
+        ReplayReport {
+            base: "etcd-base".into(),
+            target_rev,
+            revisions: 10,
+            segments: 1,
+            checkpoints_verified: usize::from(verified_through.is_some()),
+            verified_through,
+            compactions_mirrored: 0,
+            leases_granted: 0,
+            leases_revoked: 0,
+            replay_ms: 1,
+            revisions_per_second: 1.0,
+            hash: 1,
+            compact_revision: 0,
+        }
+    }
+
+    /// #21: a restore says which revisions no checkpoint proved.
+    #[test]
+    fn the_revisions_no_checkpoint_proved_are_named() {
+        assert_eq!(unverified(&report(Some(20), 20)), None);
+        let after = unverified(&report(Some(15), 20)).unwrap();
+        assert!(
+            after.contains("checkpoint at revision 15") && after.contains("up to 20"),
+            "{after}"
+        );
+        let none = unverified(&report(None, 20)).unwrap();
+        assert!(none.contains("the base etcd-base"), "{none}");
+    }
 }

@@ -117,9 +117,33 @@ pub fn resolve_store(backup: &BackupSection, s3: &S3Section) -> Result<Spec, Con
     }
 }
 
+/// An `http://` endpoint whose host is not this machine's loopback (#21).
+fn plain_http_off_this_machine(endpoint: &str) -> bool {
+    let Some(rest) = endpoint.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    !loopback
+}
+
 fn s3_settings(bucket: &str, prefix: &str, s3: &S3Section) -> Result<S3Settings, ConfigError> {
     let mut st = S3Settings::new(bucket, prefix);
     st.endpoint = s3.endpoint.clone();
+    if let Some(e) = s3
+        .endpoint
+        .as_deref()
+        .filter(|e| plain_http_off_this_machine(e))
+    {
+        tracing::warn!(endpoint = %e, "the S3 endpoint is plain http: backups are encrypted, but the credentials' signatures, object names and sizes cross the network in clear and a man in the middle can refuse or replay writes; use https:// (s3.ca_bundle for a private CA)");
+    }
     st.region = s3.region.clone();
     st.path_style = s3.path_style.unwrap_or(false);
     st.ca_bundle = s3.ca_bundle.clone();
@@ -323,6 +347,16 @@ fn recipients(b: &BackupSection) -> Result<Recipients, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_is_noticed_off_this_machine_only() {
+        assert!(plain_http_off_this_machine("http://minio.storage.svc:9000"));
+        assert!(plain_http_off_this_machine("http://10.0.0.5/"));
+        assert!(!plain_http_off_this_machine("http://127.0.0.1:8333"));
+        assert!(!plain_http_off_this_machine("http://[::1]:8333"));
+        assert!(!plain_http_off_this_machine("http://localhost:9000"));
+        assert!(!plain_http_off_this_machine("https://s3.example.com"));
+    }
 
     #[test]
     fn rates_take_units_and_bad_ones_name_the_key() {

@@ -274,6 +274,10 @@ pub async fn segments(
         if cluster.is_some_and(|c| c != listing.cluster_id) {
             continue;
         }
+        if let Err(e) = super::chain::check_chain(store.as_ref(), policy, &listing).await {
+            tracing::warn!(chain = %listing.chain, error = %e, "a journal chain that is not trusted: not listed");
+            continue;
+        }
         for key in &listing.segments {
             out.push(read_manifest(store.as_ref(), policy, key).await?);
         }

@@ -33,6 +33,9 @@ pub struct ReplayReport {
     pub revisions: i64,
     pub segments: usize,
     pub checkpoints_verified: usize,
+    /// The newest revision a checkpoint proved on the way (`None`: none did). Revisions after
+    /// it are as the signed journal says, not proven by a HashKV (#21).
+    pub verified_through: Option<i64>,
     /// Compactions replayed at their own revision (checked where the member gave a hash).
     pub compactions_mirrored: usize,
     pub leases_granted: usize,
@@ -323,6 +326,7 @@ pub(crate) async fn apply_journal(
             revisions: 0,
             segments: start.segments,
             checkpoints_verified: 0,
+            verified_through: None,
             compactions_mirrored: 0,
             leases_granted: 0,
             leases_revoked: 0,
@@ -640,6 +644,7 @@ impl Replayer {
         }
         self.verify_hash(rev, compact_rev, expected, source).await?;
         self.report.checkpoints_verified += 1;
+        self.report.verified_through = Some(rev);
         tracing::info!(rev, hash = expected, "checkpoint verified");
         self.hook
             .verified(Proof {

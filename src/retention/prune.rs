@@ -288,7 +288,9 @@ fn find_orphans(
     let manifest_keys: HashSet<&str> = all.iter().map(|o| o.key.as_str()).collect();
     let mut out = Vec::new();
     for o in all {
-        let Some(id) = data_object_id(&o.key).or_else(|| crate::catalog::id_of_bundle_key(&o.key))
+        let Some(id) = data_object_id(&o.key)
+            .or_else(|| crate::catalog::id_of_bundle_key(&o.key))
+            .or_else(|| orphan_signature_id(&o.key))
         else {
             continue;
         };
@@ -331,6 +333,12 @@ fn bundled_backups(all: &[ObjectInfo]) -> HashSet<String> {
         .collect()
 }
 
+/// The id of a manifest's signature (`<id>.manifest.json.minisig`): written before its
+/// manifest, it is left alone when a commit was interrupted between the two (#21).
+fn orphan_signature_id(key: &str) -> Option<BackupId> {
+    crate::catalog::id_of_manifest_key(key.strip_suffix(crate::trust::SIGNATURE_SUFFIX)?)
+}
+
 /// The id of a data object key (`<id>.db.zst.age` or `<id>.db.zst`), when it is one of ours.
 fn data_object_id(key: &str) -> Option<BackupId> {
     let stem = key
@@ -352,5 +360,33 @@ mod tests {
         assert!(data_object_id(&id.manifest_key()).is_none());
         assert!(data_object_id("etcd-backup.db.zst.age").is_none());
         assert!(data_object_id("snapshot.db").is_none());
+    }
+
+    /// #21: a signature whose manifest was never written (a commit interrupted between the two)
+    /// goes after the grace period; one beside its manifest stays.
+    #[test]
+    fn a_signature_without_its_manifest_is_an_orphan() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
+        let lone = BackupId::new(now - chrono::Duration::days(3), 5);
+        let paired = BackupId::new(now - chrono::Duration::days(3), 5);
+        let sig = |id: &BackupId| crate::catalog::signature_key(&id.manifest_key());
+        let old = Some(std::time::SystemTime::from(now - chrono::Duration::days(2)));
+        let all: Vec<ObjectInfo> = [sig(&lone), sig(&paired), paired.manifest_key()]
+            .into_iter()
+            .map(|key| ObjectInfo {
+                key,
+                size: 1,
+                modified: old,
+            })
+            .collect();
+        let policy = Policy {
+            incomplete_grace: std::time::Duration::from_secs(86400),
+            ..Policy::default()
+        };
+        let orphans = find_orphans(&all, &[], now, &policy, None);
+        let keys: Vec<&str> = orphans.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, vec![sig(&lone).as_str()]);
+        assert_eq!(orphans[0].action, Action::Delete);
+        assert!(orphan_signature_id("etcd-x.manifest.json.minisig").is_none());
     }
 }

@@ -422,6 +422,31 @@ fn the_shadow_runs_off_the_control_plane_unprivileged_with_a_valid_config() {
             "/var/run/secrets/etcd-lifeboat-shadow/signing.key.pub",
             crate::harness::test_keys().public.to_str().unwrap(),
         );
+    // The Secret's files as the kubelet mounts them: defaultMode, plus group read with an
+    // fsGroup (#21: 0440 made the shipped shadow refuse its own key).
+    let deployment: k8s_openapi::api::apps::v1::Deployment = parse("shadow.yaml");
+    let spec = deployment.spec.unwrap();
+    assert_eq!(
+        spec.strategy.and_then(|s| s.type_).as_deref(),
+        Some("Recreate"),
+        "two shadows must never overlap"
+    );
+    let pod = spec.template.spec.unwrap();
+    let default_mode = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "identity")
+        .and_then(|v| v.secret)
+        .and_then(|s| s.default_mode)
+        .unwrap_or(0o644) as u32;
+    let fs_group = pod.security_context.and_then(|s| s.fs_group).is_some();
+    let mode = default_mode | if fs_group { 0o040 } else { 0 };
+    assert_eq!(mode, 0o440, "as the kubelet mounts it");
+    for f in [&signing, &key.identity_file] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
     let config: lifeboat::config::FileConfig = toml::from_str(&text).unwrap();
     let serve = lifeboat::config::resolve_serve(&config).unwrap();
     assert!(serve.backup.is_none(), "a drill-only instance");

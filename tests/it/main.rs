@@ -9,6 +9,7 @@ mod deploy;
 mod docs;
 mod drill;
 mod failures;
+mod hardening;
 mod harness;
 mod hashkv;
 mod layers;
