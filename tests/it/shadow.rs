@@ -811,3 +811,61 @@ fn serve_waits_for_the_journal_and_a_failing_base_is_counted_while_the_shadow_go
         shadow.get("/readyz").is_some_and(|(code, _)| code == 200)
     });
 }
+
+/// The PIDs of the processes whose command line names `path` (the shadow's private etcd runs
+/// with its data dir under the shadow's work dir).
+fn processes_under(path: &std::path::Path) -> Vec<u32> {
+    let needle = path.to_str().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains(needle) && c.contains("--data-dir")
+            })
+        })
+        .collect()
+}
+
+/// #21: the private etcd killed (as the OOM killer would) is the machine, not the journal: no
+/// mismatch, the shadow's data is kept, and it goes on proving once it has started it again.
+#[test]
+fn a_killed_sandbox_etcd_is_not_a_mismatch_and_the_shadow_goes_on() {
+    let (j, first) = journal_of("/registry/configmaps/k/c", 20);
+    let (key, _) = shadow_key(&j);
+    let shadow = Serve::start(following(&j, &key, "1h"), j.out("shadow.log"));
+    wait_until(
+        "the shadow applied the journal",
+        Duration::from_secs(60),
+        || shadow.metric("lifeboat_shadow_applied_revision") >= first as f64,
+    );
+    let sandbox = processes_under(&j.out("shadow"));
+    assert_eq!(sandbox.len(), 1, "{sandbox:?}");
+    crate::harness::run_ok(
+        std::process::Command::new("kill").args(["-9", &sandbox[0].to_string()]),
+    );
+    let more = write_keys(&j.etcd, "/registry/configmaps/k/d", 30, 60);
+    j.wait_durable(more);
+    wait_until(
+        "the shadow proving again past the kill",
+        Duration::from_secs(120),
+        || {
+            shadow.metric("lifeboat_shadow_verified_revision") > first as f64
+                && shadow.metric("lifeboat_shadow_applied_revision") >= more as f64
+        },
+    );
+    assert_eq!(
+        shadow.metric("lifeboat_shadow_mismatches_total"),
+        0.0,
+        "{}",
+        shadow.log_text()
+    );
+    assert_eq!(shadow.metric("lifeboat_shadow_up"), 1.0);
+    assert!(
+        shadow.log_text().contains("not the journal"),
+        "{}",
+        shadow.log_text()
+    );
+}
