@@ -22,6 +22,7 @@ use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt};
 
+mod clock;
 mod lock;
 mod settings;
 
@@ -111,6 +112,7 @@ impl S3Store {
         if let Some(endpoint) = &settings.endpoint {
             config = config.endpoint_url(endpoint);
         }
+        config = config.interceptor(clock::ClockCheck::default());
         Ok(S3Store {
             client: Client::from_conf(config.build()),
             settings,
