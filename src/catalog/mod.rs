@@ -729,6 +729,37 @@ mod tests {
         );
     }
 
+    /// #21: what stands for the cluster without the journal (the upgrade gate's fresh backup, a
+    /// new chain's base) is a writer's signed backup: never a shadow's base, never unsigned.
+    #[test]
+    fn only_writers_signed_backups_stand_for_the_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer_pub, _) = crate::trust::generate(&dir.path().join("w")).unwrap();
+        let (shadow_pub, _) = crate::trust::generate(&dir.path().join("s")).unwrap();
+        let writer = SigningKey::from_file(&dir.path().join("w")).unwrap();
+        let shadow = SigningKey::from_file(&dir.path().join("s")).unwrap();
+        let now = Utc::now();
+        let production = manifest(now - chrono::Duration::hours(3), 0xab);
+        let mut base = manifest(now - chrono::Duration::hours(1), 0xab);
+        base.reason = Reason::Shadow;
+        let unsigned = manifest(now - chrono::Duration::hours(2), 0xab);
+        let (_d, catalog) = store_with(&[]);
+        block_on(catalog.commit(&production, Some(&writer))).unwrap();
+        block_on(catalog.commit(&base, Some(&shadow))).unwrap();
+        block_on(catalog.commit(&unsigned, None)).unwrap();
+        let mut keys = crate::trust::TrustedKeys::from_files(&[writer_pub]).unwrap();
+        keys.push(
+            crate::trust::TrustedKey::from_file(&shadow_pub, crate::trust::Role::Shadow).unwrap(),
+        );
+        let reader = Catalog::new(
+            catalog.store().clone(),
+            Arc::new(ReadPolicy::new(keys, Some(now)).unwrap()),
+        );
+        let (listed, _) = block_on(reader.list()).unwrap();
+        assert_eq!(listed.len(), 3, "all three are trusted for listing");
+        assert_eq!(block_on(reader.writer_signed()).unwrap(), vec![production]);
+    }
+
     /// #21: `latest` is the highest revision of the cluster (a backup's time is its writer's
     /// clock), and an unsigned backup never wins over a signed one.
     #[test]

@@ -53,6 +53,14 @@ pub fn proven_key(chain: &str) -> String {
     format!("{}{NAME}", prefix(Some(chain)))
 }
 
+/// The chain a proven key belongs to.
+pub fn chain_of_proven_key(key: &str) -> Option<String> {
+    key.strip_prefix(&prefix(None))?
+        .strip_suffix(NAME)?
+        .strip_suffix('.')
+        .map(str::to_string)
+}
+
 /// Signs `p` and replaces the chain's proven object with it.
 ///
 /// # Errors
@@ -96,5 +104,9 @@ mod tests {
         assert_eq!(key, "seg.20261129T070000.000Z-00000000000000ab.proven.json");
         assert!(crate::continuous::SegmentKey::of_any_key(&key).is_none());
         assert!(crate::continuous::head::chain_of_head_key(&key).is_none());
+        assert_eq!(
+            chain_of_proven_key(&key).as_deref(),
+            Some("20261129T070000.000Z-00000000000000ab")
+        );
     }
 }

@@ -33,6 +33,8 @@ pub struct JournalPlan {
     /// segment's manifest is trusted and says the same (the caller checks, #21).
     #[serde(skip)]
     pub cuts: BTreeMap<String, SegmentKey>,
+    /// Heads and proofs of chains wholly before the window.
+    pub stale_state: Vec<String>,
     /// Chains left alone because their names do not form a chain (a sequence number twice,
     /// revisions that do not grow with it): planted or damaged, never pruned on their word.
     pub suspicious: Vec<String>,
@@ -122,7 +124,45 @@ pub fn plan(
     }
     out.segments_to_delete = out.delete.len();
     out.orphans = orphans(&objects, all, grace, now, only_cluster);
+    out.stale_state = stale_state(all, window_start, only_cluster);
     out
+}
+
+/// Heads and proofs (state replaced in place, #21) of chains that lie wholly before the window:
+/// a newer chain of the same cluster started before the window did, so no time in the window
+/// falls in this chain, and its head or proof can answer nothing a restore will ask.
+fn stale_state(
+    all: &[ObjectInfo],
+    window_start: DateTime<Utc>,
+    only_cluster: Option<u64>,
+) -> Vec<String> {
+    let state_of = |key: &str| {
+        super::head::chain_of_head_key(key)
+            .map(str::to_string)
+            .or_else(|| super::proven::chain_of_proven_key(key))
+    };
+    let mut starts: BTreeMap<u64, Vec<DateTime<Utc>>> = BTreeMap::new();
+    for o in all {
+        let chain = SegmentKey::of_manifest_key(&o.key)
+            .map(|k| k.chain)
+            .or_else(|| state_of(&o.key));
+        if let Some(id) = chain.and_then(|c| crate::catalog::BackupId::parse(&c)) {
+            starts.entry(id.cluster_id).or_default().push(id.time);
+        }
+    }
+    all.iter()
+        .filter_map(|o| {
+            let id = crate::catalog::BackupId::parse(&state_of(&o.key)?)?;
+            if only_cluster.is_some_and(|c| c != id.cluster_id) {
+                return None;
+            }
+            let superseded = starts
+                .get(&id.cluster_id)?
+                .iter()
+                .any(|t| *t > id.time && *t <= window_start);
+            superseded.then(|| o.key.clone())
+        })
+        .collect()
 }
 
 /// The revision PITR into the window starts from, for one chain.
@@ -306,6 +346,40 @@ mod tests {
         p.spare(&chain);
         assert!(p.delete.is_empty() && p.cuts.is_empty());
         assert_eq!(p.segments_kept, 5);
+    }
+
+    /// #21: the heads and proofs of a chain wholly before the window go; the newest chain's,
+    /// and those of a chain the window still reaches, stay.
+    #[test]
+    fn heads_and_proofs_of_chains_before_the_window_go() {
+        let keep = Duration::from_secs(72 * 3600);
+        let day = Duration::from_secs(86400);
+        let old = backup(200, 10).id; // superseded by `middle`, before the window
+        let middle = backup(100, 50).id; // superseded inside the window: still reached
+        let newest = backup(10, 90).id;
+        let mut all = Vec::new();
+        for chain in [&old, &middle, &newest] {
+            all.extend(segment_objects(chain, &[11]));
+            for key in [
+                crate::continuous::head::head_key(chain),
+                crate::continuous::proven::proven_key(chain),
+            ] {
+                all.push(ObjectInfo {
+                    key,
+                    size: 1,
+                    modified: Some(std::time::SystemTime::from(now())),
+                });
+            }
+        }
+        let p = plan(&all, &[], keep, day, now(), None);
+        let mut stale = p.stale_state.clone();
+        stale.sort();
+        let mut expected = vec![
+            crate::continuous::head::head_key(&old),
+            crate::continuous::proven::proven_key(&old),
+        ];
+        expected.sort();
+        assert_eq!(stale, expected);
     }
 
     #[test]

@@ -170,7 +170,7 @@ async fn prune_journal(
         deleted += 1;
         tracing::debug!(chain = %segment.chain, seq = segment.seq, "retention deleted a journal segment");
     }
-    for key in &plan.orphans {
+    for key in plan.orphans.iter().chain(&plan.stale_state) {
         if holding_lock(store, std::slice::from_ref(key), now)
             .await?
             .is_some()
