@@ -462,20 +462,26 @@ impl Builder {
     /// Every lease alive now goes into the first segment of this capture, so a replay has
     /// each lease its keys name, whatever base backup it starts from.
     async fn record_all_leases(&mut self, source: &mut EtcdSource) -> Result<(), ContinuousError> {
-        let (ids, _) = source.lease_ids().await?;
+        let (ids, at_rev) = source.lease_ids().await?;
         for id in ids {
-            self.record_lease(source, id).await?;
+            self.record_lease(source, id, at_rev).await?;
         }
         Ok(())
     }
 
+    /// Records lease `id`, first seen with the store at `from_rev`.
     async fn record_lease(
         &mut self,
         source: &mut EtcdSource,
         id: i64,
+        from_rev: i64,
     ) -> Result<(), ContinuousError> {
         let ttl = source.lease_granted_ttl(id).await?.unwrap_or(0);
-        self.leases.push(Record::Lease { id, ttl });
+        self.leases.push(Record::Lease {
+            id,
+            ttl,
+            from_rev: Some(from_rev),
+        });
         self.known.insert(id);
         Ok(())
     }
@@ -488,7 +494,7 @@ impl Builder {
         for c in &r.changes {
             if let Change::Put { lease, .. } = c {
                 if *lease != 0 && !self.known.contains(lease) {
-                    self.record_lease(source, *lease).await?;
+                    self.record_lease(source, *lease, r.rev).await?;
                 }
             }
         }
@@ -649,7 +655,7 @@ impl Builder {
         let (alive, at_rev) = source.lease_ids().await?;
         let alive: BTreeSet<i64> = alive.into_iter().collect();
         for id in alive.difference(&self.known.clone()) {
-            self.record_lease(source, *id).await?;
+            self.record_lease(source, *id, at_rev).await?;
         }
         let gone: Vec<i64> = self.known.difference(&alive).copied().collect();
         for id in gone {

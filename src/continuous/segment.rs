@@ -20,8 +20,17 @@ pub enum Record {
     /// The first line: which link of which chain this is.
     Header(Header),
     /// A lease, with the TTL it was granted with, before any revision of this segment that
-    /// attaches a key to it (`ttl` 0: it was gone before its TTL could be read).
-    Lease { id: i64, ttl: i64 },
+    /// attaches a key to it (`ttl` 0: it was gone before its TTL could be read). `from_rev`:
+    /// the store's revision when it was first seen — the revision that first attached a key to
+    /// it, or the revision a listing found it alive at — so a restore to an earlier revision
+    /// leaves it out, unless a key at or before the target uses it (#22). `None` in journals
+    /// written before it was recorded: granted where it stands.
+    Lease {
+        id: i64,
+        ttl: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_rev: Option<i64>,
+    },
     /// One revision: its changes in sub-revision order, and when it was received (ms since
     /// the epoch), which maps a time to a revision.
     Rev {
@@ -383,7 +392,16 @@ pub(crate) mod tests {
         let m = manifest(10, 12);
         let good = encode_body(
             &header(&m),
-            &[rev(10), Record::Lease { id: 5, ttl: 60 }, rev(11), rev(12)],
+            &[
+                rev(10),
+                Record::Lease {
+                    id: 5,
+                    ttl: 60,
+                    from_rev: Some(11),
+                },
+                rev(11),
+                rev(12),
+            ],
         )
         .unwrap();
         assert_eq!(decode_body(&good, &m).unwrap().len(), 4);

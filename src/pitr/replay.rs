@@ -278,6 +278,10 @@ struct Replayer {
     alive: Arc<std::sync::Mutex<BTreeMap<i64, i64>>>,
     /// Revocations seen but not yet due (`after_rev` not replayed yet).
     pending_revokes: Vec<(i64, i64)>,
+    /// Leases first seen at a revision not replayed yet: id → (TTL, that revision). Granted
+    /// once the replay reaches it, or just before a revision attaches a key to one; never when
+    /// the target comes first — a lease granted after the target is not in its state (#22).
+    deferred: BTreeMap<i64, (i64, i64)>,
     compacted: i64,
     /// When the capture received the newest revision applied.
     last_at_ms: Option<i64>,
@@ -318,6 +322,7 @@ pub(crate) async fn apply_journal(
         target: start.target,
         alive: Arc::new(std::sync::Mutex::new(BTreeMap::new())),
         pending_revokes: Vec::new(),
+        deferred: BTreeMap::new(),
         compacted: 0,
         last_at_ms: None,
         report: ReplayReport {
@@ -443,6 +448,10 @@ impl Replayer {
                                 self.failed(rev, format!("revision {expected} was due next"))
                             );
                         }
+                        if self.attaches_deferred(&changes) {
+                            self.flush(&mut batch).await?;
+                            self.grant_attached(&changes).await?;
+                        }
                         batch.push(pipeline::pending(rev, &changes, prev.as_deref()));
                         prev = Some(changes);
                         if batch.len() >= BATCH {
@@ -477,12 +486,55 @@ impl Replayer {
         self.current = last;
         self.report.revisions += n;
         self.hook.applied(last);
+        self.grant_due().await?;
         self.revoke_due().await
+    }
+
+    /// Whether `changes` put a key with a lease that is deferred.
+    fn attaches_deferred(&self, changes: &[Change]) -> bool {
+        !self.deferred.is_empty()
+            && changes.iter().any(|c| {
+                matches!(c, Change::Put { lease, .. } if *lease != 0 && self.deferred.contains_key(lease))
+            })
+    }
+
+    /// Grants the deferred leases `changes` attach keys to: they existed by then.
+    async fn grant_attached(&mut self, changes: &[Change]) -> Result<(), PitrError> {
+        for c in changes {
+            if let Change::Put { lease, .. } = c {
+                if let Some((ttl, _)) = self.deferred.remove(lease) {
+                    self.grant(*lease, ttl).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Grants the deferred leases first seen at or before the revision reached.
+    async fn grant_due(&mut self) -> Result<(), PitrError> {
+        let current = self.current;
+        let due: Vec<(i64, i64)> = self
+            .deferred
+            .iter()
+            .filter(|(_, (_, from))| *from <= current)
+            .map(|(id, (ttl, _))| (*id, *ttl))
+            .collect();
+        for (id, ttl) in due {
+            self.deferred.remove(&id);
+            self.grant(id, ttl).await?;
+        }
+        Ok(())
     }
 
     async fn apply(&mut self, record: Record, source: &mut EtcdSource) -> Result<(), PitrError> {
         match record {
-            Record::Lease { id, ttl } => self.grant(id, ttl).await,
+            Record::Lease { id, ttl, from_rev } => match from_rev {
+                Some(from) if from > self.current => {
+                    self.deferred.insert(id, (ttl, from));
+                    Ok(())
+                }
+                _ => self.grant(id, ttl).await,
+            },
             Record::Revoke { id, after_rev } => {
                 self.pending_revokes.push((id, after_rev));
                 self.revoke_due().await
@@ -605,6 +657,8 @@ impl Replayer {
             .collect();
         self.pending_revokes.retain(|(_, after)| *after > current);
         for (id, _) in due {
+            // Gone before it was due to be granted: never granted.
+            self.deferred.remove(&id);
             if let Ok(mut alive) = self.alive.lock() {
                 alive.remove(&id);
             }
@@ -766,4 +820,18 @@ fn check_written(out: &Path, target: i64, hash: u32) -> Result<(), PitrError> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// #21: a fixed 8 GiB quota made a large cluster's replay fail with NOSPACE.
+    #[test]
+    fn the_sandbox_quota_follows_the_base() {
+        assert_eq!(sandbox_quota(0), 8 << 30);
+        assert_eq!(sandbox_quota(1 << 30), 8 << 30);
+        assert_eq!(sandbox_quota(6 << 30), 24 << 30);
+        assert_eq!(sandbox_quota(u64::MAX), u64::MAX);
+    }
 }

@@ -13,6 +13,7 @@ mod hardening;
 mod harness;
 mod hashkv;
 mod layers;
+mod leases;
 mod object_lock;
 mod restore;
 mod retention;

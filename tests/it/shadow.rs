@@ -122,6 +122,12 @@ fn the_shadow_proves_the_journal_and_its_bases_equal_production_at_their_revisio
         let m = manifest_of(&j, id);
         assert_eq!(m["reason"], "shadow", "{m}");
         assert_eq!(m["revision"].as_i64(), Some(rev), "{m}");
+        // #21: the time its data was written (the capture's receive time of its revision),
+        // besides the time it was cut.
+        let data_at = chrono::DateTime::parse_from_rfc3339(m["data_at"].as_str().unwrap()).unwrap();
+        let cut_at =
+            chrono::DateTime::parse_from_rfc3339(m["created_at"].as_str().unwrap()).unwrap();
+        assert!(data_at <= cut_at, "{m}");
         // Same cluster as production (its first full backup names the chain), and equal to
         // it at that revision.
         let production = manifest_of(&j, segment_files(&j)[0]["chain"].as_str().unwrap());
