@@ -72,6 +72,9 @@ pub async fn run(a: PruneArgs, file: FileConfig) -> Result<()> {
             for c in &report.incomplete_cleaned {
                 println!("{:<13} {c}", "cleaned");
             }
+            for m in &report.skipped_manifests {
+                println!("{:<13} {:<52} {:<12} {}", "left alone", m.key, "-", m.why);
+            }
             let deletes = report
                 .decisions
                 .iter()
@@ -99,7 +102,7 @@ pub async fn run(a: PruneArgs, file: FileConfig) -> Result<()> {
                     String::new()
                 } else {
                     format!(
-                        "; {} unreadable manifests left alone",
+                        "; {} untrusted or unreadable manifests left alone (listed above)",
                         report.skipped_manifests.len()
                     )
                 },

@@ -278,11 +278,20 @@ pub fn resolve_backup(
             ))
         }
     };
+    let signer = super::trust::resolve_signer(t)?;
+    // Readers accept only signed backups: an unsigned one would be written only to be refused
+    // by every reader — the README's first commands did exactly that (#22).
+    if signer.is_none() && !t.allow_unsigned.unwrap_or(false) {
+        return Err(invalid(
+            "trust.signing_key",
+            "no signing key: every reader refuses unsigned backups. Generate one (`lifeboat signing-key generate -o signing.key`) and pass --signing-key signing.key (readers trust signing.key.pub with --trusted-key), or pass --allow-unsigned to write an unsigned backup on purpose",
+        ));
+    }
     Ok(BackupSettings {
         compression_level: level,
         recipients,
         reason,
-        signer: super::trust::resolve_signer(t)?,
+        signer,
         max_rate: b
             .max_rate
             .as_deref()
@@ -369,6 +378,33 @@ mod tests {
                 .to_string()
                 .contains("backup.max_rate"));
         }
+    }
+
+    /// #22: a writer without a signing key refuses, unless told to write unsigned.
+    #[test]
+    fn a_writer_without_a_signing_key_refuses_unless_told() {
+        let b = BackupSection {
+            recipients: Some(vec![
+                "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p".into(),
+            ]),
+            ..BackupSection::default()
+        };
+        let err = resolve_backup(&b, &TrustSection::default(), Reason::Manual)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("trust.signing_key") && err.contains("signing-key generate"),
+            "{err}"
+        );
+        let unsigned = TrustSection {
+            allow_unsigned: Some(true),
+            ..TrustSection::default()
+        };
+        assert!(resolve_backup(&b, &unsigned, Reason::Manual)
+            .unwrap()
+            .signer
+            .is_none());
     }
 
     #[test]

@@ -36,10 +36,10 @@ section! {
         /// Never applies to journal segments, heads or proofs.
         #[arg(long, env = "LIFEBOAT_ALLOW_UNSIGNED_BEFORE", value_name = "RFC3339")]
         pub allow_unsigned_before: Option<String>,
-        /// Replaced by `allow_unsigned_before` (#21); refused with a pointer to it.
+        /// Writers: write backups without a signature on purpose (no `signing_key`); every
+        /// reader refuses them unless they are dated before its `allow_unsigned_before`.
         #[arg(
             long,
-            hide = true,
             num_args = 0..=1,
             require_equals = true,
             default_missing_value = "true",
@@ -93,12 +93,6 @@ pub fn resolve_read_policy(t: &TrustSection) -> Result<Arc<ReadPolicy>, ConfigEr
 /// # Errors
 /// As [`resolve_read_policy`].
 pub fn resolve_read_policy_as(t: &TrustSection, own: Role) -> Result<Arc<ReadPolicy>, ConfigError> {
-    if t.allow_unsigned.is_some() {
-        return Err(invalid(
-            "trust.allow_unsigned",
-            "replaced by trust.allow_unsigned_before = <RFC 3339 time> (flag --allow-unsigned-before): only backups dated before it may be unsigned",
-        ));
-    }
     let mut keys = TrustedKeys::default();
     for e in t.keys.as_deref().unwrap_or_default() {
         keys.push(entry(e)?);
@@ -193,7 +187,10 @@ mod tests {
         .contains("trust.keys.not_after"));
         assert!(err("[trust]\nallow_unsigned_before = \"yesterday\"\n")
             .contains("trust.allow_unsigned_before"));
-        assert!(err("[trust]\nallow_unsigned = true\n").contains("allow_unsigned_before"));
+        assert!(
+            err("[trust]\nallow_unsigned = true\n").contains("no trusted signing key"),
+            "a writer's switch: reads nothing unsigned"
+        );
         assert!(err("[trust]\n").contains("no trusted signing key"));
         assert!(resolve_read_policy(&section(&format!(
             "[trust]\n[[trust.keys]]\nfile = \"{p}\"\nrole = \"shadow\"\nclusters = [\"ab\"]\nnot_after = \"2030-01-01T00:00:00Z\"\n"

@@ -218,7 +218,7 @@ fn plan_cluster(
 
 mod prune;
 
-pub use prune::{prune, Orphan, PruneError, PruneReport};
+pub use prune::{prune, Orphan, PruneError, PruneReport, SkippedManifest};
 
 #[cfg(test)]
 mod tests {

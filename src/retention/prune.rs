@@ -32,7 +32,16 @@ pub struct PruneReport {
     pub journal: crate::continuous::prune::JournalPlan,
     pub journal_deleted: usize,
     pub journal_locked: usize,
-    pub skipped_manifests: Vec<String>,
+    /// Manifests left alone because they cannot be trusted, each with why (#22): an
+    /// untrusted key (its id), an unsigned one, one that does not parse or is not what its
+    /// name says.
+    pub skipped_manifests: Vec<SkippedManifest>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SkippedManifest {
+    pub key: String,
+    pub why: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +140,13 @@ pub async fn prune(
         journal,
         journal_deleted,
         journal_locked,
-        skipped_manifests: skipped.into_iter().map(|s| s.key).collect(),
+        skipped_manifests: skipped
+            .into_iter()
+            .map(|s| SkippedManifest {
+                key: s.key,
+                why: s.reason,
+            })
+            .collect(),
     })
 }
 

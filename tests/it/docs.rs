@@ -126,3 +126,62 @@ fn words_split_like_a_shell() {
         ]
     );
 }
+
+/// The README's first block under "Using it on a kubeadm control-plane node".
+fn readme_quick_start() -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme
+        .split("## Using it on a kubeadm control-plane node")
+        .nth(1)
+        .expect("the section");
+    let start = section.find("```sh\n").expect("a sh block") + "```sh\n".len();
+    let len = section[start..].find("```").unwrap();
+    section[start..start + len].to_string()
+}
+
+/// #22: the README's quick start runs as written, on a kubeadm-shaped node (its etcd found from
+/// its static pod manifest, as on a real one): only the two paths on the host are swapped for
+/// the test's. An unsigned `save` that every reader then refuses was the first thing a new
+/// user met.
+#[test]
+fn the_readme_quick_start_runs_as_written() {
+    use crate::harness::node::FakeNode;
+    let node = FakeNode::start(crate::harness::Version::V35);
+    node.put("/registry/configmaps/default/readme", "{}");
+    let dir = tempfile::tempdir().unwrap();
+    let block = readme_quick_start();
+    assert!(block.contains("signing-key generate"), "{block}");
+    let script = block
+        .replace(
+            "/var/backups/etcd",
+            dir.path().join("backups").to_str().unwrap(),
+        )
+        .replace(
+            "/var/lib/etcd/member/snap/db",
+            node.data_dir.join("member/snap/db").to_str().unwrap(),
+        );
+    let bin = Path::new(env!("CARGO_BIN_EXE_lifeboat")).parent().unwrap();
+    let mut cmd = std::process::Command::new("bash");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("LIFEBOAT_") && !k.starts_with("LIFEBOAT_TEST_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(["-euo", "pipefail", "-c", &script])
+        .current_dir(dir.path())
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("LIFEBOAT_ETCD_MANIFEST", node.etcd_manifest())
+        .env("LIFEBOAT_LOG_LEVEL", "warn");
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 0, "{script}\n{}\n{}", r.stdout, r.stderr);
+    assert!(dir.path().join("snapshot.db").exists());
+    assert!(r.stdout.contains("revision"), "{}", r.stdout);
+}

@@ -140,6 +140,26 @@ fn a_signing_key_others_can_read_is_refused_naming_the_key() {
         .arg(&signing));
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("trust.signing_key"), "{}", r.stderr);
+    // #22: no key at all is refused too, before etcd is even asked (every reader would refuse
+    // the unsigned backup), saying how to make one or how to write unsigned on purpose.
+    let r = run(lifeboat()
+        .env_remove("LIFEBOAT_SIGNING_KEY")
+        .args([
+            "snapshot",
+            "save",
+            "-r",
+            &key.recipient,
+            "--endpoints",
+            "http://127.0.0.1:1",
+        ])
+        .arg("--dest")
+        .arg(dir.path().join("b")));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("signing-key generate") && r.stderr.contains("--allow-unsigned"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// #21, reproduced as a new user would: hiding the newest backup's signature made `snapshot
@@ -236,7 +256,8 @@ fn forged_backups_are_refused_by_every_reader_and_ignored_by_retention() {
             .arg(dir.path().join("w"))
             .args(extra);
         if unsigned {
-            cmd.env_remove("LIFEBOAT_SIGNING_KEY");
+            cmd.env_remove("LIFEBOAT_SIGNING_KEY")
+                .arg("--allow-unsigned");
         }
         run(&mut cmd).ok().json()
     };
@@ -371,6 +392,33 @@ fn forged_backups_are_refused_by_every_reader_and_ignored_by_retention() {
             "{forged} was touched: {left:?}"
         );
     }
+    // Each one left alone is named with why, in JSON and in the table (#22).
+    let prune = |extra: &[&str]| {
+        run(lifeboat()
+            .args(["prune", "--dry-run", "--dest"])
+            .arg(&dest)
+            .args(extra))
+        .ok()
+    };
+    let report = prune(&["-w", "json"]).json();
+    let skipped = report["skipped_manifests"].as_array().unwrap();
+    let why = |id: &str| {
+        skipped
+            .iter()
+            .find(|s| s["key"].as_str().unwrap().starts_with(id))
+            .unwrap_or_else(|| panic!("{id} in {report}"))["why"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(why(foreign["id"].as_str().unwrap()).contains("which is not trusted"));
+    assert!(why(unsigned["id"].as_str().unwrap()).contains("not signed"));
+    assert!(why(&replay_id).contains("it says it is backup"));
+    let table = prune(&[]).stdout;
+    assert!(
+        table.contains("left alone") && table.contains(foreign["id"].as_str().unwrap()),
+        "{table}"
+    );
 
     // Migration: unsigned backups dated before `--allow-unsigned-before` pass, and say so;
     // after it they stay refused (#21).
@@ -395,16 +443,19 @@ fn forged_backups_are_refused_by_every_reader_and_ignored_by_retention() {
     assert!(r.stderr.contains("UNSIGNED"), "{}", r.stderr);
     let r = list_before(genuine["created_at"].as_str().unwrap());
     assert!(!r.stdout.contains(unsigned_id), "{}", r.stdout);
-    // The old switch names its replacement.
-    let old = run(lifeboat()
-        .args(["snapshot", "list", "--allow-unsigned", "--dest"])
-        .arg(&dest));
-    assert_eq!(old.code, 2, "{}", old.stderr);
-    assert!(
-        old.stderr.contains("allow_unsigned_before"),
-        "{}",
-        old.stderr
-    );
+    // `--allow-unsigned` is a writer's switch now: a reader given it still refuses them.
+    let r = run(lifeboat()
+        .args([
+            "snapshot",
+            "list",
+            "-w",
+            "json",
+            "--allow-unsigned",
+            "--dest",
+        ])
+        .arg(&dest))
+    .ok();
+    assert!(!r.stdout.contains(unsigned_id), "{}", r.stdout);
 }
 
 /// Key rotation: backups signed by the old key stay readable while both keys are trusted, and
