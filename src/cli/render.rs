@@ -127,7 +127,7 @@ mod tests {
     #[test]
     fn sizes_are_human() {
         assert_eq!(human_bytes(12), "12 B");
-        assert_eq!(human_bytes(2048), "2.0 KiB");
-        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+        assert_eq!(human_bytes(2048), "2.00 KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.00 GiB");
     }
 }
