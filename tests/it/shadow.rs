@@ -41,6 +41,17 @@ fn shadow_command(j: &Journal, rev: i64, key: &PathBuf) -> std::process::Command
     cmd
 }
 
+/// A shadow with no end and no base soon (`following`, 1 h), once it applied `rev`.
+fn following_until_applied(j: &Journal, key: &PathBuf, rev: i64) -> Serve {
+    let shadow = Serve::start(following(j, key, "1h"), j.out("shadow.log"));
+    wait_until(
+        "the shadow applied the journal",
+        Duration::from_secs(60),
+        || shadow.metric("lifeboat_shadow_applied_revision") >= rev as f64,
+    );
+    shadow
+}
+
 /// `lifeboat shadow` with no end, a base every `base_interval`.
 fn following(j: &Journal, key: &PathBuf, base_interval: &str) -> std::process::Command {
     let mut cmd = lifeboat();
@@ -460,12 +471,7 @@ fn the_shadow_goes_on_with_the_new_chain_when_the_cluster_starts_one() {
     let first = write_keys(&j.etcd, "/registry/a/k", 5, 0);
     j.wait_durable(first);
     let (key, _) = shadow_key(&j);
-    let shadow = Serve::start(following(&j, &key, "1h"), j.out("shadow.log"));
-    wait_until(
-        "the shadow applied the journal",
-        Duration::from_secs(60),
-        || shadow.metric("lifeboat_shadow_applied_revision") >= first as f64,
-    );
+    let shadow = following_until_applied(&j, &key, first);
     // The uploader goes away, the cluster compacts the history it missed, and the journal
     // continues in a new chain from a fresh full backup.
     assert_eq!(j.serve.stop(Duration::from_secs(30)), 0);
@@ -841,12 +847,7 @@ fn processes_under(path: &std::path::Path) -> Vec<u32> {
 fn a_killed_sandbox_etcd_is_not_a_mismatch_and_the_shadow_goes_on() {
     let (j, first) = journal_of("/registry/configmaps/k/c", 20);
     let (key, _) = shadow_key(&j);
-    let shadow = Serve::start(following(&j, &key, "1h"), j.out("shadow.log"));
-    wait_until(
-        "the shadow applied the journal",
-        Duration::from_secs(60),
-        || shadow.metric("lifeboat_shadow_applied_revision") >= first as f64,
-    );
+    let shadow = following_until_applied(&j, &key, first);
     let sandbox = processes_under(&j.out("shadow"));
     assert_eq!(sandbox.len(), 1, "{sandbox:?}");
     crate::harness::run_ok(

@@ -89,30 +89,13 @@ impl S3Store {
     /// still locked: hidden, not deleted (the pruner deletes only what no lock holds, and
     /// removes every version).
     pub(super) async fn locked_behind_markers(&self, prefix: &str) -> Result<Vec<String>, String> {
-        let mut hidden = Vec::new();
-        let mut key_marker: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .list_object_versions()
-                .bucket(&self.settings.bucket)
-                .prefix(prefix)
-                .set_key_marker(key_marker.clone())
-                .send()
-                .await
-                .map_err(|e| describe_sdk_error(&e))?;
-            for m in page.delete_markers() {
-                if m.is_latest() == Some(true) {
-                    if let Some(key) = m.key() {
-                        hidden.push(key.to_string());
-                    }
-                }
-            }
-            if page.is_truncated() != Some(true) {
-                break;
-            }
-            key_marker = page.next_key_marker().map(String::from);
-        }
+        let hidden: Vec<String> = self
+            .versions_under(prefix)
+            .await?
+            .into_iter()
+            .filter(|v| v.marker && v.latest)
+            .map(|v| v.key)
+            .collect();
         let now = SystemTime::now();
         let mut locked = Vec::new();
         for key in hidden {
@@ -126,6 +109,17 @@ impl S3Store {
 
     /// The version ids of `full` other than the newest (delete markers excluded).
     async fn noncurrent_versions(&self, full: &str) -> Result<Vec<String>, String> {
+        Ok(self
+            .versions_under(full)
+            .await?
+            .into_iter()
+            .filter(|v| v.key == full && !v.marker && !v.latest)
+            .map(|v| v.id)
+            .collect())
+    }
+
+    /// Every version and delete marker of every key under `prefix`, page after page.
+    async fn versions_under(&self, prefix: &str) -> Result<Vec<VersionEntry>, String> {
         let mut out = Vec::new();
         let mut key_marker: Option<String> = None;
         let mut version_marker: Option<String> = None;
@@ -134,17 +128,29 @@ impl S3Store {
                 .client
                 .list_object_versions()
                 .bucket(&self.settings.bucket)
-                .prefix(full)
+                .prefix(prefix)
                 .set_key_marker(key_marker.clone())
                 .set_version_id_marker(version_marker.clone())
                 .send()
                 .await
                 .map_err(|e| describe_sdk_error(&e))?;
+            let entry = |key: Option<&str>, id: Option<&str>, latest, marker| {
+                Some(VersionEntry {
+                    key: key?.to_string(),
+                    id: id?.to_string(),
+                    latest: latest == Some(true),
+                    marker,
+                })
+            };
             out.extend(
                 page.versions()
                     .iter()
-                    .filter(|v| v.key() == Some(full) && v.is_latest() != Some(true))
-                    .filter_map(|v| v.version_id().map(String::from)),
+                    .filter_map(|v| entry(v.key(), v.version_id(), v.is_latest(), false)),
+            );
+            out.extend(
+                page.delete_markers()
+                    .iter()
+                    .filter_map(|m| entry(m.key(), m.version_id(), m.is_latest(), true)),
             );
             if page.is_truncated() != Some(true) {
                 return Ok(out);
@@ -207,46 +213,29 @@ impl S3Store {
     }
 
     async fn try_purge_versions(&self, full: &str) -> Result<(), String> {
-        let mut key_marker: Option<String> = None;
-        let mut version_marker: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .list_object_versions()
+        for v in self.versions_under(full).await? {
+            if v.key != full {
+                continue;
+            }
+            self.client
+                .delete_object()
                 .bucket(&self.settings.bucket)
-                .prefix(full)
-                .set_key_marker(key_marker.clone())
-                .set_version_id_marker(version_marker.clone())
+                .key(full)
+                .version_id(&v.id)
                 .send()
                 .await
-                .map_err(|e| describe_sdk_error(&e))?;
-            let versions = page
-                .versions()
-                .iter()
-                .filter(|v| v.key() == Some(full))
-                .filter_map(|v| v.version_id());
-            let markers = page
-                .delete_markers()
-                .iter()
-                .filter(|m| m.key() == Some(full))
-                .filter_map(|m| m.version_id());
-            for version in versions.chain(markers) {
-                self.client
-                    .delete_object()
-                    .bucket(&self.settings.bucket)
-                    .key(full)
-                    .version_id(version)
-                    .send()
-                    .await
-                    .map_err(|e| format!("version {version}: {}", describe_sdk_error(&e)))?;
-            }
-            if page.is_truncated() != Some(true) {
-                return Ok(());
-            }
-            key_marker = page.next_key_marker().map(String::from);
-            version_marker = page.next_version_id_marker().map(String::from);
+                .map_err(|e| format!("version {}: {}", v.id, describe_sdk_error(&e)))?;
         }
+        Ok(())
     }
+}
+
+/// One version (or delete marker) of a key.
+struct VersionEntry {
+    key: String,
+    id: String,
+    latest: bool,
+    marker: bool,
 }
 
 /// The lock that holds longer: a legal hold over any retention, else the later end.
