@@ -303,3 +303,35 @@ fn s3_sse_kms_sends_the_key_id_on_single_and_multipart_uploads() {
         "CreateMultipartUpload without SSE-KMS headers: {heads:#?}"
     );
 }
+
+/// #21: with an Object Lock, every new object is locked, but an object replaced in place (a
+/// journal head, a shadow's proof) is not: each locked replacement would be one more version
+/// nobody could delete before its lock ends.
+#[test]
+fn s3_locks_new_objects_but_not_the_ones_it_replaces() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        server.create_locked_bucket("locked").await;
+        let mut settings = s3_settings(&server, dir.path(), "locked", "c");
+        settings.lock = Some(lifeboat::store::ObjectLock {
+            mode: lifeboat::store::LockMode::Governance,
+            period: std::time::Duration::from_secs(3600),
+        });
+        let store = S3Store::open(settings).await.unwrap();
+        store
+            .put("etcd-new.db", bytes_stream(bytes::Bytes::from_static(b"x")))
+            .await
+            .unwrap();
+        store
+            .replace("seg.c.head.json", bytes::Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        store
+            .replace("seg.c.head.json", bytes::Bytes::from_static(b"{ }"))
+            .await
+            .unwrap();
+        assert!(store.lock_of("etcd-new.db").await.unwrap().is_some());
+        assert_eq!(store.lock_of("seg.c.head.json").await.unwrap(), None);
+    });
+}
