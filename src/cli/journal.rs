@@ -29,6 +29,9 @@ async fn show_status(a: JournalArgs, file: FileConfig) -> Result<()> {
             "no journal in {} (continuous backup off?)",
             store.location()
         );
+        for u in &s.untrusted_chains {
+            println!("UNTRUSTED: chain {} is not used: {}", u.chain, u.why);
+        }
         return Ok(());
     }
     println!(
