@@ -107,7 +107,14 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             D::Mismatch { .. } | D::Offline { .. } => Some(VERIFY),
             D::ReadBack(r) => classify(r),
             D::Restore(r) => classify(r),
-            D::EtcdStart { .. } | D::Sandbox { .. } => Some(FAILURE),
+            D::Sandbox(s) => classify(s),
+        };
+    }
+    if let Some(e) = e.downcast_ref::<crate::sandbox::SandboxError>() {
+        use crate::sandbox::SandboxError as S;
+        return match e {
+            S::Restore(r) => classify(r),
+            S::EtcdStart { .. } | S::Dir { .. } => Some(FAILURE),
         };
     }
     if let Some(e) = e.downcast_ref::<crate::continuous::ContinuousError>() {

@@ -10,7 +10,8 @@
 //! - [`store`]: storage backends behind the object-safe [`store::Store`] trait.
 //! - [`catalog`]: manifests and backup ids; a backup exists once its manifest does.
 //! - [`backup`]: one backup run end to end; [`readback`]: reading one back and re-checking it.
-//! - [`restore`]: `lifeboat restore` — plan, journaled steps, resume, rollback; [`drill`]:
+//! - [`restore`]: `lifeboat restore` — plan, journaled steps, resume, rollback; [`sandbox`]:
+//!   the throwaway etcd of drills, point-in-time restores and the shadow; [`drill`]:
 //!   restore drills in a sandbox; [`pitr`]: point-in-time restore (replay of the journal);
 //!   [`shadow`]: a replica that follows the journal, proves it and cuts bases.
 //! - [`upgrade`]: `lifeboat upgrade` — preflight, the backup gate, the journaled kubeadm steps.
@@ -39,6 +40,7 @@ pub mod progress;
 pub mod readback;
 pub mod restore;
 pub mod retention;
+pub mod sandbox;
 pub mod secret;
 pub mod service;
 pub mod shadow;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{duration, section, ConfigError, FileConfig, DEFAULT_WORK_DIR};
-use crate::drill::DrillSettings;
+use crate::sandbox::SandboxSettings;
 
 section! {
     #[derive(clap::Args, Debug, Default, Clone, Deserialize)]
@@ -36,9 +36,9 @@ section! {
 ///
 /// # Errors
 /// A bad `drill.start_timeout`.
-pub fn resolve_drill(c: &FileConfig) -> Result<DrillSettings, ConfigError> {
+pub fn resolve_drill(c: &FileConfig) -> Result<SandboxSettings, ConfigError> {
     let d = &c.drill;
-    Ok(DrillSettings {
+    Ok(SandboxSettings {
         etcd: d.etcd.clone().unwrap_or_else(|| PathBuf::from("etcd")),
         tool: d.etcdutl.clone().or_else(|| c.restore.etcdutl.clone()),
         work_dir: d

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use etcd_client::GetOptions;
 use serde::Serialize;
@@ -15,15 +15,10 @@ use crate::etcd::LiveHashKv;
 use crate::progress::Observer;
 use crate::readback::{self, ReadBackError};
 use crate::restore::{RestoreError, RestoreTool};
+use crate::sandbox::{Sandbox, SandboxError, SandboxSettings};
 use crate::stages::encrypt::Identities;
 use crate::store::Store;
 use crate::verify;
-pub use pki::SandboxPki;
-
-mod pki;
-mod sandbox;
-
-pub use sandbox::Sandbox;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DrillError {
@@ -31,18 +26,8 @@ pub enum DrillError {
     ReadBack(#[from] ReadBackError),
     #[error(transparent)]
     Restore(#[from] RestoreError),
-    #[error("the sandbox etcd ({etcd}) did not serve within {waited:?}: {detail}")]
-    EtcdStart {
-        etcd: PathBuf,
-        waited: Duration,
-        detail: String,
-    },
-    #[error("drill sandbox {path}: {source}")]
-    Sandbox {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     #[error("drill of backup {id} FAILED: the restored etcd does not match the backup (see the checks); do not rely on this backup, and take a new one")]
     Mismatch { id: String },
     #[error("reading the restored snapshot {path}: {source}")]
@@ -51,17 +36,6 @@ pub enum DrillError {
         #[source]
         source: crate::bbolt::BoltError,
     },
-}
-
-#[derive(Debug, Clone)]
-pub struct DrillSettings {
-    /// The etcd binary the sandbox member runs.
-    pub etcd: PathBuf,
-    /// etcdutl (or etcdctl 3.4); `None` finds one on PATH.
-    pub tool: Option<PathBuf>,
-    /// The sandbox is a temp folder in here (needs about twice the database).
-    pub work_dir: PathBuf,
-    pub start_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,20 +65,20 @@ pub async fn drill(
     store: Arc<dyn Store>,
     manifest: &Manifest,
     identities: Option<&Arc<Identities>>,
-    settings: &DrillSettings,
+    settings: &SandboxSettings,
     progress: Arc<dyn Observer>,
 ) -> Result<DrillReport, DrillError> {
     let started = Instant::now();
-    crate::fsutil::create_private_dir(&settings.work_dir).map_err(|e| DrillError::Sandbox {
+    crate::fsutil::create_private_dir(&settings.work_dir).map_err(|source| SandboxError::Dir {
         path: settings.work_dir.clone(),
-        source: e,
+        source,
     })?;
     let sandbox = tempfile::Builder::new()
         .prefix("lifeboat-drill-")
         .tempdir_in(&settings.work_dir)
-        .map_err(|e| DrillError::Sandbox {
+        .map_err(|source| SandboxError::Dir {
             path: settings.work_dir.clone(),
-            source: e,
+            source,
         })?;
     let snapshot = sandbox.path().join("snapshot.db");
     readback::get_backup(store, manifest, identities, &snapshot, true, progress).await?;

@@ -20,10 +20,10 @@ pub(crate) use replay::{apply_journal, on_own_thread, sandbox_flags, ReplayStart
 pub use replay::{replay_to_file, NoHook, Proof, ReplayHook, ReplayReport};
 
 use crate::continuous::ContinuousError;
-use crate::drill::DrillError;
 use crate::etcd::SourceError;
 use crate::readback::ReadBackError;
 use crate::restore::RestoreError;
+use crate::sandbox::SandboxError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PitrError {
@@ -36,7 +36,7 @@ pub enum PitrError {
     #[error(transparent)]
     ReadBack(#[from] ReadBackError),
     #[error(transparent)]
-    Sandbox(#[from] DrillError),
+    Sandbox(#[from] SandboxError),
     #[error(transparent)]
     Tool(#[from] RestoreError),
     #[error("replay sandbox: {0}")]

@@ -18,11 +18,11 @@ use serde::Serialize;
 use super::pipeline::{self, Pending};
 use super::{PitrError, PitrPlan};
 use crate::continuous::{read_records, Record};
-use crate::drill::{DrillSettings, Sandbox};
 use crate::etcd::watch::Change;
 use crate::etcd::{EtcdSource, LiveHashKv, SnapshotPiece};
 use crate::progress::Observer;
 use crate::restore::RestoreTool;
+use crate::sandbox::{Sandbox, SandboxSettings};
 use crate::stages::encrypt::Identities;
 use crate::store::Store;
 
@@ -88,7 +88,7 @@ pub async fn replay_to_file(
     store: Arc<dyn Store>,
     plan: &PitrPlan,
     identities: Option<&Arc<Identities>>,
-    settings: &DrillSettings,
+    settings: &SandboxSettings,
     out: &Path,
     progress: Arc<dyn Observer>,
 ) -> Result<ReplayReport, PitrError> {
@@ -159,7 +159,7 @@ struct SandboxRun {
     base_file: PathBuf,
     skip_hash_check: bool,
     tool: RestoreTool,
-    settings: DrillSettings,
+    settings: SandboxSettings,
     plan: PitrPlan,
     out: PathBuf,
 }

@@ -74,7 +74,7 @@ pub struct DrillPlan {
     pub schedule: String,
     /// Read at every drill, so a rotated key file is picked up.
     pub identity_file: std::path::PathBuf,
-    pub settings: crate::drill::DrillSettings,
+    pub settings: crate::sandbox::SandboxSettings,
 }
 
 /// The shadow in a drill-only `serve`.

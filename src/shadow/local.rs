@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::drill::{DrillSettings, Sandbox};
 use crate::etcd::LiveHashKv;
+use crate::sandbox::{Sandbox, SandboxSettings};
 
 /// The last checkpoint the shadow proved in its data dir.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,7 +85,7 @@ impl ShadowDir {
 pub(super) async fn check_resumable(
     dir: &ShadowDir,
     p: &Proven,
-    settings: &DrillSettings,
+    settings: &SandboxSettings,
     extra_args: &[String],
 ) -> Result<i64, String> {
     let mut sandbox = Sandbox::resume(&dir.path, settings, extra_args)

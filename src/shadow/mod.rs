@@ -27,12 +27,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backup::{take_backup, BackupError, BackupSettings};
 use crate::catalog::Manifest;
-use crate::drill::{DrillSettings, Sandbox};
 use crate::etcd::{
     EtcdSettings, EtcdSource, LiveHashKv, MemberFacts, PieceStream, Source, SourceError,
 };
 use crate::pitr::{self, PitrError, Proof, ReplayHook, ReplayStart};
 use crate::restore::RestoreTool;
+use crate::sandbox::{Sandbox, SandboxSettings};
 use crate::stages::encrypt::Identities;
 use crate::store::Store;
 use crate::trust::ReadPolicy;
@@ -42,7 +42,7 @@ use local::{Proven, ShadowDir};
 #[derive(Clone, Debug)]
 pub struct ShadowSettings {
     /// The private etcd: binary (the cluster's minor version), restore tool, work dir.
-    pub sandbox: DrillSettings,
+    pub sandbox: SandboxSettings,
     /// A base at the first checkpoint at least this long after the last one.
     pub base_interval: Duration,
     /// Between looks for new segments.
@@ -190,8 +190,8 @@ fn is_environment(e: &PitrError) -> bool {
         PitrError::SandboxFailed { .. }
             | PitrError::Etcd(_)
             | PitrError::Sandbox(
-                crate::drill::DrillError::EtcdStart { .. }
-                    | crate::drill::DrillError::Sandbox { .. }
+                crate::sandbox::SandboxError::EtcdStart { .. }
+                    | crate::sandbox::SandboxError::Dir { .. }
             )
     )
 }
@@ -505,7 +505,7 @@ struct ReplaySide {
     dir: std::path::PathBuf,
     launch: Launch,
     extra: Vec<String>,
-    sandbox: DrillSettings,
+    sandbox: SandboxSettings,
     start: ReplayStart,
     hook: ShadowHook,
 }

@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["backup", "retention", "continuous"],
     &["readback"],
     &["restore"],
+    &["sandbox"],
     &["drill", "upgrade", "pitr"],
     &["shadow"],
     &["service"],

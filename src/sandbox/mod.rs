@@ -1,14 +1,48 @@
-//! A throwaway etcd on loopback, restored from a plain snapshot with etcd's own tool (no
-//! revision bump), reached with mutual TLS and throwaway certificates, killed when dropped.
-//! Drills check one; point-in-time restores replay a journal into one.
+//! The sandbox: a throwaway etcd on loopback, restored from a plain snapshot with etcd's own
+//! tool (no revision bump), reached with mutual TLS and throwaway certificates (`pki.rs`),
+//! killed when dropped. Drills check one; point-in-time restores replay a journal into one;
+//! the shadow keeps one running.
+
+mod pki;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use super::{DrillError, DrillSettings, SandboxPki};
+pub use pki::SandboxPki;
+
 use crate::etcd::{EtcdSettings, EtcdSource, MemberStatus};
-use crate::restore::{MemberSpec, RestoreTool};
+use crate::restore::{MemberSpec, RestoreError, RestoreTool};
+
+/// How a sandbox runs.
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    /// The etcd binary the sandbox member runs.
+    pub etcd: PathBuf,
+    /// etcdutl (or etcdctl 3.4); `None` finds one on PATH.
+    pub tool: Option<PathBuf>,
+    /// The sandbox is a temp folder in here (needs about twice the database).
+    pub work_dir: PathBuf,
+    pub start_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error("the sandbox etcd ({etcd}) did not serve within {waited:?}: {detail}")]
+    EtcdStart {
+        etcd: PathBuf,
+        waited: Duration,
+        detail: String,
+    },
+    #[error("sandbox {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 pub struct Sandbox {
     child: tokio::process::Child,
@@ -32,9 +66,9 @@ impl Sandbox {
         snapshot: &Path,
         skip_hash_check: bool,
         tool: &RestoreTool,
-        settings: &DrillSettings,
+        settings: &SandboxSettings,
         extra_args: &[String],
-    ) -> Result<Sandbox, DrillError> {
+    ) -> Result<Sandbox, SandboxError> {
         let restore = Restore {
             snapshot,
             skip_hash_check,
@@ -50,20 +84,20 @@ impl Sandbox {
     /// etcd fails or does not serve within the start timeout.
     pub async fn resume(
         dir: &Path,
-        settings: &DrillSettings,
+        settings: &SandboxSettings,
         extra_args: &[String],
-    ) -> Result<Sandbox, DrillError> {
+    ) -> Result<Sandbox, SandboxError> {
         Sandbox::launch(dir, None, settings, extra_args).await
     }
 
     async fn launch(
         dir: &Path,
         restore: Option<Restore<'_>>,
-        settings: &DrillSettings,
+        settings: &SandboxSettings,
         extra_args: &[String],
-    ) -> Result<Sandbox, DrillError> {
+    ) -> Result<Sandbox, SandboxError> {
         let data_dir = dir.join("data");
-        let pki = SandboxPki::generate(dir).map_err(|detail| DrillError::Sandbox {
+        let pki = SandboxPki::generate(dir).map_err(|detail| SandboxError::Dir {
             path: dir.to_path_buf(),
             source: std::io::Error::other(detail),
         })?;
@@ -144,11 +178,11 @@ struct Restore<'a> {
 async fn start_on_free_ports(
     data_dir: &Path,
     restore: Option<&Restore<'_>>,
-    settings: &DrillSettings,
+    settings: &SandboxSettings,
     extra_args: &[String],
     pki: &SandboxPki,
     log: &Path,
-) -> Result<Started, DrillError> {
+) -> Result<Started, SandboxError> {
     let (client_port, peer_port) = (free_port()?, free_port()?);
     let peer = format!("https://127.0.0.1:{peer_port}");
     let member = MemberSpec {
@@ -191,9 +225,9 @@ async fn start_on_free_ports(
 }
 
 /// The data dir of an attempt that lost its port race (the restore tool refuses an existing one).
-fn remove_earlier_attempt(data_dir: &Path) -> Result<(), DrillError> {
+fn remove_earlier_attempt(data_dir: &Path) -> Result<(), SandboxError> {
     match std::fs::remove_dir_all(data_dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DrillError::Sandbox {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SandboxError::Dir {
             path: data_dir.to_path_buf(),
             source: e,
         }),
@@ -202,15 +236,15 @@ fn remove_earlier_attempt(data_dir: &Path) -> Result<(), DrillError> {
 }
 
 fn spawn(
-    settings: &DrillSettings,
+    settings: &SandboxSettings,
     log: &Path,
     data_dir: &Path,
     member: &MemberSpec,
     client_url: &str,
     pki: &SandboxPki,
     extra_args: &[String],
-) -> Result<tokio::process::Child, DrillError> {
-    let sandbox_err = |source| DrillError::Sandbox {
+) -> Result<tokio::process::Child, SandboxError> {
+    let sandbox_err = |source| SandboxError::Dir {
         path: log.to_path_buf(),
         source,
     };
@@ -244,7 +278,7 @@ fn spawn(
         .stderr(err)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| DrillError::EtcdStart {
+        .map_err(|e| SandboxError::EtcdStart {
             etcd: settings.etcd.clone(),
             waited: Duration::ZERO,
             detail: format!("cannot run it: {e}; pass --etcd PATH"),
@@ -255,11 +289,11 @@ async fn wait_ready(
     mut child: tokio::process::Child,
     log: &Path,
     etcd_settings: &EtcdSettings,
-    settings: &DrillSettings,
-) -> Result<((EtcdSource, tokio::process::Child), MemberStatus), DrillError> {
+    settings: &SandboxSettings,
+) -> Result<((EtcdSource, tokio::process::Child), MemberStatus), SandboxError> {
     let deadline = Instant::now() + settings.start_timeout;
     let endpoint = etcd_settings.endpoints[0].clone();
-    let fail = |what: String| DrillError::EtcdStart {
+    let fail = |what: String| SandboxError::EtcdStart {
         etcd: settings.etcd.clone(),
         waited: settings.start_timeout,
         detail: format!("{what}; last log line: {}", last_line(log)),
@@ -290,11 +324,11 @@ fn last_line(log: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn free_port() -> Result<u16, DrillError> {
+fn free_port() -> Result<u16, SandboxError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|source| DrillError::Sandbox {
+        .map_err(|source| SandboxError::Dir {
             path: PathBuf::from("127.0.0.1 (no free port)"),
             source,
         })
