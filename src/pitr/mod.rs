@@ -6,7 +6,7 @@
 //!
 //! - `plan.rs`: which base backup and which segments a target needs; refusals with the
 //!   restorable ranges named.
-//! - `replay.rs`: the sandbox replay and the final snapshot.
+//! - `replay/`: the sandbox replay and the final snapshot; `replay/leases.rs` its leases.
 //! - `pipeline.rs`: several txns in flight, each guarded so etcd applies them in order.
 
 mod pipeline;
