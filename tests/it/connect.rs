@@ -120,13 +120,10 @@ fn json_logs_are_one_object_per_line_and_recipients_come_from_a_file() {
     );
     // Either identity reads it back.
     for key in [&a, &b] {
-        run(lifeboat()
-            .args(["snapshot", "verify", "latest", "--dest"])
-            .arg(dir.path().join("b"))
-            .arg("-i")
-            .arg(&key.identity_file)
-            .arg("--work-dir")
-            .arg(dir.path().join("w")))
+        run(&mut crate::harness::verify_latest(
+            &dir.path().join("b"),
+            &key.identity_file,
+        ))
         .ok();
     }
 }

@@ -254,13 +254,10 @@ impl Saved {
     }
 
     fn verify(&self, identity: &Path) -> crate::harness::Run {
-        run(lifeboat()
-            .args(["snapshot", "verify", "latest", "--dest"])
-            .arg(self.dir.path().join("b"))
-            .arg("--identity")
-            .arg(identity)
-            .arg("--work-dir")
-            .arg(self.dir.path().join("w")))
+        run(&mut crate::harness::verify_latest(
+            &self.dir.path().join("b"),
+            identity,
+        ))
     }
 
     fn get(&self, identity: &Path, out: &Path) -> crate::harness::Run {

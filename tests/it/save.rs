@@ -187,15 +187,10 @@ fn list_verify_and_get_read_backups_back() {
         .stdout;
     assert!(table.contains(first["id"].as_str().unwrap()) && table.contains("REVISION"));
 
-    let verified = run(lifeboat()
-        .args(["snapshot", "verify", "latest", "-w", "json", "--dest"])
-        .arg(&dest)
-        .arg("--identity")
-        .arg(&key.identity_file)
-        .arg("--work-dir")
-        .arg(&work))
-    .ok()
-    .json();
+    let verified =
+        run(crate::harness::verify_latest(&dest, &key.identity_file).args(["-w", "json"]))
+            .ok()
+            .json();
     assert_eq!(verified["id"], second["id"]);
     assert_eq!(verified["status"], second["status"]);
     assert_eq!(verified["plain_sha256"], second["plain_sha256"]);

@@ -240,13 +240,10 @@ fn serve_takes_scheduled_backups_reports_health_and_metrics_and_stops_cleanly() 
         .iter()
         .all(|f| !f.ends_with(".part")));
     // The last backup verifies.
-    run(lifeboat()
-        .args(["snapshot", "verify", "latest", "--dest"])
-        .arg(dir.path().join("b"))
-        .arg("-i")
-        .arg(&key.identity_file)
-        .arg("--work-dir")
-        .arg(dir.path().join("w")))
+    run(&mut crate::harness::verify_latest(
+        &dir.path().join("b"),
+        &key.identity_file,
+    ))
     .ok();
 }
 

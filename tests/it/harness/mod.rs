@@ -91,6 +91,17 @@ pub fn lifeboat() -> Command {
     cmd
 }
 
+/// `lifeboat snapshot verify latest --dest DEST --identity IDENTITY`: the read-back check many
+/// tests end with.
+pub fn verify_latest(dest: &Path, identity: &Path) -> Command {
+    let mut cmd = lifeboat();
+    cmd.args(["snapshot", "verify", "latest", "--dest"])
+        .arg(dest)
+        .arg("--identity")
+        .arg(identity);
+    cmd
+}
+
 /// The test run's signing key pair (generated once per test binary).
 pub struct TestKeys {
     pub secret: PathBuf,
