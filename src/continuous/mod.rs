@@ -5,11 +5,13 @@
 //! - `chain.rs`: committing a segment; listing chains; reading one back, checked link by link.
 //! - `confirm.rs`: a shadow's base is used only where a writer-signed checkpoint confirms it.
 //! - `clock.rs`: journal times that never go backwards in a chain, nor beyond the allowed skew.
-//! - `capture.rs`: the watch → segments → store loop that `serve` runs on the uploader.
+//! - `capture.rs`: the watch → segments → store loop that `serve` runs on the uploader;
+//!   `builder.rs` the segment being filled and its sealing rules.
 //! - `head.rs`: the signed "caught up to R at T" an idle journal keeps current.
 //! - `proven.rs`: the signed "replaying this chain reproduces the cluster up to R" a shadow keeps.
 //! - `status.rs`: what a store holds: chains, their revisions and times, the gaps between.
 
+mod builder;
 pub mod capture;
 pub mod chain;
 pub mod clock;
