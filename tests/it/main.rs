@@ -2,6 +2,7 @@
 //! real `age`/`zstd` CLIs and `etcdctl`/`etcdutl` as oracles. Run `scripts/test-deps` first
 //! (the README's test command does).
 
+mod capture;
 mod connect;
 mod continuous;
 mod data;
