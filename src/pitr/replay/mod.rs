@@ -5,24 +5,29 @@
 //! revision the cluster never had); revocations replayed once the journal saw them; at every
 //! checkpoint the sandbox compacted like the cluster was and its HashKV compared. Then the
 //! sandbox's snapshot, at exactly the target revision, is written to a file.
+//!
+//! `leases.rs`: the leases; `proofs.rs`: compactions mirrored and checkpoints compared;
+//! `output.rs`: the snapshot written and checked.
 
 mod leases;
+mod output;
+mod proofs;
 
 use leases::keep_alive;
+use output::{check_written, write_snapshot};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use etcd_client::{Client, CompactionOptions};
+use etcd_client::Client;
 use serde::Serialize;
 
 use super::pipeline::{self, Pending};
 use super::{PitrError, PitrPlan};
 use crate::continuous::{read_records, Record};
 use crate::etcd::watch::Change;
-use crate::etcd::{EtcdSource, LiveHashKv, SnapshotPiece};
+use crate::etcd::{EtcdSource, LiveHashKv};
 use crate::progress::Observer;
 use crate::restore::RestoreTool;
 use crate::sandbox::{Sandbox, SandboxSettings};
@@ -506,162 +511,6 @@ impl Replayer {
             | Record::Rev { .. } => Ok(()),
         }
     }
-
-    /// Compacts the sandbox where the cluster compacted, first checking the member's HashKV at
-    /// that point (taken with the compaction before it: the state the compaction started
-    /// from).
-    async fn mirror_compaction(
-        &mut self,
-        rev: i64,
-        compact_rev: i64,
-        hash: Option<u32>,
-        source: &mut EtcdSource,
-    ) -> Result<(), PitrError> {
-        // Only a hash with the compaction before can be compared: after compacting, a 3.5.5+
-        // sandbox answers this revision from the hash it kept while compacting. A sandbox
-        // already compacted there (a journal that recorded a checkpoint first) only goes on.
-        if rev <= self.compacted {
-            return Ok(());
-        }
-        if let Some(expected) = hash.filter(|_| compact_rev < rev) {
-            self.compact_to(compact_rev, rev).await?;
-            self.verify_hash(rev, compact_rev, expected, source).await?;
-            self.hook
-                .verified(Proof {
-                    rev,
-                    compact_rev,
-                    hash: expected,
-                    at_ms: None,
-                    exact: false,
-                })
-                .await?;
-        }
-        self.compact_to(rev, rev).await?;
-        self.report.compactions_mirrored += 1;
-        Ok(())
-    }
-
-    /// Compacts the sandbox at `to` unless it is there already (a base backup restored with
-    /// its own compaction counts).
-    async fn compact_to(&mut self, to: i64, at_record: i64) -> Result<(), PitrError> {
-        if to <= self.compacted || to <= 0 {
-            return Ok(());
-        }
-        match self
-            .client
-            .compact(to, Some(CompactionOptions::new().with_physical()))
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.to_string().contains("compacted") => {}
-            Err(e) => {
-                return Err(self.sandbox_failed(at_record, format!("compacting to {to}: {e}")))
-            }
-        }
-        self.compacted = to;
-        Ok(())
-    }
-
-    async fn verify_checkpoint(
-        &mut self,
-        rev: i64,
-        compact_rev: i64,
-        expected: u32,
-        source: &mut EtcdSource,
-    ) -> Result<(), PitrError> {
-        if compact_rev <= rev {
-            self.compact_to(compact_rev, rev).await?;
-        }
-        self.verify_hash(rev, compact_rev, expected, source).await?;
-        self.report.checkpoints_verified += 1;
-        self.report.verified_through = Some(rev);
-        tracing::info!(rev, hash = expected, "checkpoint verified");
-        self.hook
-            .verified(Proof {
-                rev,
-                compact_rev,
-                hash: expected,
-                at_ms: self.last_at_ms,
-                exact: true,
-            })
-            .await
-    }
-
-    /// The sandbox's HashKV at `rev` equals the member's, compacted at `compact_rev`.
-    async fn verify_hash(
-        &mut self,
-        rev: i64,
-        compact_rev: i64,
-        expected: u32,
-        source: &mut EtcdSource,
-    ) -> Result<(), PitrError> {
-        let (actual, ok) = match source.hash_kv(rev).await? {
-            LiveHashKv::Hash {
-                hash,
-                compact_revision,
-            } => (
-                format!("{hash} (compact revision {compact_revision})"),
-                hash == expected && compact_revision == compact_rev,
-            ),
-            LiveHashKv::Compacted => ("revision compacted".into(), false),
-        };
-        if !ok {
-            return Err(PitrError::CheckpointMismatch {
-                rev,
-                compact_rev,
-                expected,
-                actual,
-            });
-        }
-        Ok(())
-    }
-}
-
-async fn write_snapshot(source: &mut EtcdSource, out: &Path) -> Result<(), PitrError> {
-    let part = PathBuf::from(format!("{}.part", out.display()));
-    let output = |source| PitrError::Output {
-        path: part.clone(),
-        source,
-    };
-    let mut file = crate::fsutil::create_private_file(&part).map_err(output)?;
-    let mut stream = source.open_snapshot().await?;
-    while let Some(piece) = stream.next().await? {
-        let bytes = match piece {
-            SnapshotPiece::Data(b) | SnapshotPiece::Trailer(b) => b,
-        };
-        file.write_all(&bytes).map_err(output)?;
-    }
-    file.sync_all().map_err(output)?;
-    drop(file);
-    crate::fsutil::durable_rename(&part, out).map_err(|source| PitrError::Output {
-        path: out.to_path_buf(),
-        source,
-    })
-}
-
-/// Our own reading of the written file agrees with the sandbox: the revision etcd restores it
-/// to is the target, and its HashKV at the target is the sandbox's.
-fn check_written(out: &Path, target: i64, hash: u32) -> Result<(), PitrError> {
-    let bad = |detail: String| PitrError::Replay {
-        rev: target,
-        detail,
-    };
-    let info = crate::verify::read_snapshot_info(out)
-        .map_err(|e| bad(format!("reading the written snapshot: {e}")))?;
-    let restored = info.restored_revision;
-    if restored != target {
-        return Err(bad(format!(
-            "the written snapshot restores to revision {restored}"
-        )));
-    }
-    let offline = crate::verify::hash_kv(out, target, info.compact_revision)
-        .map_err(|e| bad(format!("hashing the written snapshot: {e}")))?;
-    if offline != hash {
-        return Err(bad(format!(
-            "the written snapshot hashes to {offline}, the sandbox to {hash}"
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
