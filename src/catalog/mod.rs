@@ -420,8 +420,8 @@ impl Catalog {
         })
     }
 
-    /// Finds `latest` or a backup by id (a unique prefix of an id is accepted too), in
-    /// `cluster` when given. `latest` without a cluster is refused when the store holds
+    /// Finds `latest` (never a shadow's base) or a backup by id (a unique prefix of an id is
+    /// accepted too), in `cluster` when given. `latest` without a cluster is refused when the store holds
     /// backups of several clusters: restoring another cluster's newest backup is not what
     /// anyone means.
     ///
@@ -435,8 +435,19 @@ impl Catalog {
         let location = self.store.location();
         let in_cluster = |m: &Manifest| cluster.is_none_or(|c| cluster_of(m) == Some(c));
         if selector == "latest" {
+            // A shadow's base stands only with the journal's confirmation, which the catalog
+            // cannot give (readers that can: `cli/snapshot.rs::pick_latest`): here it is never
+            // `latest`.
             let latest = self.latest(cluster).await?;
-            let pick = latest.candidates[0].clone();
+            let pick = latest
+                .candidates
+                .iter()
+                .find(|m| m.reason != Reason::Shadow)
+                .cloned()
+                .ok_or(CatalogError::Empty {
+                    location,
+                    cluster: cluster.map(|c| format!("{c:x}")),
+                })?;
             latest.settle(&pick, false)?;
             return Ok(pick);
         }

@@ -258,7 +258,12 @@ fn only_writers_signed_backups_stand_for_the_cluster() {
     );
     let (listed, _) = block_on(reader.list()).unwrap();
     assert_eq!(listed.len(), 3, "all three are trusted for listing");
-    assert_eq!(block_on(reader.writer_signed()).unwrap(), vec![production]);
+    assert_eq!(
+        block_on(reader.writer_signed()).unwrap(),
+        vec![production.clone()]
+    );
+    // Without the journal to confirm it, the shadow's base is not `latest` here.
+    assert_eq!(block_on(reader.find("latest", None)).unwrap(), production);
 }
 
 /// #21: `latest` is the highest revision of the cluster (a backup's time is its writer's
