@@ -9,6 +9,7 @@ use lifeboat::catalog::{Catalog, Manifest, Reason};
 use lifeboat::config::{
     resolve_backup, resolve_etcd, resolve_read_policy, resolve_store, ConfigError, FileConfig,
 };
+use lifeboat::continuous::confirm::confirm_base;
 use lifeboat::etcd::EtcdSource;
 use lifeboat::readback;
 use lifeboat::stages::encrypt::Identities;
@@ -153,16 +154,6 @@ async fn pick_latest(
         catalog.store().location(),
         refused.join("; ")
     )
-}
-
-async fn confirm_base(
-    store: &Arc<dyn Store>,
-    policy: &ReadPolicy,
-    identities: Option<&Identities>,
-    m: &Manifest,
-) -> Result<()> {
-    lifeboat::continuous::confirm::confirm_base(store, policy, identities, m).await?;
-    Ok(())
 }
 
 pub(super) fn load_identities(path: Option<&PathBuf>) -> Result<Option<Arc<Identities>>> {
