@@ -114,7 +114,7 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
         use crate::sandbox::SandboxError as S;
         return match e {
             S::Restore(r) => classify(r),
-            S::EtcdStart { .. } | S::Dir { .. } => Some(FAILURE),
+            S::EtcdStart { .. } | S::Dir { .. } | S::Pki(_) => Some(FAILURE),
         };
     }
     if let Some(e) = e.downcast_ref::<crate::continuous::ContinuousError>() {
@@ -122,6 +122,9 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
         return match e {
             C::Source(_) => Some(ETCD),
             C::Store(_) => Some(STORAGE),
+            C::Catalog(c) => classify(c),
+            C::NotCovered { .. } => Some(NOT_FOUND),
+            C::AmbiguousCluster(_) => Some(USAGE),
             C::Trust(_)
             | C::Invalid { .. }
             | C::BrokenChain { .. }
@@ -141,8 +144,6 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             P::Tool(r) => classify(r),
             P::Store(_) | P::Output { .. } => Some(STORAGE),
             P::Etcd(_) | P::SandboxFailed { .. } => Some(FAILURE),
-            P::NotCovered { .. } => Some(NOT_FOUND),
-            P::AmbiguousCluster(_) => Some(USAGE),
             P::Replay { .. } | P::CheckpointMismatch { .. } => Some(VERIFY),
         };
     }

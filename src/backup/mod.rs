@@ -61,7 +61,7 @@ pub enum BackupError {
     #[error("the backup was cancelled (shutdown); nothing was kept")]
     Cancelled,
     #[error("the backup was not committed: {0}; nothing was kept (the current uploader takes the next one)")]
-    Fenced(String),
+    Fenced(#[source] crate::catalog::FenceLost),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -325,7 +325,7 @@ fn hashkv_check(
             offline.compact_revision,
             compact_revision,
         )),
-        Some(Err(why)) => Ok(HashKvCheck::skipped(why)),
+        Some(Err(why)) => Ok(HashKvCheck::skipped(&why.to_string())),
         None => Ok(HashKvCheck::skipped("not computed")),
     }
 }

@@ -107,8 +107,8 @@ struct Lost;
 
 #[async_trait::async_trait]
 impl Fence for Lost {
-    async fn check(&self) -> Result<(), String> {
-        Err("another instance is the uploader now".into())
+    async fn check(&self) -> Result<(), crate::catalog::FenceLost> {
+        Err(crate::catalog::FenceLost::TakenOver)
     }
 }
 

@@ -95,9 +95,9 @@ impl Db {
         let mut second = vec![0u8; page_size];
         let read = read_up_to(&file, page_size as u64, &mut second).map_err(io)?;
         let meta1 = Meta::parse(&second[..read]);
-        let meta = page::choose_meta(meta0, meta1).map_err(|reason| BoltError::NotBbolt {
+        let meta = page::choose_meta(meta0, meta1).map_err(|e| BoltError::NotBbolt {
             path: path.to_path_buf(),
-            reason,
+            reason: e.to_string(),
         })?;
         let db = Db {
             file,

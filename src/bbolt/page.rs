@@ -78,32 +78,44 @@ pub struct Meta {
     pub txid: u64,
 }
 
+/// Why a page is not a valid meta page.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetaError {
+    #[error("only {0} bytes, too short for a meta page")]
+    Short(usize),
+    #[error("bad magic {0:#010x} (expected {MAGIC:#010x})")]
+    Magic(u32),
+    #[error("unsupported bbolt version {0}")]
+    Version(u32),
+    #[error("meta page checksum mismatch")]
+    Checksum,
+    #[error("implausible page size {0}")]
+    PageSize(u32),
+}
+
 impl Meta {
     /// Parses and validates one meta page (magic, version, checksum, page size).
-    pub fn parse(page: &[u8]) -> Result<Meta, String> {
+    pub fn parse(page: &[u8]) -> Result<Meta, MetaError> {
         if page.len() < META_OFFSET + META_CHECKSUMMED_LEN + 8 {
-            return Err(format!(
-                "only {} bytes, too short for a meta page",
-                page.len()
-            ));
+            return Err(MetaError::Short(page.len()));
         }
         let m = &page[META_OFFSET..];
         let magic = u32_at(m, 0);
         if magic != MAGIC {
-            return Err(format!("bad magic {magic:#010x} (expected {MAGIC:#010x})"));
+            return Err(MetaError::Magic(magic));
         }
         let version = u32_at(m, 4);
         if version != VERSION {
-            return Err(format!("unsupported bbolt version {version}"));
+            return Err(MetaError::Version(version));
         }
         let checksum = u64_at(m, META_CHECKSUMMED_LEN);
         let computed = fnv1a64(&m[..META_CHECKSUMMED_LEN]);
         if checksum != computed {
-            return Err("meta page checksum mismatch".to_string());
+            return Err(MetaError::Checksum);
         }
         let page_size = u32_at(m, 8);
         if !(512..=1 << 20).contains(&page_size) || !page_size.is_power_of_two() {
-            return Err(format!("implausible page size {page_size}"));
+            return Err(MetaError::PageSize(page_size));
         }
         Ok(Meta {
             page_size,
@@ -118,9 +130,9 @@ impl Meta {
 /// The meta page bbolt opens with: the valid one of the two with the higher transaction id;
 /// when neither is valid, why the first is not.
 pub fn choose_meta(
-    meta0: Result<Meta, String>,
-    meta1: Result<Meta, String>,
-) -> Result<Meta, String> {
+    meta0: Result<Meta, MetaError>,
+    meta1: Result<Meta, MetaError>,
+) -> Result<Meta, MetaError> {
     match (meta0, meta1) {
         (Ok(a), Ok(b)) => Ok(if b.txid > a.txid { b } else { a }),
         (Ok(a), Err(_)) => Ok(a),
@@ -220,7 +232,7 @@ mod tests {
     fn meta_with_a_flipped_bit_fails_its_checksum() {
         let mut p = meta_page(4096, 7);
         p[META_OFFSET + 40] ^= 1;
-        assert!(Meta::parse(&p).unwrap_err().contains("checksum"));
+        assert_eq!(Meta::parse(&p).unwrap_err(), MetaError::Checksum);
     }
 
     #[test]

@@ -144,8 +144,23 @@ pub fn id_of_bundle_key(key: &str) -> Option<BackupId> {
 /// prune on stale authority.
 #[async_trait::async_trait]
 pub trait Fence: Send + Sync {
-    /// `Err(why)` when the right is lost.
-    async fn check(&self) -> Result<(), String>;
+    /// `Err(why)` when the right is lost (or cannot be confirmed: then it is not assumed).
+    async fn check(&self) -> Result<(), FenceLost>;
+}
+
+/// Why a writer may no longer change the catalog.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceLost {
+    #[error("this instance no longer holds the uploader election")]
+    NotHeld,
+    #[error(
+        "the uploader election key is gone: another instance took over while this one was stalled"
+    )]
+    TakenOver,
+    #[error("cannot confirm the uploader election (etcd did not answer in {0:?})")]
+    NoAnswer(std::time::Duration),
+    #[error("cannot confirm the uploader election: {0}")]
+    Unconfirmed(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Where the signature of the manifest stored under `manifest_key` is.
@@ -281,7 +296,7 @@ impl Catalog {
     }
 
     /// What this catalog's reads accept.
-    pub fn policy(&self) -> &ReadPolicy {
+    pub fn policy(&self) -> &Arc<ReadPolicy> {
         &self.policy
     }
 

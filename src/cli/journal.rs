@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use lifeboat::config::{resolve_read_policy, FileConfig};
-use lifeboat::continuous::status;
+use lifeboat::continuous::Journal;
 
 use super::args::{ContinuousCommand, JournalArgs, Output};
 use super::snapshot::{cluster_flag, open_store};
@@ -19,7 +19,7 @@ async fn show_status(a: JournalArgs, file: FileConfig) -> Result<()> {
     let store = open_store(&config).await?;
     let policy = resolve_read_policy(&config.trust)?;
     let cluster = cluster_flag(a.cluster_id.as_deref())?;
-    let s = status::status(&store, &policy, cluster).await?;
+    let s = Journal::new(store.clone(), policy).status(cluster).await?;
     if a.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
@@ -106,7 +106,9 @@ async fn list(a: JournalArgs, file: FileConfig) -> Result<()> {
     let store = open_store(&config).await?;
     let policy = resolve_read_policy(&config.trust)?;
     let cluster = cluster_flag(a.cluster_id.as_deref())?;
-    let segments = status::segments(&store, &policy, cluster).await?;
+    let segments = Journal::new(store.clone(), policy)
+        .segments(cluster)
+        .await?;
     if a.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&segments)?);
         return Ok(());

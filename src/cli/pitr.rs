@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use lifeboat::config::{resolve_drill, resolve_read_policy, ConfigError, FileConfig};
+use lifeboat::continuous::Journal;
 use lifeboat::pitr::{self, ReplayReport, Target};
 use lifeboat::stages::encrypt::Identities;
 
@@ -47,10 +48,12 @@ pub(super) async fn to_file(
     let store = open_store(config).await?;
     let policy = resolve_read_policy(&config.trust)?;
     let sandbox = resolve_drill(config)?;
+    let journal = Journal::new(store.clone(), policy);
     let rev = match target {
         Target::Revision(r) => r,
         Target::Time(at) => {
-            let rev = pitr::resolve_time(&store, &policy, identities.map(Arc::as_ref), cluster, at)
+            let rev = journal
+                .resolve_time(identities.map(Arc::as_ref), cluster, at)
                 .await?;
             eprintln!(
                 "{}: the last revision received at or before it is {rev} (receive times are the journal's: within its segment interval of a write, and of its heartbeat interval once writes stop)",
@@ -59,7 +62,7 @@ pub(super) async fn to_file(
             rev
         }
     };
-    let plan = pitr::plan(&store, &policy, identities.map(Arc::as_ref), cluster, rev).await?;
+    let plan = pitr::plan(&journal, identities.map(Arc::as_ref), cluster, rev).await?;
     eprintln!(
         "point-in-time plan: base backup {} (revision {}), then {} revisions from {} journal segment(s) of chain {} up to revision {}",
         plan.base.id,

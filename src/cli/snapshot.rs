@@ -9,12 +9,11 @@ use lifeboat::catalog::{Catalog, Manifest, Reason};
 use lifeboat::config::{
     resolve_backup, resolve_etcd, resolve_read_policy, resolve_store, ConfigError, FileConfig,
 };
-use lifeboat::continuous::confirm::confirm_base;
+use lifeboat::continuous::Journal;
 use lifeboat::etcd::EtcdSource;
 use lifeboat::readback;
 use lifeboat::stages::encrypt::Identities;
 use lifeboat::store::Store;
-use lifeboat::trust::ReadPolicy;
 
 use super::args::{
     GetArgs, ListArgs, Output, PickArgs, SaveArgs, SnapshotCommand, StatusArgs, VerifyArgs,
@@ -114,12 +113,13 @@ pub(super) async fn find(
     let cluster = cluster_flag(pick.cluster_id.as_deref())?;
     let policy = resolve_read_policy(&config.trust)?;
     let catalog = Catalog::new(store.clone(), policy.clone());
+    let journal = Journal::new(store.clone(), policy);
     let ids = identities.map(Arc::as_ref);
     let manifest = if selector == "latest" {
-        pick_latest(&catalog, &policy, ids, cluster, pick.accept_older).await?
+        pick_latest(&catalog, &journal, ids, cluster, pick.accept_older).await?
     } else {
         let m = catalog.find(selector, cluster).await?;
-        confirm_base(&store, &policy, ids, &m).await?;
+        journal.confirm_base(ids, &m).await?;
         m
     };
     readback::check_encryption(&manifest, identities.is_some(), pick.allow_unencrypted)?;
@@ -130,7 +130,7 @@ pub(super) async fn find(
 /// writer-signed checkpoint at its revision), and only if no newer manifest was hidden.
 async fn pick_latest(
     catalog: &Catalog,
-    policy: &ReadPolicy,
+    journal: &Journal,
     identities: Option<&Identities>,
     cluster: Option<u64>,
     accept_older: bool,
@@ -138,7 +138,7 @@ async fn pick_latest(
     let latest = catalog.latest(cluster).await?;
     let mut refused = Vec::new();
     for m in &latest.candidates {
-        match confirm_base(catalog.store(), policy, identities, m).await {
+        match journal.confirm_base(identities, m).await {
             Ok(()) => {
                 latest.settle(m, accept_older)?;
                 return Ok(m.clone());

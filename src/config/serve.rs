@@ -52,7 +52,7 @@ pub fn resolve_serve(c: &FileConfig) -> Result<ServeSettings, ConfigError> {
     let (schedule, interval) = if backups_off {
         ("off".to_string(), Duration::from_secs(3600))
     } else {
-        normalize_schedule(schedule_raw).map_err(|m| invalid("serve.schedule", m))?
+        normalize_schedule(schedule_raw).map_err(|e| invalid("serve.schedule", e.to_string()))?
     };
     let drill = resolve_drill_plan(c)?;
     let shadow = resolve_shadow_plan(c, backups_off)?;
@@ -148,7 +148,8 @@ fn resolve_drill_plan(c: &FileConfig) -> Result<Option<DrillPlan>, ConfigError> 
     let Some(raw) = &d.schedule else {
         return Ok(None);
     };
-    let (schedule, _) = normalize_schedule(raw).map_err(|m| invalid("drill.schedule", m))?;
+    let (schedule, _) =
+        normalize_schedule(raw).map_err(|e| invalid("drill.schedule", e.to_string()))?;
     let identity_file = d.identity_file.clone().ok_or_else(|| {
         invalid(
             "drill.identity_file",

@@ -103,7 +103,7 @@ pub fn resolve_store(backup: &BackupSection, s3: &S3Section) -> Result<Spec, Con
             "no destination: pass --dest DIR or set backup.dest",
         )
     })?;
-    match store::parse_dest(raw).map_err(|m| invalid("backup.dest", m))? {
+    match store::parse_dest(raw).map_err(|e| invalid("backup.dest", e.to_string()))? {
         Dest::Local(p) => {
             if s3.lock_mode.is_some() {
                 return Err(invalid(

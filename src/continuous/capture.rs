@@ -398,29 +398,6 @@ async fn write_head_once(
 mod tests {
     use super::*;
 
-    struct Quiet;
-    impl CaptureObserver for Quiet {
-        fn committed(&self, _: &SegmentManifest) {}
-        fn caught_up(&self, _: SystemTime) {}
-        fn commit_failed(&self, _: &ContinuousError) {}
-    }
-
-    fn builder() -> Builder {
-        let resume = Resume {
-            chain: "c".into(),
-            cluster_id: 1,
-            next_seq: 1,
-            prev_hash: String::new(),
-            next_rev: 10,
-            last_at: None,
-        };
-        let settings = CaptureSettings {
-            checkpoint: CheckpointPace::Every(Duration::from_secs(5)),
-            ..CaptureSettings::default()
-        };
-        Builder::new(resume, &settings, Arc::new(Quiet))
-    }
-
     /// #21: the queue holds at most its budget of bytes; a segment waits until committed ones
     /// give theirs back.
     #[tokio::test]
@@ -458,25 +435,6 @@ mod tests {
             cost.note(Duration::from_secs(1));
         }
         assert!(cost.0.unwrap() > Duration::from_millis(950));
-    }
-
-    #[test]
-    fn a_due_checkpoint_seals_the_segment_once_and_only_with_revisions_in_it() {
-        let mut b = builder();
-        assert_eq!(b.checkpoint_due(), None, "nothing to seal yet");
-        b.push(
-            crate::etcd::watch::Revision {
-                rev: 10,
-                changes: Vec::new(),
-            },
-            Utc::now(),
-        )
-        .unwrap();
-        let due = b.last_checkpoint + Duration::from_secs(5);
-        assert_eq!(b.checkpoint_due(), Some(due));
-        // A seal after it fell due that could not take the checkpoint: the tick retries.
-        b.last_seal = due + Duration::from_millis(1);
-        assert_eq!(b.checkpoint_due(), None);
     }
 
     #[test]

@@ -164,7 +164,7 @@ pub struct ChainListing {
 ///
 /// # Errors
 /// The listing fails.
-pub async fn list_chains(store: &dyn Store) -> Result<Vec<ChainListing>, StoreError> {
+pub(super) async fn list_chains(store: &dyn Store) -> Result<Vec<ChainListing>, StoreError> {
     let mut chains: BTreeMap<String, (Vec<SegmentKey>, bool)> = BTreeMap::new();
     for o in store.list(&super::segment::prefix(None)).await? {
         if let Some(k) = SegmentKey::of_manifest_key(&o.key) {
@@ -193,35 +193,11 @@ pub async fn list_chains(store: &dyn Store) -> Result<Vec<ChainListing>, StoreEr
     Ok(out)
 }
 
-/// Whether a chain listed by its names alone is one a writer wrote (#21): its first segment's
-/// manifest (or, with none yet, its head) is trusted. Anyone who can write the bucket can put
-/// objects under any chain name; such a chain is skipped, warned, by every reader, rather than
-/// failing restores, the capture's resume or the shadow.
-///
-/// # Errors
-/// Why the chain is not believed (untrusted, unreadable, no segment and no head).
-pub async fn check_chain(
-    store: &dyn Store,
-    policy: &ReadPolicy,
-    listing: &ChainListing,
-) -> Result<(), ContinuousError> {
-    match listing.segments.first() {
-        Some(first) => read_manifest(store, policy, first).await.map(|_| ()),
-        None => match super::head::read_head(store, policy, &listing.chain).await? {
-            Some(_) => Ok(()),
-            None => Err(ContinuousError::Invalid {
-                key: listing.chain.clone(),
-                what: "a chain with neither a segment nor a head".into(),
-            }),
-        },
-    }
-}
-
 /// Reads and checks one segment manifest: trusted signature, consistent with its name.
 ///
 /// # Errors
 /// Unreadable, untrusted, unparsable, or not what its name says.
-pub async fn read_manifest(
+pub(super) async fn read_manifest(
     store: &dyn Store,
     policy: &ReadPolicy,
     key: &SegmentKey,

@@ -2,7 +2,10 @@
 //! journal of segments that starts at a full backup (docs/continuous.md).
 //!
 //! - `segment.rs`: the format of a segment's body and of its signed manifest, and the keys.
-//! - `chain.rs`: committing a segment; listing chains; reading one back, checked link by link.
+//! - `journal.rs`: `Journal`, the one reader of the journal: chains, trust, links, coverage,
+//!   `resolve_time`, the newest chain; `status.rs` and `confirm.rs` add to it.
+//! - `chain.rs`: committing a segment; listing chains by name; reading a manifest and a body
+//!   back, and checking one link.
 //! - `confirm.rs`: a shadow's base is used only where a writer-signed checkpoint confirms it.
 //! - `clock.rs`: journal times that never go backwards in a chain, nor beyond the allowed skew.
 //! - `capture.rs`: the watch → segments → store loop that `serve` runs on the uploader;
@@ -17,6 +20,7 @@ pub mod chain;
 pub mod clock;
 pub mod confirm;
 pub mod head;
+pub mod journal;
 pub mod proven;
 pub mod prune;
 pub mod segment;
@@ -24,9 +28,11 @@ mod signed;
 pub mod status;
 
 pub use capture::{capture, CaptureObserver, CaptureSettings, CheckpointPace, Resume};
-pub use chain::{list_chains, read_manifest, read_records, ChainListing, Sealed, SegmentWriter};
+pub use chain::{check_link, read_records, ChainListing, Sealed, SegmentWriter};
+pub use journal::{ChainEnds, Coverage, Journal, NewestChain, Reach, RestorableChain};
 pub use segment::{Record, SegmentKey, SegmentManifest};
 
+use crate::catalog::CatalogError;
 use crate::etcd::SourceError;
 use crate::store::StoreError;
 use crate::trust::TrustError;
@@ -39,6 +45,8 @@ pub enum ContinuousError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Trust(#[from] TrustError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
     #[error("encoding segment {key}: {source}")]
     Encode {
         key: String,
@@ -62,7 +70,15 @@ pub enum ContinuousError {
     #[error("the segment uploader stopped")]
     UploaderStopped,
     #[error("capture stopped: {0}")]
-    Fenced(String),
+    Fenced(#[source] crate::catalog::FenceLost),
+    #[error("{target} is not restorable: {why}. Restorable: {coverage}")]
+    NotCovered {
+        target: String,
+        why: String,
+        coverage: String,
+    },
+    #[error("the journals of several clusters are in this store ({0}); pass --cluster-id")]
+    AmbiguousCluster(String),
     #[error("shadow base {id} (revision {rev}) is not used: {why}")]
     Unconfirmed { id: String, rev: i64, why: String },
 }

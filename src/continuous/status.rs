@@ -2,18 +2,14 @@
 //! segments reach; the gaps between chains (a restore target there is refused); the newest
 //! durable revision and its age.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::chain::{list_chains, read_manifest, ChainListing};
-use super::head::trusted_head;
+use super::chain::ChainListing;
+use super::journal::{is_distrust, ChainEnds, Journal};
 use super::proven::trusted_proven;
 use super::{ContinuousError, SegmentManifest};
-use crate::catalog::{Catalog, Manifest};
-use crate::store::Store;
-use crate::trust::ReadPolicy;
+use crate::catalog::Manifest;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ChainStatus {
@@ -83,79 +79,22 @@ pub struct UntrustedChain {
     pub why: String,
 }
 
-/// The ends of one chain: its first and last segment (none while only its base backup
-/// exists) and when it was last known caught up.
-pub struct ChainEnds {
-    pub first: Option<SegmentManifest>,
-    pub last: Option<SegmentManifest>,
-    /// The later of the last segment's receive time and a head that names that segment.
-    pub caught_up_at: Option<DateTime<Utc>>,
-}
-
-/// Reads a chain's first and last manifest and its head.
-///
-/// # Errors
-/// A first or last manifest is unreadable or untrusted (an untrusted head is only ignored).
-pub async fn chain_ends(
-    store: &dyn Store,
-    policy: &ReadPolicy,
-    listing: &ChainListing,
-    base_rev: Option<i64>,
-) -> Result<ChainEnds, ContinuousError> {
-    let first = match listing.segments.first() {
-        Some(k) => Some(read_manifest(store, policy, k).await?),
-        None => None,
-    };
-    let last = match listing.segments.last() {
-        Some(k) => Some(read_manifest(store, policy, k).await?),
-        None => None,
-    };
-    let head = match listing.has_head {
-        true => trusted_head(store, policy, &listing.chain).await,
-        false => None,
-    };
-    let head_at = head
-        .filter(|h| match (&last, base_rev) {
-            (Some(_), _) => h.covers(&listing.chain, last.as_ref(), 0),
-            (None, Some(base)) => h.covers(&listing.chain, None, base),
-            (None, None) => false,
-        })
-        .map(|h| h.caught_up_at);
-    let last_at = last.as_ref().map(|m| m.last_at);
-    Ok(ChainEnds {
-        caught_up_at: last_at.max(head_at),
-        first,
-        last,
-    })
-}
-
-/// Reads the first and last manifest of every chain (of `cluster`, or all).
-///
-/// # Errors
-/// Listing fails; a first or last manifest is unreadable or untrusted.
-pub async fn status(
-    store: &Arc<dyn Store>,
-    policy: &Arc<ReadPolicy>,
-    cluster: Option<u64>,
-) -> Result<JournalStatus, ContinuousError> {
-    let (backups, _) = Catalog::new(store.clone(), policy.clone())
-        .list()
-        .await
-        .map_err(|e| ContinuousError::Invalid {
-            key: store.location(),
-            what: e.to_string(),
-        })?;
-    let mut chains = Vec::new();
-    let mut untrusted = Vec::new();
-    for listing in list_chains(store.as_ref()).await? {
-        if cluster.is_some_and(|c| c != listing.cluster_id) {
-            continue;
-        }
-        let base = backups.iter().find(|m| m.id == listing.chain);
-        let ends =
-            match chain_ends(store.as_ref(), policy, &listing, base.map(|m| m.revision)).await {
+impl Journal {
+    /// What the journal holds, per chain of `cluster` (or all): reads the first and last
+    /// manifest and the head of each.
+    ///
+    /// # Errors
+    /// Listing fails; a first or last manifest is unreadable (an untrusted chain is named in
+    /// `untrusted_chains`, not an error).
+    pub async fn status(&self, cluster: Option<u64>) -> Result<JournalStatus, ContinuousError> {
+        let backups = self.backups().await?;
+        let mut chains = Vec::new();
+        let mut untrusted = Vec::new();
+        for listing in self.listings(cluster).await? {
+            let base = backups.iter().find(|m| m.id == listing.chain);
+            let ends = match self.ends(&listing, base.map(|m| m.revision)).await {
                 Ok(ends) => ends,
-                Err(e @ (ContinuousError::Trust(_) | ContinuousError::Invalid { .. })) => {
+                Err(e) if is_distrust(&e) => {
                     untrusted.push(UntrustedChain {
                         chain: listing.chain.clone(),
                         why: e.to_string(),
@@ -164,28 +103,52 @@ pub async fn status(
                 }
                 Err(e) => return Err(e),
             };
-        if let Some(mut c) = chain_status(&listing, base, &ends) {
-            if let Some(p) = trusted_proven(store.as_ref(), policy, &listing.chain).await {
-                c.proven_rev = Some(p.revision);
-                c.proven_at = Some(p.proven_at);
+            if let Some(mut c) = chain_status(&listing, base, &ends) {
+                if let Some(p) =
+                    trusted_proven(self.store().as_ref(), self.policy(), &listing.chain).await
+                {
+                    c.proven_rev = Some(p.revision);
+                    c.proven_at = Some(p.proven_at);
+                }
+                chains.push(c);
             }
-            chains.push(c);
         }
+        let gaps = gaps(&chains);
+        let newest = chains.iter().max_by_key(|c| (c.last_rev, c.last_at));
+        Ok(JournalStatus {
+            newest_rev: newest.map(|c| c.last_rev),
+            newest_at: newest.map(|c| c.last_at),
+            newest_age_secs: newest
+                .map(|c| (Utc::now() - c.last_at).num_milliseconds().max(0) as f64 / 1000.0),
+            caught_up_at: newest.and_then(|c| c.caught_up_at),
+            proven_rev: newest.and_then(|c| c.proven_rev),
+            proven_at: newest.and_then(|c| c.proven_at),
+            chains,
+            gaps,
+            untrusted_chains: untrusted,
+        })
     }
-    let gaps = gaps(&chains);
-    let newest = chains.iter().max_by_key(|c| (c.last_rev, c.last_at));
-    Ok(JournalStatus {
-        newest_rev: newest.map(|c| c.last_rev),
-        newest_at: newest.map(|c| c.last_at),
-        newest_age_secs: newest
-            .map(|c| (Utc::now() - c.last_at).num_milliseconds().max(0) as f64 / 1000.0),
-        caught_up_at: newest.and_then(|c| c.caught_up_at),
-        proven_rev: newest.and_then(|c| c.proven_rev),
-        proven_at: newest.and_then(|c| c.proven_at),
-        chains,
-        gaps,
-        untrusted_chains: untrusted,
-    })
+
+    /// Every segment manifest of every trusted chain (of `cluster`, or all), in chain order.
+    ///
+    /// # Errors
+    /// Listing fails; a manifest is unreadable or untrusted.
+    pub async fn segments(
+        &self,
+        cluster: Option<u64>,
+    ) -> Result<Vec<SegmentManifest>, ContinuousError> {
+        let mut out = Vec::new();
+        for listing in self.listings(cluster).await? {
+            if let Err(e) = self.check_chain(&listing).await {
+                tracing::warn!(chain = %listing.chain, error = %e, "a journal chain that is not trusted: not listed");
+                continue;
+            }
+            for key in &listing.segments {
+                out.push(self.manifest(key).await?);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// `None` for a chain with neither segments nor a head that speaks of its base.
@@ -258,29 +221,4 @@ fn gaps(chains: &[ChainStatus]) -> Vec<Gap> {
         }
     }
     out
-}
-
-/// Every segment manifest of every chain (of `cluster`, or all), in chain order.
-///
-/// # Errors
-/// Listing fails; a manifest is unreadable or untrusted.
-pub async fn segments(
-    store: &Arc<dyn Store>,
-    policy: &ReadPolicy,
-    cluster: Option<u64>,
-) -> Result<Vec<SegmentManifest>, ContinuousError> {
-    let mut out = Vec::new();
-    for listing in list_chains(store.as_ref()).await? {
-        if cluster.is_some_and(|c| c != listing.cluster_id) {
-            continue;
-        }
-        if let Err(e) = super::chain::check_chain(store.as_ref(), policy, &listing).await {
-            tracing::warn!(chain = %listing.chain, error = %e, "a journal chain that is not trusted: not listed");
-            continue;
-        }
-        for key in &listing.segments {
-            out.push(read_manifest(store.as_ref(), policy, key).await?);
-        }
-    }
-    Ok(out)
 }

@@ -4,8 +4,8 @@
 //! revision. That snapshot then goes through the one restore path (`restore`), or is handed to
 //! the user (`snapshot get`).
 //!
-//! - `plan.rs`: which base backup and which segments a target needs; refusals with the
-//!   restorable ranges named.
+//! - `plan.rs`: which base backup and which segments a target needs, asked of the journal's
+//!   one reader (`continuous::Journal`), which refuses with the restorable ranges named.
 //! - `replay/`: the sandbox replay and the final snapshot; `replay/leases.rs` its leases.
 //! - `pipeline.rs`: several txns in flight, each guarded so etcd applies them in order.
 
@@ -13,9 +13,7 @@ mod pipeline;
 mod plan;
 mod replay;
 
-pub use plan::{
-    newest_chain, plan, resolve_time, segments_after, Coverage, NewestChain, PitrPlan, Target,
-};
+pub use plan::{plan, PitrPlan, Target};
 pub(crate) use replay::{apply_journal, on_own_thread, sandbox_flags, ReplayStart};
 pub use replay::{replay_to_file, NoHook, Proof, ReplayHook, ReplayReport};
 
@@ -41,14 +39,6 @@ pub enum PitrError {
     Tool(#[from] RestoreError),
     #[error("replay sandbox: {0}")]
     Etcd(#[from] SourceError),
-    #[error("{target} is not restorable: {why}. Restorable: {coverage}")]
-    NotCovered {
-        target: String,
-        why: String,
-        coverage: String,
-    },
-    #[error("the backups of several clusters are in this store ({0}); pass --cluster-id")]
-    AmbiguousCluster(String),
     #[error("replay of revision {rev} failed: {detail}; the journal does not reproduce the cluster, nothing was restored")]
     Replay { rev: i64, detail: String },
     #[error("the replay sandbox's etcd failed at revision {rev}: {detail} — the machine (killed, out of memory or disk, over the sandbox's quota), not the journal; free room or memory and run it again")]

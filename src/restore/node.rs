@@ -130,11 +130,9 @@ pub fn socket_addr_of_url(url: &str) -> Option<SocketAddr> {
 pub(super) async fn probe_status(
     settings: &EtcdSettings,
     endpoint: &str,
-) -> Result<crate::etcd::MemberStatus, String> {
-    let mut source = EtcdSource::connect(settings, endpoint)
-        .await
-        .map_err(|e| e.to_string())?;
-    source.status().await.map_err(|e| e.to_string())
+) -> Result<crate::etcd::MemberStatus, crate::etcd::SourceError> {
+    let mut source = EtcdSource::connect(settings, endpoint).await?;
+    source.status().await
 }
 
 pub(super) fn client_settings(client: &LocalClient, connect_timeout: Duration) -> EtcdSettings {

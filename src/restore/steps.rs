@@ -301,7 +301,7 @@ pub(super) async fn wait_healthy(
                 s.revision
             ),
             Ok(_) => "it answers but has no leader yet".to_string(),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         if Instant::now() >= deadline {
             return Err(RestoreError::NotHealthy {

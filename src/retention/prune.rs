@@ -51,7 +51,7 @@ pub enum PruneError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("retention stopped: {0}; what was deleted before stays deleted, the rest is left to the current uploader")]
-    Fenced(String),
+    Fenced(#[source] crate::catalog::FenceLost),
 }
 
 /// Plans and (unless `dry_run`) applies retention to a store.
@@ -155,9 +155,9 @@ pub async fn prune(
 /// says what its name says. Otherwise the chain is left alone, warned.
 async fn confirm_cuts(catalog: &Catalog, journal: &mut crate::continuous::prune::JournalPlan) {
     let cuts: Vec<_> = journal.cuts.values().cloned().collect();
+    let reader = crate::continuous::Journal::new(catalog.store().clone(), catalog.policy().clone());
     for cut in cuts {
-        let store = catalog.store().as_ref();
-        if let Err(e) = crate::continuous::read_manifest(store, catalog.policy(), &cut).await {
+        if let Err(e) = reader.manifest(&cut).await {
             tracing::warn!(chain = %cut.chain, error = %e, "journal retention leaves a chain alone: the segment that decides what goes is not trusted");
             journal.spare(&cut.chain);
             journal.suspicious.push(cut.chain.clone());

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-pub use pki::SandboxPki;
+pub use pki::{PkiError, SandboxPki};
 
 use crate::etcd::{EtcdSettings, EtcdSource, MemberStatus};
 use crate::restore::{MemberSpec, RestoreError, RestoreTool};
@@ -36,6 +36,8 @@ pub enum SandboxError {
         waited: Duration,
         detail: String,
     },
+    #[error(transparent)]
+    Pki(#[from] PkiError),
     #[error("sandbox {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -97,10 +99,7 @@ impl Sandbox {
         extra_args: &[String],
     ) -> Result<Sandbox, SandboxError> {
         let data_dir = dir.join("data");
-        let pki = SandboxPki::generate(dir).map_err(|detail| SandboxError::Dir {
-            path: dir.to_path_buf(),
-            source: std::io::Error::other(detail),
-        })?;
+        let pki = SandboxPki::generate(dir)?;
         let log = dir.join("etcd.log");
         let mut attempt = 1;
         loop {

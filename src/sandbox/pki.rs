@@ -11,6 +11,23 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
 };
 
+/// Why the sandbox's certificates could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("generating the sandbox's {what}: {source}")]
+    Generate {
+        what: &'static str,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// PEM files in the sandbox.
 #[derive(Debug, Clone)]
 pub struct SandboxPki {
@@ -27,20 +44,19 @@ impl SandboxPki {
     ///
     /// # Errors
     /// Key generation or writing the files failed.
-    pub fn generate(dir: &Path) -> Result<SandboxPki, String> {
-        let e = |what: &str, err: &dyn std::fmt::Display| format!("{what}: {err}");
-        let ca_key = KeyPair::generate().map_err(|x| e("CA key", &x))?;
-        let mut ca_params =
-            CertificateParams::new(Vec::<String>::new()).map_err(|x| e("CA", &x))?;
+    pub fn generate(dir: &Path) -> Result<SandboxPki, PkiError> {
+        let e = |what: &'static str| move |source| PkiError::Generate { what, source };
+        let ca_key = KeyPair::generate().map_err(e("CA key"))?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(e("CA"))?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params
             .distinguished_name
             .push(DnType::CommonName, "lifeboat-drill-ca");
-        let ca = ca_params.self_signed(&ca_key).map_err(|x| e("CA", &x))?;
-        let leaf = |cn: &str, server: bool| -> Result<(String, String), String> {
-            let key = KeyPair::generate().map_err(|x| e("key", &x))?;
-            let mut p = CertificateParams::new(vec!["localhost".to_string()])
-                .map_err(|x| e("certificate", &x))?;
+        let ca = ca_params.self_signed(&ca_key).map_err(e("CA"))?;
+        let leaf = |cn: &str, server: bool| -> Result<(String, String), PkiError> {
+            let key = KeyPair::generate().map_err(e("key"))?;
+            let mut p =
+                CertificateParams::new(vec!["localhost".to_string()]).map_err(e("certificate"))?;
             p.subject_alt_names
                 .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
             p.distinguished_name.push(DnType::CommonName, cn);
@@ -52,18 +68,17 @@ impl SandboxPki {
             } else {
                 vec![ExtendedKeyUsagePurpose::ClientAuth]
             };
-            let cert = p
-                .signed_by(&key, &ca, &ca_key)
-                .map_err(|x| e("certificate", &x))?;
+            let cert = p.signed_by(&key, &ca, &ca_key).map_err(e("certificate"))?;
             Ok((cert.pem(), key.serialize_pem()))
         };
         let (server_pem, server_key_pem) = leaf("lifeboat-drill-etcd", true)?;
         let (client_pem, client_key_pem) = leaf("lifeboat-drill", false)?;
-        let write = |name: &str, body: &str| -> Result<PathBuf, String> {
-            let p = dir.join(name);
-            crate::fsutil::write_atomic(&p, body.as_bytes())
-                .map_err(|x| e(&p.display().to_string(), &x))?;
-            Ok(p)
+        let write = |name: &str, body: &str| -> Result<PathBuf, PkiError> {
+            let path = dir.join(name);
+            match crate::fsutil::write_atomic(&path, body.as_bytes()) {
+                Ok(()) => Ok(path),
+                Err(source) => Err(PkiError::Write { path, source }),
+            }
         };
         Ok(SandboxPki {
             ca: write("ca.crt", &ca.pem())?,

@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 use super::{sleep_or_cancel, ServeSettings, Shared};
 use crate::backup::BackupSettings;
 use crate::catalog::{cluster_of, Catalog, Fence};
-use crate::continuous::chain::{check_chain, root_hash};
+use crate::continuous::chain::root_hash;
 use crate::continuous::{
-    capture, list_chains, read_manifest, CaptureObserver, CaptureSettings, ContinuousError, Resume,
-    SegmentManifest, SegmentWriter,
+    capture, CaptureObserver, CaptureSettings, ContinuousError, Journal, Resume, SegmentManifest,
+    SegmentWriter,
 };
 use crate::etcd::{EtcdSource, SourceError};
 
@@ -191,49 +191,30 @@ fn chain_from(base: &crate::catalog::Manifest, cluster: u64) -> Resume {
 /// with no chain yet, a new one from the newest trusted full backup (or from a fresh one).
 async fn find_resume(shared: &Arc<Shared>, cluster: u64) -> Result<Resume, SessionEnd> {
     let failed = |e: ContinuousError| SessionEnd::Failed(e);
-    let chains = list_chains(shared.store.as_ref())
-        .await
-        .map_err(|e| failed(e.into()))?;
+    let journal = Journal::new(shared.store.clone(), shared.read_policy.clone());
     // The newest chain a writer wrote: one planted under a newer name must not stop the
     // capture (#21); a real chain whose newest segment is then untrusted does (loudly).
-    let mut newest = None;
-    for chain in chains.iter().rev().filter(|c| c.cluster_id == cluster) {
-        match check_chain(shared.store.as_ref(), &shared.read_policy, chain).await {
-            Ok(()) => {
-                newest = Some(chain);
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(chain = %chain.chain, error = %e, "a journal chain that is not trusted: not resumed");
-            }
-        }
-    }
-    if let Some(chain) = newest {
-        if let Some(last) = chain.segments.last() {
-            let m = read_manifest(shared.store.as_ref(), &shared.read_policy, last)
-                .await
-                .map_err(failed)?;
-            return Ok(Resume {
-                chain: m.chain.clone(),
-                cluster_id: cluster,
-                next_seq: m.seq + 1,
-                prev_hash: m.hash.clone(),
-                next_rev: m.last_rev + 1,
-                last_at: Some(m.last_at),
-            });
-        }
+    let newest = journal
+        .newest_trusted(cluster, None)
+        .await
+        .map_err(failed)?;
+    if let Some(last) = newest.as_ref().and_then(|c| c.segments.last()) {
+        let m = journal.manifest(last).await.map_err(failed)?;
+        return Ok(Resume {
+            chain: m.chain.clone(),
+            cluster_id: cluster,
+            next_seq: m.seq + 1,
+            prev_hash: m.hash.clone(),
+            next_rev: m.last_rev + 1,
+            last_at: Some(m.last_at),
+        });
     }
     // A chain starts only from a writer's own backup (never a shadow's base: its key may not
     // sign what the capture builds on), the newest by revision.
     let backups = Catalog::new(shared.store.clone(), shared.read_policy.clone())
         .writer_signed()
         .await
-        .map_err(|e| {
-            SessionEnd::Failed(ContinuousError::Invalid {
-                key: shared.store.location(),
-                what: e.to_string(),
-            })
-        })?;
+        .map_err(|e| failed(e.into()))?;
     let newest = backups
         .into_iter()
         .filter(|m| cluster_of(m) == Some(cluster))

@@ -6,6 +6,7 @@
 //! becomes the leader while a follower's instance waits: a backup reads the whole database and
 //! compresses it, and the leader already carries every write (#13).
 
+use crate::catalog::FenceLost;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,31 +51,24 @@ pub struct LeaseFence {
 
 #[async_trait::async_trait]
 impl crate::catalog::Fence for LeaseFence {
-    async fn check(&self) -> Result<(), String> {
-        let held = self
-            .leadership
-            .held()
-            .ok_or("this instance no longer holds the uploader election")?;
+    async fn check(&self) -> Result<(), FenceLost> {
+        let held = self.leadership.held().ok_or(FenceLost::NotHeld)?;
         let txn = Txn::new().when([Compare::create_revision(
             held.key.clone(),
             CompareOp::Equal,
             held.revision,
         )]);
         let mut client = self.client.clone();
-        let answer = tokio::time::timeout(Duration::from_secs(5), client.txn(txn)).await;
+        let patience = Duration::from_secs(5);
+        let answer = tokio::time::timeout(patience, client.txn(txn)).await;
         match answer {
             Ok(Ok(r)) if r.succeeded() => Ok(()),
             Ok(Ok(_)) => {
                 self.leadership.set(None);
-                Err("the uploader election key is gone: another instance took over while this one was stalled".into())
+                Err(FenceLost::TakenOver)
             }
-            Ok(Err(e)) => Err(format!(
-                "cannot confirm the uploader election ({})",
-                crate::error_chain::one_line(&e)
-            )),
-            Err(_) => {
-                Err("cannot confirm the uploader election (etcd did not answer in 5 s)".into())
-            }
+            Ok(Err(e)) => Err(FenceLost::Unconfirmed(Box::new(e))),
+            Err(_) => Err(FenceLost::NoAnswer(patience)),
         }
     }
 }

@@ -1,8 +1,9 @@
-//! Prometheus metrics of the service, in the text exposition format.
+//! The service's metric handles. Each worker registers its own group in the process's one
+//! registry (`face::Worker::register`): a worker that does not run exports nothing.
 
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -14,7 +15,6 @@ pub struct ReasonLabel {
 }
 
 pub struct Metrics {
-    registry: Registry,
     pub last_success: Gauge<f64, AtomicU64>,
     pub duration: Gauge<f64, AtomicU64>,
     pub size: Gauge,
@@ -28,8 +28,6 @@ pub struct Metrics {
     pub drill_failures: Counter,
     pub drill_duration: Gauge<f64, AtomicU64>,
     pub continuous_last_revision: Gauge,
-    /// Set when rendered: now − when every revision the member had was last durable.
-    pub continuous_lag: Gauge<f64, AtomicU64>,
     pub continuous_segments: Counter,
     pub continuous_bytes: Counter,
     pub continuous_gaps: Counter,
@@ -40,7 +38,6 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::default();
         let m = Metrics {
             last_success: Gauge::default(),
             duration: Gauge::default(),
@@ -55,15 +52,25 @@ impl Metrics {
             drill_failures: Counter::default(),
             drill_duration: Gauge::default(),
             continuous_last_revision: Gauge::default(),
-            continuous_lag: Gauge::default(),
             continuous_segments: Counter::default(),
             continuous_bytes: Counter::default(),
             continuous_gaps: Counter::default(),
             continuous_checkpoints: Counter::default(),
             continuous_checkpoint_hashkv: Gauge::default(),
             continuous_checkpoint_pace: Gauge::default(),
-            registry: Registry::default(),
         };
+        // Known failure reasons start at 0, so `increase()` in alerts sees the first failure.
+        for reason in ["etcd", "verify", "store", "cancelled", "internal"] {
+            let _ = m.failures.get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            });
+        }
+        m
+    }
+
+    /// The scheduled backups' (and the uploader election's and retention's).
+    pub fn register_backups(&self, registry: &mut Registry) {
+        let m = self;
         registry.register(
             "lifeboat_last_success_timestamp_seconds",
             "Unix time of the last backup that was committed",
@@ -109,6 +116,11 @@ impl Metrics {
             "Backups committed by this instance",
             m.backups.clone(),
         );
+    }
+
+    /// The restore drills'.
+    pub fn register_drills(&self, registry: &mut Registry) {
+        let m = self;
         registry.register(
             "lifeboat_drill_last_success_timestamp_seconds",
             "Unix time of the last restore drill that passed",
@@ -124,15 +136,15 @@ impl Metrics {
             "Duration of the last restore drill",
             m.drill_duration.clone(),
         );
+    }
+
+    /// The journal capture's. Its lag is computed when scraped (`Capture`'s collector).
+    pub fn register_journal(&self, registry: &mut Registry) {
+        let m = self;
         registry.register(
             "lifeboat_continuous_last_revision",
             "Newest etcd revision durable in the journal (continuous backup)",
             m.continuous_last_revision.clone(),
-        );
-        registry.register(
-            "lifeboat_continuous_lag_seconds",
-            "Seconds since every revision of the member was last durable in the journal: the live RPO",
-            m.continuous_lag.clone(),
         );
         registry.register(
             "lifeboat_continuous_segments",
@@ -164,19 +176,6 @@ impl Metrics {
             "Wait between checkpoints now (continuous.checkpoint_interval; auto: 25x what a HashKV takes, 5 s to 5 min)",
             m.continuous_checkpoint_pace.clone(),
         );
-        // Known failure reasons start at 0, so `increase()` in alerts sees the first failure.
-        for reason in ["etcd", "verify", "store", "cancelled", "internal"] {
-            let _ = m.failures.get_or_create(&ReasonLabel {
-                reason: reason.into(),
-            });
-        }
-        Metrics { registry, ..m }
-    }
-
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
     }
 }
 
@@ -199,7 +198,12 @@ mod tests {
                 reason: "etcd".into(),
             })
             .inc();
-        let text = m.render();
+        let mut registry = Registry::default();
+        m.register_backups(&mut registry);
+        m.register_drills(&mut registry);
+        m.register_journal(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for name in [
             "lifeboat_last_success_timestamp_seconds",
             "lifeboat_backup_duration_seconds",

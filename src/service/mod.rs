@@ -3,26 +3,29 @@
 //! ```text
 //!  cron job ──tick (bounded 1; skipped+counted while a backup runs)──▶ worker
 //!  election (etcd lease) ──is_leader──▶ worker: jitter → take_backup → retention
-//!  axum: /healthz /readyz /metrics          shutdown token: stop ticks, give the running
+//!  face: /healthz /readyz /metrics          shutdown token: stop ticks, give the running
 //!                                           backup `shutdown_deadline`, then abort it cleanly
 //!  drill cron (optional, own schedule) ──▶ drill worker: latest backup → sandbox restore → checks
 //! ```
 //!
 //! With `schedule = "off"` the instance takes no backups and needs no etcd: a drill-only
 //! instance off the control plane, the one place that holds the age identity. It may run the
-//! shadow too (`[shadow] enabled`): its metrics join the service's, a stop makes `/readyz` 503.
+//! shadow too (`[shadow] enabled`). Each worker that runs shows itself on the one HTTP face
+//! (`face.rs`, `workers.rs`): its metrics, and when it makes the instance not ready.
 
 mod continuous;
-mod http;
+pub mod face;
 pub mod leader;
 pub mod metrics;
 mod schedule;
 pub mod shadow;
 mod tick;
+mod workers;
 
-pub use schedule::normalize_schedule;
 use schedule::start_scheduler;
+pub use schedule::{normalize_schedule, ScheduleError};
 use tick::run_tick;
+pub use workers::every_metric;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,8 +114,6 @@ struct Shared {
     store: Arc<dyn Store>,
     backups: bool,
     drill_running: AtomicBool,
-    /// The last readiness verdict and when it was reached (`/readyz` answers from it).
-    readiness: tokio::sync::Mutex<Option<http::Verdict>>,
     read_policy: Arc<crate::trust::ReadPolicy>,
     /// Journal on: when every revision of the member was last known durable.
     continuous: bool,
@@ -167,7 +168,6 @@ pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result
         store: store.clone(),
         backups: settings.backup.is_some(),
         drill_running: AtomicBool::new(false),
-        readiness: tokio::sync::Mutex::new(None),
         read_policy: settings.read_policy.clone(),
         continuous: settings.continuous.is_some(),
         durable_at: Mutex::new(None),
@@ -180,7 +180,8 @@ pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result
             source,
         })?;
     tracing::info!(listen = %settings.listen, schedule = %settings.schedule, store = %store.location(), "serving");
-    let http = tokio::spawn(http::serve(listener, shared.clone(), shutdown.clone()));
+    let face = face::Face::new(workers::of(&shared, settings.drill.is_some()));
+    let http = tokio::spawn(face::serve(listener, Arc::new(face), shutdown.clone()));
     let drills = match &settings.drill {
         Some(plan) => Some(start_drills(plan.clone(), shared.clone(), shutdown.clone()).await?),
         None => None,
@@ -414,37 +415,51 @@ async fn run_drill(plan: &DrillPlan, shared: &Arc<Shared>) {
         }
         Err(e) => {
             m.drill_failures.inc();
+            let e = crate::error_chain::one_line(&e);
             tracing::error!(error = %e, "restore drill failed");
         }
     }
 }
 
+/// Why a scheduled drill could not run (a drill that ran and failed a check is a report).
+#[derive(Debug, thiserror::Error)]
+enum DrillRunError {
+    #[error(transparent)]
+    Identity(#[from] crate::stages::encrypt::KeyError),
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+    #[error("no backup in {0} to drill")]
+    NoBackup(String),
+    #[error(transparent)]
+    ReadBack(#[from] crate::readback::ReadBackError),
+    #[error(transparent)]
+    Drill(#[from] crate::drill::DrillError),
+}
+
 async fn drill_latest(
     plan: &DrillPlan,
     shared: &Arc<Shared>,
-) -> Result<crate::drill::DrillReport, String> {
-    let identities = crate::stages::encrypt::Identities::from_file(&plan.identity_file)
-        .map_err(|e| e.to_string())?;
+) -> Result<crate::drill::DrillReport, DrillRunError> {
+    let identities = crate::stages::encrypt::Identities::from_file(&plan.identity_file)?;
     // A drill-only instance may watch a bucket shared by several clusters: it drills the
     // newest backup in it, whichever cluster's.
     let (all, _) = Catalog::new(shared.store.clone(), shared.read_policy.clone())
         .list()
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let manifest = all
         .into_iter()
         .next()
-        .ok_or_else(|| format!("no backup in {}", shared.store.location()))?;
-    crate::readback::check_encryption(&manifest, true, false).map_err(|e| e.to_string())?;
-    crate::drill::drill(
+        .ok_or_else(|| DrillRunError::NoBackup(shared.store.location()))?;
+    crate::readback::check_encryption(&manifest, true, false)?;
+    let report = crate::drill::drill(
         shared.store.clone(),
         &manifest,
         Some(&Arc::new(identities)),
         &plan.settings,
         Arc::new(Silent),
     )
-    .await
-    .map_err(|e| e.to_string())
+    .await?;
+    Ok(report)
 }
 
 async fn connect_until(

@@ -9,33 +9,66 @@ use tokio::sync::mpsc;
 
 use super::{ServeError, Shared};
 
+/// Why a schedule expression is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error(
+        "`{expr}` has {fields} fields; use 5 (min hour dom mon dow) or 6 (with seconds first)"
+    )]
+    Fields { expr: String, fields: usize },
+    #[error("`{expr}` is not a cron expression: {source}")]
+    Parse {
+        expr: String,
+        #[source]
+        source: croner::errors::CronError,
+    },
+    #[error("`{expr}` {what}: {source}")]
+    Fires {
+        expr: String,
+        what: &'static str,
+        #[source]
+        source: croner::errors::CronError,
+    },
+}
+
 /// Turns a 5-field cron expression into the 6-field form (seconds first); 6 fields pass through.
 ///
 /// # Errors
 /// Not 5 or 6 fields, or not a valid expression.
-pub fn normalize_schedule(expr: &str) -> Result<(String, Duration), String> {
+pub fn normalize_schedule(expr: &str) -> Result<(String, Duration), ScheduleError> {
     let fields = expr.split_whitespace().count();
     let six = match fields {
         5 => format!("0 {}", expr.trim()),
         6 => expr.trim().to_string(),
-        n => {
-            return Err(format!(
-                "`{expr}` has {n} fields; use 5 (min hour dom mon dow) or 6 (with seconds first)"
-            ))
+        fields => {
+            return Err(ScheduleError::Fields {
+                expr: expr.into(),
+                fields,
+            })
+        }
+    };
+    let fires = |what: &'static str| {
+        move |source| ScheduleError::Fires {
+            expr: expr.into(),
+            what,
+            source,
         }
     };
     let cron = croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Required)
         .build()
         .parse(&six)
-        .map_err(|e| format!("`{expr}` is not a cron expression: {e}"))?;
+        .map_err(|source| ScheduleError::Parse {
+            expr: expr.into(),
+            source,
+        })?;
     let now = Utc::now();
     let first = cron
         .find_next_occurrence(&now, false)
-        .map_err(|e| format!("`{expr}` never fires: {e}"))?;
+        .map_err(fires("never fires"))?;
     let second = cron
         .find_next_occurrence(&first, false)
-        .map_err(|e| format!("`{expr}` fires only once: {e}"))?;
+        .map_err(fires("fires only once"))?;
     let interval = (second - first)
         .to_std()
         .unwrap_or(Duration::from_secs(3600));

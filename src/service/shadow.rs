@@ -1,22 +1,18 @@
-//! The shadow as a service: its own `/healthz`, `/readyz` and `/metrics` (`lifeboat shadow
-//! --listen`), or inside a drill-only `serve` (`[shadow] enabled`), its metrics joined to the
-//! service's. The shadow runs off the control plane, in the cluster's own network: `/readyz`
+//! The shadow as a worker of the one HTTP face: alone (`lifeboat shadow --listen`), or inside a
+//! drill-only `serve` (`[shadow] enabled`) beside its drills. The shadow runs off the control plane, in the cluster's own network: `/readyz`
 //! names why it stopped, so the page an alert links to says which segment or checkpoint failed.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::Router;
-use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use super::face::{Face, Problem, Worker};
 use super::{sleep_or_cancel, ShadowPlan};
 use crate::shadow::{ShadowError, ShadowState, SharedState};
 use crate::stages::encrypt::Identities;
@@ -51,7 +47,7 @@ pub(super) async fn follow_in_serve(
                 ShadowError::Mismatch { .. } => None,
                 other => Some(other.to_string()),
             }),
-            Err(why) => Err(Some(why)),
+            Err(e) => Err(Some(e.to_string())),
         };
         if shutdown.is_cancelled() {
             return;
@@ -76,147 +72,124 @@ fn retry_pause(poll: Duration) -> Duration {
     (poll * 30).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
-fn read_identities(plan: &ShadowPlan) -> Result<Option<Arc<Identities>>, String> {
+fn read_identities(
+    plan: &ShadowPlan,
+) -> Result<Option<Arc<Identities>>, crate::stages::encrypt::KeyError> {
     plan.identity_file
         .as_ref()
         .map(|path| Identities::from_file(path).map(Arc::new))
         .transpose()
-        .map_err(|e| e.to_string())
 }
 
-/// The service's metrics text with the shadow's joined to it (one exposition, one `# EOF`).
-pub(super) fn join_metrics(service: &str, s: &ShadowState) -> String {
-    let head = service.strip_suffix("# EOF\n").unwrap_or(service);
-    format!("{head}{}", render(s))
+/// The shadow as a worker of the one HTTP face: its metrics read from its state at each scrape,
+/// not ready once a check stopped it (the stop named publicly: the segment or checkpoint is
+/// what the page needs) or while it cannot start (only the component: its error may name
+/// endpoints, the log has it).
+#[derive(Clone)]
+pub struct Shadow(pub SharedState);
+
+impl std::fmt::Debug for Shadow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shadow")
+    }
 }
 
-/// What `serve`'s `/readyz` says of the shadow: a stop names its cause (segment names and
-/// revisions, nothing secret); a failing start only the component (its error may name
-/// endpoints: the log has it).
-pub(super) fn readiness(s: &ShadowState) -> Option<(String, Option<String>)> {
+impl Worker for Shadow {
+    fn register(&self, registry: &mut Registry) {
+        registry.register_collector(Box::new(self.clone()));
+    }
+
+    fn problems(&self) -> Vec<Problem> {
+        problems(&self.0.get())
+    }
+}
+
+fn problems(s: &ShadowState) -> Vec<Problem> {
     if let Some(why) = &s.stopped {
         let line = format!(
             "shadow: STOPPED at verified revision {}: {why}",
             s.verified_revision
         );
-        return Some((line.clone(), Some(line)));
+        return vec![Problem {
+            public: Some(line.clone()),
+            ..Problem::new("shadow", line)
+        }];
     }
     s.retrying
-        .as_ref()
-        .map(|why| (format!("not following the journal: {why}"), None))
+        .iter()
+        .map(|why| Problem::new("shadow", format!("not following the journal: {why}")))
+        .collect()
 }
 
-/// Serves until `shutdown`.
+/// `lifeboat shadow --listen`: the shadow alone on the face, until `shutdown`.
 pub async fn serve_shadow(
     listener: tokio::net::TcpListener,
     state: SharedState,
     shutdown: CancellationToken,
 ) {
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(16))
-        .with_state(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "the shadow's HTTP server failed");
-    }
+    let face = Face::new(vec![Arc::new(Shadow(state))]);
+    super::face::serve(listener, Arc::new(face), shutdown).await;
 }
 
-/// Ready while no check has failed.
-async fn readyz(State(state): State<SharedState>) -> (StatusCode, String) {
-    let s = state.get();
-    match &s.stopped {
-        None => (
-            StatusCode::OK,
-            format!("ok: verified revision {}\n", s.verified_revision),
-        ),
-        Some(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "shadow: STOPPED at verified revision {}: {why}\n",
-                s.verified_revision
+impl Collector for Shadow {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.get();
+        let gauges = [
+            (
+                "lifeboat_shadow_verified_revision",
+                "Newest revision whose HashKV the shadow reproduced (proven restorable)",
+                s.verified_revision,
             ),
-        ),
+            (
+                "lifeboat_shadow_applied_revision",
+                "Newest revision the shadow applied",
+                s.applied_revision,
+            ),
+            (
+                "lifeboat_shadow_journal_revision",
+                "Newest revision in the journal segments the shadow has read",
+                s.journal_revision,
+            ),
+            (
+                "lifeboat_shadow_up",
+                "1 while the shadow follows the journal, 0 once a check stopped it",
+                i64::from(s.stopped.is_none()),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let g = ConstGauge::new(v);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        let lag = ConstGauge::new(s.lag_seconds());
+        lag.encode(encoder.encode_descriptor(
+            "lifeboat_shadow_lag_seconds",
+            "Seconds since the capture received the oldest revision not yet proven (0 when all are)",
+            None,
+            lag.metric_type(),
+        )?)?;
+        let counters = [
+            (
+                "lifeboat_shadow_mismatches",
+                "Checks that failed (the shadow stops at the first)",
+                s.mismatches_total,
+            ),
+            (
+                "lifeboat_shadow_bases",
+                "Full backups written from the shadow",
+                s.bases.len() as u64,
+            ),
+            (
+                "lifeboat_shadow_base_failures",
+                "Bases that failed (the next proven checkpoint after the interval tries again)",
+                s.base_failures,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let c = ConstCounter::new(v);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
     }
-}
-
-async fn metrics(
-    State(state): State<SharedState>,
-) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        render(&state.get()),
-    )
-}
-
-/// The shadow's metrics, from its state now.
-pub fn render(s: &ShadowState) -> String {
-    let mut registry = Registry::default();
-    let gauge = |v: i64| {
-        let g: Gauge = Gauge::default();
-        g.set(v);
-        g
-    };
-    let gauge_f = |v: f64| {
-        let g: Gauge<f64, AtomicU64> = Gauge::default();
-        g.set(v);
-        g
-    };
-    let counter = |v: u64| {
-        let c: Counter = Counter::default();
-        c.inc_by(v);
-        c
-    };
-    registry.register(
-        "lifeboat_shadow_verified_revision",
-        "Newest revision whose HashKV the shadow reproduced (proven restorable)",
-        gauge(s.verified_revision),
-    );
-    registry.register(
-        "lifeboat_shadow_applied_revision",
-        "Newest revision the shadow applied",
-        gauge(s.applied_revision),
-    );
-    registry.register(
-        "lifeboat_shadow_journal_revision",
-        "Newest revision in the journal segments the shadow has read",
-        gauge(s.journal_revision),
-    );
-    registry.register(
-        "lifeboat_shadow_lag_seconds",
-        "Seconds since the capture received the oldest revision not yet proven (0 when all are)",
-        gauge_f(s.lag_seconds()),
-    );
-    registry.register(
-        "lifeboat_shadow_mismatches",
-        "Checks that failed (the shadow stops at the first)",
-        counter(s.mismatches_total),
-    );
-    registry.register(
-        "lifeboat_shadow_bases",
-        "Full backups written from the shadow",
-        counter(s.bases.len() as u64),
-    );
-    registry.register(
-        "lifeboat_shadow_base_failures",
-        "Bases that failed (the next proven checkpoint after the interval tries again)",
-        counter(s.base_failures),
-    );
-    registry.register(
-        "lifeboat_shadow_up",
-        "1 while the shadow follows the journal, 0 once a check stopped it",
-        gauge(i64::from(s.stopped.is_none())),
-    );
-    let mut out = String::new();
-    encode(&mut out, &registry).expect("writing to a String cannot fail");
-    out
 }
 
 #[cfg(test)]
@@ -224,34 +197,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn joined_metrics_are_one_exposition() {
-        let service = "# HELP a x\n# TYPE a gauge\na 1\n# EOF\n";
-        let text = join_metrics(service, &ShadowState::default());
-        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
-        assert!(
-            text.starts_with("# HELP a x\n") && text.ends_with("# EOF\n"),
-            "{text}"
-        );
-        assert!(text.contains("lifeboat_shadow_up 1"), "{text}");
-    }
-
-    #[test]
     fn readiness_names_a_stop_publicly_and_a_failing_start_only_in_the_log() {
-        assert_eq!(readiness(&ShadowState::default()), None);
+        assert_eq!(problems(&ShadowState::default()), vec![]);
         let retrying = ShadowState {
             retrying: Some("http://10.0.0.1:8333 unreachable".into()),
             ..ShadowState::default()
         };
-        let (detail, public) = readiness(&retrying).unwrap();
-        assert!(detail.contains("10.0.0.1") && public.is_none(), "{detail}");
+        let p = problems(&retrying);
+        assert!(
+            p[0].detail.contains("10.0.0.1") && p[0].public.is_none(),
+            "{p:?}"
+        );
         let stopped = ShadowState {
             stopped: Some("segment seg.x tampered".into()),
             verified_revision: 9,
             ..retrying
         };
-        let (_, public) = readiness(&stopped).unwrap();
         assert_eq!(
-            public.as_deref(),
+            problems(&stopped)[0].public.as_deref(),
             Some("shadow: STOPPED at verified revision 9: segment seg.x tampered")
         );
     }
@@ -277,7 +240,9 @@ mod tests {
             stopped: Some("x".into()),
             ..ShadowState::default()
         };
-        let text = render(&s);
+        let state = SharedState::default();
+        state.update(|now| *now = s.clone());
+        let text = Face::new(vec![Arc::new(Shadow(state))]).metrics();
         for line in [
             "lifeboat_shadow_verified_revision 42",
             "lifeboat_shadow_mismatches_total 1",

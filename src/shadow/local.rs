@@ -80,6 +80,21 @@ impl ShadowDir {
     }
 }
 
+/// Why the shadow's own data cannot be resumed from (it starts again from a base).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum NotResumable {
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error("its etcd is at revision {current}, before the proven {proven}")]
+    Behind { current: i64, proven: i64 },
+    #[error("its HashKV at revision {rev} is {got}, {proven} was proven")]
+    OtherHash { rev: i64, got: u32, proven: u32 },
+    #[error("it has compacted past the proven revision {0}")]
+    Compacted(i64),
+    #[error("hashing its etcd: {0}")]
+    Etcd(#[from] crate::etcd::SourceError),
+}
+
 /// Starts the private etcd left in `dir` and checks that it still holds what was proven: at or
 /// past that revision, hashing there as recorded. Its revision when it does; why not, else.
 pub(super) async fn check_resumable(
@@ -87,32 +102,27 @@ pub(super) async fn check_resumable(
     p: &Proven,
     settings: &SandboxSettings,
     extra_args: &[String],
-) -> Result<i64, String> {
-    let mut sandbox = Sandbox::resume(&dir.path, settings, extra_args)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<i64, NotResumable> {
+    let mut sandbox = Sandbox::resume(&dir.path, settings, extra_args).await?;
     let current = sandbox.status.revision;
     let hashed = sandbox.source.hash_kv(p.rev).await;
     sandbox.stop().await;
     if current < p.rev {
-        return Err(format!(
-            "its etcd is at revision {current}, before the proven {}",
-            p.rev
-        ));
+        return Err(NotResumable::Behind {
+            current,
+            proven: p.rev,
+        });
     }
-    match hashed {
-        Ok(LiveHashKv::Hash {
+    match hashed? {
+        LiveHashKv::Hash {
             hash,
             compact_revision,
-        }) if hash == p.hash && compact_revision == p.compact_rev => Ok(current),
-        Ok(LiveHashKv::Hash { hash, .. }) => Err(format!(
-            "its HashKV at revision {} is {hash}, {} was proven",
-            p.rev, p.hash
-        )),
-        Ok(LiveHashKv::Compacted) => Err(format!(
-            "it has compacted past the proven revision {}",
-            p.rev
-        )),
-        Err(e) => Err(e.to_string()),
+        } if hash == p.hash && compact_revision == p.compact_rev => Ok(current),
+        LiveHashKv::Hash { hash, .. } => Err(NotResumable::OtherHash {
+            rev: p.rev,
+            got: hash,
+            proven: p.hash,
+        }),
+        LiveHashKv::Compacted => Err(NotResumable::Compacted(p.rev)),
     }
 }

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backup::BackupSettings;
+use crate::continuous::{ContinuousError, Journal, NewestChain};
 use crate::pitr::{self, PitrError, ReplayStart};
 use crate::restore::RestoreTool;
 use crate::sandbox::{Sandbox, SandboxSettings};
@@ -109,7 +110,7 @@ impl SharedState {
         self.update(|s| s.retrying = Some(why));
     }
 
-    fn update(&self, f: impl FnOnce(&mut ShadowState)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut ShadowState)) {
         if let Ok(mut s) = self.0.lock() {
             f(&mut s);
         }
@@ -143,8 +144,8 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<ShadowState, ShadowError> {
     let follow = Following {
+        journal: Arc::new(Journal::new(store.clone(), policy)),
         store,
-        policy,
         identities,
         settings,
         state: state.clone(),
@@ -186,14 +187,16 @@ fn is_environment(e: &PitrError) -> bool {
             | PitrError::Sandbox(
                 crate::sandbox::SandboxError::EtcdStart { .. }
                     | crate::sandbox::SandboxError::Dir { .. }
+                    | crate::sandbox::SandboxError::Pki(_)
             )
     )
 }
 
 /// What following one chain needs.
 struct Following {
+    /// One reader for the whole run: a manifest read once is not read again.
+    journal: Arc<Journal>,
     store: Arc<dyn Store>,
-    policy: Arc<ReadPolicy>,
     identities: Option<Arc<Identities>>,
     settings: ShadowSettings,
     state: SharedState,
@@ -216,7 +219,11 @@ impl Following {
     /// Follows the newest chain; `Some(newer)` when a newer chain of the cluster appeared
     /// after this one went quiet.
     async fn newest_chain(&self) -> Result<Option<String>, ShadowError> {
-        let newest = pitr::newest_chain(&self.store, &self.policy, self.settings.cluster).await?;
+        let newest = self
+            .journal
+            .newest_chain(self.settings.cluster)
+            .await
+            .map_err(PitrError::from)?;
         let upto = self
             .settings
             .until_revision
@@ -257,7 +264,7 @@ impl Following {
     async fn resumable(
         &self,
         dir: &ShadowDir,
-        newest: &pitr::NewestChain,
+        newest: &NewestChain,
         upto: i64,
         extra: &[String],
     ) -> Option<(Proven, i64)> {
@@ -282,26 +289,22 @@ impl Following {
     /// Goes on from the shadow's own data at `current`.
     async fn resume(
         &self,
-        newest: &pitr::NewestChain,
+        newest: &NewestChain,
         p: Proven,
         current: i64,
         upto: i64,
     ) -> Result<Start, PitrError> {
         // From the segment holding `current` (its revisions are skipped): the follower then
         // looks for segments after it, not through the whole chain again.
-        let from_current = pitr::segments_after(
-            &self.store,
-            &self.policy,
-            &newest.chain,
-            current - 1,
-            upto.max(current),
-        )
-        .await;
+        let from_current = self
+            .journal
+            .segments_after(&newest.chain, current - 1, upto.max(current))
+            .await;
         let first = match from_current {
             Ok(s) => s,
             // Nothing past the base yet: the follower lists the chain from its start.
-            Err(PitrError::NotCovered { .. }) => Vec::new(),
-            Err(e) => return Err(e),
+            Err(ContinuousError::NotCovered { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
         };
         tracing::info!(chain = %newest.chain, current, proven = p.rev, "shadow resuming from its own data");
         self.state.update(|s| {
@@ -330,8 +333,7 @@ impl Following {
     /// Starts over from the newest trusted base at or before `upto`.
     async fn restore(&self, dir: &ShadowDir, upto: i64) -> Result<Start, PitrError> {
         let plan = pitr::plan(
-            &self.store,
-            &self.policy,
+            &self.journal,
             self.identities.as_deref(),
             self.settings.cluster,
             upto,
@@ -396,8 +398,7 @@ impl Following {
         let (asks_tx, asks_rx) = mpsc::channel(1);
         let follower = follow::follow(
             follow::Follow {
-                store: self.store.clone(),
-                policy: self.policy.clone(),
+                journal: self.journal.clone(),
                 identities: self.identities.clone(),
                 chain: start.chain.clone(),
                 first: start.first,

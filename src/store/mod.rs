@@ -128,18 +128,29 @@ pub enum Dest {
     S3 { bucket: String, prefix: String },
 }
 
+/// Why a destination is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DestError {
+    #[error("`{0}` names no bucket (s3://BUCKET/PREFIX)")]
+    NoBucket(String),
+    #[error("`{0}`: use a folder path or s3://BUCKET/PREFIX")]
+    Scheme(String),
+    #[error("is empty")]
+    Empty,
+}
+
 /// Parses a destination: a path (or `file://path`), or `s3://BUCKET[/PREFIX]`.
 ///
 /// # Errors
 /// Empty, no bucket, or a scheme this build does not support (the message says which).
-pub fn parse_dest(raw: &str) -> Result<Dest, String> {
+pub fn parse_dest(raw: &str) -> Result<Dest, DestError> {
     if let Some(rest) = raw.strip_prefix("file://") {
         return Ok(Dest::Local(PathBuf::from(rest)));
     }
     if let Some(rest) = raw.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
-            return Err(format!("`{raw}` names no bucket (s3://BUCKET/PREFIX)"));
+            return Err(DestError::NoBucket(raw.into()));
         }
         return Ok(Dest::S3 {
             bucket: bucket.to_string(),
@@ -147,10 +158,10 @@ pub fn parse_dest(raw: &str) -> Result<Dest, String> {
         });
     }
     if raw.contains("://") {
-        return Err(format!("`{raw}`: use a folder path or s3://BUCKET/PREFIX"));
+        return Err(DestError::Scheme(raw.into()));
     }
     if raw.is_empty() {
-        return Err("is empty".into());
+        return Err(DestError::Empty);
     }
     Ok(Dest::Local(PathBuf::from(raw)))
 }

@@ -38,6 +38,23 @@ pub fn key(backup_id: &str, node: &str, at: DateTime<Utc>, encrypted: bool) -> S
     }
 }
 
+/// Why the node bundle could not be made or stored.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("reading the cluster's kubeadm configuration: {0}")]
+    ClusterConfig(#[source] super::UpgradeError),
+    #[error("packing {path}: {source}")]
+    Pack {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("storing it: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("the packing task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Builds and stores the bundle; returns its key.
 ///
 /// # Errors
@@ -49,26 +66,21 @@ pub async fn save(
     kubernetes_dir: &Path,
     tools: &Tools,
     recipients: Option<&Recipients>,
-) -> Result<String, String> {
+) -> Result<String, BundleError> {
     let cluster_config = {
         let argv = tools.cluster_configuration();
         tokio::task::spawn_blocking(move || tools::run(&argv, std::time::Duration::from_secs(60)))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?
+            .await?
+            .map_err(BundleError::ClusterConfig)?
     };
     let dir = kubernetes_dir.to_path_buf();
     let encrypted = recipients.is_some();
     let recipients = recipients.cloned();
     let bytes =
         tokio::task::spawn_blocking(move || build(&dir, &cluster_config, recipients.as_ref()))
-            .await
-            .map_err(|e| e.to_string())??;
+            .await??;
     let key = key(&backup.id, node, Utc::now(), encrypted);
-    store
-        .put(&key, bytes_stream(bytes.into()))
-        .await
-        .map_err(|e| e.to_string())?;
+    store.put(&key, bytes_stream(bytes.into())).await?;
     Ok(key)
 }
 
@@ -76,14 +88,17 @@ fn build(
     kubernetes_dir: &Path,
     cluster_config: &str,
     recipients: Option<&Recipients>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, BundleError> {
+    let pack = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BundleError::Pack { path, source }
+    };
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(false);
     for sub in ["pki", "manifests"] {
         let path = kubernetes_dir.join(sub);
         if path.is_dir() {
-            tar.append_dir_all(sub, &path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            tar.append_dir_all(sub, &path).map_err(pack(&path))?;
         }
     }
     let mut header = tar::Header::new_gnu();
@@ -95,9 +110,10 @@ fn build(
         "kubeadm-config.yaml",
         cluster_config.as_bytes(),
     )
-    .map_err(|e| e.to_string())?;
-    let tarball = tar.into_inner().map_err(|e| e.to_string())?;
-    crate::stages::encode::encode_all(&tarball, BUNDLE_LEVEL, recipients).map_err(|e| e.to_string())
+    .map_err(pack(Path::new("kubeadm-config.yaml")))?;
+    let tarball = tar.into_inner().map_err(pack(kubernetes_dir))?;
+    crate::stages::encode::encode_all(&tarball, BUNDLE_LEVEL, recipients)
+        .map_err(pack(kubernetes_dir))
 }
 
 /// A few hundred KiB of certificates and YAML: the level hardly matters.

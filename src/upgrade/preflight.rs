@@ -33,11 +33,13 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 const QUOTA_HEADROOM: f64 = 0.8;
 const DEFAULT_QUOTA: u64 = 2 * 1024 * 1024 * 1024;
 
-async fn read(argv: Vec<String>) -> Result<String, String> {
-    tokio::task::spawn_blocking(move || tools::run(&argv, READ_TIMEOUT))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+async fn read(argv: Vec<String>) -> Result<String, super::UpgradeError> {
+    match tokio::task::spawn_blocking(move || tools::run(&argv, READ_TIMEOUT)).await {
+        Ok(out) => out,
+        Err(e) => Err(super::UpgradeError::Tool {
+            detail: format!("the task running a read-only command failed: {e}"),
+        }),
+    }
 }
 
 /// A role given with `--role` that the node contradicts: a worker upgrade skips the backup

@@ -33,7 +33,19 @@ pub struct StreamChecked {
     pub info: SnapshotInfo,
     /// The offline `HashKV(info.restored_revision)` for the compaction point it was asked
     /// for, or why it could not be computed.
-    pub hashkv: Option<Result<OfflineHashKv, String>>,
+    pub hashkv: Option<Result<OfflineHashKv, Unhashable>>,
+}
+
+/// Why one pass over a stream cannot compute the offline HashKV (the check is then skipped,
+/// saying why; the backup is still verified otherwise).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unhashable {
+    #[error("a key longer than {limit} bytes at revision {rev}")]
+    LongKey { limit: usize, rev: i64 },
+    #[error("an entry of revision {rev} is beyond what one pass keeps (page {page}, {len} bytes)")]
+    LargeEntry { rev: i64, page: u64, len: u64 },
+    #[error("the member was written to during the snapshot (a free page holds revision {newest}, past the snapshot's {rev}) and no key is known to be live at {rev}")]
+    WrittenDuring { newest: i64, rev: i64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,7 +285,7 @@ struct EtcdEntries {
     /// written since the last compaction, usually a small part of the keys.
     recent: HashMap<u64, Recent>,
     /// Why HashKV cannot be computed from this stream.
-    unavailable: Option<String>,
+    unavailable: Option<Unhashable>,
 }
 
 /// A key and value of bucket `meta`.
@@ -321,7 +333,7 @@ impl EtcdEntries {
 
     /// HashKV at `revision` over the leaves of bucket `key` (in key order): each leaf's
     /// candidates that a compaction would keep, then the rest of its entries.
-    fn hash_kv(&self, key_leaves: &[(u64, u32, u64)], revision: i64) -> Result<u32, String> {
+    fn hash_kv(&self, key_leaves: &[(u64, u32, u64)], revision: i64) -> Result<u32, Unhashable> {
         let keep_is_empty = !self.keeps_any(key_leaves, revision)?;
         let mut crc = crc32c::crc32c(KEY_BUCKET);
         for (page, leaf_crc, leaf_len) in key_leaves {
@@ -346,7 +358,7 @@ impl EtcdEntries {
     ///
     /// A key also written after the snapshot began (a free page reused meanwhile) has its
     /// newest revision at `revision` unknown; that matters only when no other key is live.
-    fn keeps_any(&self, key_leaves: &[(u64, u32, u64)], revision: i64) -> Result<bool, String> {
+    fn keeps_any(&self, key_leaves: &[(u64, u32, u64)], revision: i64) -> Result<bool, Unhashable> {
         let live_recent = || {
             self.recent
                 .values()
@@ -365,10 +377,10 @@ impl EtcdEntries {
             .values()
             .find(|r| r.oldest <= revision && r.newest.main > revision)
         {
-            Some(r) => Err(format!(
-                "the member was written to during the snapshot (a free page holds revision {}, past the snapshot's {revision}) and no key is known to be live at {revision}",
-                r.newest.main
-            )),
+            Some(r) => Err(Unhashable::WrittenDuring {
+                newest: r.newest.main,
+                rev: revision,
+            }),
             None => Ok(false),
         }
     }
@@ -379,11 +391,9 @@ impl EtcdEntries {
         let compact = self.compact.filter(|c| *c > 0)?;
         let Some(key) = user_key(e.value_head) else {
             if e.value_len > e.value_head.len() as u64 && e.value_head.len() >= VALUE_HEAD {
-                self.unavailable.get_or_insert_with(|| {
-                    format!(
-                        "a key longer than {VALUE_HEAD} bytes at revision {}",
-                        rev.main
-                    )
+                self.unavailable.get_or_insert(Unhashable::LongKey {
+                    limit: VALUE_HEAD,
+                    rev: rev.main,
                 });
             } else {
                 self.not_keyvalue.insert(e.page);
@@ -411,11 +421,10 @@ impl EtcdEntries {
             short_page(e.page),
             u32::try_from(e.len).ok().filter(|l| l & !LEN == 0),
         ) else {
-            self.unavailable.get_or_insert_with(|| {
-                format!(
-                    "an entry of revision {} is beyond what one pass keeps (page {}, {} bytes)",
-                    rev.main, e.page, e.len
-                )
+            self.unavailable.get_or_insert(Unhashable::LargeEntry {
+                rev: rev.main,
+                page: e.page,
+                len: e.len,
             });
             return None;
         };
@@ -485,9 +494,12 @@ mod tests {
         // Written at 8 and (in a page reused after the snapshot at 10 began) at 12.
         e.recent.insert(1, recent(8, 12, false));
         let unknown = e.keeps_any(&[], 10).unwrap_err();
-        assert!(
-            unknown.contains("revision 12, past the snapshot's 10"),
-            "{unknown}"
+        assert_eq!(
+            unknown,
+            Unhashable::WrittenDuring {
+                newest: 12,
+                rev: 10
+            }
         );
         // Another key live at 10 decides it.
         e.recent.insert(2, recent(9, 9, false));

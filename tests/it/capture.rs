@@ -5,10 +5,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::continuous::*;
-use crate::data::{client, rt};
+use crate::harness::data::{client, rt};
+use crate::harness::journal::{
+    assert_contiguous, assert_same, capturing, compact, expect_at, journal_json, observed,
+    segment_files, verified_checkpoints, write_keys, Journal, FAST_JOURNAL,
+};
+use crate::harness::serve::{wait_until, Serve};
 use crate::harness::{age_key, etcd_bin, etcdutl_bin, lifeboat, run, EtcdProcess, Version};
-use crate::serve::{wait_until, Serve};
 
 /// The default checkpoint pace, `auto`, against real etcd: 25 times what the member's HashKV
 /// takes, at least 5 s — on a small database, one every 5 s, never faster; the capture reports
@@ -99,7 +102,7 @@ fn an_uploader_killed_mid_capture_is_resumed_without_a_lost_or_repeated_revision
     let mut j = Journal::start(Version::V35);
     let writer = {
         let url = j.etcd.client_url.clone();
-        let etcd = crate::data::settings(&j.etcd);
+        let etcd = crate::harness::data::settings(&j.etcd);
         std::thread::spawn(move || {
             rt().block_on(async move {
                 let mut c = lifeboat::etcd::EtcdSource::connect(&etcd, &url)

@@ -135,8 +135,7 @@ fn the_configmap_config_passes_check_config() {
 fn the_alerts_use_metrics_that_serve_exports() {
     let rule: serde_json::Value = serde_norway::from_str(&read("prometheusrule.yaml")).unwrap();
     assert_eq!(rule["kind"], "PrometheusRule");
-    let exported = lifeboat::service::metrics::Metrics::new().render()
-        + &lifeboat::service::shadow::render(&Default::default());
+    let exported = lifeboat::service::every_metric();
     let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
     let alerts: Vec<&str> = rules.iter().map(|r| r["alert"].as_str().unwrap()).collect();
     assert!(alerts.contains(&"EtcdBackupStale") && alerts.contains(&"EtcdBackupFailing"));

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::data::fill;
+use crate::harness::data::fill;
 use crate::harness::proxy::{Fault, Proxy};
 use crate::harness::{
     age_key, files_in, free_port, lifeboat, run, run_ok, EtcdProcess, Pki, Version,
@@ -421,8 +421,8 @@ fn a_full_backup_disk_fails_cleanly_with_exit_5() {
     let key = age_key(dir.path(), "k");
     let etcd = EtcdProcess::start(Version::V35, None);
     // Incompressible values so the object is as large as the database.
-    crate::data::rt().block_on(async {
-        let mut c = crate::data::client(&etcd).await;
+    crate::harness::data::rt().block_on(async {
+        let mut c = crate::harness::data::client(&etcd).await;
         for i in 0..40 {
             let v: Vec<u8> = (0..50_000).map(|_| rand::random::<u8>()).collect();
             c.put(format!("/registry/secrets/big/{i}"), v, None)

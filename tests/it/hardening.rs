@@ -3,7 +3,7 @@
 //! name (anyone who can write the bucket can) neither stop restores, status or the capture nor
 //! move them off the real chain.
 
-use crate::continuous::{journal_json, segment_files, write_keys, Journal};
+use crate::harness::journal::{journal_json, segment_files, write_keys, Journal};
 use crate::harness::{run, Version};
 
 #[test]
@@ -22,7 +22,7 @@ fn a_hole_in_the_journal_is_never_restored_across_and_planted_chains_are_skipped
 
     // The segments received around that time are deleted: the search would land on the one
     // before and restore an earlier revision without a word.
-    std::fs::remove_file(crate::continuous::manifest_path(&j, &victim)).unwrap();
+    std::fs::remove_file(crate::harness::journal::manifest_path(&j, &victim)).unwrap();
     let r = j.get(&to_time, &j.out("after.db"));
     assert_eq!(r.code, 7, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stderr.contains("hole"), "{}", r.stderr);

@@ -1,7 +1,7 @@
 //! The offline HashKV against the member's own `HashKV(rev)` (`etcdctl endpoint hashkv`), at
 //! several revisions around a compaction, with deletes, re-creates and leases.
 
-use crate::data::fill;
+use crate::harness::data::fill;
 use crate::harness::{run_ok, EtcdProcess, Version};
 
 fn member_hashkv(etcd: &EtcdProcess, rev: i64) -> (u32, i64) {

@@ -1,6 +1,7 @@
 //! Exact leases in point-in-time restores (#22, part 3), against real etcd 3.5: a restore to
 //! revision R holds the leases of the state at R — none granted after it — with their ids and
-//! granted TTLs, whether a lease was first seen through its first key or, unused, by a listing.
+//! granted TTLs, whether a lease was first seen through its first key or, unused, by a listing;
+//! and a short lease the cluster keeps alive outlives a replay longer than its TTL.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -8,8 +9,8 @@ use std::time::Duration;
 
 use etcd_client::{Client, LeaseGrantOptions, LeaseTimeToLiveOptions, PutOptions};
 
-use crate::continuous::{write_keys, Journal};
-use crate::data::{client, rt};
+use crate::harness::data::{client, rt};
+use crate::harness::journal::{assert_same, expect_at, head, observed, write_keys, Journal};
 use crate::harness::{etcdutl_bin, free_port, run_ok, EtcdProcess, Version};
 
 /// Every live lease of the restored file and its granted TTL.
@@ -117,4 +118,56 @@ fn a_restore_holds_no_lease_granted_after_its_revision() {
             }
         }
     }
+}
+
+#[test]
+fn a_short_lease_kept_alive_by_the_cluster_outlives_a_longer_replay() {
+    let j = Journal::start(Version::V35);
+    // A 2 s lease the cluster keeps alive while 15,000 revisions go by: replaying them takes
+    // several seconds here (about 2,500/s), so the sandbox would expire the lease — a revision
+    // the cluster never had, which stops the replay — unless the replay keeps it alive too.
+    let (lease, last) = rt().block_on(async {
+        let mut c = client(&j.etcd).await;
+        let lease = c.lease_grant(2, None).await.unwrap().id();
+        c.put(
+            "/registry/leases/kube-system/holder",
+            "me",
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+        let (mut keeper, mut stream) = c.lease_keep_alive(lease).await.unwrap();
+        let keeping = tokio::spawn(async move {
+            loop {
+                keeper.keep_alive().await.unwrap();
+                let _ = stream.message().await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        for i in 0..15_000 {
+            c.put(
+                format!("/registry/pods/churn/p{}", i % 50),
+                format!("{i}"),
+                None,
+            )
+            .await
+            .unwrap();
+        }
+        let last = head(&mut c).await;
+        keeping.abort();
+        (lease, last)
+    });
+    j.wait_durable(last);
+    let expected = rt().block_on(async {
+        let mut c = client(&j.etcd).await;
+        expect_at(&mut c, last, &BTreeMap::from([(lease, 2)])).await
+    });
+    let out = j.out("kept-alive.db");
+    let r = j.get(&format!("--to-revision={last}"), &out);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_same(
+        &expected,
+        &observed(Version::V35, &out, j.dir.path(), last),
+        "kept alive",
+    );
 }

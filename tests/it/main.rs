@@ -5,7 +5,6 @@
 mod capture;
 mod connect;
 mod continuous;
-mod data;
 mod deploy;
 mod docs;
 mod drill;
@@ -27,5 +26,6 @@ mod signing;
 mod status;
 mod store_conformance;
 mod stream_verify;
+mod tamper;
 mod upgrade;
 mod zero_config;

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use serde_json::Value;
 
-use crate::data::rt;
+use crate::harness::data::rt;
 use crate::harness::s3::{Keys, S3Server};
 use crate::harness::{age_key, lifeboat, run, test_keys, EtcdProcess, Version};
 

@@ -12,7 +12,7 @@ use lifeboat::store::{
     bytes_stream, ByteStream, LocalStore, ObjectInfo, S3Settings, S3Store, Store, StoreError,
 };
 
-use crate::data::rt;
+use crate::harness::data::rt;
 use crate::harness::s3::S3Server;
 use crate::harness::{age_key, lifeboat, run, EtcdProcess, Version};
 

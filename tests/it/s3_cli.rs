@@ -2,7 +2,7 @@
 //! standard AWS chain: environment variables, shared files, and a web identity (IRSA) through a
 //! stand-in STS.
 
-use crate::data::{fill, rt};
+use crate::harness::data::{fill, rt};
 use crate::harness::s3::S3Server;
 use crate::harness::{age_key, files_in, lifeboat, run, EtcdProcess, Version};
 
@@ -47,8 +47,8 @@ fn save_list_verify_and_get_work_against_s3() {
     let key = age_key(dir.path(), "key.txt");
     let etcd = EtcdProcess::start(Version::V35, None);
     // Larger than one 8 MiB part after compression, so the upload is multipart.
-    crate::data::rt().block_on(async {
-        let mut c = crate::data::client(&etcd).await;
+    crate::harness::data::rt().block_on(async {
+        let mut c = crate::harness::data::client(&etcd).await;
         for i in 0..400 {
             let v: Vec<u8> = (0..30_000).map(|_| rand::random::<u8>()).collect();
             c.put(format!("/registry/secrets/big/{i}"), v, None)

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::data::rt;
+use crate::harness::data::rt;
 use crate::harness::http_fault::{FaultProxy, HttpFault};
 use crate::harness::s3::S3Server;
 use crate::harness::{age_key, lifeboat, run, EtcdProcess, Run, Version};
@@ -24,7 +24,7 @@ fn setup() -> Setup {
     rt().block_on(server.create_bucket("faulty"));
     let etcd = EtcdProcess::start(Version::V35, None);
     rt().block_on(async {
-        let mut c = crate::data::client(&etcd).await;
+        let mut c = crate::harness::data::client(&etcd).await;
         for i in 0..12 {
             let v: Vec<u8> = (0..1_000_000).map(|_| rand::random::<u8>()).collect();
             c.put(format!("/registry/secrets/big/{i}"), v, None)

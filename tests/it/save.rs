@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::data::{dump, fill};
+use crate::harness::data::{dump, fill};
 use crate::harness::{
     age_key, etcdutl_bin, files_in, free_port, lifeboat, run, run_ok, EtcdProcess, Pki, Version,
 };

@@ -6,12 +6,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::continuous::{
+use crate::harness::data::{client, rt};
+use crate::harness::journal::{
     compact, flip_a_byte, manifest_path, rewrite_checkpoint, segment_files, write_keys, Journal,
 };
-use crate::data::{client, rt};
+use crate::harness::serve::{wait_until, Serve};
 use crate::harness::{lifeboat, run, test_keys, Run, Version};
-use crate::serve::{wait_until, Serve};
 
 /// The shadow's own signing key pair (it signs its bases; readers trust its .pub).
 fn shadow_key(j: &Journal) -> (PathBuf, PathBuf) {
@@ -578,6 +578,8 @@ request_timeout = "5s"
 schedule = "off"
 
 [drill]
+# Drills are scheduled (once a year: never during the test): their worker shares the face.
+schedule = "0 0 1 1 *"
 identity_file = "{identity}"
 etcd = "{etcd}"
 etcdutl = "{etcdutl}"
@@ -671,7 +673,7 @@ fn serve_runs_the_shadow_off_the_control_plane_and_its_base_restores_on_a_kubead
     );
     assert_eq!(shadow.metric("lifeboat_shadow_up"), 1.0);
     assert_eq!(shadow.metric("lifeboat_shadow_mismatches_total"), 0.0);
-    // serve's own metrics are there too, in the same exposition.
+    // The drills' metrics are there too, in the same exposition.
     let (_, metrics) = shadow.get("/metrics").unwrap();
     assert!(
         metrics.contains("lifeboat_drill_failures_total"),
@@ -780,7 +782,7 @@ fn serve_waits_for_the_journal_and_a_failing_base_is_counted_while_the_shadow_go
 
     // Production starts capturing into the bucket (directly, not through the proxy).
     let etcd = EtcdProcess::start(Version::V35, None);
-    let mut cmd = crate::continuous::capturing(dir.path(), &age, &dest);
+    let mut cmd = crate::harness::journal::capturing(dir.path(), &age, &dest);
     cmd.args(etcd.lifeboat_flags())
         .args(server.flags())
         .envs(server.env());

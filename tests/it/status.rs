@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::data::fill;
+use crate::harness::data::fill;
 use crate::harness::{etcdutl_bin, lifeboat, run, run_ok, EtcdProcess, Version};
 
 /// `snapshot status -w json` of etcd's own tool for that version.

@@ -9,7 +9,7 @@ use lifeboat::store::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::data::rt;
+use crate::harness::data::rt;
 use crate::harness::s3::S3Server;
 
 async fn read_all(store: &dyn Store, key: &str) -> Vec<u8> {

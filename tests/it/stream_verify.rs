@@ -9,7 +9,7 @@ use lifeboat::verify::{self, OfflineHashKv, StreamChecked, StreamVerifier};
 
 use etcd_client::{CompactionOptions, Txn, TxnOp};
 
-use crate::data::{client, fill, rt};
+use crate::harness::data::{client, fill, rt};
 use crate::harness::{run_ok, EtcdProcess, Version};
 use crate::status::oracle_status;
 
@@ -67,10 +67,12 @@ fn fixtures_of(v: Version) {
     };
     let empty = snap("empty.db");
     let never = rt().block_on(async {
-        let mut source =
-            lifeboat::etcd::EtcdSource::connect(&crate::data::settings(&etcd), &etcd.client_url)
-                .await
-                .unwrap();
+        let mut source = lifeboat::etcd::EtcdSource::connect(
+            &crate::harness::data::settings(&etcd),
+            &etcd.client_url,
+        )
+        .await
+        .unwrap();
         source.compaction_point(1).await.unwrap()
     });
     assert_eq!(never, 0);
@@ -92,10 +94,12 @@ fn fixtures_of(v: Version) {
     assert!(snapshot_compact > 0 && last > snapshot_compact);
     let (live_hash, live_compact) = member_hashkv(&etcd, last + 1);
     let probed = rt().block_on(async {
-        let mut source =
-            lifeboat::etcd::EtcdSource::connect(&crate::data::settings(&etcd), &etcd.client_url)
-                .await
-                .unwrap();
+        let mut source = lifeboat::etcd::EtcdSource::connect(
+            &crate::harness::data::settings(&etcd),
+            &etcd.client_url,
+        )
+        .await
+        .unwrap();
         source.compaction_point(last + 1).await.unwrap()
     });
     assert_eq!(probed, live_compact, "the bisected compaction point");

@@ -245,7 +245,7 @@ fn upgrade_node_sequence() -> Vec<String> {
 fn first_control_plane_upgrades_behind_an_off_node_backup_and_saves_a_node_bundle() {
     let cp = Cp::new("v1.30.2");
     let s3 = S3Server::start();
-    crate::data::rt().block_on(s3.create_bucket("backups"));
+    crate::harness::data::rt().block_on(s3.create_bucket("backups"));
     let mut args = vec!["--to", "v1.31.2", "--yes", "--dest", "s3://backups/prod"];
     let flags = s3.flags();
     args.extend(flags.iter().map(String::as_str));
@@ -267,7 +267,7 @@ fn first_control_plane_upgrades_behind_an_off_node_backup_and_saves_a_node_bundl
     assert_eq!(cp.tools.state()["cordoned"], false);
     assert_eq!(cp.tools.state()["kubelet_running"], "1.31.2");
     // The pre-upgrade backup and the bundle are in S3, and the backup verifies.
-    let keys = crate::data::rt().block_on(s3.keys("backups"));
+    let keys = crate::harness::data::rt().block_on(s3.keys("backups"));
     let manifest = keys.iter().find(|k| k.ends_with(".manifest.json")).unwrap();
     let bundle = keys
         .iter()
@@ -311,7 +311,7 @@ fn first_control_plane_upgrades_behind_an_off_node_backup_and_saves_a_node_bundl
     assert_eq!(run(&mut list).ok().json()[0]["reason"], "pre-upgrade");
     // The bundle is a standard age file of a zstd'd tar with the node's pki, manifests and
     // the ClusterConfiguration.
-    let object = crate::data::rt().block_on(s3.get("backups", bundle));
+    let object = crate::harness::data::rt().block_on(s3.get("backups", bundle));
     let enc = cp.dir.path().join("bundle.age");
     std::fs::write(&enc, object).unwrap();
     let out = Command::new("sh")

@@ -220,7 +220,7 @@ impl<S: EntrySink> PageStream<S> {
         ) {
             Ok(meta) => meta,
             Err(e) => {
-                self.not_bbolt = Some(e);
+                self.not_bbolt = Some(e.to_string());
                 return;
             }
         };
@@ -303,7 +303,7 @@ impl<S: EntrySink> PageStream<S> {
                 },
                 Err(reason) => BoltError::NotBbolt {
                     path: self.label,
-                    reason,
+                    reason: reason.to_string(),
                 },
             });
         };

@@ -114,15 +114,30 @@ impl<S: EntrySink> Tree<S> {
     }
 }
 
+/// Why an inline bucket's page cannot be read.
+#[derive(Debug, thiserror::Error)]
+enum InlineError {
+    #[error("not a leaf page")]
+    NotALeaf,
+    #[error("{0}")]
+    Bad(String),
+    #[error("the page ends inside an element")]
+    Unfinished,
+}
+
 /// An inline bucket's leaf, and whether it holds nested buckets (not walked: etcd has none;
 /// they count by name, as in bbolt's `ForEach`).
-fn inline_leaf(id: u64, page: &[u8], sink: &mut dyn EntrySink) -> Result<(Leaf, bool), String> {
-    let mut parser = Parser::inline(id, page).ok_or("not a leaf page")?;
+fn inline_leaf(
+    id: u64,
+    page: &[u8],
+    sink: &mut dyn EntrySink,
+) -> Result<(Leaf, bool), InlineError> {
+    let mut parser = Parser::inline(id, page).ok_or(InlineError::NotALeaf)?;
     match parser.feed(page, sink) {
         Fed::Done(Summary::Leaf(leaf)) => Ok((leaf, false)),
         Fed::Done(Summary::BucketLeaf(b)) => Ok((b.0, true)),
-        Fed::Done(Summary::Bad(reason)) => Err(reason),
-        _ => Err("the page ends inside an element".into()),
+        Fed::Done(Summary::Bad(reason)) => Err(InlineError::Bad(reason)),
+        _ => Err(InlineError::Unfinished),
     }
 }
 

@@ -88,7 +88,10 @@ impl S3Store {
     /// Keys under `prefix` whose newest version is a delete marker while an older version is
     /// still locked: hidden, not deleted (the pruner deletes only what no lock holds, and
     /// removes every version).
-    pub(super) async fn locked_behind_markers(&self, prefix: &str) -> Result<Vec<String>, String> {
+    pub(super) async fn locked_behind_markers(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<String>, StoreError> {
         let hidden: Vec<String> = self
             .versions_under(prefix)
             .await?
@@ -99,7 +102,7 @@ impl S3Store {
         let now = SystemTime::now();
         let mut locked = Vec::new();
         for key in hidden {
-            let lock = self.read_lock(&key).await.map_err(|e| e.to_string())?;
+            let lock = self.read_lock(&key).await?;
             if lock.is_some_and(|l| l.holds_at(now)) {
                 locked.push(key);
             }
@@ -108,7 +111,7 @@ impl S3Store {
     }
 
     /// The version ids of `full` other than the newest (delete markers excluded).
-    async fn noncurrent_versions(&self, full: &str) -> Result<Vec<String>, String> {
+    async fn noncurrent_versions(&self, full: &str) -> Result<Vec<String>, StoreError> {
         Ok(self
             .versions_under(full)
             .await?
@@ -119,7 +122,7 @@ impl S3Store {
     }
 
     /// Every version and delete marker of every key under `prefix`, page after page.
-    async fn versions_under(&self, prefix: &str) -> Result<Vec<VersionEntry>, String> {
+    async fn versions_under(&self, prefix: &str) -> Result<Vec<VersionEntry>, StoreError> {
         let mut out = Vec::new();
         let mut key_marker: Option<String> = None;
         let mut version_marker: Option<String> = None;
@@ -133,7 +136,7 @@ impl S3Store {
                 .set_version_id_marker(version_marker.clone())
                 .send()
                 .await
-                .map_err(|e| describe_sdk_error(&e))?;
+                .map_err(|e| self.sdk_err(format!("listing the versions under {prefix}"), e))?;
             let entry = |key: Option<&str>, id: Option<&str>, latest, marker| {
                 Some(VersionEntry {
                     key: key?.to_string(),
@@ -212,7 +215,7 @@ impl S3Store {
         }
     }
 
-    async fn try_purge_versions(&self, full: &str) -> Result<(), String> {
+    async fn try_purge_versions(&self, full: &str) -> Result<(), StoreError> {
         for v in self.versions_under(full).await? {
             if v.key != full {
                 continue;
@@ -224,7 +227,7 @@ impl S3Store {
                 .version_id(&v.id)
                 .send()
                 .await
-                .map_err(|e| format!("version {}: {}", v.id, describe_sdk_error(&e)))?;
+                .map_err(|e| self.sdk_err(format!("deleting version {} of {full}", v.id), e))?;
         }
         Ok(())
     }

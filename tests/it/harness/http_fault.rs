@@ -228,7 +228,7 @@ impl FlakyS3 {
         faulty: impl Fn(&str) -> bool + Send + 'static,
     ) -> FlakyS3 {
         let server = super::s3::S3Server::start();
-        crate::data::rt().block_on(server.create_bucket(bucket));
+        crate::harness::data::rt().block_on(server.create_bucket(bucket));
         let failing = Arc::new(AtomicBool::new(failing));
         let on = failing.clone();
         let proxy = FaultProxy::start(&server.endpoint, move |_, line| {

@@ -2,12 +2,15 @@
 //! helpers to run the real `lifeboat` binary. Every process started here is killed by PID on
 //! Drop; everything binds 127.0.0.1 only.
 
+pub mod data;
 pub mod etcd;
 pub mod http_fault;
+pub mod journal;
 pub mod node;
 pub mod pki;
 pub mod proxy;
 pub mod s3;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,6 +1,9 @@
 //! The segment being filled: revisions as the watch hands them over, the leases they use, the
 //! revocations and compactions the member shows, and at each seal the checkpoint (the member's
 //! HashKV) when one is due. `capture.rs` drives it from the watch and queues what it seals.
+//!
+//! What it asks of the member goes through `Member` (the etcd source in production), so the
+//! sealing rules are unit-tested against a scripted member.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -16,7 +19,34 @@ use super::chain::Sealed;
 use super::segment::{Header, Record, SCHEMA_VERSION};
 use super::ContinuousError;
 use crate::etcd::watch::{Change, Revision};
-use crate::etcd::{CompactionState, EtcdSource, LiveHashKv};
+use crate::etcd::{CompactionState, EtcdSource, LiveHashKv, SourceError};
+
+/// What the builder asks of the member it captures.
+#[async_trait::async_trait]
+pub(super) trait Member: Send {
+    /// The leases alive now, and the store's revision when listed.
+    async fn lease_ids(&mut self) -> Result<(Vec<i64>, i64), SourceError>;
+    /// The TTL lease `id` was granted with; `None` once it is gone.
+    async fn lease_granted_ttl(&mut self, id: i64) -> Result<Option<i64>, SourceError>;
+    async fn hash_kv(&mut self, rev: i64) -> Result<LiveHashKv, SourceError>;
+    async fn compaction_state(&mut self, rev: i64) -> Result<CompactionState, SourceError>;
+}
+
+#[async_trait::async_trait]
+impl Member for EtcdSource {
+    async fn lease_ids(&mut self) -> Result<(Vec<i64>, i64), SourceError> {
+        EtcdSource::lease_ids(self).await
+    }
+    async fn lease_granted_ttl(&mut self, id: i64) -> Result<Option<i64>, SourceError> {
+        EtcdSource::lease_granted_ttl(self, id).await
+    }
+    async fn hash_kv(&mut self, rev: i64) -> Result<LiveHashKv, SourceError> {
+        EtcdSource::hash_kv(self, rev).await
+    }
+    async fn compaction_state(&mut self, rev: i64) -> Result<CompactionState, SourceError> {
+        EtcdSource::compaction_state(self, rev).await
+    }
+}
 
 /// The segment being filled.
 pub(super) struct Builder {
@@ -87,7 +117,7 @@ impl Builder {
     /// each lease its keys name, whatever base backup it starts from.
     pub(super) async fn record_all_leases(
         &mut self,
-        source: &mut EtcdSource,
+        source: &mut dyn Member,
     ) -> Result<(), ContinuousError> {
         let (ids, at_rev) = source.lease_ids().await?;
         for id in ids {
@@ -99,7 +129,7 @@ impl Builder {
     /// Records lease `id`, first seen with the store at `from_rev`.
     pub(super) async fn record_lease(
         &mut self,
-        source: &mut EtcdSource,
+        source: &mut dyn Member,
         id: i64,
         from_rev: i64,
     ) -> Result<(), ContinuousError> {
@@ -115,7 +145,7 @@ impl Builder {
 
     pub(super) async fn record_new_leases(
         &mut self,
-        source: &mut EtcdSource,
+        source: &mut dyn Member,
         r: &Revision,
     ) -> Result<(), ContinuousError> {
         for c in &r.changes {
@@ -161,7 +191,7 @@ impl Builder {
     /// while compacting, so it could never be compared): the next segment tries again.
     pub(super) async fn checkpoint(
         &mut self,
-        source: &mut EtcdSource,
+        source: &mut dyn Member,
         last_rev: i64,
     ) -> Result<Option<Record>, ContinuousError> {
         if self.last_checkpoint.elapsed() < self.checkpoint_every {
@@ -222,7 +252,7 @@ impl Builder {
     /// one compacted past is dropped (the later compaction is found on its own).
     pub(super) async fn compactions(
         &mut self,
-        source: &mut EtcdSource,
+        source: &mut dyn Member,
         last_rev: i64,
     ) -> Result<Vec<Record>, ContinuousError> {
         let mut hints = std::mem::take(&mut self.compaction_hints);
@@ -279,7 +309,7 @@ impl Builder {
     /// gone since, compactions the member confirms, a checkpoint when one is due.
     pub(super) async fn seal(
         &mut self,
-        source: &mut EtcdSource,
+        source: &mut dyn Member,
     ) -> Result<Sealed, ContinuousError> {
         self.last_seal = Instant::now();
         let (alive, at_rev) = source.lease_ids().await?;
@@ -333,3 +363,6 @@ impl Builder {
         Ok(sealed)
     }
 }
+
+#[cfg(test)]
+mod tests;

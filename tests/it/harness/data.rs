@@ -4,7 +4,7 @@
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use lifeboat::etcd::{EtcdSettings, EtcdSource};
 
-use crate::harness::EtcdProcess;
+use super::EtcdProcess;
 
 pub fn settings(etcd: &EtcdProcess) -> EtcdSettings {
     EtcdSettings {
