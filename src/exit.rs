@@ -89,7 +89,26 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             R::Journal(crate::fsutil::JournalError::Locked { .. }) => Some(REFUSED),
             R::Node { .. } | R::Journal(_) => Some(STORAGE),
             R::Discovery(_) => Some(USAGE),
+            R::Store(_) => Some(STORAGE),
+            R::Coordination(c) => match c.as_ref() {
+                crate::trust::envelope::EnvelopeError::Store(_) => Some(STORAGE),
+                _ => Some(VERIFY),
+            },
             R::Tool { .. } | R::ToolRun(_) => Some(FAILURE),
+        };
+    }
+    if let Some(e) = e.downcast_ref::<crate::member::MemberError>() {
+        use crate::member::MemberError as M;
+        return match e {
+            M::Refused { .. } | M::Journal(crate::fsutil::JournalError::Locked { .. }) => {
+                Some(REFUSED)
+            }
+            M::Discovery(_) => Some(USAGE),
+            M::NoCluster { .. } | M::Membership { .. } => Some(ETCD),
+            M::Node(r) => classify(r),
+            M::Journal(_) | M::Io { .. } => Some(STORAGE),
+            M::CatchUp { .. } => Some(FAILURE),
+            M::Disagree(_) => Some(VERIFY),
         };
     }
     if let Some(e) = e.downcast_ref::<crate::upgrade::UpgradeError>() {

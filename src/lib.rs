@@ -14,6 +14,8 @@
 //!   the throwaway etcd of drills, point-in-time restores and the shadow; [`drill`]:
 //!   restore drills in a sandbox; [`pitr`]: point-in-time restore (replay of the journal);
 //!   [`shadow`]: a replica that follows the journal, proves it and cuts bases.
+//! - [`member`]: `lifeboat member replace` — a dead member rejoins as a learner, promoted once
+//!   caught up, without losing quorum.
 //! - [`upgrade`]: `lifeboat upgrade` — preflight, the backup gate, the journaled kubeadm steps.
 //! - [`retention`]: which backups to keep (a pure plan from the catalog and a clock) and pruning.
 //! - [`service`]: `lifeboat serve` — schedule, uploader election, health and metrics, shutdown.
@@ -34,6 +36,7 @@ pub mod error_chain;
 pub mod etcd;
 pub mod exit;
 pub mod fsutil;
+pub mod member;
 pub mod pitr;
 pub mod process;
 pub mod progress;

@@ -87,6 +87,10 @@ pub struct Manifest {
     /// base is cut later than the revision it holds was received (#21).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_at: Option<DateTime<Utc>>,
+    /// The cluster's voting members when the backup was taken (what `restore --cluster`
+    /// waits for by default); absent in manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voting_members: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +168,7 @@ impl Manifest {
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
             duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
             data_at: member.data_at,
+            voting_members: Some(member.voting_members).filter(|n| *n > 0),
         }
     }
 

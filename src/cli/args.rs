@@ -54,6 +54,52 @@ pub enum Command {
     /// Follow the journal in a private etcd off the control plane: prove every checkpoint,
     /// cut full backups ("bases") from it, stop at the first mismatch.
     Shadow(Box<ShadowArgs>),
+    /// This node's etcd member: replace a dead one without losing quorum.
+    #[command(subcommand)]
+    Member(MemberCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MemberCommand {
+    /// Replace this node's dead member (data dir lost, disk replaced): remove it, rejoin as a
+    /// learner with an empty data dir, promote it once caught up. The others keep quorum and
+    /// serve writes throughout. Prints the plan; needs --yes.
+    Replace(Box<ReplaceArgs>),
+}
+
+#[derive(Args, Debug)]
+pub struct ReplaceArgs {
+    /// --manifests-dir (this node's etcd.yaml names the member), --state-dir (the journal);
+    /// --stop-timeout; --start-timeout: how long the new member may take to catch up.
+    #[command(flatten)]
+    pub restore: RestoreSection,
+    /// Client URLs of healthy members (default: the --initial-cluster hosts in this node's
+    /// etcd.yaml with this node's client port, as kubeadm lays them out).
+    #[arg(long, value_delimiter = ',', value_name = "URL,…")]
+    pub endpoints: Vec<String>,
+    /// Replace the member even though it answers as healthy.
+    #[arg(long)]
+    pub force: bool,
+    /// Carry out the plan.
+    #[arg(long)]
+    pub yes: bool,
+    /// Print the plan and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Go on with the replace that stopped on this node (the journal in --state-dir).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub resume: bool,
+    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+impl ReplaceArgs {
+    pub fn flags(&self) -> FileConfig {
+        FileConfig {
+            restore: self.restore.clone(),
+            ..FileConfig::default()
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -196,6 +242,23 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "TOKEN")]
     pub initial_cluster_token: Option<String>,
     /// Do not wait for etcd (or the API server) after the manifests go back.
+    /// Restore the whole cluster: run the same command on every control-plane node; the nodes
+    /// meet through the store (a signed plan), wait until all have joined, then each restores
+    /// the same backup with the same member list and token (docs/restore.md).
+    #[arg(long, conflicts_with_all = ["name", "initial_advertise_peer_urls", "initial_cluster", "initial_cluster_token"])]
+    pub cluster: bool,
+    /// With --cluster: how many members to wait for (default: the backup's voting members).
+    #[arg(long, value_name = "N", requires = "cluster")]
+    pub members: Option<usize>,
+    /// With --cluster: how long every member has to join before the run fails everywhere,
+    /// with nothing changed (default 10m).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        requires = "cluster",
+        default_value = "10m"
+    )]
+    pub join_timeout: String,
     #[arg(long)]
     pub no_wait: bool,
     /// Restore although etcd is running on this node (it is stopped first).

@@ -1,8 +1,10 @@
 //! The CLI edge: logging, config loading, context on errors, exit codes.
 
 mod args;
+mod cluster;
 mod journal;
 mod keys;
+mod member;
 mod pitr;
 mod progress;
 mod prune;
@@ -58,6 +60,7 @@ async fn run(cli: Cli, config: FileConfig) -> Result<()> {
     match cli.command {
         Command::Snapshot(cmd) => snapshot::run(cmd, config).await,
         Command::Prune(args) => prune::run(args, config).await,
+        Command::Member(cmd) => member::run(cmd, config).await,
         Command::Serve(args) => serve::run(*args, config).await,
         Command::Restore(args) => restore::run(*args, config).await,
         Command::Drill(args) => restore::drill(*args, config).await,

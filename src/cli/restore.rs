@@ -51,7 +51,10 @@ pub async fn run(a: RestoreArgs, file: FileConfig) -> Result<()> {
         );
         let journal = restore::resume(source.as_ref(), &opts, progress::for_terminal()).await?;
         summary(&journal.plan, a.output);
-        return Ok(());
+        return super::cluster::finish_resumed(&journal.plan, &a, config, &opts).await;
+    }
+    if a.cluster {
+        return super::cluster::restore(&a, config, opts).await;
     }
     let source = match super::pitr::target(&a.point)? {
         Some(target) => point_in_time(target, &a, config, &resolved.state_dir).await?,
@@ -105,7 +108,7 @@ fn options(a: &RestoreArgs, r: &ResolvedRestore) -> RestoreOptions {
 
 /// The snapshot at a point in time, replayed into the state dir (where a resumed restore finds
 /// it again), restored like a plain snapshot file.
-async fn point_in_time(
+pub(super) async fn point_in_time(
     target: lifeboat::pitr::Target,
     a: &RestoreArgs,
     config: &FileConfig,

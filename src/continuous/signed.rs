@@ -1,25 +1,27 @@
-//! A small signed object replaced in place (a chain's head, a shadow's proof): the object's
-//! exact text and its signature in one envelope `{"<field>": text, "signature": …}`, so they
-//! are replaced together, and believed only when the signature passes the reader's policy.
+//! The journal's small signed objects replaced in place (a chain's head, a shadow's proof):
+//! `trust::envelope`, with the journal's clock rule (nothing dated in the future is believed).
 
-use chrono::{DateTime, Utc};
-use serde::de::DeserializeOwned;
+use chrono::Utc;
 use serde::Serialize;
 
 use super::ContinuousError;
-use crate::store::{get_small, Store, StoreError};
-use crate::trust::{Claim, Kind, ReadPolicy, SigningKey};
+use crate::store::Store;
+pub(super) use crate::trust::envelope::Envelope;
+use crate::trust::envelope::{self, EnvelopeError, Write};
+use crate::trust::{ReadPolicy, SigningKey};
 
-/// What a signed envelope's content claims, for the reader's policy: which kind of object it
-/// is, of which cluster, and when it was written (its writer's clock).
-pub(super) trait Envelope: DeserializeOwned {
-    const KIND: Kind;
-    fn cluster(&self) -> Option<u64>;
-    fn dated(&self) -> DateTime<Utc>;
+impl From<EnvelopeError> for ContinuousError {
+    fn from(e: EnvelopeError) -> ContinuousError {
+        match e {
+            EnvelopeError::Store(e) => ContinuousError::Store(e),
+            EnvelopeError::Trust(e) => ContinuousError::Trust(e),
+            EnvelopeError::Invalid { key, what, why } => ContinuousError::Invalid {
+                key,
+                what: format!("not {what}: {why}"),
+            },
+        }
+    }
 }
-
-/// The largest envelope a reader accepts.
-const LIMIT: usize = 16 * 1024;
 
 /// Signs `value` (under `key`) and replaces the object at `key` with it.
 ///
@@ -32,23 +34,13 @@ pub(super) async fn write_signed<T: Serialize>(
     field: &str,
     value: &T,
 ) -> Result<(), ContinuousError> {
-    let text = serde_json::to_string(value).unwrap_or_default();
-    let signature = match signer {
-        Some(s) => Some(s.sign(key, text.as_bytes())?),
-        None => None,
-    };
-    let mut envelope = serde_json::Map::new();
-    envelope.insert(field.into(), text.into());
-    envelope.insert("signature".into(), signature.into());
-    let bytes = serde_json::to_vec_pretty(&envelope).unwrap_or_default();
-    store.replace(key, bytes.into()).await?;
-    Ok(())
+    Ok(envelope::write_signed(store, signer, key, field, value, Write::Replace).await?)
 }
 
 /// The object at `key`; `None` when there is none.
 ///
 /// # Errors
-/// Unreadable, not such an envelope, untrusted, or not a `T` (`what` names it in messages).
+/// Unreadable, not such an envelope, untrusted, dated in the future, or not a `T`.
 pub(super) async fn read_signed<T: Envelope>(
     store: &dyn Store,
     policy: &ReadPolicy,
@@ -56,30 +48,9 @@ pub(super) async fn read_signed<T: Envelope>(
     field: &str,
     what: &str,
 ) -> Result<Option<T>, ContinuousError> {
-    let bytes = match get_small(store, key, LIMIT).await {
-        Ok(b) => b,
-        Err(StoreError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let Some(value) = envelope::read_signed::<T>(store, policy, key, field, what).await? else {
+        return Ok(None);
     };
-    let invalid = |why: String| ContinuousError::Invalid {
-        key: key.to_string(),
-        what: format!("not a {what}: {why}"),
-    };
-    let envelope: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-    let text = envelope[field]
-        .as_str()
-        .ok_or_else(|| invalid(format!("no `{field}`")))?;
-    // Parsed before it is trusted only to learn what it claims to be; nothing is used unless
-    // the signature over these exact bytes passes for that claim.
-    let value: T = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
-    let claim = Claim {
-        key,
-        kind: T::KIND,
-        cluster: value.cluster(),
-        dated: value.dated(),
-    };
-    policy.check(&claim, text.as_bytes(), envelope["signature"].as_str())?;
-    super::clock::not_in_the_future(key, claim.dated, Utc::now())?;
+    super::clock::not_in_the_future(key, value.dated(), Utc::now())?;
     Ok(Some(value))
 }

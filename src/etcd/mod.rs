@@ -6,6 +6,7 @@
 
 mod compaction;
 pub mod discovery;
+pub mod membership;
 pub mod watch;
 
 pub use compaction::CompactionState;
@@ -141,6 +142,9 @@ pub struct MemberFacts {
     pub raft_index: u64,
     pub revision: i64,
     pub is_learner: bool,
+    /// Voting members of the cluster (0 when the member list was not readable): how many
+    /// members a cluster restore of this backup brings back by default.
+    pub voting_members: u32,
     /// When the data's newest revision was written, where the source knows it better than
     /// "now" (a shadow's sandbox replays the past: the capture's receive time of its revision).
     pub data_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -346,16 +350,20 @@ impl EtcdSource {
         let member_id = header.as_ref().map(|h| h.member_id()).unwrap_or_default();
         // Learners refuse MemberList; their name is then unknown, which only matters for a
         // manifest, and learners do not upload in `serve`.
-        let member_name = match self.call("MemberList", client.member_list()).await {
-            Ok(members) => members
-                .members()
-                .iter()
-                .find(|m| m.id() == member_id)
-                .map(|m| m.name().to_string())
-                .unwrap_or_default(),
-            Err(_) if status.is_learner() => String::new(),
-            Err(e) => return Err(e),
-        };
+        let (member_name, voting_members) =
+            match self.call("MemberList", client.member_list()).await {
+                Ok(members) => (
+                    members
+                        .members()
+                        .iter()
+                        .find(|m| m.id() == member_id)
+                        .map(|m| m.name().to_string())
+                        .unwrap_or_default(),
+                    members.members().iter().filter(|m| !m.is_learner()).count() as u32,
+                ),
+                Err(_) if status.is_learner() => (String::new(), 0),
+                Err(e) => return Err(e),
+            };
         Ok(MemberFacts {
             endpoint: self.endpoint.clone(),
             member_id,
@@ -366,6 +374,7 @@ impl EtcdSource {
             raft_index: status.raft_index(),
             revision: header.as_ref().map(|h| h.revision()).unwrap_or_default(),
             is_learner: status.is_learner(),
+            voting_members,
             data_at: None,
         })
     }

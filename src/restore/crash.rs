@@ -2,7 +2,8 @@
 //! `--resume` or `--rollback` can handle; the tests prove it by making the real binary die at
 //! named points. Nothing here runs unless `LIFEBOAT_TEST_CRASH_AT` names a point, and the step
 //! code never reads the variable itself: the run loop calls [`before`] and [`after`] around
-//! every step, and the one step with an inner point calls [`point`].
+//! every step, and the one step with an inner point calls [`point`]. `member replace` uses
+//! the same points, named `member:<step>`.
 
 use super::Step;
 
@@ -22,7 +23,7 @@ pub(super) fn after(step: Step) {
 }
 
 /// Exits with code 86 when `name` is the point asked for.
-pub(super) fn point(name: &str) {
+pub(crate) fn point(name: &str) {
     if std::env::var(CRASH_ENV).is_ok_and(|v| v == name) {
         eprintln!("lifeboat: test crash at {name}");
         std::process::exit(86);

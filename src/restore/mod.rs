@@ -7,12 +7,13 @@
 //! restore with etcdutl/etcdctl into a fresh folder beside it, then rename that into place →
 //! etcd's manifest back, wait for it → the other manifests back → close the journal.
 
-mod crash;
+pub(crate) mod crash;
 mod plan;
 mod run;
 mod steps;
 
 pub mod apiserver;
+pub mod cluster;
 pub mod journal;
 pub mod node;
 pub mod tool;
@@ -30,7 +31,8 @@ pub use crash::CRASH_ENV;
 pub use journal::{Journal, JournalDir, RunState};
 pub use node::{EtcdProbe, CONTROL_PLANE_PODS};
 pub use plan::{
-    plan, BackupFacts, LocalClient, MemberOverrides, Plan, RestoreOptions, SnapshotSource,
+    plan, BackupFacts, ClusterRun, LocalClient, MemberOverrides, Plan, RestoreOptions,
+    SnapshotSource,
 };
 pub use run::{execute, next_steps, resume, rollback, unfinished};
 pub use tool::{MemberSpec, RestoreTool, ToolKind, DEFAULT_BUMP_REVISION};
@@ -61,6 +63,10 @@ pub enum RestoreError {
     },
     #[error("{0}")]
     Discovery(#[from] discovery::DiscoveryError),
+    #[error("cluster restore: {0}")]
+    Coordination(#[source] Box<crate::trust::envelope::EnvelopeError>),
+    #[error("cluster restore: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl RestoreError {
@@ -71,7 +77,7 @@ impl RestoreError {
         }
     }
 
-    pub(crate) fn refused(reason: impl Into<String>) -> RestoreError {
+    pub fn refused(reason: impl Into<String>) -> RestoreError {
         RestoreError::Refused {
             reason: reason.into(),
         }

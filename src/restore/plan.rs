@@ -85,6 +85,18 @@ pub struct Plan {
     /// Where to ask the API server for readiness once its manifest is back.
     pub apiserver: Option<apiserver::ApiServerProbe>,
     pub warnings: Vec<String>,
+    /// Part of a cluster restore (`--cluster`): the plan every node follows and who joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterRun>,
+}
+
+/// This node's part in a cluster restore, kept in its journal so `--resume` finishes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRun {
+    pub plan: super::cluster::ClusterPlan,
+    pub joined: Vec<super::cluster::Joined>,
+    pub node: String,
+    pub peer_url: String,
 }
 
 impl Plan {
@@ -237,6 +249,7 @@ pub async fn plan(source: &SnapshotSource, opts: &RestoreOptions) -> Result<Plan
             &opts.manifests_dir.join("kube-apiserver.yaml"),
         ),
         warnings,
+        cluster: None,
     })
 }
 

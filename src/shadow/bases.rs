@@ -297,6 +297,8 @@ impl Source for ShadowSource {
         let mut facts = Source::member_facts(&mut self.inner).await?;
         facts.cluster_id = self.cluster_id;
         facts.member_name = "shadow".into();
+        // The sandbox is one member; production's membership is not known here.
+        facts.voting_members = 0;
         facts.data_at = self
             .proof
             .at_ms

@@ -363,6 +363,8 @@ pub enum Kind {
     Journal,
     /// A shadow's proof of a chain (`proven.json`).
     Proof,
+    /// A cluster restore's plan, a node's joining it or its progress.
+    Coordination,
 }
 
 impl Kind {
@@ -371,7 +373,7 @@ impl Kind {
             (_, Role::Writer) => true,
             (Kind::Backup { shadow }, Role::Shadow) => shadow,
             (Kind::Proof, Role::Shadow) => true,
-            (Kind::Journal, Role::Shadow) => false,
+            (Kind::Journal | Kind::Coordination, Role::Shadow) => false,
         }
     }
 
@@ -381,6 +383,7 @@ impl Kind {
             Kind::Backup { shadow: false } => "a backup that is not a shadow base",
             Kind::Journal => "a journal segment or head",
             Kind::Proof => "a shadow proof",
+            Kind::Coordination => "a cluster restore's plan or a node's part in it",
         }
     }
 }
@@ -499,6 +502,8 @@ impl ReadPolicy {
         Ok(Some(Signer { id, role: key.role }))
     }
 }
+
+pub mod envelope;
 
 #[cfg(test)]
 mod tests;

@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["stages", "catalog"],
     &["backup", "retention", "continuous"],
     &["readback"],
-    &["restore"],
+    &["restore", "member"],
     &["sandbox"],
     &["drill", "upgrade", "pitr"],
     &["shadow"],

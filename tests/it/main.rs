@@ -3,6 +3,7 @@
 //! (the README's test command does).
 
 mod capture;
+mod cluster_restore;
 mod connect;
 mod continuous;
 mod deploy;
@@ -14,6 +15,7 @@ mod harness;
 mod hashkv;
 mod layers;
 mod leases;
+mod member;
 mod object_lock;
 mod restore;
 mod retention;

@@ -249,6 +249,25 @@ impl FakeNode {
         }
     }
 
+    /// Its etcd dies (SIGKILL) and its data is lost (the data dir stays, empty); the kubelet
+    /// starts it again only once `etcd.yaml` has left the manifests folder and come back.
+    pub fn lose_member(&self) {
+        self.kubelet
+            .kill_until_moved("etcd.yaml", self.etcd_manifest());
+        std::fs::remove_dir_all(self.data_dir.join("member")).unwrap();
+    }
+
+    /// `lifeboat member replace` with this node's folders.
+    pub fn member_replace(&self) -> Command {
+        let mut cmd = lifeboat();
+        cmd.args(["member", "replace", "--manifests-dir"])
+            .arg(&self.manifests_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(["--stop-timeout", "30s", "--start-timeout", "60s"]);
+        cmd
+    }
+
     /// `lifeboat restore` with this node's folders and the right restore tool.
     pub fn restore(&self) -> Command {
         self.restore_in(&self.state_dir)
@@ -357,6 +376,24 @@ impl Kubelet {
     /// While held, the kubelet starts nothing (it still stops pods whose file left).
     pub fn hold(&self, on: bool) {
         self.hold.store(on, Ordering::SeqCst);
+    }
+
+    /// Kills pod `name` (SIGKILL, as a machine losing power would) and starts nothing more
+    /// until `manifest` has left the manifests folder: a member that died and stays dead
+    /// until someone acts on the node.
+    pub fn kill_until_moved(&self, name: &str, manifest: PathBuf) {
+        self.hold(true);
+        if let Some(mut pod) = self.pods.lock().unwrap().remove(name) {
+            let _ = pod.child.kill();
+            let _ = pod.child.wait();
+        }
+        let (hold, stop) = (self.hold.clone(), self.stop.clone());
+        std::thread::spawn(move || {
+            while manifest.exists() && !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            hold.store(false, Ordering::SeqCst);
+        });
     }
 
     /// Names of the pods running now.

@@ -1,0 +1,606 @@
+//! `lifeboat restore --cluster`: the same command on every control-plane node brings the whole
+//! cluster back. The nodes meet **through the store** (they all reach it; while etcd is down
+//! they may not reach each other): the first node writes a signed cluster restore plan (the
+//! backup, resolved once; the member count; the token), each node adds itself (its name and
+//! peer URL from its own `etcd.yaml`) and waits until all have joined. Only then does any node
+//! change anything: each restores the **same** snapshot with the **same** member list and token,
+//! starts, and records its progress; the run is complete when every member answers and all
+//! hash alike.
+//!
+//! Objects (flat names, like every object of ours), all signed envelopes:
+//! `cluster-restore.<cluster>.<run>.plan.json` (created once), `….join.<node>.json` (created
+//! once per node), `….progress.<node>.json` (replaced), `….complete.json` (created once).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::RestoreError;
+use crate::catalog::Manifest;
+use crate::etcd::membership::{agreement, Agreement};
+use crate::etcd::EtcdSettings;
+use crate::store::{Store, StoreError};
+use crate::trust::envelope::{read_signed, write_signed, Envelope, EnvelopeError, Write};
+use crate::trust::{Kind, ReadPolicy, SigningKey};
+
+const PREFIX: &str = "cluster-restore.";
+
+/// The plan every node of one cluster restore follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterPlan {
+    pub run_id: String,
+    /// The backup's cluster (hex).
+    pub cluster_id: String,
+    pub backup_id: String,
+    /// A point-in-time restore: the revision every node replays the journal to (resolved once,
+    /// by the node that opened the plan); `backup_id` is then the replay's base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_revision: Option<i64>,
+    /// Members to wait for before anything changes.
+    pub members: usize,
+    /// `--initial-cluster-token` of the restored cluster (new for every run).
+    pub token: String,
+    pub created_at: DateTime<Utc>,
+    /// Every member must have joined by then, or the run fails on every node, untouched.
+    pub join_by: DateTime<Utc>,
+    pub created_by: String,
+}
+
+/// A node's part: who it is in the restored cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Joined {
+    pub run_id: String,
+    pub cluster_id: String,
+    pub name: String,
+    pub peer_url: String,
+    pub joined_at: DateTime<Utc>,
+}
+
+/// How far a node got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub run_id: String,
+    pub cluster_id: String,
+    pub name: String,
+    pub state: NodeState,
+    pub at: DateTime<Utc>,
+    /// Once complete: the revision every member hashed alike at, and the hash.
+    pub revision: Option<i64>,
+    pub hash: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeState {
+    /// Its etcd is restored and started; the cluster may not have quorum yet.
+    Restored,
+    /// Every member answers and hashes alike.
+    Complete,
+}
+
+fn cluster_u64(hex: &str) -> Option<u64> {
+    u64::from_str_radix(hex, 16).ok()
+}
+
+impl Envelope for ClusterPlan {
+    const KIND: Kind = Kind::Coordination;
+    fn cluster(&self) -> Option<u64> {
+        cluster_u64(&self.cluster_id)
+    }
+    fn dated(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+}
+
+impl Envelope for Joined {
+    const KIND: Kind = Kind::Coordination;
+    fn cluster(&self) -> Option<u64> {
+        cluster_u64(&self.cluster_id)
+    }
+    fn dated(&self) -> DateTime<Utc> {
+        self.joined_at
+    }
+}
+
+impl Envelope for Progress {
+    const KIND: Kind = Kind::Coordination;
+    fn cluster(&self) -> Option<u64> {
+        cluster_u64(&self.cluster_id)
+    }
+    fn dated(&self) -> DateTime<Utc> {
+        self.at
+    }
+}
+
+/// Where the nodes meet, and with which keys.
+#[derive(Clone)]
+pub struct Meeting {
+    pub store: Arc<dyn Store>,
+    pub policy: Arc<ReadPolicy>,
+    pub signer: Option<Arc<SigningKey>>,
+    /// `--members`: how many to wait for (default: the backup's voting members).
+    pub members: Option<usize>,
+    pub join_timeout: Duration,
+    /// Between two looks at the store.
+    pub poll: Duration,
+}
+
+/// What this node wants restored.
+#[derive(Debug, Clone)]
+pub struct Wanted {
+    /// The cluster (hex) whose backup or journal it restores.
+    pub cluster_id: String,
+    pub backup_id: String,
+    pub target_revision: Option<i64>,
+    /// The backup's voting members, when recorded (the default for `--members`).
+    pub voting_members: Option<u32>,
+    /// `latest`: an open plan's backup is taken, whichever it is.
+    pub any_backup: bool,
+}
+
+impl Wanted {
+    /// A backup (`latest` resolved or named).
+    pub fn backup(manifest: &Manifest, any_backup: bool) -> Wanted {
+        Wanted {
+            cluster_id: manifest.cluster_id.clone(),
+            backup_id: manifest.id.clone(),
+            target_revision: None,
+            voting_members: manifest.voting_members,
+            any_backup,
+        }
+    }
+
+    fn matches(&self, plan: &ClusterPlan) -> bool {
+        plan.target_revision == self.target_revision
+            && (self.any_backup || plan.backup_id == self.backup_id)
+    }
+
+    pub fn describe(&self) -> String {
+        match self.target_revision {
+            Some(r) => format!("revision {r} (from backup {})", self.backup_id),
+            None => format!("backup {}", self.backup_id),
+        }
+    }
+}
+
+/// This node in the restored cluster, from its own `etcd.yaml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub peer_url: String,
+}
+
+impl Node {
+    /// From a node's `etcd.yaml`: its `--name` and first `--initial-advertise-peer-urls`.
+    pub fn of(local: &crate::etcd::discovery::KubeadmEtcd) -> Option<Node> {
+        let name = local.name.clone().filter(|n| !n.is_empty())?;
+        let peer_url = local
+            .initial_advertise_peer_urls
+            .as_deref()?
+            .split(',')
+            .next()?
+            .to_string();
+        Some(Node { name, peer_url })
+    }
+}
+
+/// Every member has joined: who they are.
+#[derive(Debug, Clone)]
+pub struct Rendezvous {
+    pub plan: ClusterPlan,
+    pub joined: Vec<Joined>,
+}
+
+impl Rendezvous {
+    /// `name=peer` of every member, by name: the same string on every node.
+    pub fn initial_cluster(&self) -> String {
+        let mut all: Vec<&Joined> = self.joined.iter().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all.iter()
+            .map(|j| format!("{}={}", j.name, j.peer_url))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A node name as it may appear in an object name.
+fn safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn run_prefix(cluster: &str, run: &str) -> String {
+    format!("{PREFIX}{cluster}.{run}.")
+}
+
+fn plan_key(cluster: &str, run: &str) -> String {
+    format!("{}plan.json", run_prefix(cluster, run))
+}
+
+fn join_key(cluster: &str, run: &str, node: &str) -> String {
+    format!("{}join.{}.json", run_prefix(cluster, run), safe(node))
+}
+
+fn progress_key(cluster: &str, run: &str, node: &str) -> String {
+    format!("{}progress.{}.json", run_prefix(cluster, run), safe(node))
+}
+
+fn complete_key(cluster: &str, run: &str) -> String {
+    format!("{}complete.json", run_prefix(cluster, run))
+}
+
+impl From<EnvelopeError> for RestoreError {
+    fn from(e: EnvelopeError) -> RestoreError {
+        RestoreError::Coordination(Box::new(e))
+    }
+}
+
+impl Meeting {
+    /// Joins the open plan for `manifest`'s cluster — or opens one — and waits until every
+    /// member has joined. Nothing on the node changes here.
+    ///
+    /// # Errors
+    /// `Refused`: another plan for the cluster with another backup (when one was named), more
+    /// nodes than the plan's members, the deadline passed with members missing (named); the
+    /// store or a signature failing.
+    pub async fn meet(&self, wanted: &Wanted, me: &Node) -> Result<Rendezvous, RestoreError> {
+        let cluster = wanted.cluster_id.clone();
+        let plan = match self.open_plan(&cluster).await? {
+            Some(plan) => plan,
+            None => self.open(wanted, me).await?,
+        };
+        if !wanted.matches(&plan) {
+            let open = Wanted {
+                backup_id: plan.backup_id.clone(),
+                target_revision: plan.target_revision,
+                ..wanted.clone()
+            };
+            return Err(RestoreError::refused(format!(
+                "another cluster restore of cluster {cluster} is open (run {}: {}, members join until {}), this node asked for {}: run the same command as the other nodes, or wait until it expires",
+                plan.run_id,
+                open.describe(),
+                plan.join_by,
+                wanted.describe()
+            )));
+        }
+        self.join(&plan, me).await?;
+        tracing::info!(run = %plan.run_id, backup = %plan.backup_id, members = plan.members, "cluster restore: joined; waiting for every member");
+        self.wait_for_all(plan).await
+    }
+
+    /// The open plan of `cluster`: the earliest run not complete whose joining has not ended.
+    /// Two nodes that opened a plan at the same moment both end up here with the same answer.
+    async fn open_plan(&self, cluster: &str) -> Result<Option<ClusterPlan>, RestoreError> {
+        let prefix = format!("{PREFIX}{cluster}.");
+        let objects = self.store.list(&prefix).await?;
+        let keys: Vec<String> = objects.into_iter().map(|o| o.key).collect();
+        let mut runs: Vec<String> = keys
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix(".plan.json"))
+            .map(str::to_string)
+            .collect();
+        runs.sort();
+        for run in runs {
+            if keys.contains(&complete_key(cluster, &run)) {
+                continue;
+            }
+            let key = plan_key(cluster, &run);
+            let plan = match read_signed::<ClusterPlan>(
+                self.store.as_ref(),
+                &self.policy,
+                &key,
+                "plan",
+                "cluster restore plan",
+            )
+            .await
+            {
+                Ok(Some(p)) => p,
+                Ok(None) => continue,
+                Err(e @ (EnvelopeError::Trust(_) | EnvelopeError::Invalid { .. })) => {
+                    tracing::warn!(key, error = %e, "a cluster restore plan that is not trusted: ignored");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if plan.run_id == run && plan.join_by > Utc::now() {
+                return Ok(Some(plan));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes a new plan, then takes whichever plan is open (ours, or one opened at the same
+    /// moment with an earlier run id).
+    async fn open(&self, wanted: &Wanted, me: &Node) -> Result<ClusterPlan, RestoreError> {
+        let members = match (self.members, wanted.voting_members) {
+            (Some(n), _) => n,
+            (None, Some(n)) => n as usize,
+            (None, None) => {
+                return Err(RestoreError::refused(format!(
+                    "backup {} does not record how many members its cluster had (written before lifeboat recorded it): pass --members N",
+                    wanted.backup_id
+                )))
+            }
+        };
+        let now = Utc::now();
+        let run_id = format!(
+            "{}-{:04x}",
+            now.format("%Y%m%dT%H%M%S%.3fZ"),
+            rand::random::<u16>()
+        );
+        let plan = ClusterPlan {
+            token: format!("lifeboat-{run_id}"),
+            run_id,
+            cluster_id: wanted.cluster_id.clone(),
+            backup_id: wanted.backup_id.clone(),
+            target_revision: wanted.target_revision,
+            members,
+            created_at: now,
+            join_by: now
+                + chrono::Duration::from_std(self.join_timeout)
+                    .unwrap_or(chrono::Duration::minutes(10)),
+            created_by: me.name.clone(),
+        };
+        write_signed(
+            self.store.as_ref(),
+            self.signer.as_deref(),
+            &plan_key(&plan.cluster_id, &plan.run_id),
+            "plan",
+            &plan,
+            Write::Create,
+        )
+        .await?;
+        tracing::info!(run = %plan.run_id, backup = %plan.backup_id, members, "cluster restore: opened a plan");
+        Ok(self.open_plan(&plan.cluster_id).await?.unwrap_or(plan))
+    }
+
+    /// Adds this node to `plan` (again after a restart: its earlier join stands).
+    async fn join(&self, plan: &ClusterPlan, me: &Node) -> Result<(), RestoreError> {
+        let key = join_key(&plan.cluster_id, &plan.run_id, &me.name);
+        let joined = Joined {
+            run_id: plan.run_id.clone(),
+            cluster_id: plan.cluster_id.clone(),
+            name: me.name.clone(),
+            peer_url: me.peer_url.clone(),
+            joined_at: Utc::now(),
+        };
+        let written = write_signed(
+            self.store.as_ref(),
+            self.signer.as_deref(),
+            &key,
+            "joined",
+            &joined,
+            Write::Create,
+        )
+        .await;
+        match written {
+            Ok(()) => Ok(()),
+            Err(EnvelopeError::Store(StoreError::AlreadyExists { .. })) => {
+                let earlier = self.read_joined(&key).await?;
+                match earlier {
+                    Some(j) if j.peer_url == me.peer_url => Ok(()),
+                    Some(j) => Err(RestoreError::refused(format!(
+                        "another node named {} joined cluster restore {} with peer URL {} (this node's is {}): node names must differ",
+                        j.name, plan.run_id, j.peer_url, me.peer_url
+                    ))),
+                    None => Err(RestoreError::refused(format!(
+                        "{key} exists but is not a trusted join: remove it, then run again"
+                    ))),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn read_joined(&self, key: &str) -> Result<Option<Joined>, RestoreError> {
+        match read_signed::<Joined>(self.store.as_ref(), &self.policy, key, "joined", "join").await
+        {
+            Ok(j) => Ok(j),
+            Err(e @ (EnvelopeError::Trust(_) | EnvelopeError::Invalid { .. })) => {
+                tracing::warn!(key, error = %e, "a join that is not trusted: ignored");
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The trusted joins of `plan`, by node name.
+    async fn joined(&self, plan: &ClusterPlan) -> Result<Vec<Joined>, RestoreError> {
+        let prefix = format!("{}join.", run_prefix(&plan.cluster_id, &plan.run_id));
+        let mut out = BTreeMap::new();
+        for o in self.store.list(&prefix).await? {
+            if let Some(j) = self.read_joined(&o.key).await? {
+                if j.run_id == plan.run_id && j.cluster_id == plan.cluster_id {
+                    out.insert(j.name.clone(), j);
+                }
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    async fn wait_for_all(&self, plan: ClusterPlan) -> Result<Rendezvous, RestoreError> {
+        loop {
+            let joined = self.joined(&plan).await?;
+            if joined.len() > plan.members {
+                let names: Vec<&str> = joined.iter().map(|j| j.name.as_str()).collect();
+                return Err(RestoreError::refused(format!(
+                    "{} nodes joined cluster restore {} ({}), but its plan restores {} members: run it with --members {} on every node after this plan expires at {}, or stop the extra node",
+                    joined.len(),
+                    plan.run_id,
+                    names.join(", "),
+                    plan.members,
+                    joined.len(),
+                    plan.join_by
+                )));
+            }
+            if joined.len() == plan.members {
+                return Ok(Rendezvous { plan, joined });
+            }
+            if Utc::now() > plan.join_by {
+                let names: Vec<&str> = joined.iter().map(|j| j.name.as_str()).collect();
+                return Err(RestoreError::refused(format!(
+                    "cluster restore {} expired at {}: {} of {} members joined ({}); nothing was changed on any node. Run the command on the missing node(s) and again here, or restore with fewer members (--members {})",
+                    plan.run_id,
+                    plan.join_by,
+                    joined.len(),
+                    plan.members,
+                    names.join(", "),
+                    joined.len()
+                )));
+            }
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+
+    /// Records how far this node got.
+    ///
+    /// # Errors
+    /// The store or the signature fails.
+    pub async fn progress(
+        &self,
+        plan: &ClusterPlan,
+        me: &Node,
+        state: NodeState,
+        agreed: Option<&Agreement>,
+    ) -> Result<(), RestoreError> {
+        let p = Progress {
+            run_id: plan.run_id.clone(),
+            cluster_id: plan.cluster_id.clone(),
+            name: me.name.clone(),
+            state,
+            at: Utc::now(),
+            revision: agreed.map(|a| a.revision),
+            hash: agreed.map(|a| a.hash),
+        };
+        write_signed(
+            self.store.as_ref(),
+            self.signer.as_deref(),
+            &progress_key(&plan.cluster_id, &plan.run_id, &me.name),
+            "progress",
+            &p,
+            Write::Replace,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Marks the plan complete once every member says so (any node may be the one).
+    ///
+    /// # Errors
+    /// The store or the signature fails.
+    pub async fn complete_if_all(&self, rv: &Rendezvous) -> Result<bool, RestoreError> {
+        let plan = &rv.plan;
+        let mut complete = 0;
+        for j in &rv.joined {
+            let key = progress_key(&plan.cluster_id, &plan.run_id, &j.name);
+            let p = read_signed::<Progress>(
+                self.store.as_ref(),
+                &self.policy,
+                &key,
+                "progress",
+                "progress",
+            )
+            .await?;
+            if p.is_some_and(|p| p.state == NodeState::Complete) {
+                complete += 1;
+            }
+        }
+        if complete < plan.members {
+            return Ok(false);
+        }
+        let written = write_signed(
+            self.store.as_ref(),
+            self.signer.as_deref(),
+            &complete_key(&plan.cluster_id, &plan.run_id),
+            "plan",
+            plan,
+            Write::Create,
+        )
+        .await;
+        match written {
+            Ok(()) | Err(EnvelopeError::Store(StoreError::AlreadyExists { .. })) => Ok(true),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Waits until every member answers as a voter and all hash alike (the restored cluster has
+/// quorum once enough nodes started; until `timeout`).
+///
+/// # Errors
+/// `NotHealthy` naming why at the deadline.
+pub async fn wait_agreement(
+    through: &EtcdSettings,
+    timeout: Duration,
+) -> Result<Agreement, RestoreError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match agreement(through).await {
+            Ok(a) => return Ok(a),
+            Err(why) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(why = %why, "the restored members do not agree yet");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(why) => {
+                return Err(RestoreError::NotHealthy {
+                    waited: timeout,
+                    detail: format!("the restored cluster does not answer as one: {why}"),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_node_computes_the_same_member_list() {
+        let j = |name: &str, port| Joined {
+            run_id: "r".into(),
+            cluster_id: "ab".into(),
+            name: name.into(),
+            peer_url: format!("https://10.0.0.{port}:2380"),
+            joined_at: Utc::now(),
+        };
+        let plan = ClusterPlan {
+            run_id: "r".into(),
+            cluster_id: "ab".into(),
+            backup_id: "b".into(),
+            target_revision: None,
+            members: 3,
+            token: "t".into(),
+            created_at: Utc::now(),
+            join_by: Utc::now(),
+            created_by: "cp2".into(),
+        };
+        let a = Rendezvous {
+            plan: plan.clone(),
+            joined: vec![j("cp3", 13), j("cp1", 11), j("cp2", 12)],
+        };
+        let b = Rendezvous {
+            plan,
+            joined: vec![j("cp2", 12), j("cp3", 13), j("cp1", 11)],
+        };
+        assert_eq!(a.initial_cluster(), b.initial_cluster());
+        assert_eq!(
+            a.initial_cluster(),
+            "cp1=https://10.0.0.11:2380,cp2=https://10.0.0.12:2380,cp3=https://10.0.0.13:2380"
+        );
+        assert_eq!(
+            join_key("ab", "r", "cp 1/x"),
+            "cluster-restore.ab.r.join.cp_1_x.json"
+        );
+    }
+}
