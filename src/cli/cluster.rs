@@ -153,7 +153,7 @@ fn meeting(
             Some(&a.join_timeout),
             Duration::from_secs(600),
         )?,
-        poll: Duration::from_millis(500),
+        poll: Duration::from_millis(200),
     })
 }
 
