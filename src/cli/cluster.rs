@@ -87,6 +87,14 @@ pub(super) async fn restore(
         node: me.name.clone(),
         peer_url: me.peer_url.clone(),
     });
+    // The plan, as any restore prints it (--yes was given for the whole cluster restore).
+    match a.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({ "plan": plan, "carried_out": true })
+        ),
+        Output::Table => super::restore::print_plan(&plan),
+    }
     let journal = restore::execute(plan, &source, &opts, progress::for_terminal())
         .await
         .context("restore stopped")?;

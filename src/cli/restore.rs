@@ -199,7 +199,7 @@ fn detach(state_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn print_plan(p: &Plan) {
+pub(super) fn print_plan(p: &Plan) {
     let b = &p.backup;
     println!("Restore plan {} (nothing has changed yet)", p.run_id);
     println!(

@@ -36,6 +36,8 @@ struct Writer {
     stop: Arc<AtomicBool>,
     writes: Arc<AtomicU64>,
     failures: Arc<AtomicU64>,
+    /// What etcdctl said about the last failed put.
+    last_error: Arc<std::sync::Mutex<String>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -48,12 +50,18 @@ impl Writer {
         base.arg(format!("--endpoints={endpoints}"));
         let program = base.get_program().to_owned();
         let args: Vec<_> = base.get_args().map(|a| a.to_owned()).collect();
-        let (s, w, f) = (stop.clone(), writes.clone(), failures.clone());
+        let last_error = Arc::new(std::sync::Mutex::new(String::new()));
+        let (s, w, f, e) = (
+            stop.clone(),
+            writes.clone(),
+            failures.clone(),
+            last_error.clone(),
+        );
         let thread = std::thread::spawn(move || {
             let mut n = 0u64;
             while !s.load(Ordering::SeqCst) {
                 n += 1;
-                let ok = std::process::Command::new(&program)
+                let out = std::process::Command::new(&program)
                     .env("ETCDCTL_API", "3")
                     .args(&args)
                     .args([
@@ -61,13 +69,16 @@ impl Writer {
                         &format!("/registry/writer/k{}", n % 50),
                         &n.to_string(),
                     ])
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status()
-                    .is_ok_and(|st| st.success());
+                    .output();
                 w.fetch_add(1, Ordering::SeqCst);
-                if !ok {
+                let failed = match out {
+                    Ok(o) if o.status.success() => None,
+                    Ok(o) => Some(String::from_utf8_lossy(&o.stderr).into_owned()),
+                    Err(err) => Some(err.to_string()),
+                };
+                if let Some(why) = failed {
                     f.fetch_add(1, Ordering::SeqCst);
+                    *e.lock().unwrap() = why;
                 }
             }
         });
@@ -75,6 +86,7 @@ impl Writer {
             stop,
             writes,
             failures,
+            last_error,
             thread: Some(thread),
         }
     }
@@ -90,7 +102,8 @@ impl Writer {
         self.writes.load(Ordering::SeqCst)
     }
 
-    fn finish(mut self) -> (u64, u64) {
+    /// (writes, failures, the last failure's message).
+    fn finish(mut self) -> (u64, u64, String) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             t.join().unwrap();
@@ -98,6 +111,7 @@ impl Writer {
         (
             self.writes.load(Ordering::SeqCst),
             self.failures.load(Ordering::SeqCst),
+            self.last_error.lock().unwrap().clone(),
         )
     }
 }
@@ -156,9 +170,14 @@ fn a_dead_member_is_replaced_while_the_survivors_keep_serving_writes() {
     assert_eq!(files_under(&c.manifests_dir), before);
     assert!(c.data_dir.join("member").exists());
 
+    // The member dies first (it may have been the raft leader: the survivors elect one, and a
+    // write in that moment may fail — that is the death, not the replace); the writer starts
+    // once the survivors serve, and runs through the whole replace.
+    c.lose_member();
+    a.wait_healthy();
+    b.wait_healthy();
     let writer = Writer::start(a, survivors.clone());
     writer.wait_for(3);
-    c.lose_member();
 
     // The plan, then the replace.
     let r = replace(c, &["--dry-run"]);
@@ -194,10 +213,10 @@ fn a_dead_member_is_replaced_while_the_survivors_keep_serving_writes() {
     assert!(r.stdout.contains("every member hashes to"), "{}", r.stdout);
     // It goes on writing after the replace too (it never stopped in between).
     writer.wait_for(writer.done() + 3);
-    let (writes, failures) = writer.finish();
+    let (writes, failures, last_error) = writer.finish();
     assert_eq!(
         failures, 0,
-        "{failures} of {writes} writes failed during the replace"
+        "{failures} of {writes} writes failed during the replace; the last: {last_error}"
     );
 
     // Three voters, the replaced one under a new id; its old (emptied) data dir kept aside.

@@ -15,105 +15,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 
 use super::RestoreError;
 use crate::catalog::Manifest;
 use crate::etcd::membership::{agreement, Agreement};
 use crate::etcd::EtcdSettings;
 use crate::store::{Store, StoreError};
-use crate::trust::envelope::{read_signed, write_signed, Envelope, EnvelopeError, Write};
-use crate::trust::{Kind, ReadPolicy, SigningKey};
+use crate::trust::envelope::{read_signed, write_signed, EnvelopeError, Write};
+use crate::trust::{ReadPolicy, SigningKey};
 
-const PREFIX: &str = "cluster-restore.";
+mod objects;
 
-/// The plan every node of one cluster restore follows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterPlan {
-    pub run_id: String,
-    /// The backup's cluster (hex).
-    pub cluster_id: String,
-    pub backup_id: String,
-    /// A point-in-time restore: the revision every node replays the journal to (resolved once,
-    /// by the node that opened the plan); `backup_id` is then the replay's base.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_revision: Option<i64>,
-    /// Members to wait for before anything changes.
-    pub members: usize,
-    /// `--initial-cluster-token` of the restored cluster (new for every run).
-    pub token: String,
-    pub created_at: DateTime<Utc>,
-    /// Every member must have joined by then, or the run fails on every node, untouched.
-    pub join_by: DateTime<Utc>,
-    pub created_by: String,
-}
-
-/// A node's part: who it is in the restored cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Joined {
-    pub run_id: String,
-    pub cluster_id: String,
-    pub name: String,
-    pub peer_url: String,
-    pub joined_at: DateTime<Utc>,
-}
-
-/// How far a node got.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Progress {
-    pub run_id: String,
-    pub cluster_id: String,
-    pub name: String,
-    pub state: NodeState,
-    pub at: DateTime<Utc>,
-    /// Once complete: the revision every member hashed alike at, and the hash.
-    pub revision: Option<i64>,
-    pub hash: Option<u32>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NodeState {
-    /// Its etcd is restored and started; the cluster may not have quorum yet.
-    Restored,
-    /// Every member answers and hashes alike.
-    Complete,
-}
-
-fn cluster_u64(hex: &str) -> Option<u64> {
-    u64::from_str_radix(hex, 16).ok()
-}
-
-impl Envelope for ClusterPlan {
-    const KIND: Kind = Kind::Coordination;
-    fn cluster(&self) -> Option<u64> {
-        cluster_u64(&self.cluster_id)
-    }
-    fn dated(&self) -> DateTime<Utc> {
-        self.created_at
-    }
-}
-
-impl Envelope for Joined {
-    const KIND: Kind = Kind::Coordination;
-    fn cluster(&self) -> Option<u64> {
-        cluster_u64(&self.cluster_id)
-    }
-    fn dated(&self) -> DateTime<Utc> {
-        self.joined_at
-    }
-}
-
-impl Envelope for Progress {
-    const KIND: Kind = Kind::Coordination;
-    fn cluster(&self) -> Option<u64> {
-        cluster_u64(&self.cluster_id)
-    }
-    fn dated(&self) -> DateTime<Utc> {
-        self.at
-    }
-}
+use objects::{complete_key, join_key, plan_key, progress_key, run_prefix, PREFIX};
+pub use objects::{ClusterPlan, Joined, NodeState, Progress};
 
 /// Where the nodes meet, and with which keys.
 #[derive(Clone)]
@@ -204,39 +119,6 @@ impl Rendezvous {
             .collect::<Vec<_>>()
             .join(",")
     }
-}
-
-/// A node name as it may appear in an object name.
-fn safe(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-fn run_prefix(cluster: &str, run: &str) -> String {
-    format!("{PREFIX}{cluster}.{run}.")
-}
-
-fn plan_key(cluster: &str, run: &str) -> String {
-    format!("{}plan.json", run_prefix(cluster, run))
-}
-
-fn join_key(cluster: &str, run: &str, node: &str) -> String {
-    format!("{}join.{}.json", run_prefix(cluster, run), safe(node))
-}
-
-fn progress_key(cluster: &str, run: &str, node: &str) -> String {
-    format!("{}progress.{}.json", run_prefix(cluster, run), safe(node))
-}
-
-fn complete_key(cluster: &str, run: &str) -> String {
-    format!("{}complete.json", run_prefix(cluster, run))
 }
 
 impl From<EnvelopeError> for RestoreError {
@@ -564,45 +446,4 @@ pub async fn wait_agreement(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_node_computes_the_same_member_list() {
-        let j = |name: &str, port| Joined {
-            run_id: "r".into(),
-            cluster_id: "ab".into(),
-            name: name.into(),
-            peer_url: format!("https://10.0.0.{port}:2380"),
-            joined_at: Utc::now(),
-        };
-        let plan = ClusterPlan {
-            run_id: "r".into(),
-            cluster_id: "ab".into(),
-            backup_id: "b".into(),
-            target_revision: None,
-            members: 3,
-            token: "t".into(),
-            created_at: Utc::now(),
-            join_by: Utc::now(),
-            created_by: "cp2".into(),
-        };
-        let a = Rendezvous {
-            plan: plan.clone(),
-            joined: vec![j("cp3", 13), j("cp1", 11), j("cp2", 12)],
-        };
-        let b = Rendezvous {
-            plan,
-            joined: vec![j("cp2", 12), j("cp3", 13), j("cp1", 11)],
-        };
-        assert_eq!(a.initial_cluster(), b.initial_cluster());
-        assert_eq!(
-            a.initial_cluster(),
-            "cp1=https://10.0.0.11:2380,cp2=https://10.0.0.12:2380,cp3=https://10.0.0.13:2380"
-        );
-        assert_eq!(
-            join_key("ab", "r", "cp 1/x"),
-            "cluster-restore.ab.r.join.cp_1_x.json"
-        );
-    }
-}
+mod tests;
