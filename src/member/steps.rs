@@ -210,23 +210,7 @@ async fn do_step(
         }
         Step::RemoveStale => {
             if let Some(id) = plan.stale {
-                let mut cluster = cluster(plan, opts).await?;
-                let members = cluster
-                    .members()
-                    .await
-                    .map_err(|e| MemberError::NoCluster {
-                        endpoints: plan.endpoints.join(","),
-                        source: Box::new(e),
-                    })?;
-                if members.iter().any(|m| m.id == id) {
-                    cluster
-                        .remove_member(id)
-                        .await
-                        .map_err(|source| MemberError::Membership {
-                            what: format!("removing member {} ({id:x})", plan.name),
-                            source: Box::new(source),
-                        })?;
-                }
+                remove(plan, opts, id).await?;
             }
         }
         Step::MoveDataAside => move_data_aside(plan)?,
@@ -281,7 +265,10 @@ fn membership(what: &'static str) -> impl Fn(crate::etcd::SourceError) -> Member
 
 /// A client of the members that answered when the plan was made.
 async fn cluster(plan: &ReplacePlan, opts: &ReplaceOptions) -> Result<EtcdSource, MemberError> {
-    let settings = plan.settings(plan.endpoints.clone(), opts.connect_timeout);
+    let mut settings = plan.settings(plan.endpoints.clone(), opts.connect_timeout);
+    // A membership change waits for raft to apply it: on a busy cluster, or right after the
+    // dead member was the leader (an election first), that takes longer than a read.
+    settings.request_timeout = MEMBERSHIP_TIMEOUT;
     EtcdSource::connect_first(&settings)
         .await
         .map_err(|source| MemberError::NoCluster {
@@ -296,27 +283,25 @@ async fn ours_or_add(
     cluster: &mut EtcdSource,
     plan: &ReplacePlan,
 ) -> Result<(u64, Vec<Member>), MemberError> {
-    let members = cluster
-        .members()
-        .await
-        .map_err(membership("listing members"))?;
-    if let Some(m) = members
-        .iter()
-        .find(|m| m.learner && m.peer_urls.contains(&plan.peer_url))
-    {
-        return Ok((m.id, members));
-    }
-    // etcd accepts a new member only from a member connected to every voter for its health
-    // interval (5 s): just after the stale member left, or a peer link flapped, it says
-    // "unhealthy cluster" for a moment.
-    let deadline = Instant::now() + UNHEALTHY_PATIENCE;
+    let deadline = Instant::now() + CHANGE_PATIENCE;
     loop {
+        // Looked for first, every time: an add that timed out may have been applied.
+        let members = cluster
+            .members()
+            .await
+            .map_err(membership("listing members"))?;
+        if let Some(m) = members
+            .iter()
+            .find(|m| m.learner && m.peer_urls.contains(&plan.peer_url))
+        {
+            return Ok((m.id, members));
+        }
         match cluster
             .add_learner(std::slice::from_ref(&plan.peer_url))
             .await
         {
-            Err(e) if is_unhealthy(&e) && Instant::now() < deadline => {
-                tracing::info!(error = %e, "etcd does not accept a member yet; trying again");
+            Err(e) if is_passing(&e) && Instant::now() < deadline => {
+                tracing::info!(error = %e, "etcd does not take the new member yet; trying again");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             other => return other.map_err(membership("adding this node as a learner")),
@@ -324,10 +309,62 @@ async fn ours_or_add(
     }
 }
 
-const UNHEALTHY_PATIENCE: Duration = Duration::from_secs(30);
+/// Removes member `id` unless it is gone already; a removal that timed out is looked for and
+/// asked again.
+async fn remove(plan: &ReplacePlan, opts: &ReplaceOptions, id: u64) -> Result<(), MemberError> {
+    let mut cluster = cluster(plan, opts).await?;
+    let deadline = Instant::now() + CHANGE_PATIENCE;
+    loop {
+        let members = cluster
+            .members()
+            .await
+            .map_err(|e| MemberError::NoCluster {
+                endpoints: plan.endpoints.join(","),
+                source: Box::new(e),
+            })?;
+        if !members.iter().any(|m| m.id == id) {
+            return Ok(());
+        }
+        match cluster.remove_member(id).await {
+            Ok(()) => return Ok(()),
+            Err(e) if is_passing(&e) && Instant::now() < deadline => {
+                tracing::info!(error = %e, "etcd did not apply the removal yet; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(source) => {
+                return Err(MemberError::Membership {
+                    what: format!("removing member {} ({id:x})", plan.name),
+                    source: Box::new(source),
+                })
+            }
+        }
+    }
+}
 
-fn is_unhealthy(e: &crate::etcd::SourceError) -> bool {
-    crate::error_chain::one_line(e).contains("unhealthy cluster")
+/// How long a membership change is asked again while etcd answers with a passing condition.
+const CHANGE_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How long one membership call (remove, add, promote, list) may take.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A refusal or silence that passes: etcd accepts a new member only from a member connected
+/// to every voter for its health interval (5 s: "unhealthy cluster" just after the stale member
+/// left, or a peer link flapped); a leader drops a membership change proposed before it has
+/// applied its first entry (right after an election — the dead member may have been the
+/// leader), which the caller sees as no answer; "leader changed" during an election.
+fn is_passing(e: &crate::etcd::SourceError) -> bool {
+    if matches!(e, crate::etcd::SourceError::Unreachable { .. }) {
+        return true;
+    }
+    let text = crate::error_chain::one_line(e);
+    [
+        "unhealthy cluster",
+        "leader changed",
+        "request timed out",
+        "no leader",
+    ]
+    .iter()
+    .any(|t| text.contains(t))
 }
 
 fn move_data_aside(plan: &ReplacePlan) -> Result<(), MemberError> {
@@ -398,7 +435,7 @@ async fn promote(j: &ReplaceJournal, opts: &ReplaceOptions) -> Result<(), Member
         let mut cluster = cluster(plan, opts).await?;
         let last = match cluster.promote_member(id).await {
             Ok(()) => return Ok(()),
-            Err(e) if is_not_in_sync(&e) => e.to_string(),
+            Err(e) if is_not_in_sync(&e) || is_passing(&e) => e.to_string(),
             // Promoted already (a resumed run): nothing to do.
             Err(e) if is_voting(&mut cluster, id).await => {
                 tracing::debug!(error = %e, "already a voting member");
@@ -498,6 +535,25 @@ mod tests {
             "    - --initial-cluster=x=y\n    - --initial-cluster-state=existing\n    - --name=cp1\n"
         );
         assert_eq!(rejoin_manifest("    - --name=cp1\n", "x=y"), None);
+    }
+
+    #[test]
+    fn passing_refusals_are_asked_again_and_real_ones_are_not() {
+        use crate::etcd::{Cause, SourceError};
+        let call = |text: &str| SourceError::Call {
+            endpoint: "http://127.0.0.1:2379".into(),
+            call: "MemberRemove",
+            cause: Cause::text(text),
+        };
+        let silent = SourceError::Unreachable {
+            endpoint: "http://127.0.0.1:2379".into(),
+            cause: Cause::text("MemberRemove got no answer within 10s"),
+        };
+        assert!(is_passing(&silent));
+        assert!(is_passing(&call("etcdserver: unhealthy cluster")));
+        assert!(is_passing(&call("etcdserver: leader changed")));
+        assert!(!is_passing(&call("etcdserver: member not found")));
+        assert!(!is_passing(&call("etcdserver: Peer URLs already exists")));
     }
 
     #[test]
