@@ -31,7 +31,7 @@ impl Fake {
     fn good() -> Fake {
         Fake {
             facts: MemberFacts {
-                voting_members: 1,
+                voting_members: vec!["m1".into()],
                 endpoint: "http://127.0.0.1:2379".into(),
                 member_id: 0x2e12_45e6_2fb6_2a40,
                 member_name: "fx".into(),

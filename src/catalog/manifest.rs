@@ -87,10 +87,11 @@ pub struct Manifest {
     /// base is cut later than the revision it holds was received (#21).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_at: Option<DateTime<Utc>>,
-    /// The cluster's voting members when the backup was taken (what `restore --cluster`
-    /// waits for by default); absent in manifests written before it was recorded.
+    /// The names of the cluster's voting members when the backup was taken (whom
+    /// `restore --cluster` waits for by default); absent in manifests written before it was
+    /// recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub voting_members: Option<u32>,
+    pub voting_members: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,7 +169,7 @@ impl Manifest {
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
             duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
             data_at: member.data_at,
-            voting_members: Some(member.voting_members).filter(|n| *n > 0),
+            voting_members: Some(member.voting_members.clone()).filter(|n| !n.is_empty()),
         }
     }
 

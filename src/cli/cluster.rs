@@ -35,7 +35,7 @@ pub(super) async fn restore(
             me.name,
             me.peer_url,
             a.members
-                .or(wanted.voting_members.map(|n| n as usize))
+                .or(wanted.voting_members.as_ref().map(Vec::len))
                 .map_or("--members N".to_string(), |n| n.to_string())
         );
         if a.dry_run {
@@ -126,7 +126,7 @@ async fn wanted(
         cluster_id: plan.cluster_id.clone(),
         backup_id: plan.base.id.clone(),
         target_revision: Some(rev),
-        voting_members: plan.base.voting_members,
+        voting_members: plan.base.voting_members.clone(),
         any_backup: true,
     })
 }

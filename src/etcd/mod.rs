@@ -142,9 +142,9 @@ pub struct MemberFacts {
     pub raft_index: u64,
     pub revision: i64,
     pub is_learner: bool,
-    /// Voting members of the cluster (0 when the member list was not readable): how many
-    /// members a cluster restore of this backup brings back by default.
-    pub voting_members: u32,
+    /// The names of the cluster's voting members (empty when the member list was not
+    /// readable): whom a cluster restore of this backup waits for by default.
+    pub voting_members: Vec<String>,
     /// When the data's newest revision was written, where the source knows it better than
     /// "now" (a shadow's sandbox replays the past: the capture's receive time of its revision).
     pub data_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -350,7 +350,7 @@ impl EtcdSource {
         let member_id = header.as_ref().map(|h| h.member_id()).unwrap_or_default();
         // Learners refuse MemberList; their name is then unknown, which only matters for a
         // manifest, and learners do not upload in `serve`.
-        let (member_name, voting_members) =
+        let (member_name, mut voting_members): (String, Vec<String>) =
             match self.call("MemberList", client.member_list()).await {
                 Ok(members) => (
                     members
@@ -359,11 +359,17 @@ impl EtcdSource {
                         .find(|m| m.id() == member_id)
                         .map(|m| m.name().to_string())
                         .unwrap_or_default(),
-                    members.members().iter().filter(|m| !m.is_learner()).count() as u32,
+                    members
+                        .members()
+                        .iter()
+                        .filter(|m| !m.is_learner())
+                        .map(|m| m.name().to_string())
+                        .collect(),
                 ),
-                Err(_) if status.is_learner() => (String::new(), 0),
+                Err(_) if status.is_learner() => (String::new(), Vec::new()),
                 Err(e) => return Err(e),
             };
+        voting_members.sort();
         Ok(MemberFacts {
             endpoint: self.endpoint.clone(),
             member_id,

@@ -298,7 +298,7 @@ impl Source for ShadowSource {
         facts.cluster_id = self.cluster_id;
         facts.member_name = "shadow".into();
         // The sandbox is one member; production's membership is not known here.
-        facts.voting_members = 0;
+        facts.voting_members = Vec::new();
         facts.data_at = self
             .proof
             .at_ms

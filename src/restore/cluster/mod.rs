@@ -50,8 +50,8 @@ pub struct Wanted {
     pub cluster_id: String,
     pub backup_id: String,
     pub target_revision: Option<i64>,
-    /// The backup's voting members, when recorded (the default for `--members`).
-    pub voting_members: Option<u32>,
+    /// The backup's voting members by name, when recorded (the default for `--members`).
+    pub voting_members: Option<Vec<String>>,
     /// `latest`: an open plan's backup is taken, whichever it is.
     pub any_backup: bool,
 }
@@ -63,7 +63,7 @@ impl Wanted {
             cluster_id: manifest.cluster_id.clone(),
             backup_id: manifest.id.clone(),
             target_revision: None,
-            voting_members: manifest.voting_members,
+            voting_members: manifest.voting_members.clone(),
             any_backup,
         }
     }
@@ -204,9 +204,9 @@ impl Meeting {
     /// Writes a new plan, then takes whichever plan is open (ours, or one opened at the same
     /// moment with an earlier run id).
     async fn open(&self, wanted: &Wanted, me: &Node) -> Result<ClusterPlan, RestoreError> {
-        let members = match (self.members, wanted.voting_members) {
+        let members = match (self.members, &wanted.voting_members) {
             (Some(n), _) => n,
-            (None, Some(n)) => n as usize,
+            (None, Some(names)) => names.len(),
             (None, None) => {
                 return Err(RestoreError::refused(format!(
                     "backup {} does not record how many members its cluster had (written before lifeboat recorded it): pass --members N",
@@ -227,6 +227,7 @@ impl Meeting {
             backup_id: wanted.backup_id.clone(),
             target_revision: wanted.target_revision,
             members,
+            expected: wanted.voting_members.clone().unwrap_or_default(),
             created_at: now,
             join_by: now
                 + chrono::Duration::from_std(self.join_timeout)
@@ -329,16 +330,7 @@ impl Meeting {
                 return Ok(Rendezvous { plan, joined });
             }
             if Utc::now() > plan.join_by {
-                let names: Vec<&str> = joined.iter().map(|j| j.name.as_str()).collect();
-                return Err(RestoreError::refused(format!(
-                    "cluster restore {} expired at {}: {} of {} members joined ({}); nothing was changed on any node. Run the command on the missing node(s) and again here, or restore with fewer members (--members {})",
-                    plan.run_id,
-                    plan.join_by,
-                    joined.len(),
-                    plan.members,
-                    names.join(", "),
-                    joined.len()
-                )));
+                return Err(RestoreError::refused(expired(&plan, &joined)));
             }
             tokio::time::sleep(self.poll).await;
         }
@@ -414,6 +406,30 @@ impl Meeting {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// What an expired plan says: who joined, who of the backup's members did not, what to do.
+fn expired(plan: &ClusterPlan, joined: &[Joined]) -> String {
+    let names: Vec<&str> = joined.iter().map(|j| j.name.as_str()).collect();
+    let missing: Vec<&str> = plan
+        .expected
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !names.contains(n))
+        .collect();
+    let missing = match missing.is_empty() {
+        true => format!("{} missing", plan.members - joined.len()),
+        false => format!("missing: {}", missing.join(", ")),
+    };
+    format!(
+        "cluster restore {} expired at {}: {} of {} members joined ({}; {missing}); nothing was changed on any node. Run the command on the missing node(s) and again here, or restore with fewer members (--members {})",
+        plan.run_id,
+        plan.join_by,
+        joined.len(),
+        plan.members,
+        names.join(", "),
+        joined.len()
+    )
 }
 
 /// Waits until every member answers as a voter and all hash alike (the restored cluster has

@@ -22,6 +22,9 @@ pub struct ClusterPlan {
     pub target_revision: Option<i64>,
     /// Members to wait for before anything changes.
     pub members: usize,
+    /// The backup's members by name, when it recorded them: named when they do not join.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected: Vec<String>,
     /// `--initial-cluster-token` of the restored cluster (new for every run).
     pub token: String,
     pub created_at: DateTime<Utc>,

@@ -18,6 +18,7 @@ fn every_node_computes_the_same_member_list() {
         backup_id: "b".into(),
         target_revision: None,
         members: 3,
+        expected: Vec::new(),
         token: "t".into(),
         created_at: Utc::now(),
         join_by: Utc::now(),
@@ -133,15 +134,35 @@ mod meeting {
     }
 
     #[tokio::test]
-    async fn a_member_that_never_joins_fails_the_run_naming_who_did() {
+    async fn a_member_that_never_joins_fails_the_run_naming_who_did_and_who_did_not() {
         let g = ground(2, Duration::from_millis(300));
+        let named = Meeting {
+            members: None,
+            ..g.meeting.clone()
+        };
+        let with_names = Wanted {
+            voting_members: Some(vec!["cp1".into(), "cp2".into()]),
+            ..wanted("b1", false)
+        };
+        let err = named
+            .meet(&with_names, &node(1))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("1 of 2 members joined (cp1; missing: cp2)"),
+            "{err}"
+        );
         let err = g
             .meeting
             .meet(&wanted("b1", false), &node(1))
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains("1 of 2 members joined (cp1)"), "{err}");
+        assert!(
+            err.contains("1 of 2 members joined (cp1; 1 missing)"),
+            "{err}"
+        );
         assert!(err.contains("--members 1"), "{err}");
         // Expired: the next run opens a plan of its own.
         let g2 = Ground {
@@ -169,6 +190,7 @@ mod meeting {
             backup_id: "b1".into(),
             target_revision: None,
             members: 1,
+            expected: Vec::new(),
             token: format!("lifeboat-{run}"),
             created_at: Utc::now(),
             join_by: Utc::now() + chrono::Duration::minutes(5),
