@@ -27,7 +27,7 @@ use crate::trust::{ReadPolicy, SigningKey};
 
 mod objects;
 
-use objects::{complete_key, join_key, plan_key, progress_key, run_prefix, PREFIX};
+use objects::{complete_key, join_key, progress_key, run_prefix, slot_key, slot_prefix};
 pub use objects::{ClusterPlan, Joined, NodeState, Progress};
 
 /// Where the nodes meet, and with which keys.
@@ -127,6 +127,9 @@ impl From<EnvelopeError> for RestoreError {
     }
 }
 
+/// How often a node tries again when another takes the slot it is writing.
+const CONTENTION_TRIES: u32 = 100;
+
 impl Meeting {
     /// Joins the open plan for `manifest`'s cluster — or opens one — and waits until every
     /// member has joined. Nothing on the node changes here.
@@ -137,10 +140,7 @@ impl Meeting {
     /// store or a signature failing.
     pub async fn meet(&self, wanted: &Wanted, me: &Node) -> Result<Rendezvous, RestoreError> {
         let cluster = wanted.cluster_id.clone();
-        let plan = match self.open_plan(&cluster).await? {
-            Some(plan) => plan,
-            None => self.open(wanted, me).await?,
-        };
+        let plan = self.plan_for(wanted, me).await?;
         if !wanted.matches(&plan) {
             let open = Wanted {
                 backup_id: plan.backup_id.clone(),
@@ -160,50 +160,98 @@ impl Meeting {
         self.wait_for_all(plan).await
     }
 
-    /// The open plan of `cluster`: the earliest run not complete whose joining has not ended.
-    /// Two nodes that opened a plan at the same moment both end up here with the same answer.
-    async fn open_plan(&self, cluster: &str) -> Result<Option<ClusterPlan>, RestoreError> {
-        let prefix = format!("{PREFIX}{cluster}.");
-        let objects = self.store.list(&prefix).await?;
-        let keys: Vec<String> = objects.into_iter().map(|o| o.key).collect();
-        let mut runs: Vec<String> = keys
-            .iter()
-            .filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix(".plan.json"))
-            .map(str::to_string)
-            .collect();
-        runs.sort();
-        for run in runs {
-            if keys.contains(&complete_key(cluster, &run)) {
-                continue;
-            }
-            let key = plan_key(cluster, &run);
-            let plan = match read_signed::<ClusterPlan>(
-                self.store.as_ref(),
-                &self.policy,
-                &key,
-                "plan",
-                "cluster restore plan",
-            )
-            .await
-            {
-                Ok(Some(p)) => p,
-                Ok(None) => continue,
-                Err(e @ (EnvelopeError::Trust(_) | EnvelopeError::Invalid { .. })) => {
-                    tracing::warn!(key, error = %e, "a cluster restore plan that is not trusted: ignored");
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if plan.run_id == run && plan.join_by > Utc::now() {
-                return Ok(Some(plan));
+    /// The open plan of `cluster`, or a new one. Plans take numbered slots, each created only
+    /// if absent (the store's conditional write), so of nodes that open a plan at the same
+    /// moment exactly one wins each slot and the others read it: every node ends up with the
+    /// same plan whatever order their writes become visible in.
+    async fn plan_for(&self, wanted: &Wanted, me: &Node) -> Result<ClusterPlan, RestoreError> {
+        let cluster = &wanted.cluster_id;
+        let mut slot = self.top_slot(cluster).await?;
+        if let Some(top) = slot {
+            if let Some(plan) = self.open_at(cluster, top).await? {
+                return Ok(plan);
             }
         }
-        Ok(None)
+        let mut contended = 0;
+        loop {
+            let next = slot.map_or(1, |n| n + 1);
+            match self.create(next, wanted, me).await {
+                Ok(plan) => return Ok(plan),
+                // Another node took this slot, or is writing it right now (a folder store says
+                // so): its plan, once there, if it is open; the slot again if it stayed empty.
+                Err(RestoreError::Coordination(e))
+                    if matches!(*e, EnvelopeError::Store(_)) && contended < CONTENTION_TRIES =>
+                {
+                    contended += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if let Some(plan) = self.open_at(cluster, next).await? {
+                        return Ok(plan);
+                    }
+                    if self.top_slot(cluster).await? < Some(next) {
+                        continue;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            slot = Some(next);
+        }
     }
 
-    /// Writes a new plan, then takes whichever plan is open (ours, or one opened at the same
-    /// moment with an earlier run id).
-    async fn open(&self, wanted: &Wanted, me: &Node) -> Result<ClusterPlan, RestoreError> {
+    /// The highest plan slot of `cluster` in the store.
+    async fn top_slot(&self, cluster: &str) -> Result<Option<u64>, RestoreError> {
+        let prefix = slot_prefix(cluster);
+        let objects = self.store.list(&prefix).await?;
+        Ok(objects
+            .iter()
+            .filter_map(|o| {
+                o.key
+                    .strip_prefix(&prefix)?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()
+            })
+            .max())
+    }
+
+    /// The plan in `slot` when it is trusted, not complete, and still open to joins.
+    pub(super) async fn open_at(
+        &self,
+        cluster: &str,
+        slot: u64,
+    ) -> Result<Option<ClusterPlan>, RestoreError> {
+        let key = slot_key(cluster, slot);
+        let plan = match read_signed::<ClusterPlan>(
+            self.store.as_ref(),
+            &self.policy,
+            &key,
+            "plan",
+            "cluster restore plan",
+        )
+        .await
+        {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(None),
+            Err(e @ (EnvelopeError::Trust(_) | EnvelopeError::Invalid { .. })) => {
+                tracing::warn!(key, error = %e, "a cluster restore plan that is not trusted: ignored");
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let complete = complete_key(cluster, &plan.run_id);
+        let done = match self.store.list(&complete).await {
+            Ok(found) => found.iter().any(|o| o.key == complete),
+            Err(e) => return Err(e.into()),
+        };
+        Ok((plan.cluster_id == cluster && !done && plan.join_by > Utc::now()).then_some(plan))
+    }
+
+    /// Writes a new plan into `slot` (only if the slot is free).
+    async fn create(
+        &self,
+        slot: u64,
+        wanted: &Wanted,
+        me: &Node,
+    ) -> Result<ClusterPlan, RestoreError> {
         let members = match (self.members, &wanted.voting_members) {
             (Some(n), _) => n,
             (None, Some(names)) => names.len(),
@@ -237,14 +285,14 @@ impl Meeting {
         write_signed(
             self.store.as_ref(),
             self.signer.as_deref(),
-            &plan_key(&plan.cluster_id, &plan.run_id),
+            &slot_key(&plan.cluster_id, slot),
             "plan",
             &plan,
             Write::Create,
         )
         .await?;
-        tracing::info!(run = %plan.run_id, backup = %plan.backup_id, members, "cluster restore: opened a plan");
-        Ok(self.open_plan(&plan.cluster_id).await?.unwrap_or(plan))
+        tracing::info!(run = %plan.run_id, backup = %plan.backup_id, members, slot, "cluster restore: opened a plan");
+        Ok(plan)
     }
 
     /// Adds this node to `plan` (again after a restart: its earlier join stands).

@@ -1,5 +1,6 @@
 //! The objects of a cluster restore in the store, and their names: flat, like every object of
-//! ours, `cluster-restore.<cluster>.<run>.{plan,join.<node>,progress.<node>,complete}.json`.
+//! ours: the plans `cluster-restore.<cluster>.slot-<n>.json` (numbered, each created once), and
+//! per run `cluster-restore.<cluster>.<run>.{join.<node>,progress.<node>,complete}.json`.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -116,8 +117,13 @@ pub(super) fn run_prefix(cluster: &str, run: &str) -> String {
     format!("{PREFIX}{cluster}.{run}.")
 }
 
-pub(super) fn plan_key(cluster: &str, run: &str) -> String {
-    format!("{}plan.json", run_prefix(cluster, run))
+/// Plans take numbered slots per cluster: `cluster-restore.<cluster>.slot-<n>.json`.
+pub(super) fn slot_prefix(cluster: &str) -> String {
+    format!("{PREFIX}{cluster}.slot-")
+}
+
+pub(super) fn slot_key(cluster: &str, slot: u64) -> String {
+    format!("{}{slot:010}.json", slot_prefix(cluster))
 }
 
 pub(super) fn join_key(cluster: &str, run: &str, node: &str) -> String {

@@ -46,7 +46,7 @@ fn every_node_computes_the_same_member_list() {
 mod meeting {
     use std::time::Duration;
 
-    use super::super::objects::plan_key;
+    use super::super::objects::slot_key;
     use super::*;
     use crate::store::LocalStore;
     use crate::trust::{generate, TrustedKeys};
@@ -96,7 +96,7 @@ mod meeting {
 
     async fn wait_for_a_plan(m: &Meeting) -> ClusterPlan {
         for _ in 0..500 {
-            if let Some(p) = m.open_plan(CLUSTER).await.unwrap() {
+            if let Some(p) = m.open_at(CLUSTER, 1).await.unwrap() {
                 return p;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -181,45 +181,55 @@ mod meeting {
     }
 
     #[tokio::test]
-    async fn of_two_plans_opened_at_once_every_node_takes_the_earlier_and_unsigned_ones_are_ignored(
-    ) {
+    async fn nodes_that_open_a_plan_at_once_all_take_the_same_one() {
+        for _ in 0..10 {
+            let g = ground(3, Duration::from_secs(30));
+            let meets: Vec<_> = (1..=3)
+                .map(|n| {
+                    let m = g.meeting.clone();
+                    tokio::spawn(async move { m.meet(&wanted("b1", false), &node(n)).await })
+                })
+                .collect();
+            let mut runs = Vec::new();
+            for m in meets {
+                runs.push(m.await.unwrap().unwrap().plan.run_id);
+            }
+            runs.dedup();
+            assert_eq!(runs.len(), 1, "the nodes took different plans: {runs:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unsigned_plan_is_ignored() {
         let g = ground(1, Duration::from_secs(30));
-        let plan = |run: &str| ClusterPlan {
-            run_id: run.into(),
+        let planted = ClusterPlan {
+            run_id: "20260101T000000.000Z-0000".into(),
             cluster_id: CLUSTER.into(),
-            backup_id: "b1".into(),
+            backup_id: "evil".into(),
             target_revision: None,
             members: 1,
             expected: Vec::new(),
-            token: format!("lifeboat-{run}"),
+            token: "t".into(),
             created_at: Utc::now(),
             join_by: Utc::now() + chrono::Duration::minutes(5),
-            created_by: "cp9".into(),
+            created_by: "x".into(),
         };
-        let write = |p: ClusterPlan, signer: Option<Arc<SigningKey>>| {
-            let store = g.meeting.store.clone();
-            async move {
-                write_signed(
-                    store.as_ref(),
-                    signer.as_deref(),
-                    &plan_key(CLUSTER, &p.run_id),
-                    "plan",
-                    &p,
-                    Write::Create,
-                )
-                .await
-                .unwrap();
-            }
-        };
-        // An unsigned plan (anyone who can write the bucket) sorts first but is not believed.
-        write(plan("20260101T000000.000Z-0000"), None).await;
-        write(plan("20260101T000000.001Z-bbbb"), g.meeting.signer.clone()).await;
-        write(plan("20260101T000000.001Z-aaaa"), g.meeting.signer.clone()).await;
+        write_signed(
+            g.meeting.store.as_ref(),
+            None,
+            &slot_key(CLUSTER, 1),
+            "plan",
+            &planted,
+            Write::Create,
+        )
+        .await
+        .unwrap();
         let rv = g
             .meeting
             .meet(&wanted("b1", false), &node(1))
             .await
             .unwrap();
-        assert_eq!(rv.plan.run_id, "20260101T000000.001Z-aaaa");
+        assert_eq!(rv.plan.backup_id, "b1");
+        assert_ne!(rv.plan.run_id, planted.run_id);
     }
 }
