@@ -9,7 +9,6 @@ use anyhow::{Context, Result};
 use lifeboat::config::{resolve_read_policy, resolve_signer, FileConfig};
 use lifeboat::continuous::Journal;
 use lifeboat::etcd::discovery;
-use lifeboat::etcd::EtcdSettings;
 use lifeboat::pitr::{self, Target};
 use lifeboat::restore::cluster::{wait_agreement, Meeting, Node, NodeState, Rendezvous, Wanted};
 use lifeboat::restore::{self, ClusterRun, Plan, RestoreError, RestoreOptions, SnapshotSource};
@@ -204,17 +203,7 @@ async fn finish(
     meeting
         .progress(&rv.plan, &me, NodeState::Restored, None)
         .await?;
-    let through = EtcdSettings {
-        endpoints: vec![plan.client.endpoint.clone()],
-        cacert: plan.client.cacert.clone(),
-        cert: plan.client.cert.clone(),
-        key: plan.client.key.clone(),
-        user: None,
-        password: None,
-        connect_timeout: Duration::from_secs(3),
-        request_timeout: Duration::from_secs(5),
-        stall_timeout: Duration::from_secs(60),
-    };
+    let through = restore::node::client_settings(&plan.client, Duration::from_secs(3));
     eprintln!(
         "waiting until all {} members answer and hash alike",
         rv.plan.members

@@ -185,3 +185,25 @@ pub async fn agreement(through: &super::EtcdSettings) -> Result<Agreement, Disag
         compact_revision,
     })
 }
+
+/// [`agreement`], asked again every 200 ms until the members agree or `timeout` passes (a
+/// member that just started, or the last to start, answers within a moment).
+///
+/// # Errors
+/// Why they did not agree, from the last look.
+pub async fn agreement_within(
+    through: &super::EtcdSettings,
+    timeout: std::time::Duration,
+) -> Result<Agreement, Disagreement> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match agreement(through).await {
+            Ok(a) => return Ok(a),
+            Err(why) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(why = %why, "the members do not agree yet");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(why) => return Err(why),
+        }
+    }
+}

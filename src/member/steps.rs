@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::ReplacePlan;
 use super::{MemberError, ReplaceOptions};
-use crate::etcd::membership::{self, is_not_in_sync, Disagreement, Member};
+use crate::etcd::membership::{self, is_not_in_sync, Member};
 use crate::etcd::EtcdSource;
 use crate::fsutil::{self, JournalFile};
 use crate::restore::node::move_manifest;
@@ -42,11 +42,16 @@ pub const STEPS: [Step; 7] = [
 
 impl Step {
     /// As in the journal (`stop-etcd`, `add-learner`, …).
-    pub fn name(self) -> String {
-        serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default()
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::StopEtcd => "stop-etcd",
+            Step::RemoveStale => "remove-stale",
+            Step::MoveDataAside => "move-data-aside",
+            Step::AddLearner => "add-learner",
+            Step::StartEtcd => "start-etcd",
+            Step::Promote => "promote",
+            Step::Verify => "verify",
+        }
     }
 
     pub fn describe(self, plan: &ReplacePlan) -> String {
@@ -469,30 +474,10 @@ async fn is_voting(cluster: &mut EtcdSource, id: u64) -> bool {
 /// Every member answers, as a voter, and all hash alike at one revision.
 async fn verify(j: &ReplaceJournal, opts: &ReplaceOptions) -> Result<ReplaceReport, MemberError> {
     let plan = &j.plan;
-    let deadline = Instant::now() + opts.catch_up_timeout;
-    loop {
-        match agreement(plan, opts).await {
-            Ok(mut report) => {
-                report.aside_dir = Some(plan.aside_dir.clone()).filter(|d| d.exists());
-                report.original_manifest = plan.holding_dir.join(MANIFEST);
-                return Ok(report);
-            }
-            Err(why) if Instant::now() < deadline => {
-                tracing::debug!(why = %why, "the members do not agree yet");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(why) => return Err(MemberError::Disagree(why)),
-        }
-    }
-}
-
-/// One look: every member's status, then HashKV at the lowest revision they all have.
-async fn agreement(
-    plan: &ReplacePlan,
-    opts: &ReplaceOptions,
-) -> Result<ReplaceReport, Disagreement> {
     let settings = plan.settings(plan.endpoints.clone(), opts.connect_timeout);
-    let a = membership::agreement(&settings).await?;
+    let a = membership::agreement_within(&settings, opts.catch_up_timeout)
+        .await
+        .map_err(MemberError::Disagree)?;
     Ok(ReplaceReport {
         members: a
             .answers
@@ -507,8 +492,8 @@ async fn agreement(
         revision: a.revision,
         hash: a.hash,
         compact_revision: a.compact_revision,
-        aside_dir: None,
-        original_manifest: Default::default(),
+        aside_dir: Some(plan.aside_dir.clone()).filter(|d| d.exists()),
+        original_manifest: plan.holding_dir.join(MANIFEST),
     })
 }
 
@@ -535,6 +520,13 @@ mod tests {
             "    - --initial-cluster=x=y\n    - --initial-cluster-state=existing\n    - --name=cp1\n"
         );
         assert_eq!(rejoin_manifest("    - --name=cp1\n", "x=y"), None);
+    }
+
+    #[test]
+    fn step_names_are_the_journals() {
+        for step in STEPS {
+            assert_eq!(serde_json::to_value(step).unwrap(), step.name());
+        }
     }
 
     #[test]

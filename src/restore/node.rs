@@ -135,7 +135,7 @@ pub(super) async fn probe_status(
     source.status().await
 }
 
-pub(super) fn client_settings(client: &LocalClient, connect_timeout: Duration) -> EtcdSettings {
+pub fn client_settings(client: &LocalClient, connect_timeout: Duration) -> EtcdSettings {
     EtcdSettings {
         endpoints: vec![client.endpoint.clone()],
         cacert: client.cacert.clone(),

@@ -19,7 +19,7 @@ use chrono::Utc;
 
 use super::RestoreError;
 use crate::catalog::Manifest;
-use crate::etcd::membership::{agreement, Agreement};
+use crate::etcd::membership::{agreement_within, Agreement};
 use crate::etcd::EtcdSettings;
 use crate::store::{Store, StoreError};
 use crate::trust::envelope::{read_signed, write_signed, EnvelopeError, Write};
@@ -489,24 +489,12 @@ pub async fn wait_agreement(
     through: &EtcdSettings,
     timeout: Duration,
 ) -> Result<Agreement, RestoreError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match agreement(through).await {
-            Ok(a) => return Ok(a),
-            Err(why) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(why = %why, "the restored members do not agree yet");
-                // Cheap to ask (a Status and a HashKV per member); the last member usually
-                // starts within a second of the others.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(why) => {
-                return Err(RestoreError::NotHealthy {
-                    waited: timeout,
-                    detail: format!("the restored cluster does not answer as one: {why}"),
-                })
-            }
-        }
-    }
+    agreement_within(through, timeout)
+        .await
+        .map_err(|why| RestoreError::NotHealthy {
+            waited: timeout,
+            detail: format!("the restored cluster does not answer as one: {why}"),
+        })
 }
 
 #[cfg(test)]
