@@ -166,6 +166,15 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             P::Replay { .. } | P::CheckpointMismatch { .. } => Some(VERIFY),
         };
     }
+    if let Some(e) = e.downcast_ref::<crate::recover::RecoverError>() {
+        use crate::recover::RecoverError as R;
+        return match e {
+            R::Disagree { .. } | R::Read { .. } => Some(VERIFY),
+            R::NoSource(_) => Some(NOT_FOUND),
+            R::Journal(j) => classify(j),
+            R::Replay(p) => classify(p),
+        };
+    }
     if let Some(e) = e.downcast_ref::<crate::shadow::ShadowError>() {
         use crate::shadow::ShadowError as S;
         return match e {

@@ -16,6 +16,8 @@
 //!   [`shadow`]: a replica that follows the journal, proves it and cuts bases.
 //! - [`member`]: `lifeboat member replace` — a dead member rejoins as a learner, promoted once
 //!   caught up, without losing quorum.
+//! - [`recover`]: `lifeboat recover` — quorum lost: the freshest survivor (or backup), topped
+//!   up from the journal, restored as a new one-member cluster.
 //! - [`upgrade`]: `lifeboat upgrade` — preflight, the backup gate, the journaled kubeadm steps.
 //! - [`retention`]: which backups to keep (a pure plan from the catalog and a clock) and pruning.
 //! - [`service`]: `lifeboat serve` — schedule, uploader election, health and metrics, shutdown.
@@ -41,6 +43,7 @@ pub mod pitr;
 pub mod process;
 pub mod progress;
 pub mod readback;
+pub mod recover;
 pub mod restore;
 pub mod retention;
 pub mod sandbox;

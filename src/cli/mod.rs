@@ -8,6 +8,7 @@ mod member;
 mod pitr;
 mod progress;
 mod prune;
+mod recover;
 mod render;
 mod restore;
 mod serve;
@@ -61,6 +62,7 @@ async fn run(cli: Cli, config: FileConfig) -> Result<()> {
         Command::Snapshot(cmd) => snapshot::run(cmd, config).await,
         Command::Prune(args) => prune::run(args, config).await,
         Command::Member(cmd) => member::run(cmd, config).await,
+        Command::Recover(args) => recover::run(*args, config).await,
         Command::Serve(args) => serve::run(*args, config).await,
         Command::Restore(args) => restore::run(*args, config).await,
         Command::Drill(args) => restore::drill(*args, config).await,

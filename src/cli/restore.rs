@@ -86,21 +86,32 @@ pub async fn run(a: RestoreArgs, file: FileConfig) -> Result<()> {
 }
 
 fn options(a: &RestoreArgs, r: &ResolvedRestore) -> RestoreOptions {
+    let member = MemberOverrides {
+        name: a.name.clone(),
+        initial_advertise_peer_urls: a.initial_advertise_peer_urls.clone(),
+        initial_cluster: a.initial_cluster.clone(),
+        initial_cluster_token: a.initial_cluster_token.clone(),
+    };
+    options_of(r, member, a.force, !a.no_wait)
+}
+
+/// The restore's options from the resolved `[restore]` section.
+pub(super) fn options_of(
+    r: &ResolvedRestore,
+    member: MemberOverrides,
+    force: bool,
+    wait: bool,
+) -> RestoreOptions {
     RestoreOptions {
         manifests_dir: r.manifests_dir.clone(),
         state_dir: r.state_dir.clone(),
         tool: r.etcdutl.clone(),
-        member: MemberOverrides {
-            name: a.name.clone(),
-            initial_advertise_peer_urls: a.initial_advertise_peer_urls.clone(),
-            initial_cluster: a.initial_cluster.clone(),
-            initial_cluster_token: a.initial_cluster_token.clone(),
-        },
+        member,
         bump_revision: r.bump_revision,
-        force: a.force,
+        force,
         stop_timeout: r.stop_timeout,
         start_timeout: r.start_timeout,
-        wait: !a.no_wait,
+        wait,
         connect_timeout: Duration::from_secs(3),
         apiserver_timeout: r.apiserver_timeout,
     }
@@ -143,6 +154,24 @@ async fn source_for(
     a: &RestoreArgs,
     config: &FileConfig,
 ) -> Result<SnapshotSource> {
+    source_of(
+        selector,
+        recorded_source,
+        a.identity.as_ref(),
+        &a.pick,
+        config,
+    )
+    .await
+}
+
+/// As `source_for`, from the flags any command that restores has.
+pub(super) async fn source_of(
+    selector: &str,
+    recorded_source: &str,
+    identity: Option<&PathBuf>,
+    pick: &super::args::PickArgs,
+    config: &FileConfig,
+) -> Result<SnapshotSource> {
     if selector == "file" && !recorded_source.is_empty() {
         return Ok(SnapshotSource::File(PathBuf::from(recorded_source)));
     }
@@ -150,8 +179,8 @@ async fn source_for(
     if selector != "latest" && as_path.is_file() {
         return Ok(SnapshotSource::File(as_path.to_path_buf()));
     }
-    let identities = snapshot::load_identities(a.identity.as_ref())?;
-    let (store, manifest) = snapshot::find(selector, &a.pick, identities.as_ref(), config).await?;
+    let identities = snapshot::load_identities(identity)?;
+    let (store, manifest) = snapshot::find(selector, pick, identities.as_ref(), config).await?;
     Ok(SnapshotSource::Backup {
         store,
         manifest: Box::new(manifest),

@@ -29,7 +29,7 @@ pub mod status;
 
 pub use capture::{capture, CaptureObserver, CaptureSettings, CheckpointPace, Resume};
 pub use chain::{check_link, read_records, ChainListing, Sealed, SegmentWriter};
-pub use journal::{ChainEnds, Coverage, Journal, NewestChain, Reach, RestorableChain};
+pub use journal::{ChainEnds, Checkpoint, Coverage, Journal, NewestChain, Reach, RestorableChain};
 pub use segment::{Record, SegmentKey, SegmentManifest};
 
 use crate::catalog::CatalogError;

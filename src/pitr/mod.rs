@@ -15,7 +15,9 @@ mod replay;
 
 pub use plan::{plan, PitrPlan, Target};
 pub(crate) use replay::{apply_journal, on_own_thread, sandbox_flags, ReplayStart};
-pub use replay::{replay_to_file, NoHook, Proof, ReplayHook, ReplayReport};
+pub use replay::{
+    replay_local_to_file, replay_to_file, LocalBase, NoHook, Proof, ReplayHook, ReplayReport,
+};
 
 use crate::continuous::ContinuousError;
 use crate::etcd::SourceError;

@@ -92,7 +92,7 @@ impl EtcdProbe {
 }
 
 /// bbolt takes `flock(LOCK_EX)` on the db for as long as etcd has it open.
-fn db_locked(db: &Path) -> bool {
+pub(crate) fn db_locked(db: &Path) -> bool {
     let Ok(file) = File::open(db) else {
         return false;
     };

@@ -184,8 +184,13 @@ pub async fn rollback(
         }
         let _ = std::fs::remove_dir(&plan.holding_dir);
     }
+    // The old member is back as it was — which may be without quorum (a recovery rolled
+    // back): its port is the promise, not its health.
     if touched_node && opts.wait && plan.static_pods.iter().any(|p| p == "etcd.yaml") {
-        steps::wait_healthy(&plan, opts, 0, observer).await?;
+        let addr = steps::wait_port(&plan, opts).await?;
+        observer.note(&format!(
+            "etcd listens again on {addr} with its original data (it serves as it did before)"
+        ));
     }
     steps::remove_snapshot_copy(&plan);
     journals.close(&journal)?;

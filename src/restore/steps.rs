@@ -320,6 +320,19 @@ async fn wait_listening(
     opts: &RestoreOptions,
     observer: &dyn Observer,
 ) -> Result<(), RestoreError> {
+    let addr = wait_port(plan, opts).await?;
+    observer.note(&format!(
+        "etcd listens on {addr}; it serves once a quorum of the {} members is restored: restore the other members now",
+        plan.member_count()
+    ));
+    Ok(())
+}
+
+/// Waits until etcd's client port accepts connections (it may not serve: no quorum).
+pub(super) async fn wait_port(
+    plan: &Plan,
+    opts: &RestoreOptions,
+) -> Result<std::net::SocketAddr, RestoreError> {
     let addr = node::socket_addr_of_url(&plan.client.endpoint).ok_or_else(|| {
         RestoreError::node(
             &plan.manifests_dir,
@@ -329,11 +342,7 @@ async fn wait_listening(
     let deadline = Instant::now() + opts.start_timeout;
     loop {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            observer.note(&format!(
-                "etcd listens on {addr}; it serves once a quorum of the {} members is restored: restore the other members now",
-                plan.member_count()
-            ));
-            return Ok(());
+            return Ok(addr);
         }
         if Instant::now() >= deadline {
             return Err(RestoreError::NotHealthy {

@@ -17,6 +17,7 @@ mod layers;
 mod leases;
 mod member;
 mod object_lock;
+mod recover;
 mod restore;
 mod retention;
 mod s3_cli;

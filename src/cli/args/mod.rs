@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod member;
+mod recover;
 use lifeboat::config::{
     BackupSection, ContinuousSection, DrillSection, EtcdSection, FileConfig, RestoreSection,
     RetentionSection, S3Section, ServeSection, ShadowSection, TrustSection, UpgradeSection,
 };
 pub use member::{MemberCommand, ReplaceArgs};
+pub use recover::RecoverArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -60,6 +62,9 @@ pub enum Command {
     /// This node's etcd member: replace a dead one without losing quorum.
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Quorum lost: restore this node from the freshest survivor (or backup), topped up from
+    /// the journal, as a new one-member cluster; the others rejoin with `member replace`.
+    Recover(Box<RecoverArgs>),
 }
 
 #[derive(Args, Debug)]

@@ -12,8 +12,10 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 
+mod lookup;
 mod reach;
 
+pub use lookup::Checkpoint;
 pub use reach::{Coverage, NewestChain, Reach, RestorableChain};
 
 use super::chain::{check_link, list_chains, read_manifest, read_records, ChainListing};

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use super::pipeline::{self, Pending};
 use super::{PitrError, PitrPlan};
-use crate::continuous::{read_records, Record};
+use crate::continuous::{read_records, Record, SegmentManifest};
 use crate::etcd::watch::Change;
 use crate::etcd::{EtcdSource, LiveHashKv};
 use crate::progress::Observer;
@@ -100,17 +100,7 @@ pub async fn replay_to_file(
     out: &Path,
     progress: Arc<dyn Observer>,
 ) -> Result<ReplayReport, PitrError> {
-    crate::fsutil::create_private_dir(&settings.work_dir).map_err(|source| PitrError::Output {
-        path: settings.work_dir.clone(),
-        source,
-    })?;
-    let dir = tempfile::Builder::new()
-        .prefix("lifeboat-pitr-")
-        .tempdir_in(&settings.work_dir)
-        .map_err(|source| PitrError::Output {
-            path: settings.work_dir.clone(),
-            source,
-        })?;
+    let dir = scratch_dir(settings)?;
     let base_file = dir.path().join("base.db");
     crate::readback::get_backup(
         store.clone(),
@@ -121,17 +111,102 @@ pub async fn replay_to_file(
         progress,
     )
     .await?;
+    let base = LocalBase {
+        file: base_file,
+        id: plan.base.id.clone(),
+        revision: plan.base.revision,
+        db_size: plan.base.db_size,
+    };
+    let journal = (plan.segments.clone(), plan.target_rev);
+    replay_in(dir.path(), store, base, journal, identities, settings, out).await
+}
+
+/// A base already on this machine: a fetched backup, or a member's own `member/snap/db`
+/// (recover's survivor), which the sandbox's restore only reads.
+#[derive(Debug, Clone)]
+pub struct LocalBase {
+    pub file: PathBuf,
+    /// What the report calls it.
+    pub id: String,
+    /// Its revision: the replay applies the journal from the next one.
+    pub revision: i64,
+    pub db_size: u64,
+}
+
+/// Replays `segments` (checked and linked, from the one holding `base.revision + 1`) onto
+/// `base` up to `target` and writes the snapshot there to `out`, with every check of
+/// [`replay_to_file`].
+///
+/// # Errors
+/// As [`replay_to_file`].
+pub async fn replay_local_to_file(
+    store: Arc<dyn Store>,
+    base: LocalBase,
+    segments: Vec<SegmentManifest>,
+    target: i64,
+    identities: Option<&Arc<Identities>>,
+    settings: &SandboxSettings,
+    out: &Path,
+) -> Result<ReplayReport, PitrError> {
+    let dir = scratch_dir(settings)?;
+    replay_in(
+        dir.path(),
+        store,
+        base,
+        (segments, target),
+        identities,
+        settings,
+        out,
+    )
+    .await
+}
+
+/// A private scratch folder under the sandbox's work dir, removed when dropped.
+fn scratch_dir(settings: &SandboxSettings) -> Result<tempfile::TempDir, PitrError> {
+    crate::fsutil::create_private_dir(&settings.work_dir).map_err(|source| PitrError::Output {
+        path: settings.work_dir.clone(),
+        source,
+    })?;
+    tempfile::Builder::new()
+        .prefix("lifeboat-pitr-")
+        .tempdir_in(&settings.work_dir)
+        .map_err(|source| PitrError::Output {
+            path: settings.work_dir.clone(),
+            source,
+        })
+}
+
+/// The segments to replay and the revision to stop at.
+type Journal = (Vec<SegmentManifest>, i64);
+
+async fn replay_in(
+    dir: &Path,
+    store: Arc<dyn Store>,
+    base: LocalBase,
+    (segments, target): Journal,
+    identities: Option<&Arc<Identities>>,
+    settings: &SandboxSettings,
+    out: &Path,
+) -> Result<ReplayReport, PitrError> {
     let tool = RestoreTool::find(settings.tool.as_deref())?;
-    let skip_hash_check = !crate::bbolt::has_sha256_trailer(plan.base.plain_size);
+    let size = std::fs::metadata(&base.file)
+        .map_err(|source| PitrError::Output {
+            path: base.file.clone(),
+            source,
+        })?
+        .len();
+    let skip_hash_check = !crate::bbolt::has_sha256_trailer(size);
     let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
-    let reader = read_ahead(store, plan.segments.clone(), identities.cloned(), tx);
+    let count = segments.len();
+    let reader = read_ahead(store, segments, identities.cloned(), tx);
     let sandbox_run = SandboxRun {
-        dir: dir.path().to_path_buf(),
-        base_file,
+        dir: dir.to_path_buf(),
+        base,
         skip_hash_check,
         tool,
         settings: settings.clone(),
-        plan: plan.clone(),
+        target,
+        segments: count,
         out: out.to_path_buf(),
     };
     let (_, result) = tokio::join!(reader, on_own_runtime(sandbox_run, rx));
@@ -164,11 +239,12 @@ async fn read_ahead(
 /// What the sandbox side of a replay needs, owned (it runs on its own thread).
 struct SandboxRun {
     dir: PathBuf,
-    base_file: PathBuf,
+    base: LocalBase,
     skip_hash_check: bool,
     tool: RestoreTool,
     settings: SandboxSettings,
-    plan: PitrPlan,
+    target: i64,
+    segments: usize,
     out: PathBuf,
 }
 
@@ -227,17 +303,17 @@ async fn sandbox_replay(
     run: SandboxRun,
     records: tokio::sync::mpsc::Receiver<Result<Vec<Record>, PitrError>>,
 ) -> Result<ReplayReport, PitrError> {
-    let extra = sandbox_flags(&run.settings.etcd, run.plan.base.db_size);
+    let extra = sandbox_flags(&run.settings.etcd, run.base.db_size);
     let mut sandbox = Sandbox::start(
         &run.dir,
-        &run.base_file,
+        &run.base.file,
         run.skip_hash_check,
         &run.tool,
         &run.settings,
         &extra,
     )
     .await?;
-    let result = replay(records, &run.plan, &mut sandbox, &run.out).await;
+    let result = replay(records, &run, &mut sandbox).await;
     sandbox.stop().await;
     result
 }
@@ -364,26 +440,26 @@ pub(crate) async fn apply_journal(
 
 async fn replay(
     records: tokio::sync::mpsc::Receiver<Result<Vec<Record>, PitrError>>,
-    plan: &PitrPlan,
+    run: &SandboxRun,
     sandbox: &mut Sandbox,
-    out: &Path,
 ) -> Result<ReplayReport, PitrError> {
+    let (target, out) = (run.target, &run.out);
     let start = ReplayStart {
-        base_id: plan.base.id.clone(),
-        base_rev: plan.base.revision,
-        current: plan.base.revision,
-        target: plan.target_rev,
-        segments: plan.segments.len(),
+        base_id: run.base.id.clone(),
+        base_rev: run.base.revision,
+        current: run.base.revision,
+        target,
+        segments: run.segments,
     };
     let (mut report, current) =
         apply_journal(&mut sandbox.source, start, records, Box::new(NoHook)).await?;
-    if current != plan.target_rev {
+    if current != target {
         return Err(PitrError::Replay {
-            rev: plan.target_rev,
+            rev: target,
             detail: format!("the journal ends at revision {current}"),
         });
     }
-    let (hash, compact_revision) = match sandbox.source.hash_kv(plan.target_rev).await? {
+    let (hash, compact_revision) = match sandbox.source.hash_kv(target).await? {
         LiveHashKv::Hash {
             hash,
             compact_revision,
@@ -393,7 +469,7 @@ async fn replay(
     report.hash = hash;
     report.compact_revision = compact_revision;
     write_snapshot(&mut sandbox.source, out).await?;
-    check_written(out, plan.target_rev, hash)?;
+    check_written(out, target, hash)?;
     Ok(report)
 }
 

@@ -361,7 +361,7 @@ impl Kubelet {
         let (s, h, p) = (stop.clone(), hold.clone(), pods.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
-                sync_pods(&m, &etcd, &l, &p, h.load(Ordering::SeqCst));
+                sync_pods(&m, &etcd, &l, &p, &h);
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
@@ -388,8 +388,18 @@ impl Kubelet {
             let _ = pod.child.wait();
         }
         let (hold, stop) = (self.hold.clone(), self.stop.clone());
+        // "Moved" is told by the file's inode and change time, not by its absence alone: a
+        // command may move it out and write it back between two looks (member replace does
+        // within milliseconds), and a rename changes the change time.
+        let stamp = |p: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
+        };
+        let before = stamp(&manifest);
         std::thread::spawn(move || {
-            while manifest.exists() && !stop.load(Ordering::SeqCst) {
+            while before.is_some() && stamp(&manifest) == before && !stop.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(20));
             }
             hold.store(false, Ordering::SeqCst);
@@ -420,7 +430,7 @@ fn sync_pods(
     etcd: &Path,
     logs: &Path,
     pods: &Mutex<BTreeMap<String, Pod>>,
-    hold: bool,
+    hold: &AtomicBool,
 ) {
     let mut present = BTreeMap::new();
     if let Ok(entries) = std::fs::read_dir(manifests) {
@@ -444,7 +454,8 @@ fn sync_pods(
             terminate(&mut pod.child);
         }
     }
-    if hold {
+    // Read under the pods' lock: `kill_until_moved` holds first, then takes the lock.
+    if hold.load(Ordering::SeqCst) {
         return;
     }
     for (name, content) in present {
