@@ -47,7 +47,7 @@ pub(super) async fn restore(
         .into());
     }
     let store = snapshot::open_store(config).await?;
-    let meeting = meeting(a, config, store.clone())?;
+    let meeting = meeting(a.members, &a.join_timeout, config, store.clone())?;
     let rv = meeting
         .meet(&wanted, &me)
         .await
@@ -137,16 +137,29 @@ pub(super) async fn finish_resumed(
     config: &FileConfig,
     opts: &RestoreOptions,
 ) -> Result<()> {
+    finish_resumed_run(plan, config, opts, a.output).await
+}
+
+/// As `finish_resumed`, for any command whose restore was part of a cluster run.
+pub(super) async fn finish_resumed_run(
+    plan: &Plan,
+    config: &FileConfig,
+    opts: &RestoreOptions,
+    output: Output,
+) -> Result<()> {
     if plan.cluster.is_none() {
         return Ok(());
     }
     let store = snapshot::open_store(config).await?;
-    let meeting = meeting(a, config, store)?;
-    finish(plan, &meeting, opts, a.output).await
+    // Everyone joined long ago: only the store and the keys matter now.
+    let meeting = meeting(None, "10m", config, store)?;
+    finish(plan, &meeting, opts, output).await
 }
 
-fn meeting(
-    a: &RestoreArgs,
+/// Where the nodes meet: the store, its trust, `--members` and `--join-timeout`.
+pub(super) fn meeting(
+    members: Option<usize>,
+    join_timeout: &str,
     config: &FileConfig,
     store: Arc<dyn lifeboat::store::Store>,
 ) -> Result<Meeting> {
@@ -154,17 +167,17 @@ fn meeting(
         store,
         policy: resolve_read_policy(&config.trust)?,
         signer: resolve_signer(&config.trust)?,
-        members: a.members,
+        members,
         join_timeout: lifeboat::config::duration(
             "--join-timeout",
-            Some(&a.join_timeout),
+            Some(&join_timeout.to_string()),
             Duration::from_secs(600),
         )?,
         poll: Duration::from_millis(200),
     })
 }
 
-fn this_node(opts: &RestoreOptions) -> Result<Node> {
+pub(super) fn this_node(opts: &RestoreOptions) -> Result<Node> {
     let manifest = opts.manifests_dir.join("etcd.yaml");
     let local = discovery::discover(&manifest)?.ok_or_else(|| {
         RestoreError::refused(format!(
@@ -183,7 +196,7 @@ fn this_node(opts: &RestoreOptions) -> Result<Node> {
 
 /// Records this node restored, waits until every member answers and hashes alike, records it
 /// complete (and the plan, when it is the last), and prints the cluster.
-async fn finish(
+pub(super) async fn finish(
     plan: &Plan,
     meeting: &Meeting,
     opts: &RestoreOptions,

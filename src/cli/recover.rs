@@ -11,7 +11,10 @@ use lifeboat::config::{resolve_drill, resolve_read_policy, resolve_restore, File
 use lifeboat::continuous::Journal;
 use lifeboat::etcd::discovery;
 use lifeboat::recover::{self, Base, Examined, HashCheck, Origin, RecoverPlan, Recovery, Survivor};
-use lifeboat::restore::{self, EtcdProbe, JournalDir, MemberOverrides, RestoreError, Step};
+use lifeboat::restore::cluster::Wanted;
+use lifeboat::restore::{
+    self, ClusterRun, EtcdProbe, JournalDir, MemberOverrides, RestoreError, SnapshotSource, Step,
+};
 use lifeboat::stages::encrypt::Identities;
 
 use super::args::{Output, RecoverArgs};
@@ -57,6 +60,11 @@ pub async fn run(a: RecoverArgs, file: FileConfig) -> Result<()> {
     if a.output == Output::Table {
         print_recover_plan(&plan);
     }
+    // Refused before anything: a state the other nodes cannot build.
+    let wanted = match a.cluster {
+        true => Some(wanted(&plan)?),
+        false => None,
+    };
     if a.dry_run {
         if a.output == Output::Json {
             println!(
@@ -99,6 +107,9 @@ pub async fn run(a: RecoverArgs, file: FileConfig) -> Result<()> {
         if a.output == Output::Table {
             super::pitr::print_report(report, &out);
         }
+    }
+    if let Some(wanted) = wanted {
+        return cluster_recover(&a, config, &resolved, &plan, wanted, prepared.source).await;
     }
     // One member: the others rejoin with `member replace`, so the member list is this node's
     // alone (and restore's HA warning does not apply).
@@ -151,6 +162,89 @@ fn next_steps() -> [&'static str; 2] {
         "on each other control-plane node, one at a time: `lifeboat member replace --yes` (its old data is set aside, it joins as a learner and is promoted once in sync)",
         "once all are back: `etcdctl endpoint health --cluster` shows every member healthy; remove the old data dirs once the cluster is confirmed good",
     ]
+}
+
+/// What this node asks the others to restore with `--cluster`: the journal's revision, which
+/// every node can build (from its own survivor, or from the backup).
+fn wanted(plan: &RecoverPlan) -> Result<Wanted> {
+    let Some(journal) = &plan.journal else {
+        return Err(RestoreError::refused(
+            "--cluster needs the journal (the nodes meet on one of its revisions) and the store holds none: recover this node alone (without --cluster) and let the others rejoin with `lifeboat member replace`",
+        )
+        .into());
+    };
+    if plan.target > journal.newest_rev {
+        return Err(RestoreError::refused(format!(
+            "the freshest source ({}) is at revision {}, past the journal's newest durable revision {}: the other nodes cannot build it. Either recover this node alone (without --cluster) and let the others rejoin with `lifeboat member replace`, or recover the cluster at the journal's revision with --to-revision {} (revisions {}–{} are then lost)",
+            describe_base(plan),
+            plan.target,
+            journal.newest_rev,
+            journal.newest_rev,
+            journal.newest_rev + 1,
+            plan.target
+        ))
+        .into());
+    }
+    let backup = plan.newest_backup.as_deref();
+    Ok(Wanted {
+        cluster_id: journal.cluster_id.clone(),
+        backup_id: backup.map_or_else(|| "journal".to_string(), |m| m.id.clone()),
+        target_revision: Some(plan.target),
+        voting_members: backup.and_then(|m| m.voting_members.clone()),
+        any_backup: true,
+    })
+}
+
+/// `--cluster`: meet the others on the plan's revision, restore this node's build of it with
+/// the member list and token every node computes alike, wait until all answer and hash alike.
+async fn cluster_recover(
+    a: &RecoverArgs,
+    config: &FileConfig,
+    resolved: &lifeboat::config::ResolvedRestore,
+    plan: &RecoverPlan,
+    wanted: Wanted,
+    source: SnapshotSource,
+) -> Result<()> {
+    let mut opts = options_of(resolved, MemberOverrides::default(), a.force, true);
+    let me = super::cluster::this_node(&opts)?;
+    let store = snapshot::open_store(config).await?;
+    let meeting = super::cluster::meeting(a.members, &a.join_timeout, config, store)?;
+    let rv = meeting
+        .meet(&wanted, &me)
+        .await
+        .context("recover --cluster: meeting the other nodes")?;
+    eprintln!(
+        "cluster recovery {}: every member joined ({}); restoring revision {} of the journal",
+        rv.plan.run_id,
+        rv.initial_cluster(),
+        plan.target
+    );
+    opts.member.initial_cluster = Some(rv.initial_cluster());
+    opts.member.initial_cluster_token = Some(rv.plan.token.clone());
+    let mut restore_plan = restore::plan(&source, &opts).await?;
+    restore_plan.cluster = Some(ClusterRun {
+        plan: rv.plan.clone(),
+        joined: rv.joined.clone(),
+        node: me.name.clone(),
+        peer_url: me.peer_url.clone(),
+    });
+    if a.output == Output::Table {
+        print_plan(&restore_plan);
+    }
+    let done = restore::execute(restore_plan, &source, &opts, progress::for_terminal())
+        .await
+        .context("recover stopped: `lifeboat recover --resume` finishes it, `lifeboat recover --rollback` undoes it")?;
+    if a.output == Output::Table {
+        println!("recovered: {}", recover::loss_window(plan));
+    }
+    super::cluster::finish(&done.plan, &meeting, &opts, a.output).await
+}
+
+fn describe_base(plan: &RecoverPlan) -> String {
+    match &plan.base {
+        Base::Survivor { label, .. } => format!("survivor {label}"),
+        Base::Backup { manifest } => format!("backup {}", manifest.id),
+    }
 }
 
 /// Refusals that need no store: an unfinished restore on this node, etcd still running.
@@ -227,6 +321,9 @@ async fn finish_unfinished(
         pending.next_step().map_or("none", Step::name)
     );
     let journal = restore::resume(source.as_ref(), &opts, progress::for_terminal()).await?;
+    if journal.plan.cluster.is_some() {
+        return super::cluster::finish_resumed_run(&journal.plan, config, &opts, a.output).await;
+    }
     println!(
         "recovered into {} (old data in {})",
         journal.plan.data_dir.display(),
@@ -296,11 +393,11 @@ fn print_recover_plan(p: &RecoverPlan) {
             when(Some(b.created_at))
         );
     }
-    let base = match &p.base {
-        Base::Survivor { label, .. } => format!("survivor {label}"),
-        Base::Backup { manifest } => format!("backup {}", manifest.id),
-    };
-    println!("  base        {base} (revision {})", p.base_rev);
+    println!(
+        "  base        {} (revision {})",
+        describe_base(p),
+        p.base_rev
+    );
     for why in &p.passed_over {
         println!("  passed over {why}");
     }

@@ -18,6 +18,8 @@ use super::{valid_key, ByteStream, ObjectInfo, Store, StoreError};
 
 const PART_SUFFIX: &str = ".part";
 const READ_CHUNK: usize = 256 * 1024;
+/// How long a writer waits for another that holds the same object's `.part`.
+const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub struct LocalStore {
     root: PathBuf,
@@ -62,8 +64,30 @@ impl LocalStore {
         }
     }
 
-    /// Creates `<key>.part` exclusively, replacing a leftover that no writer holds.
-    fn create_part(&self, part: &Path, key: &str) -> Result<File, StoreError> {
+    /// Creates `<key>.part` exclusively, replacing a leftover that no writer holds. While
+    /// another writer holds it, waits for that writer to finish (up to [`WRITER_WAIT`]): two
+    /// nodes creating the same object at once is normal (a cluster restore's completion), and
+    /// the one that comes second must then see the object there, as a conditional put on S3
+    /// does, not fail.
+    async fn create_part(&self, part: &Path, key: &str) -> Result<File, StoreError> {
+        let deadline = std::time::Instant::now() + WRITER_WAIT;
+        loop {
+            match self.try_create_part(part, key)? {
+                Some(file) => return Ok(file),
+                None if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                None => {
+                    return Err(self.write_err(key)(io::Error::other(
+                        "another lifeboat process has been writing this object for 30 s: is one stuck? remove its .part file once it is gone",
+                    )))
+                }
+            }
+        }
+    }
+
+    /// `None`: another writer holds the `.part` now.
+    fn try_create_part(&self, part: &Path, key: &str) -> Result<Option<File>, StoreError> {
         for _ in 0..2 {
             match OpenOptions::new()
                 .write(true)
@@ -75,13 +99,11 @@ impl LocalStore {
                     file.try_lock().map_err(|e| {
                         self.write_err(key)(io::Error::other(format!("cannot lock: {e}")))
                     })?;
-                    return Ok(file);
+                    return Ok(Some(file));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     if !crate::fsutil::remove_if_unlocked(part).map_err(self.write_err(key))? {
-                        return Err(self.write_err(key)(io::Error::other(
-                            "another lifeboat process is writing this object right now",
-                        )));
+                        return Ok(None);
                     }
                 }
                 Err(e) => return Err(self.write_err(key)(e)),
@@ -112,7 +134,7 @@ impl Store for LocalStore {
             });
         }
         let part = self.root.join(format!("{key}{PART_SUFFIX}"));
-        let std_file = self.create_part(&part, key)?;
+        let std_file = self.create_part(&part, key).await?;
         let mut file = tokio::fs::File::from_std(std_file);
         let mut written = 0u64;
         let result: io::Result<()> = async {
@@ -151,7 +173,7 @@ impl Store for LocalStore {
     async fn replace(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
         let target = self.path_of(key)?;
         let part = self.root.join(format!("{key}{PART_SUFFIX}"));
-        let mut file = self.create_part(&part, key)?;
+        let mut file = self.create_part(&part, key).await?;
         let written = io::Write::write_all(&mut file, &body)
             .and_then(|()| file.sync_all())
             .and_then(|()| std::fs::rename(&part, &target));
@@ -268,6 +290,33 @@ mod tests {
             Ok(Bytes::from_static(b"half")),
             Err(io::Error::other("producer died")),
         ]))
+    }
+
+    /// Two nodes creating the same object at once (a cluster restore's completion): the one
+    /// that comes second waits for the first and sees the object there.
+    #[tokio::test]
+    async fn a_put_while_another_writer_holds_the_object_waits_and_sees_it_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let part = dir.path().join("c.json.part");
+        let other = File::create(&part).unwrap();
+        other.lock().unwrap();
+        let root = dir.path().to_path_buf();
+        let finisher = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            std::fs::write(root.join("c.json"), b"first").unwrap();
+            std::fs::remove_file(root.join("c.json.part")).unwrap();
+            drop(other);
+        });
+        let second = store
+            .put("c.json", bytes_stream(Bytes::from_static(b"second")))
+            .await;
+        finisher.await.unwrap();
+        assert!(
+            matches!(second, Err(StoreError::AlreadyExists { .. })),
+            "{second:?}"
+        );
+        assert_eq!(std::fs::read(dir.path().join("c.json")).unwrap(), b"first");
     }
 
     #[tokio::test]

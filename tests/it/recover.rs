@@ -126,8 +126,22 @@ fn damaged_copy(db: &Path, to: &Path, needle: &[u8], change: impl Fn(&mut Vec<u8
     std::fs::write(to, bytes).unwrap();
 }
 
-#[test]
-fn quorum_lost_the_freshest_survivor_is_topped_up_from_the_journal() {
+/// A three-member cluster captured by `serve --continuous` (through the second member): a
+/// full backup, writes, the first member (the survivor) killed, more writes the journal holds
+/// and the survivor never saw; the capture stopped.
+struct Lost {
+    nodes: Vec<FakeNode>,
+    dir: tempfile::TempDir,
+    g: Ground,
+    lease: String,
+    /// The writer's last revision.
+    written: i64,
+    /// The journal's newest durable revision, and every key there.
+    newest: i64,
+    expected: serde_json::Value,
+}
+
+fn survivor_behind_the_journal() -> Lost {
     let nodes = FakeNode::cluster(Version::V35, 3);
     let (survivor, writer, third) = (&nodes[0], &nodes[1], &nodes[2]);
     let dir = tempfile::tempdir().unwrap();
@@ -164,8 +178,36 @@ fn quorum_lost_the_freshest_survivor_is_topped_up_from_the_journal() {
     let newest = journal_newest(&g.dest);
     assert!(newest >= written, "journal {newest} < written {written}");
     let expected = kvs_at(writer, newest);
+    drop(serve);
+    Lost {
+        nodes,
+        dir,
+        g,
+        lease,
+        written,
+        newest,
+        expected,
+    }
+}
+
+/// The two members still up die (SIGKILL) and their data is lost.
+fn lose_the_others(nodes: &[FakeNode]) {
+    for n in &nodes[1..] {
+        n.kubelet.kill_until_moved("etcd.yaml", n.etcd_manifest());
+    }
+    for n in &nodes[1..] {
+        std::fs::remove_dir_all(n.data_dir.join("member")).unwrap();
+    }
+}
+
+#[test]
+fn quorum_lost_the_freshest_survivor_is_topped_up_from_the_journal() {
+    let lost = survivor_behind_the_journal();
+    let (g, dir, lease) = (&lost.g, &lost.dir, &lost.lease);
+    let (written, newest, expected) = (lost.written, lost.newest, &lost.expected);
+    let (survivor, writer) = (&lost.nodes[0], &lost.nodes[1]);
     // Writes the journal never saw (capture stopped), on the two members still up.
-    write(writer, 80, 5, &lease);
+    write(writer, 80, 5, lease);
     // A defragmentation commits etcd's pending batch, so the file copied after the kill holds
     // every write (otherwise up to 100 ms of them live only in the WAL).
     run_ok(writer.etcdctl().arg("defrag"));
@@ -174,13 +216,9 @@ fn quorum_lost_the_freshest_survivor_is_topped_up_from_the_journal() {
     writer
         .kubelet
         .kill_until_moved("etcd.yaml", writer.etcd_manifest());
-    third
-        .kubelet
-        .kill_until_moved("etcd.yaml", third.etcd_manifest());
     let copy = dir.path().join("cp2.db");
     std::fs::copy(writer.data_dir.join("member/snap/db"), &copy).unwrap();
-    std::fs::remove_dir_all(writer.data_dir.join("member")).unwrap();
-    std::fs::remove_dir_all(third.data_dir.join("member")).unwrap();
+    lose_the_others(&lost.nodes);
     let untouched = (
         files_under(&survivor.manifests_dir),
         files_under(&survivor.data_dir),
@@ -189,7 +227,7 @@ fn quorum_lost_the_freshest_survivor_is_topped_up_from_the_journal() {
     // A survivor ahead of the journal is the base; nothing is replayed, and the plan says so.
     let r = recover(
         survivor,
-        &g,
+        g,
         &["--dry-run", "--member-data", copy.to_str().unwrap()],
     );
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
@@ -213,6 +251,23 @@ fn quorum_lost_the_freshest_survivor_is_topped_up_from_the_journal() {
         "{}",
         r.stdout
     );
+    // The other nodes could not build that state from the journal: --cluster says what to do.
+    let r = recover(
+        survivor,
+        g,
+        &[
+            "--dry-run",
+            "--cluster",
+            "--member-data",
+            copy.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 8, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(&format!("--to-revision {newest}")),
+        "{}",
+        r.stderr
+    );
 
     // A flipped byte in a leaf page's header: refused by the walk, named; the next freshest
     // source (this node's own data, topped up from the journal) is used.
@@ -223,7 +278,7 @@ fn quorum_lost_the_freshest_survivor_is_topped_up_from_the_journal() {
     });
     let r = recover(
         survivor,
-        &g,
+        g,
         &[
             "--dry-run",
             "-w",
@@ -246,6 +301,10 @@ fn quorum_lost_the_freshest_survivor_is_topped_up_from_the_journal() {
     assert_eq!(plan["base"]["kind"], "survivor", "{plan}");
     assert_eq!(plan["base"]["index"], 0, "{plan}");
     assert_eq!(plan["target"], newest, "{plan}");
+    // The survivor alone would lose writes: the journal tops it up.
+    let base_rev = plan["base_rev"].as_i64().unwrap();
+    assert!(base_rev < written, "the survivor holds every write: {plan}");
+    assert_eq!(plan["replay"]["from_rev"], base_rev, "{plan}");
 
     // A value changed inside a leaf (the walk passes): the survivor's HashKV disagrees with
     // the journal's checkpoint — exit 4, nothing on the node touched.
@@ -253,7 +312,7 @@ fn quorum_lost_the_freshest_survivor_is_topped_up_from_the_journal() {
     damaged_copy(&copy, &forged, b"value-00003", |b, at| b[at + 6] = b'9');
     let r = recover(
         survivor,
-        &g,
+        g,
         &["--yes", "--member-data", forged.to_str().unwrap()],
     );
     assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
@@ -276,7 +335,7 @@ fn quorum_lost_the_freshest_survivor_is_topped_up_from_the_journal() {
         let r = recover_with(
             cmd,
             survivor,
-            &g,
+            g,
             &["--yes", "--force", "--bump-revision", "0"],
         );
         assert_eq!(r.code, 86, "{}\n{}", r.stdout, r.stderr);
@@ -292,12 +351,12 @@ fn quorum_lost_the_freshest_survivor_is_topped_up_from_the_journal() {
         r.stdout
     );
     // Back as it was: the old member runs again on its own data (without quorum).
-    let r = run(recover_cmd(survivor, &g).arg("--rollback"));
+    let r = run(recover_cmd(survivor, g).arg("--rollback"));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(files_under(&survivor.manifests_dir), untouched.0);
     assert!(survivor.siblings_of_data_dir("lifeboat-").is_empty());
     // Its etcd runs: refused without --force; with it, its file is read as it stands.
-    let r = recover(survivor, &g, &["--yes"]);
+    let r = recover(survivor, g, &["--yes"]);
     assert_eq!(r.code, 8, "{}\n{}", r.stdout, r.stderr);
     assert!(
         r.stderr.contains("etcd still runs on this node"),
@@ -323,17 +382,17 @@ fn quorum_lost_the_freshest_survivor_is_topped_up_from_the_journal() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(checkpoints >= 1, "{replayed}");
-    let r = run(recover_cmd(survivor, &g).arg("--resume"));
+    let r = run(recover_cmd(survivor, g).arg("--resume"));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("recovered into"), "{}", r.stdout);
     survivor.wait_healthy();
     assert!(survivor.revision() >= newest);
     assert_eq!(
         kvs_at(survivor, newest),
-        expected,
+        *expected,
         "the recovered keys differ"
     );
-    let ttl = run_ok(survivor.etcdctl().args(["lease", "timetolive", &lease]));
+    let ttl = run_ok(survivor.etcdctl().args(["lease", "timetolive", lease]));
     assert!(
         String::from_utf8_lossy(&ttl.stdout).contains("granted with TTL(600s)"),
         "{}",
@@ -350,5 +409,49 @@ fn quorum_lost_the_freshest_survivor_is_topped_up_from_the_journal() {
         .arg("--yes"));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     writer.wait_healthy();
-    assert_eq!(kvs_at(writer, newest), expected);
+    assert_eq!(kvs_at(writer, newest), *expected);
+}
+
+#[test]
+fn every_remaining_node_runs_one_command_and_the_whole_cluster_comes_back() {
+    let lost = survivor_behind_the_journal();
+    lose_the_others(&lost.nodes);
+    // The same command on all three: the survivor builds the journal's newest revision from
+    // its own data, the two that lost theirs from the full backup; they meet in the store.
+    let children: Vec<_> = lost
+        .nodes
+        .iter()
+        .map(|n| {
+            recover_cmd(n, &lost.g)
+                .args(["--cluster", "--yes", "--bump-revision", "0"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (n, child) in lost.nodes.iter().zip(children) {
+        let out = child.wait_with_output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(0), "{}: {stdout}\n{stderr}", n.name);
+        assert!(stdout.contains("3 members answer"), "{}: {stdout}", n.name);
+        assert!(
+            stdout.contains(&format!("restored through revision {}", lost.newest)),
+            "{}: {stdout}",
+            n.name
+        );
+        let base = if n.name == "cp1" {
+            format!("base        survivor {}", n.data_dir.display())
+        } else {
+            "base        backup ".to_string()
+        };
+        assert!(stdout.contains(&base), "{}: {stdout}", n.name);
+    }
+    for n in &lost.nodes {
+        n.wait_healthy();
+        assert_eq!(kvs_at(n, lost.newest), lost.expected, "{}", n.name);
+    }
 }

@@ -32,6 +32,24 @@ pub struct RecoverArgs {
     /// --manifests-dir, --state-dir, --etcdutl, --bump-revision, timeouts: as for restore.
     #[command(flatten)]
     pub restore: RestoreSection,
+    /// Recover the whole cluster: run the same command on every remaining control-plane node;
+    /// the nodes meet through the store (as `restore --cluster`) and each builds the same
+    /// journal revision — from its own freshest survivor where it has one, else from the
+    /// backup — then all start as one cluster.
+    #[arg(long)]
+    pub cluster: bool,
+    /// With --cluster: how many members to wait for (default: the backup's voting members).
+    #[arg(long, value_name = "N", requires = "cluster")]
+    pub members: Option<usize>,
+    /// With --cluster: how long every member has to join before the run fails everywhere,
+    /// with nothing changed.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        requires = "cluster",
+        default_value = "10m"
+    )]
+    pub join_timeout: String,
     /// Go on although this node's etcd still runs (a member without quorum applies nothing,
     /// so its file is read as it stands; the restore stops it first), or a survivor's file is
     /// held by a running etcd.
