@@ -419,11 +419,12 @@ fn print_recover_plan(p: &RecoverPlan) {
     }
     match &p.hash_check {
         HashCheck::Equal {
+            against,
             rev,
             compact_rev,
             hash,
         } => println!(
-            "  check       the survivor's HashKV at revision {rev} equals the journal's checkpoint ({hash}, compact revision {compact_rev})"
+            "  check       the survivor's HashKV at revision {rev} equals {against} ({hash}, compact revision {compact_rev})"
         ),
         HashCheck::NotCompared { why } => println!("  check       not compared with the journal: {why}"),
     }

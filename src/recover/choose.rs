@@ -69,8 +69,10 @@ pub struct Replay {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "result", rename_all = "kebab-case")]
 pub enum HashCheck {
-    /// The survivor's HashKV at the checkpoint's revision equals the journal's.
+    /// The survivor's HashKV at the reference's revision equals it (`against`: the journal's
+    /// checkpoint, or a full backup's HashKV).
     Equal {
+        against: String,
         rev: i64,
         compact_rev: i64,
         hash: u32,
@@ -362,8 +364,9 @@ async fn received_at(
     }
 }
 
-/// The survivor's HashKV at the journal's newest checkpoint at or before its revision, against
-/// the checkpoint's: unequal means the survivor and the journal are not the same history.
+/// The survivor's HashKV at the newest revision at or before its own where the cluster's is
+/// known — a journal checkpoint, or a full backup's — against it: unequal means the survivor
+/// and the journal are not the same history.
 async fn check_survivor(
     r: &Recovery<'_>,
     reach: &Reach,
@@ -392,14 +395,24 @@ async fn check_survivor(
             ),
         });
     };
-    let Some(cp) = r
+    let checkpoint = r
         .journal
         .checkpoint_at_or_before(listing, facts.revision, r.identities)
         .await?
+        .map(|c| Reference {
+            rev: c.rev,
+            compact_rev: c.compact_rev,
+            hash: c.hash,
+            what: "the journal's checkpoint".into(),
+        });
+    let Some(cp) = checkpoint
+        .into_iter()
+        .chain(backup_reference(reach, facts.revision))
+        .max_by_key(|c| c.rev)
     else {
         return Ok(HashCheck::NotCompared {
             why: format!(
-                "the journal has no checkpoint at or before revision {}",
+                "neither the journal nor a trusted backup has a HashKV at or before revision {}",
                 facts.revision
             ),
         });
@@ -409,23 +422,24 @@ async fn check_survivor(
     if cp_compact < facts.compact_revision || cp.rev <= facts.compact_revision {
         return Ok(HashCheck::NotCompared {
             why: format!(
-                "the survivor is compacted at revision {}, past the newest checkpoint's (revision {}, compacted at {})",
-                facts.compact_revision, cp.rev, cp.compact_rev
+                "the survivor is compacted at revision {}, past {} (revision {}, compacted at {})",
+                facts.compact_revision, cp.what, cp.rev, cp.compact_rev
             ),
         });
     }
     let db = row.survivor.db.clone();
-    let actual =
-        tokio::task::spawn_blocking(move || crate::verify::hash_kv(&db, cp.rev, cp.compact_rev))
-            .await
-            .map_err(|e| RecoverError::NoSource(format!("hashing {}: {e}", row.survivor.label)))?
-            .map_err(|source| RecoverError::Read {
-                path: row.survivor.db.clone(),
-                source,
-            })?;
+    let rev = cp.rev;
+    let actual = tokio::task::spawn_blocking(move || crate::verify::hash_kv(&db, rev, cp_compact))
+        .await
+        .map_err(|e| RecoverError::NoSource(format!("hashing {}: {e}", row.survivor.label)))?
+        .map_err(|source| RecoverError::Read {
+            path: row.survivor.db.clone(),
+            source,
+        })?;
     if actual != cp.hash {
         return Err(RecoverError::Disagree {
             label: row.survivor.label.clone(),
+            against: cp.what,
             rev: cp.rev,
             compact_rev: cp.compact_rev,
             expected: cp.hash,
@@ -433,8 +447,146 @@ async fn check_survivor(
         });
     }
     Ok(HashCheck::Equal {
+        against: cp.what,
         rev: cp.rev,
         compact_rev: cp.compact_rev,
         hash: actual,
     })
+}
+
+/// A HashKV the cluster reported, to hold a survivor against.
+struct Reference {
+    rev: i64,
+    compact_rev: i64,
+    hash: u32,
+    what: String,
+}
+
+/// The newest trusted full backup at or before `rev` whose HashKV was checked when it was
+/// taken: the reference when the journal has no checkpoint there yet (a survivor at the
+/// journal's base).
+fn backup_reference(reach: &Reach, rev: i64) -> Option<Reference> {
+    reach
+        .backups
+        .iter()
+        .filter(|m| m.revision <= rev && m.hashkv.checked)
+        .max_by_key(|m| m.revision)
+        .and_then(|m| {
+            Some(Reference {
+                rev: m.revision,
+                compact_rev: m.hashkv.compact_revision?,
+                hash: m.hashkv.hash,
+                what: format!("backup {}'s HashKV", m.id),
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn survivor(label: &str, origin: Origin, revision: Option<i64>) -> (Survivor, Examined) {
+        let s = Survivor {
+            label: label.into(),
+            db: Path::new(label).join("member/snap/db"),
+            origin,
+        };
+        let e = match revision {
+            Some(revision) => Examined::Usable(SurvivorFacts {
+                revision,
+                compact_revision: 0,
+                consistent_index: None,
+                db_size: 4096,
+            }),
+            None => Examined::Refused {
+                why: "fails the bbolt walk".into(),
+            },
+        };
+        (s, e)
+    }
+
+    fn labels(c: &[Candidate]) -> Vec<(String, i64)> {
+        c.iter()
+            .map(|c| match &c.base {
+                Base::Survivor { label, .. } => (label.clone(), c.revision),
+                Base::Backup { manifest } => (manifest.id.clone(), c.revision),
+            })
+            .collect()
+    }
+
+    /// Freshest first; this node before a given one at the same revision; refused ones and
+    /// ones past the target never.
+    #[test]
+    fn candidates_are_the_usable_sources_freshest_first() {
+        let survivors = vec![
+            survivor("/var/lib/etcd", Origin::ThisNode, Some(40)),
+            survivor("/mnt/cp2", Origin::Given, Some(90)),
+            survivor("/mnt/cp3", Origin::Given, Some(40)),
+            survivor("/mnt/broken", Origin::Given, None),
+            survivor("/mnt/ahead", Origin::Given, Some(500)),
+        ];
+        let c = candidates(&survivors, None, None, 100);
+        assert_eq!(
+            labels(&c),
+            vec![
+                ("/mnt/cp2".to_string(), 90),
+                ("/var/lib/etcd".to_string(), 40),
+                ("/mnt/cp3".to_string(), 40),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_loss_window_names_what_was_restored_and_what_is_lost() {
+        let at = |s: &str| Some(DateTime::parse_from_rfc3339(s).unwrap().to_utc());
+        let mut plan = RecoverPlan {
+            survivors: vec![{
+                let (survivor, examined) = survivor("/var/lib/etcd", Origin::ThisNode, Some(40));
+                SurvivorRow {
+                    survivor,
+                    examined,
+                    received_at: None,
+                }
+            }],
+            journal: Some(JournalRow {
+                cluster_id: "c1".into(),
+                newest_rev: 90,
+                newest_at: at("2026-12-04T03:00:02Z").unwrap(),
+                proven_rev: None,
+                proven_at: None,
+            }),
+            newest_backup: None,
+            base: Base::Survivor {
+                index: 0,
+                label: "/var/lib/etcd".into(),
+            },
+            base_rev: 40,
+            target: 90,
+            target_at: at("2026-12-04T03:00:02Z"),
+            replay: None,
+            passed_over: Vec::new(),
+            hash_check: HashCheck::NotCompared { why: "x".into() },
+        };
+        let line = super::super::loss_window(&plan);
+        assert!(
+            line.starts_with("restored through revision 90 (received at 2026-12-04T03:00:02.000Z)"),
+            "{line}"
+        );
+        assert!(
+            line.contains(
+                "writes after 2026-12-04T03:00:02.000Z are lost (at most the journal's lag)"
+            ),
+            "{line}"
+        );
+        plan.target = 70;
+        let line = super::super::loss_window(&plan);
+        assert!(
+            line.contains("revisions after 70 were left out as asked"),
+            "{line}"
+        );
+        plan.journal = None;
+        let line = super::super::loss_window(&plan);
+        assert!(line.contains("there is no journal"), "{line}");
+    }
 }

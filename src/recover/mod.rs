@@ -28,9 +28,10 @@ use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
-    #[error("survivor {label} and the journal disagree at revision {rev}: its HashKV is {actual}, the journal's checkpoint says {expected} (compact revision {compact_rev}); nothing was changed — find out which is wrong (`lifeboat drill --to-revision {rev}` proves the journal) and leave that source out")]
+    #[error("survivor {label} and the cluster's record disagree at revision {rev}: its HashKV is {actual}, {against} says {expected} (compact revision {compact_rev}); nothing was changed — find out which is wrong (`lifeboat drill --to-revision {rev}` proves the journal) and leave that source out")]
     Disagree {
         label: String,
+        against: String,
         rev: i64,
         compact_rev: i64,
         expected: u32,

@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["restore", "member"],
     &["sandbox"],
     &["drill", "upgrade", "pitr"],
-    &["shadow"],
+    &["shadow", "recover"],
     &["service"],
     &["config"],
     &["exit"],

@@ -316,7 +316,11 @@ fn quorum_lost_the_freshest_survivor_is_topped_up_from_the_journal() {
         &["--yes", "--member-data", forged.to_str().unwrap()],
     );
     assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("disagree"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("disagree") && r.stderr.contains("the journal's checkpoint says"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(
         (
             files_under(&survivor.manifests_dir),
