@@ -90,6 +90,9 @@ pub async fn run(a: RecoverArgs, file: FileConfig) -> Result<()> {
     let dir = resolved.state_dir.join("recover");
     lifeboat::fsutil::create_private_dir(&dir)
         .with_context(|| format!("creating {}", dir.display()))?;
+    // No restore is unfinished (refused above otherwise): states built by earlier runs are
+    // not needed by anyone.
+    remove_built_states(&resolved.state_dir);
     let out = dir.join(format!(
         "recover-{}.db",
         chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
@@ -128,6 +131,7 @@ pub async fn run(a: RecoverArgs, file: FileConfig) -> Result<()> {
     let done = restore::execute(restore_plan, &prepared.source, &opts, progress::for_terminal())
         .await
         .context("recover stopped: `lifeboat recover --resume` finishes it, `lifeboat recover --rollback` undoes it")?;
+    remove_built_states(&resolved.state_dir);
     let window = recover::loss_window(&plan);
     match a.output {
         Output::Json => println!(
@@ -155,6 +159,22 @@ pub async fn run(a: RecoverArgs, file: FileConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Removes the recovered states (`<state-dir>/recover/recover-*.db`, a database's size each)
+/// once no restore needs them: the restore keeps its own checked copy while it runs.
+fn remove_built_states(state_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("recover")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("recover-") && (name.ends_with(".db") || name.ends_with(".db.part")) {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                tracing::warn!(path = %e.path().display(), error = %err, "could not remove a recovered state no restore needs");
+            }
+        }
+    }
 }
 
 fn next_steps() -> [&'static str; 2] {
@@ -234,6 +254,7 @@ async fn cluster_recover(
     let done = restore::execute(restore_plan, &source, &opts, progress::for_terminal())
         .await
         .context("recover stopped: `lifeboat recover --resume` finishes it, `lifeboat recover --rollback` undoes it")?;
+    remove_built_states(&resolved.state_dir);
     if a.output == Output::Table {
         println!("recovered: {}", recover::loss_window(plan));
     }
@@ -302,6 +323,7 @@ async fn finish_unfinished(
     let opts = options_of(resolved, MemberOverrides::default(), a.force, true);
     if a.rollback {
         let journal = restore::rollback(&opts, progress::for_terminal().as_ref()).await?;
+        remove_built_states(&resolved.state_dir);
         eprintln!(
             "rolled back recovery {}: the original data dir and manifests are back",
             journal.plan.run_id
@@ -321,6 +343,7 @@ async fn finish_unfinished(
         pending.next_step().map_or("none", Step::name)
     );
     let journal = restore::resume(source.as_ref(), &opts, progress::for_terminal()).await?;
+    remove_built_states(&resolved.state_dir);
     if journal.plan.cluster.is_some() {
         return super::cluster::finish_resumed_run(&journal.plan, config, &opts, a.output).await;
     }

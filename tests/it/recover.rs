@@ -305,6 +305,17 @@ fn quorum_lost_the_freshest_survivor_is_topped_up_from_the_journal() {
     let base_rev = plan["base_rev"].as_i64().unwrap();
     assert!(base_rev < written, "the survivor holds every write: {plan}");
     assert_eq!(plan["replay"]["from_rev"], base_rev, "{plan}");
+    // An earlier point is asked for: the replay stops there.
+    let to = (base_rev + newest) / 2;
+    let r = recover(
+        survivor,
+        g,
+        &["--dry-run", "-w", "json", &format!("--to-revision={to}")],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let plan = &r.json()["plan"];
+    assert_eq!(plan["target"], to, "{plan}");
+    assert_eq!(plan["replay"]["to_rev"], to, "{plan}");
 
     // A value changed inside a leaf (the walk passes): the survivor's HashKV disagrees with
     // the journal's checkpoint — exit 4, nothing on the node touched.
@@ -389,6 +400,13 @@ fn quorum_lost_the_freshest_survivor_is_topped_up_from_the_journal() {
     let r = run(recover_cmd(survivor, g).arg("--resume"));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("recovered into"), "{}", r.stdout);
+    // The states it built (a database's size each) are gone once no restore needs them.
+    let built: Vec<String> = std::fs::read_dir(survivor.state_dir.join("recover"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(built.is_empty(), "{built:?}");
     survivor.wait_healthy();
     assert!(survivor.revision() >= newest);
     assert_eq!(
