@@ -38,6 +38,7 @@ pub mod error_chain;
 pub mod etcd;
 pub mod exit;
 pub mod fsutil;
+pub mod kit;
 pub mod member;
 pub mod pitr;
 pub mod process;

@@ -14,12 +14,11 @@ use crate::store::{bytes_stream, get_small, Store, StoreError};
 /// is, of which cluster, and when it was written (its writer's clock).
 pub trait Envelope: DeserializeOwned {
     const KIND: Kind;
+    /// The largest such envelope a reader accepts.
+    const LIMIT: usize = 16 * 1024;
     fn cluster(&self) -> Option<u64>;
     fn dated(&self) -> DateTime<Utc>;
 }
-
-/// The largest envelope a reader accepts.
-const LIMIT: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
@@ -85,7 +84,7 @@ pub async fn read_signed<T: Envelope>(
     field: &str,
     what: &str,
 ) -> Result<Option<T>, EnvelopeError> {
-    let bytes = match get_small(store, key, LIMIT).await {
+    let bytes = match get_small(store, key, T::LIMIT).await {
         Ok(b) => b,
         Err(StoreError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),

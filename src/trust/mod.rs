@@ -365,6 +365,8 @@ pub enum Kind {
     Proof,
     /// A cluster restore's plan, a node's joining it or its progress.
     Coordination,
+    /// A control-plane kit's manifest (the files a rebuilt node needs besides etcd).
+    Kit,
 }
 
 impl Kind {
@@ -373,7 +375,7 @@ impl Kind {
             (_, Role::Writer) => true,
             (Kind::Backup { shadow }, Role::Shadow) => shadow,
             (Kind::Proof, Role::Shadow) => true,
-            (Kind::Journal | Kind::Coordination, Role::Shadow) => false,
+            (Kind::Journal | Kind::Coordination | Kind::Kit, Role::Shadow) => false,
         }
     }
 
@@ -384,6 +386,7 @@ impl Kind {
             Kind::Journal => "a journal segment or head",
             Kind::Proof => "a shadow proof",
             Kind::Coordination => "a cluster restore's plan or a node's part in it",
+            Kind::Kit => "a control-plane kit",
         }
     }
 }

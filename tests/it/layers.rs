@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     ],
     &["store", "verify", "trust"],
     &["stages", "catalog"],
-    &["backup", "retention", "continuous"],
+    &["backup", "retention", "continuous", "kit"],
     &["readback"],
     &["restore", "member"],
     &["sandbox"],
