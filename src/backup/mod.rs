@@ -44,6 +44,8 @@ pub struct BackupSettings {
     pub signer: Option<Arc<SigningKey>>,
     /// At most this many snapshot bytes per second read from etcd (`backup.max_rate`).
     pub max_rate: Option<u64>,
+    /// On a kubeadm node: the control-plane kit stored with the backup (`None`: no kit).
+    pub kit: Option<crate::kit::KitPlan>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -278,7 +280,7 @@ async fn verify_and_commit(
     if !hashkv.checked {
         tracing::warn!(revision = rev, why = %hashkv.result, "HashKV comparison skipped");
     }
-    let manifest = Manifest::new(
+    let mut manifest = Manifest::new(
         &run.id,
         &run.member,
         info,
@@ -287,6 +289,7 @@ async fn verify_and_commit(
         run.settings.reason,
         run.started.elapsed(),
     );
+    manifest.kit = kit_for(run).await;
     if run.cancel.is_cancelled() {
         return Err(BackupError::Cancelled);
     }
@@ -299,6 +302,32 @@ async fn verify_and_commit(
         .await?;
     tracing::info!(id = %manifest.id, revision = manifest.revision, object_size = manifest.object.size, "backup committed");
     Ok(manifest)
+}
+
+/// On a kubeadm node, the control-plane kit stored before the backup's manifest (so the
+/// manifest never names a kit that is not there). A kit that cannot be taken does not cost the
+/// backup: etcd's data restores without it; the backup is committed without one, warned.
+async fn kit_for(run: &Run<'_>) -> Option<String> {
+    let plan = run.settings.kit.as_ref()?;
+    let taken = crate::kit::take(
+        plan,
+        &format!("{:x}", run.member.cluster_id),
+        &run.member.member_name,
+        &run.store,
+        run.settings.signer.as_deref(),
+        run.settings.recipients.as_ref(),
+    )
+    .await;
+    match taken {
+        Ok(saved) => {
+            tracing::info!(kit = %saved.id, stored = saved.uploaded, "control-plane kit");
+            Some(saved.id)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "this backup has no control-plane kit: a rebuild on a fresh machine will need the node's files from elsewhere");
+            None
+        }
+    }
 }
 
 /// Compares the member's HashKV with the one computed in the stream — possible only when the

@@ -122,6 +122,7 @@ fn setup() -> Setup {
         reason: Reason::Manual,
         signer: None,
         max_rate: None,
+        kit: None,
     };
     Setup {
         dir,

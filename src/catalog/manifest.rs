@@ -92,6 +92,10 @@ pub struct Manifest {
     /// recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voting_members: Option<Vec<String>>,
+    /// The control-plane kit taken with it (its content id: `kit-<id>.json`), on a kubeadm
+    /// node; absent elsewhere and in manifests written before kits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kit: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +174,7 @@ impl Manifest {
             duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
             data_at: member.data_at,
             voting_members: Some(member.voting_members.clone()).filter(|n| !n.is_empty()),
+            kit: None,
         }
     }
 

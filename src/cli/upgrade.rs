@@ -102,7 +102,8 @@ async fn gate_inputs(
     let spec = resolve_store(&config.backup, &config.s3)?;
     let store_is_local = spec.is_local();
     let store = lifeboat::store::open(&spec).await?;
-    let backup = resolve_backup(&config.backup, &config.trust, Reason::PreUpgrade)?;
+    let mut backup = resolve_backup(&config.backup, &config.trust, Reason::PreUpgrade)?;
+    backup.kit = etcd.kubeadm.as_ref().and_then(lifeboat::kit::KitPlan::of);
     Ok(Some(GateInputs {
         etcd: etcd.settings,
         store,

@@ -56,6 +56,7 @@ pub fn resolve_serve(c: &FileConfig) -> Result<ServeSettings, ConfigError> {
     };
     let drill = resolve_drill_plan(c)?;
     let shadow = resolve_shadow_plan(c, backups_off)?;
+    let etcd = resolve_etcd(&c.etcd)?;
     if backups_off && drill.is_none() && shadow.is_none() {
         return Err(invalid(
             "serve.schedule",
@@ -95,12 +96,15 @@ pub fn resolve_serve(c: &FileConfig) -> Result<ServeSettings, ConfigError> {
             s.lease_ttl.as_ref(),
             Duration::from_secs(15),
         )?,
-        etcd: resolve_etcd(&c.etcd)?.settings,
+        etcd: etcd.settings,
         store: resolve_store(&c.backup, &c.s3)?,
         backup: if backups_off {
             None
         } else {
-            Some(resolve_backup(&c.backup, &c.trust, Reason::Scheduled)?)
+            let mut b = resolve_backup(&c.backup, &c.trust, Reason::Scheduled)?;
+            // On a kubeadm node the uploader's backups carry its node's kit.
+            b.kit = etcd.kubeadm.as_ref().and_then(crate::kit::KitPlan::of);
+            Some(b)
         },
         retention: if s.prune.unwrap_or(true) {
             Some(resolve_retention(&c.retention, &c.continuous)?)

@@ -297,6 +297,7 @@ pub fn resolve_backup(
             .as_deref()
             .map(|v| rate("backup.max_rate", v))
             .transpose()?,
+        kit: None,
     })
 }
 

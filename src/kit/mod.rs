@@ -146,3 +146,77 @@ impl crate::trust::envelope::Envelope for KitManifest {
         self.created_at
     }
 }
+
+/// Where to take a kit from, on a kubeadm node (decided from its `etcd.yaml`).
+#[derive(Debug, Clone)]
+pub struct KitPlan {
+    pub dirs: KitDirs,
+    /// etcd's image, from etcd.yaml.
+    pub etcd_image: Option<String>,
+}
+
+impl KitPlan {
+    /// On a kubeadm node: `/etc/kubernetes` from where its `etcd.yaml` is, the kubelet's
+    /// folder at its default.
+    pub fn of(etcd: &crate::etcd::discovery::KubeadmEtcd) -> Option<KitPlan> {
+        let kubernetes_dir = etcd.manifest.parent()?.parent()?.to_path_buf();
+        Some(KitPlan {
+            dirs: KitDirs {
+                kubernetes_dir,
+                kubelet_dir: PathBuf::from(DEFAULT_KUBELET_DIR),
+            },
+            etcd_image: etcd.image.clone(),
+        })
+    }
+}
+
+pub const DEFAULT_KUBELET_DIR: &str = "/var/lib/kubelet";
+
+/// Collects this node's kit and stores it unless its content is there already.
+///
+/// # Errors
+/// A file or manifest that cannot be read; no recipients; the store fails.
+pub async fn take(
+    plan: &KitPlan,
+    cluster_id: &str,
+    node: &str,
+    store: &std::sync::Arc<dyn crate::store::Store>,
+    signer: Option<&crate::trust::SigningKey>,
+    recipients: Option<&crate::stages::encrypt::Recipients>,
+) -> Result<Saved, KitError> {
+    if recipients.is_none_or(|r| r.is_empty()) {
+        return Err(KitError::Plaintext);
+    }
+    let dirs = plan.dirs.clone();
+    let files = tokio::task::spawn_blocking(move || read_files(&collect(&dirs)?))
+        .await
+        .map_err(|e| KitError::Pack(std::io::Error::other(e)))??;
+    let versions = Versions {
+        etcd_image: plan.etcd_image.clone(),
+        kubeadm: tool_version("kubeadm", &["version", "-o", "short"]).await,
+        kubelet: tool_version("kubelet", &["--version"]).await,
+    };
+    let kit = Kit {
+        cluster_id: cluster_id.to_string(),
+        node: node.to_string(),
+        versions,
+        files,
+    };
+    save(store, signer, recipients, &kit).await
+}
+
+/// What `tool args` prints (its last word: `v1.33.1`), when it is installed.
+async fn tool_version(tool: &str, args: &[&str]) -> Option<String> {
+    let path = crate::process::on_path(tool)?;
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::process::Command::new(path).args(args).output(),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .last()
+        .map(str::to_string)
+}

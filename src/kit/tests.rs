@@ -211,14 +211,8 @@ fn an_unchanged_kit_is_stored_once_and_a_changed_file_makes_a_new_one() {
     let g = ground();
     let rt = rt();
     let save = |kit: &Kit| {
-        rt.block_on(save(
-            &g.store,
-            &g.policy,
-            Some(&g.signer),
-            Some(&g.recipients),
-            kit,
-        ))
-        .unwrap()
+        rt.block_on(save(&g.store, Some(&g.signer), Some(&g.recipients), kit))
+            .unwrap()
     };
     let first = save(&kit_of(&n));
     assert!(first.uploaded);
@@ -261,16 +255,10 @@ fn a_kit_is_never_stored_in_plaintext_and_reads_back_byte_for_byte() {
     let g = ground();
     let rt = rt();
     let kit = kit_of(&n);
-    let refused = rt.block_on(save(&g.store, &g.policy, Some(&g.signer), None, &kit));
+    let refused = rt.block_on(save(&g.store, Some(&g.signer), None, &kit));
     assert!(matches!(refused, Err(KitError::Plaintext)), "{refused:?}");
     let saved = rt
-        .block_on(save(
-            &g.store,
-            &g.policy,
-            Some(&g.signer),
-            Some(&g.recipients),
-            &kit,
-        ))
+        .block_on(save(&g.store, Some(&g.signer), Some(&g.recipients), &kit))
         .unwrap();
     for e in std::fs::read_dir(g.dir.join("store")).unwrap().flatten() {
         let bytes = std::fs::read(e.path()).unwrap();
@@ -297,13 +285,7 @@ fn a_tampered_or_untrusted_kit_is_refused() {
     let rt = rt();
     let kit = kit_of(&n);
     let saved = rt
-        .block_on(save(
-            &g.store,
-            &g.policy,
-            Some(&g.signer),
-            Some(&g.recipients),
-            &kit,
-        ))
+        .block_on(save(&g.store, Some(&g.signer), Some(&g.recipients), &kit))
         .unwrap();
     // Signed by a key the reader does not trust.
     let (other, _) = crate::trust::generate(&g.dir.join("other.key")).unwrap();

@@ -13,6 +13,7 @@ mod failures;
 mod hardening;
 mod harness;
 mod hashkv;
+mod kit;
 mod layers;
 mod leases;
 mod member;
