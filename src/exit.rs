@@ -166,6 +166,18 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             P::Replay { .. } | P::CheckpointMismatch { .. } => Some(VERIFY),
         };
     }
+    if let Some(e) = e.downcast_ref::<crate::kit::KitError>() {
+        use crate::kit::KitError as K;
+        return match e {
+            K::Read { .. } | K::Pack(_) | K::OutputNotEmpty(_) | K::Store(_) => Some(STORAGE),
+            K::Manifest { .. } => Some(USAGE),
+            K::Plaintext => Some(KEYS),
+            K::Damaged { .. } => Some(VERIFY),
+            K::NotFound { .. } => Some(NOT_FOUND),
+            K::Envelope(crate::trust::envelope::EnvelopeError::Store(_)) => Some(STORAGE),
+            K::Envelope(_) => Some(VERIFY),
+        };
+    }
     if let Some(e) = e.downcast_ref::<crate::recover::RecoverError>() {
         use crate::recover::RecoverError as R;
         return match e {

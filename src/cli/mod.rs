@@ -4,6 +4,7 @@ mod args;
 mod cluster;
 mod journal;
 mod keys;
+mod kit;
 mod member;
 mod pitr;
 mod progress;
@@ -63,6 +64,7 @@ async fn run(cli: Cli, config: FileConfig) -> Result<()> {
         Command::Prune(args) => prune::run(args, config).await,
         Command::Member(cmd) => member::run(cmd, config).await,
         Command::Recover(args) => recover::run(*args, config).await,
+        Command::Kit(cmd) => kit::run(cmd, config).await,
         Command::Serve(args) => serve::run(*args, config).await,
         Command::Restore(args) => restore::run(*args, config).await,
         Command::Drill(args) => restore::drill(*args, config).await,

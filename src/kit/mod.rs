@@ -52,6 +52,8 @@ pub enum KitError {
     Envelope(#[from] EnvelopeError),
     #[error("kit {id}: {why}; no file of it is used")]
     Damaged { id: String, why: String },
+    #[error("{0} is not empty: give a new or empty folder (a kit holds private keys; nothing is overwritten)")]
+    OutputNotEmpty(PathBuf),
     #[error(
         "there is no trusted kit {id} in {location}: `lifeboat kit list` shows the kits there"
     )]

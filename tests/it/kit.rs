@@ -1,5 +1,6 @@
 //! The control-plane kit (#25, part 1) taken with backups on a kubeadm-shaped node: stored
-//! once while nothing changes, again when a certificate does; never in plaintext.
+//! once while nothing changes, again when a certificate does; never in plaintext; read back
+//! with `kit list|show|get`.
 
 use crate::harness::node::FakeNode;
 use crate::harness::{age_key, lifeboat, run, Version};
@@ -92,4 +93,35 @@ fn every_backup_on_a_control_plane_node_carries_its_kit_stored_once_per_content(
     let third = save();
     assert_ne!(third, first);
     assert_eq!(kit_objects(&dest).0.len(), 2);
+
+    // Read without rebuilding: list, show, get (decrypted, checked, files as they were).
+    let kit = |args: &[&str]| {
+        let r = run(lifeboat().arg("kit").args(args).arg("--dest").arg(&dest));
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        r
+    };
+    let listed = kit(&["list", "-w", "json"]).json();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    let shown = kit(&["show", &third[..12]]);
+    assert!(
+        shown.stdout.contains(&ca.display().to_string()),
+        "{}",
+        shown.stdout
+    );
+    let out = dir.path().join("kit-files");
+    let id = key.identity_file.display().to_string();
+    let out_s = out.display().to_string();
+    kit(&["get", &third[..12], "-i", &id, "-o", &out_s]);
+    let back = out.join(ca.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&ca).unwrap());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&back).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode & !0o600, 0, "{mode:o}");
+    // Nothing is overwritten.
+    let r = run(lifeboat()
+        .args(["kit", "get", &third[..12], "-i", &id, "-o", &out_s])
+        .arg("--dest")
+        .arg(&dest));
+    assert_eq!(r.code, 5, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("not empty"), "{}", r.stderr);
 }

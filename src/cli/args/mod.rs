@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod kit;
 mod member;
 mod recover;
+pub use kit::{KitCommand, KitGetArgs, KitShowArgs};
 use lifeboat::config::{
     BackupSection, ContinuousSection, DrillSection, EtcdSection, FileConfig, RestoreSection,
     RetentionSection, S3Section, ServeSection, ShadowSection, TrustSection, UpgradeSection,
@@ -62,6 +64,9 @@ pub enum Command {
     /// This node's etcd member: replace a dead one without losing quorum.
     #[command(subcommand)]
     Member(MemberCommand),
+    /// The control-plane kits (the files a rebuilt node needs besides etcd) in the store.
+    #[command(subcommand)]
+    Kit(KitCommand),
     /// Quorum lost: restore this node from the freshest survivor (or backup), topped up from
     /// the journal, as a new one-member cluster; the others rejoin with `member replace`.
     Recover(Box<RecoverArgs>),
