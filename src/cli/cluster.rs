@@ -14,7 +14,7 @@ use lifeboat::restore::cluster::{wait_agreement, Meeting, Node, NodeState, Rende
 use lifeboat::restore::{self, ClusterRun, Plan, RestoreError, RestoreOptions, SnapshotSource};
 use lifeboat::stages::encrypt::Identities;
 
-use super::args::{Output, RestoreArgs};
+use super::args::{MeetArgs, Output, RestoreArgs};
 use super::{progress, snapshot};
 
 /// The whole flow on this node.
@@ -33,7 +33,8 @@ pub(super) async fn restore(
             wanted.cluster_id,
             me.name,
             me.peer_url,
-            a.members
+            a.meet
+                .members
                 .or(wanted.voting_members.as_ref().map(Vec::len))
                 .map_or("--members N".to_string(), |n| n.to_string())
         );
@@ -47,7 +48,7 @@ pub(super) async fn restore(
         .into());
     }
     let store = snapshot::open_store(config).await?;
-    let meeting = meeting(a.members, &a.join_timeout, config, store.clone())?;
+    let meeting = meeting(&a.meet, config, store.clone())?;
     let rv = meeting
         .meet(&wanted, &me)
         .await
@@ -130,18 +131,9 @@ async fn wanted(
     })
 }
 
-/// After `restore --resume` of a node that was part of a cluster restore.
+/// After `--resume` of a node whose restore was part of a cluster run (`restore` or
+/// `recover --cluster`): the rest of the run, as if it had not stopped.
 pub(super) async fn finish_resumed(
-    plan: &Plan,
-    a: &RestoreArgs,
-    config: &FileConfig,
-    opts: &RestoreOptions,
-) -> Result<()> {
-    finish_resumed_run(plan, config, opts, a.output).await
-}
-
-/// As `finish_resumed`, for any command whose restore was part of a cluster run.
-pub(super) async fn finish_resumed_run(
     plan: &Plan,
     config: &FileConfig,
     opts: &RestoreOptions,
@@ -152,14 +144,20 @@ pub(super) async fn finish_resumed_run(
     }
     let store = snapshot::open_store(config).await?;
     // Everyone joined long ago: only the store and the keys matter now.
-    let meeting = meeting(None, "10m", config, store)?;
+    let meeting = meeting(
+        &MeetArgs {
+            members: None,
+            join_timeout: "10m".into(),
+        },
+        config,
+        store,
+    )?;
     finish(plan, &meeting, opts, output).await
 }
 
 /// Where the nodes meet: the store, its trust, `--members` and `--join-timeout`.
 pub(super) fn meeting(
-    members: Option<usize>,
-    join_timeout: &str,
+    meet: &MeetArgs,
     config: &FileConfig,
     store: Arc<dyn lifeboat::store::Store>,
 ) -> Result<Meeting> {
@@ -167,10 +165,10 @@ pub(super) fn meeting(
         store,
         policy: resolve_read_policy(&config.trust)?,
         signer: resolve_signer(&config.trust)?,
-        members,
+        members: meet.members,
         join_timeout: lifeboat::config::duration(
             "--join-timeout",
-            Some(&join_timeout.to_string()),
+            Some(&meet.join_timeout),
             Duration::from_secs(600),
         )?,
         poll: Duration::from_millis(200),

@@ -28,6 +28,8 @@ pub async fn run(a: RecoverArgs, file: FileConfig) -> Result<()> {
     if a.rollback || a.resume {
         return finish_unfinished(&a, config, &resolved).await;
     }
+    // First: an interrupted run has moved etcd.yaml into its holding folder.
+    JournalDir::new(&resolved.state_dir).refuse_unfinished("recover")?;
     let etcd_manifest = resolved.manifests_dir.join("etcd.yaml");
     let local = discovery::discover(&etcd_manifest)?.ok_or_else(|| {
         RestoreError::Node {
@@ -35,7 +37,7 @@ pub async fn run(a: RecoverArgs, file: FileConfig) -> Result<()> {
             detail: "no etcd static pod manifest here: is this a kubeadm control-plane node? pass --manifests-dir".into(),
         }
     })?;
-    refuse_early(&a, &resolved.state_dir, &local)?;
+    refuse_running(&a, &local)?;
     let mut survivors = vec![Survivor::at(&local.data_dir, Origin::ThisNode)];
     survivors.extend(a.member_data.iter().map(|p| Survivor::at(p, Origin::Given)));
     let examined: Vec<(Survivor, Examined)> = survivors
@@ -65,22 +67,16 @@ pub async fn run(a: RecoverArgs, file: FileConfig) -> Result<()> {
         true => Some(wanted(&plan)?),
         false => None,
     };
-    if a.dry_run {
+    if a.dry_run || !a.yes {
         if a.output == Output::Json {
             println!(
                 "{}",
                 serde_json::json!({ "plan": plan, "carried_out": false })
             );
         }
-        eprintln!("dry run: nothing changed");
-        return Ok(());
-    }
-    if !a.yes {
-        if a.output == Output::Json {
-            println!(
-                "{}",
-                serde_json::json!({ "plan": plan, "carried_out": false })
-            );
+        if a.dry_run {
+            eprintln!("dry run: nothing changed");
+            return Ok(());
         }
         return Err(
             RestoreError::refused("nothing changed: add --yes to carry out this plan").into(),
@@ -196,7 +192,7 @@ fn wanted(plan: &RecoverPlan) -> Result<Wanted> {
     if plan.target > journal.newest_rev {
         return Err(RestoreError::refused(format!(
             "the freshest source ({}) is at revision {}, past the journal's newest durable revision {}: the other nodes cannot build it. Either recover this node alone (without --cluster) and let the others rejoin with `lifeboat member replace`, or recover the cluster at the journal's revision with --to-revision {} (revisions {}–{} are then lost)",
-            describe_base(plan),
+            plan.base.describe(),
             plan.target,
             journal.newest_rev,
             journal.newest_rev,
@@ -228,7 +224,7 @@ async fn cluster_recover(
     let mut opts = options_of(resolved, MemberOverrides::default(), a.force, true);
     let me = super::cluster::this_node(&opts)?;
     let store = snapshot::open_store(config).await?;
-    let meeting = super::cluster::meeting(a.members, &a.join_timeout, config, store)?;
+    let meeting = super::cluster::meeting(&a.meet, config, store)?;
     let rv = meeting
         .meet(&wanted, &me)
         .await
@@ -261,25 +257,8 @@ async fn cluster_recover(
     super::cluster::finish(&done.plan, &meeting, &opts, a.output).await
 }
 
-fn describe_base(plan: &RecoverPlan) -> String {
-    match &plan.base {
-        Base::Survivor { label, .. } => format!("survivor {label}"),
-        Base::Backup { manifest } => format!("backup {}", manifest.id),
-    }
-}
-
-/// Refusals that need no store: an unfinished restore on this node, etcd still running.
-fn refuse_early(a: &RecoverArgs, state_dir: &Path, local: &discovery::KubeadmEtcd) -> Result<()> {
-    let journals = JournalDir::new(state_dir);
-    if let Some(j) = journals.load()? {
-        return Err(RestoreError::refused(format!(
-            "an unfinished restore (run {}, stopped in step {}) has its journal at {}: finish it with `lifeboat recover --resume` or undo it with `lifeboat recover --rollback`",
-            j.plan.run_id,
-            j.interrupted_step().or(j.next_step()).map_or("none", Step::name),
-            journals.path().display()
-        ))
-        .into());
-    }
+/// This node's etcd still running: refused without `--force`.
+fn refuse_running(a: &RecoverArgs, local: &discovery::KubeadmEtcd) -> Result<()> {
     let probe = EtcdProbe::new(local.endpoints.first().map(String::as_str), &local.data_dir);
     if let Some(why) = probe.running() {
         if !a.force {
@@ -345,7 +324,7 @@ async fn finish_unfinished(
     let journal = restore::resume(source.as_ref(), &opts, progress::for_terminal()).await?;
     remove_built_states(&resolved.state_dir);
     if journal.plan.cluster.is_some() {
-        return super::cluster::finish_resumed_run(&journal.plan, config, &opts, a.output).await;
+        return super::cluster::finish_resumed(&journal.plan, config, &opts, a.output).await;
     }
     println!(
         "recovered into {} (old data in {})",
@@ -399,7 +378,7 @@ fn print_recover_plan(p: &RecoverPlan) {
             when(Some(j.newest_at)),
             j.proven_rev.map_or(String::new(), |r| format!(
                 "; a shadow proved it through revision {r} ({})",
-                when(p.journal.as_ref().and_then(|j| j.proven_at))
+                when(j.proven_at)
             ))
         ),
         None => println!(
@@ -418,7 +397,7 @@ fn print_recover_plan(p: &RecoverPlan) {
     }
     println!(
         "  base        {} (revision {})",
-        describe_base(p),
+        p.base.describe(),
         p.base_rev
     );
     for why in &p.passed_over {

@@ -51,7 +51,7 @@ pub async fn run(a: RestoreArgs, file: FileConfig) -> Result<()> {
         );
         let journal = restore::resume(source.as_ref(), &opts, progress::for_terminal()).await?;
         summary(&journal.plan, a.output);
-        return super::cluster::finish_resumed(&journal.plan, &a, config, &opts).await;
+        return super::cluster::finish_resumed(&journal.plan, config, &opts, a.output).await;
     }
     if a.cluster {
         return super::cluster::restore(&a, config, opts).await;

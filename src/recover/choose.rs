@@ -54,6 +54,16 @@ pub enum Base {
     },
 }
 
+impl Base {
+    /// `survivor <path>` or `backup <id>`.
+    pub fn describe(&self) -> String {
+        match self {
+            Base::Survivor { label, .. } => format!("survivor {label}"),
+            Base::Backup { manifest } => format!("backup {}", manifest.id),
+        }
+    }
+}
+
 /// The revisions replayed on the base.
 #[derive(Debug, Clone, Serialize)]
 pub struct Replay {
@@ -193,7 +203,7 @@ pub async fn plan(
                 None => {
                     passed_over.push(format!(
                         "{} (revision {}): no journal chain continues from it to revision {target}",
-                        describe(&c.base),
+                        c.base.describe(),
                         c.revision
                     ));
                     continue;
@@ -237,13 +247,6 @@ pub async fn plan(
             passed_over.join("; ")
         }
     )))
-}
-
-fn describe(base: &Base) -> String {
-    match base {
-        Base::Survivor { label, .. } => format!("survivor {label}"),
-        Base::Backup { manifest } => format!("backup {}", manifest.id),
-    }
 }
 
 /// Usable survivors and trusted full backups (the newest, and each chain's own base) at or

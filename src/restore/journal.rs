@@ -101,6 +101,24 @@ pub struct JournalDir {
 }
 
 impl JournalDir {
+    /// Refuses a new run while one is unfinished, naming it and how `lifeboat <command>`
+    /// finishes or undoes it (`restore` and `recover` share the journal).
+    ///
+    /// # Errors
+    /// `Refused` when a journal is there; the journal cannot be read.
+    pub fn refuse_unfinished(&self, command: &str) -> Result<(), RestoreError> {
+        let Some(j) = self.load()? else {
+            return Ok(());
+        };
+        Err(RestoreError::refused(format!(
+            "an unfinished restore (run {}, backup {}, stopped in step {}) has its journal at {}: finish it with `lifeboat {command} --resume` or undo it with `lifeboat {command} --rollback`",
+            j.plan.run_id,
+            j.plan.backup.id,
+            j.interrupted_step().or(j.next_step()).map_or("none", Step::name),
+            self.path().display()
+        )))
+    }
+
     pub fn new(state_dir: &Path) -> JournalDir {
         JournalDir {
             file: JournalFile::new(state_dir.join("restore"), "restore"),

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::node::{local_cluster_id, EtcdProbe, CONTROL_PLANE_PODS};
 use super::tool::{MemberSpec, RestoreTool, ToolKind, DEFAULT_BUMP_REVISION};
-use super::{apiserver, JournalDir, RestoreError, Step};
+use super::{apiserver, JournalDir, RestoreError};
 use crate::catalog::Manifest;
 use crate::etcd::discovery::{self, KubeadmEtcd};
 use crate::fsutil;
@@ -147,15 +147,7 @@ pub struct RestoreOptions {
 /// unreadable etcd manifest, no restore tool, a plain file that does not check out.
 pub async fn plan(source: &SnapshotSource, opts: &RestoreOptions) -> Result<Plan, RestoreError> {
     let journals = JournalDir::new(&opts.state_dir);
-    if let Some(j) = journals.load()? {
-        return Err(RestoreError::refused(format!(
-            "an unfinished restore (run {}, backup {}, stopped in step {}) has its journal at {}: finish it with `lifeboat restore --resume` or undo it with `lifeboat restore --rollback`",
-            j.plan.run_id,
-            j.plan.backup.id,
-            j.interrupted_step().or(j.next_step()).map_or("none", Step::name),
-            journals.path().display()
-        )));
-    }
+    journals.refuse_unfinished("restore")?;
     let etcd_manifest = opts.manifests_dir.join("etcd.yaml");
     let local = discovery::discover(&etcd_manifest)?.ok_or_else(|| {
         RestoreError::node(

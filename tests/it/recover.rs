@@ -365,6 +365,15 @@ fn quorum_lost_the_freshest_survivor_is_topped_up_from_the_journal() {
         "{}",
         r.stdout
     );
+    // A new run is refused while that one is unfinished, naming how to finish or undo it.
+    let r = recover(survivor, g, &["--yes", "--force"]);
+    assert_eq!(r.code, 8, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("`lifeboat recover --resume`")
+            && r.stderr.contains("`lifeboat recover --rollback`"),
+        "{}",
+        r.stderr
+    );
     // Back as it was: the old member runs again on its own data (without quorum).
     let r = run(recover_cmd(survivor, g).arg("--rollback"));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);

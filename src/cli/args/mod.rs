@@ -217,18 +217,8 @@ pub struct RestoreArgs {
     /// the same backup with the same member list and token (docs/restore.md).
     #[arg(long, conflicts_with_all = ["name", "initial_advertise_peer_urls", "initial_cluster", "initial_cluster_token"])]
     pub cluster: bool,
-    /// With --cluster: how many members to wait for (default: the backup's voting members).
-    #[arg(long, value_name = "N", requires = "cluster")]
-    pub members: Option<usize>,
-    /// With --cluster: how long every member has to join before the run fails everywhere,
-    /// with nothing changed (default 10m).
-    #[arg(
-        long,
-        value_name = "DURATION",
-        requires = "cluster",
-        default_value = "10m"
-    )]
-    pub join_timeout: String,
+    #[command(flatten)]
+    pub meet: MeetArgs,
     #[arg(long)]
     pub no_wait: bool,
     /// Restore although etcd is running on this node (it is stopped first).
@@ -252,6 +242,23 @@ pub struct RestoreArgs {
     pub detach: bool,
     #[arg(short = 'w', long = "write-out", value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+/// How the nodes of a cluster run meet (`restore --cluster`, `recover --cluster`).
+#[derive(Args, Debug, Clone)]
+pub struct MeetArgs {
+    /// With --cluster: how many members to wait for (default: the backup's voting members).
+    #[arg(long, value_name = "N", requires = "cluster")]
+    pub members: Option<usize>,
+    /// With --cluster: how long every member has to join before the run fails everywhere,
+    /// with nothing changed (default 10m).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        requires = "cluster",
+        default_value = "10m"
+    )]
+    pub join_timeout: String,
 }
 
 /// A point in time, reached by replaying the journal (continuous backup) onto the newest full

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{DestArgs, Output, PickArgs, PointArgs};
+use super::{DestArgs, MeetArgs, Output, PickArgs, PointArgs};
 use lifeboat::config::{DrillSection, FileConfig, RestoreSection};
 
 #[derive(Args, Debug)]
@@ -38,18 +38,8 @@ pub struct RecoverArgs {
     /// backup — then all start as one cluster.
     #[arg(long)]
     pub cluster: bool,
-    /// With --cluster: how many members to wait for (default: the backup's voting members).
-    #[arg(long, value_name = "N", requires = "cluster")]
-    pub members: Option<usize>,
-    /// With --cluster: how long every member has to join before the run fails everywhere,
-    /// with nothing changed.
-    #[arg(
-        long,
-        value_name = "DURATION",
-        requires = "cluster",
-        default_value = "10m"
-    )]
-    pub join_timeout: String,
+    #[command(flatten)]
+    pub meet: MeetArgs,
     /// Go on although this node's etcd still runs (a member without quorum applies nothing,
     /// so its file is read as it stands; the restore stops it first), or a survivor's file is
     /// held by a running etcd.
