@@ -169,7 +169,12 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
     if let Some(e) = e.downcast_ref::<crate::kit::KitError>() {
         use crate::kit::KitError as K;
         return match e {
-            K::Read { .. } | K::Pack(_) | K::OutputNotEmpty(_) | K::Store(_) => Some(STORAGE),
+            K::Read { .. }
+            | K::Write { .. }
+            | K::Pack(_)
+            | K::OutputNotEmpty(_)
+            | K::Occupied(_)
+            | K::Store(_) => Some(STORAGE),
             K::Manifest { .. } => Some(USAGE),
             K::Plaintext => Some(KEYS),
             K::Damaged { .. } => Some(VERIFY),
@@ -198,6 +203,7 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
         return match e {
             crate::retention::PruneError::Catalog(c) => classify(c),
             crate::retention::PruneError::Store(_) => Some(STORAGE),
+            crate::retention::PruneError::Kit(k) => classify(k),
             crate::retention::PruneError::Fenced(_) => Some(FAILURE),
         };
     }

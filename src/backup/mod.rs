@@ -308,14 +308,44 @@ async fn verify_and_commit(
 /// manifest never names a kit that is not there). A kit that cannot be taken does not cost the
 /// backup: etcd's data restores without it; the backup is committed without one, warned.
 async fn kit_for(run: &Run<'_>) -> Option<String> {
-    let plan = run.settings.kit.as_ref()?;
+    let cluster = format!("{:x}", run.member.cluster_id);
+    store_kit(run.settings, &run.store, &cluster, &run.member.member_name).await
+}
+
+/// This node's kit, stored unless its content is there, by a `serve` instance that is not
+/// the uploader: the backups carry the uploader's node's kit, and a rebuild of any other
+/// control-plane node (`rebuild --node`) needs that node's own.
+pub async fn store_node_kit(
+    source: &mut crate::etcd::EtcdSource,
+    store: &Arc<dyn Store>,
+    settings: &BackupSettings,
+) -> Option<String> {
+    settings.kit.as_ref()?;
+    let member = match source.member_facts().await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "this node's control-plane kit was not stored: etcd did not say which member this is");
+            return None;
+        }
+    };
+    let cluster = format!("{:x}", member.cluster_id);
+    store_kit(settings, store, &cluster, &member.member_name).await
+}
+
+async fn store_kit(
+    settings: &BackupSettings,
+    store: &Arc<dyn Store>,
+    cluster: &str,
+    node: &str,
+) -> Option<String> {
+    let plan = settings.kit.as_ref()?;
     let taken = crate::kit::take(
         plan,
-        &format!("{:x}", run.member.cluster_id),
-        &run.member.member_name,
-        &run.store,
-        run.settings.signer.as_deref(),
-        run.settings.recipients.as_ref(),
+        cluster,
+        node,
+        store,
+        settings.signer.as_deref(),
+        settings.recipients.as_ref(),
     )
     .await;
     match taken {
@@ -324,7 +354,7 @@ async fn kit_for(run: &Run<'_>) -> Option<String> {
             Some(saved.id)
         }
         Err(e) => {
-            tracing::warn!(error = %e, "this backup has no control-plane kit: a rebuild on a fresh machine will need the node's files from elsewhere");
+            tracing::warn!(error = %e, "no control-plane kit stored: a rebuild of this node on a fresh machine will need its files from elsewhere");
             None
         }
     }

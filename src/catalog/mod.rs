@@ -128,14 +128,48 @@ pub fn id_of_manifest_key(key: &str) -> Option<BackupId> {
     BackupId::parse(key.strip_suffix(MANIFEST_SUFFIX)?)
 }
 
-/// The backup id of a node bundle key (`<id>.node-<node>[.<time>].tar.zst[.age]`), when it is ours.
+/// The backup id of an object kept beside a backup for a node: the upgrade gate's mark
+/// ([`upgrade_mark_key`]) or an old node bundle (`<id>.node-<node>[.<time>].tar.zst[.age]`),
+/// when it is ours.
 pub fn id_of_bundle_key(key: &str) -> Option<BackupId> {
+    if let Some((id, _)) = parse_upgrade_mark(key) {
+        return Some(id);
+    }
     let stem = key
         .strip_suffix(".tar.zst.age")
         .or_else(|| key.strip_suffix(".tar.zst"))?;
     let (id, node) = stem.split_once(".node-")?;
     (!node.is_empty()).then_some(())?;
     BackupId::parse(id)
+}
+
+/// The upgrade gate's mark beside the backup it stood behind, naming the node's kit: an empty
+/// object, `<backup id>.node-<node>.<time>.kit-<kit id>`. Retention keeps that backup like a
+/// pre-upgrade one and the kit with it; the name alone says so, nothing is read from it. Each
+/// upgrade has its own (several may reuse one recent backup, and kubeadm renews certificates).
+pub fn upgrade_mark_key(backup_id: &str, node: &str, at: DateTime<Utc>, kit: &str) -> String {
+    let safe: String = node
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let at = at.format("%Y%m%dT%H%M%S%.3fZ");
+    format!("{backup_id}.node-{safe}.{at}.kit-{kit}")
+}
+
+/// The backup id and kit id of an upgrade mark, when the key is one.
+pub fn parse_upgrade_mark(key: &str) -> Option<(BackupId, String)> {
+    let (rest, kit) = key.rsplit_once(".kit-")?;
+    let hex = kit.len() == 64 && kit.bytes().all(|b| b.is_ascii_hexdigit());
+    hex.then_some(())?;
+    let (id, node) = rest.split_once(".node-")?;
+    (!node.is_empty()).then_some(())?;
+    Some((BackupId::parse(id)?, kit.to_string()))
 }
 
 /// A writer's right to change the catalog, checked right before each commit and each

@@ -42,6 +42,36 @@ fn bundle_keys_are_ours_only_with_a_backup_id_and_a_node() {
     assert_eq!(id_of_bundle_key(&format!("{id}.db.zst.age")), None);
 }
 
+#[test]
+fn upgrade_marks_name_their_backup_and_kit_and_each_upgrade_has_its_own() {
+    let id = BackupId::new(chrono::Utc::now(), 0xab);
+    let kit = "ab".repeat(32);
+    let at = chrono::DateTime::parse_from_rfc3339("2026-11-29T02:03:04.5Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let mark = upgrade_mark_key(&id.to_string(), "cp 1/x", at, &kit);
+    assert_eq!(
+        mark,
+        format!("{id}.node-cp_1_x.20261129T020304.500Z.kit-{kit}")
+    );
+    assert_eq!(parse_upgrade_mark(&mark), Some((id.clone(), kit.clone())));
+    assert_eq!(id_of_bundle_key(&mark), Some(id.clone()));
+    let later = at + chrono::Duration::milliseconds(1);
+    assert_ne!(
+        mark,
+        upgrade_mark_key(&id.to_string(), "cp 1/x", later, &kit)
+    );
+    // Not ours: a short or non-hex kit id, no node, no backup id.
+    for key in [
+        format!("{id}.node-cp1.x.kit-abc"),
+        format!("{id}.node-cp1.x.kit-{}", "zz".repeat(32)),
+        format!("{id}.node-.kit-{kit}"),
+        format!("etcd-x.node-cp1.kit-{kit}"),
+    ] {
+        assert_eq!(parse_upgrade_mark(&key), None, "{key}");
+    }
+}
+
 /// A manifest as `Manifest::new` would write it for a backup of `cluster` at `t`.
 fn manifest(t: DateTime<Utc>, cluster: u64) -> Manifest {
     let id = BackupId::new(t, cluster);

@@ -176,7 +176,7 @@ pub(super) fn meeting(
 }
 
 pub(super) fn this_node(opts: &RestoreOptions) -> Result<Node> {
-    let manifest = opts.manifests_dir.join("etcd.yaml");
+    let manifest = opts.manifest("etcd.yaml");
     let local = discovery::discover(&manifest)?.ok_or_else(|| {
         RestoreError::refused(format!(
             "{} does not exist: --cluster needs each node's own etcd.yaml (pass --manifests-dir)",

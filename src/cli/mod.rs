@@ -9,6 +9,7 @@ mod member;
 mod pitr;
 mod progress;
 mod prune;
+mod rebuild;
 mod recover;
 mod render;
 mod restore;
@@ -65,6 +66,7 @@ async fn run(cli: Cli, config: FileConfig) -> Result<()> {
         Command::Member(cmd) => member::run(cmd, config).await,
         Command::Recover(args) => recover::run(*args, config).await,
         Command::Kit(cmd) => kit::run(cmd, config).await,
+        Command::Rebuild(args) => rebuild::run(*args, config).await,
         Command::Serve(args) => serve::run(*args, config).await,
         Command::Restore(args) => restore::run(*args, config).await,
         Command::Drill(args) => restore::drill(*args, config).await,

@@ -50,6 +50,19 @@ pub async fn run(a: PruneArgs, file: FileConfig) -> Result<()> {
                     o.age_secs
                 );
             }
+            for k in &report.kits {
+                println!(
+                    "{:<13} {:<52} {:<12} {}",
+                    verb(k.action),
+                    format!("kit {}", &k.id[..12]),
+                    k.node,
+                    if k.action == Action::Keep {
+                        "a kept backup names it"
+                    } else {
+                        "no kept backup names it"
+                    }
+                );
+            }
             let j = &report.journal;
             if j.segments_kept + j.segments_to_delete > 0 {
                 println!(

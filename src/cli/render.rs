@@ -47,6 +47,9 @@ pub fn saved(m: &Manifest, location: &str) {
         m.status.hash, m.hashkv.result
     );
     println!("  encryption {}", encryption(m));
+    if let Some(kit) = &m.kit {
+        println!("  kit        {kit} (the node's control-plane files)");
+    }
     println!("  took       {} ms", m.duration_ms);
 }
 
@@ -68,19 +71,20 @@ pub fn list(ms: &[Manifest]) {
         return;
     }
     println!(
-        "{:<52} {:<20} {:>10} {:>9} {:>10} {:<12} {:<10}",
-        "ID", "CREATED (UTC)", "REVISION", "KEYS", "SIZE", "REASON", "MEMBER"
+        "{:<52} {:<20} {:>10} {:>9} {:>10} {:<12} {:<10} {:<12}",
+        "ID", "CREATED (UTC)", "REVISION", "KEYS", "SIZE", "REASON", "MEMBER", "KIT"
     );
     for m in ms {
         println!(
-            "{:<52} {:<20} {:>10} {:>9} {:>10} {:<12} {:<10}",
+            "{:<52} {:<20} {:>10} {:>9} {:>10} {:<12} {:<10} {:<12}",
             m.id,
             m.created_at.format("%Y-%m-%d %H:%M:%S"),
             m.revision,
             m.status.total_key,
             human_bytes(m.object.size),
             m.reason.to_string(),
-            m.member_name
+            m.member_name,
+            m.kit.as_deref().map_or("-", |k| &k[..k.len().min(12)])
         );
     }
 }

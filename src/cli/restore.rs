@@ -14,9 +14,22 @@ use super::args::{DrillArgs, Output, RestoreArgs};
 use super::{progress, snapshot};
 
 pub async fn run(a: RestoreArgs, file: FileConfig) -> Result<()> {
+    run_held(a, file, None).await
+}
+
+/// `restore`, with the control-plane manifests held in `held` rather than in the kubelet's
+/// folder (`rebuild`: see `RestoreOptions::held_manifests`).
+pub(super) async fn run_held(
+    a: RestoreArgs,
+    file: FileConfig,
+    held: Option<PathBuf>,
+) -> Result<()> {
     let config = &file.overlay(a.flags());
     let resolved = resolve_restore(&config.restore)?;
-    let opts = options(&a, &resolved);
+    let opts = RestoreOptions {
+        held_manifests: held,
+        ..options(&a, &resolved)
+    };
     if a.detach {
         return detach(&resolved.state_dir);
     }
@@ -114,6 +127,7 @@ pub(super) fn options_of(
         wait,
         connect_timeout: Duration::from_secs(3),
         apiserver_timeout: r.apiserver_timeout,
+        held_manifests: None,
     }
 }
 

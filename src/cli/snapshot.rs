@@ -48,7 +48,7 @@ async fn save(a: SaveArgs, file: FileConfig) -> Result<()> {
     let config = file.overlay(a.writer.flags());
     let etcd = resolve_etcd(&config.etcd)?;
     let mut settings = resolve_backup(&config.backup, &config.trust, Reason::Manual)?;
-    settings.kit = etcd.kubeadm.as_ref().and_then(lifeboat::kit::KitPlan::of);
+    settings.kit = lifeboat::config::resolve_kit(&config.node, &etcd);
     if settings.recipients.is_none() {
         tracing::warn!("ENCRYPTION IS OFF (backup.encryption = \"none\"): this backup holds every Secret of the cluster in the clear");
     }

@@ -14,7 +14,7 @@ use super::args::{Output, RoleArg, UpgradeArgs};
 
 pub async fn run(a: UpgradeArgs, file: FileConfig) -> Result<()> {
     let config = &file.overlay(a.flags());
-    let resolved = resolve_upgrade(&config.upgrade)?;
+    let resolved = resolve_upgrade(&config.upgrade, &config.node)?;
     let state_dir = state_dir(&config.restore);
     let to = match (&a.to, upgrade::load_journal(&state_dir)?) {
         (Some(t), _) => KubeVersion::parse(t).ok_or_else(|| ConfigError::Invalid {
@@ -53,7 +53,7 @@ pub async fn run(a: UpgradeArgs, file: FileConfig) -> Result<()> {
         return clean(&opts, a.dry_run || !a.yes);
     }
     let tools = Tools::find(&resolved.tools)?;
-    let gate = gate_inputs(&a, config, &opts.kubernetes_dir).await?;
+    let gate = gate_inputs(&a, config, &opts.kubernetes_dir, &tools).await?;
     let mode = if a.dry_run {
         Mode::DryRun
     } else if a.yes || a.resume {
@@ -86,6 +86,7 @@ async fn gate_inputs(
     a: &UpgradeArgs,
     config: &FileConfig,
     kubernetes_dir: &std::path::Path,
+    tools: &Tools,
 ) -> Result<Option<GateInputs>> {
     let etcd_manifest = kubernetes_dir.join("manifests/etcd.yaml");
     let may_be_control_plane = a.role != RoleArg::Worker
@@ -103,7 +104,11 @@ async fn gate_inputs(
     let store_is_local = spec.is_local();
     let store = lifeboat::store::open(&spec).await?;
     let mut backup = resolve_backup(&config.backup, &config.trust, Reason::PreUpgrade)?;
-    backup.kit = etcd.kubeadm.as_ref().and_then(lifeboat::kit::KitPlan::of);
+    backup.kit = lifeboat::config::resolve_kit(&config.node, &etcd).map(|mut k| {
+        // The ClusterConfiguration through the upgrade's own kubectl and kubeconfig.
+        k.cluster_configuration = Some(tools.cluster_configuration());
+        k
+    });
     Ok(Some(GateInputs {
         etcd: etcd.settings,
         store,
@@ -155,14 +160,14 @@ fn summary(r: &Report) {
     }
     if let Some(g) = &r.gate {
         println!(
-            "pre-upgrade backup {} ({}), node bundle {} in {}",
+            "pre-upgrade backup {} ({}), control-plane kit {} in {}",
             g.backup_id,
             if g.reused {
                 "recent, verified"
             } else {
                 "taken now"
             },
-            g.bundle_key,
+            g.kit.as_deref().unwrap_or("NONE"),
             g.store
         );
     }

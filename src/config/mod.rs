@@ -11,6 +11,7 @@
 mod continuous;
 mod drill;
 mod etcd;
+mod node;
 mod restore;
 mod retention;
 mod serve;
@@ -27,6 +28,7 @@ use serde::Deserialize;
 pub use continuous::{resolve_continuous, ContinuousSection};
 pub use drill::{resolve_drill, DrillSection};
 pub use etcd::{resolve_etcd, EtcdSection, ResolvedEtcd};
+pub use node::{resolve_kit, resolve_node, NodeSection, DEFAULT_KUBERNETES_DIR};
 pub use restore::{resolve_restore, state_dir, ResolvedRestore, RestoreSection};
 pub use retention::{resolve_retention, RetentionSection};
 pub use serve::{resolve_serve, ServeSection};
@@ -84,6 +86,8 @@ pub struct FileConfig {
     pub drill: DrillSection,
     #[serde(default)]
     pub upgrade: UpgradeSection,
+    #[serde(default)]
+    pub node: NodeSection,
     #[serde(default)]
     pub trust: TrustSection,
     #[serde(default)]
@@ -166,6 +170,7 @@ impl FileConfig {
             restore: flags.restore.overlay(self.restore),
             drill: flags.drill.overlay(self.drill),
             upgrade: flags.upgrade.overlay(self.upgrade),
+            node: flags.node.overlay(self.node),
             trust: flags.trust.overlay(self.trust),
             continuous: flags.continuous.overlay(self.continuous),
             shadow: flags.shadow.overlay(self.shadow),

@@ -57,6 +57,7 @@ pub fn resolve_serve(c: &FileConfig) -> Result<ServeSettings, ConfigError> {
     let drill = resolve_drill_plan(c)?;
     let shadow = resolve_shadow_plan(c, backups_off)?;
     let etcd = resolve_etcd(&c.etcd)?;
+    let kit = super::resolve_kit(&c.node, &etcd);
     if backups_off && drill.is_none() && shadow.is_none() {
         return Err(invalid(
             "serve.schedule",
@@ -103,7 +104,7 @@ pub fn resolve_serve(c: &FileConfig) -> Result<ServeSettings, ConfigError> {
         } else {
             let mut b = resolve_backup(&c.backup, &c.trust, Reason::Scheduled)?;
             // On a kubeadm node the uploader's backups carry its node's kit.
-            b.kit = etcd.kubeadm.as_ref().and_then(crate::kit::KitPlan::of);
+            b.kit = kit;
             Some(b)
         },
         retention: if s.prune.unwrap_or(true) {

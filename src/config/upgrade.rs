@@ -8,8 +8,6 @@ use serde::Deserialize;
 use super::{duration, section, ConfigError};
 use crate::upgrade::tools::ToolPaths;
 
-pub const DEFAULT_KUBERNETES_DIR: &str = "/etc/kubernetes";
-
 section! {
     #[derive(clap::Args, Debug, Default, Clone, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -24,9 +22,6 @@ section! {
         pub package_manager: Option<String>,
         #[arg(skip)]
         pub kubeconfig: Option<PathBuf>,
-        /// kubeadm's folder (default /etc/kubernetes).
-        #[arg(long, env = "LIFEBOAT_KUBERNETES_DIR", value_name = "DIR")]
-        pub kubernetes_dir: Option<PathBuf>,
         /// Accept an existing backup younger than this instead of taking one (default 15m).
         #[arg(long, value_name = "DURATION")]
         pub max_snapshot_age: Option<String>,
@@ -55,11 +50,11 @@ pub struct ResolvedUpgrade {
 
 /// # Errors
 /// A bad duration, naming its key.
-pub fn resolve_upgrade(u: &UpgradeSection) -> Result<ResolvedUpgrade, ConfigError> {
-    let kubernetes_dir = u
-        .kubernetes_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_KUBERNETES_DIR));
+pub fn resolve_upgrade(
+    u: &UpgradeSection,
+    node: &super::NodeSection,
+) -> Result<ResolvedUpgrade, ConfigError> {
+    let kubernetes_dir = super::resolve_node(node, None).kubernetes_dir;
     let admin_conf = kubernetes_dir.join("admin.conf");
     Ok(ResolvedUpgrade {
         max_snapshot_age: duration(

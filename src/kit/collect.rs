@@ -94,6 +94,10 @@ pub fn collect(dirs: &KitDirs) -> Result<Vec<PathBuf>, KitError> {
             out.insert(entry);
         }
     }
+    let own_cluster_configuration = k.join(super::CLUSTER_CONFIGURATION_FILE);
+    if own_cluster_configuration.is_file() {
+        out.insert(own_cluster_configuration);
+    }
     for entry in list(&k.join("manifests"))? {
         if entry.extension().is_some_and(|e| e == "yaml") && entry.is_file() {
             out.insert(entry);

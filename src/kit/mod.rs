@@ -10,8 +10,10 @@
 //!
 //! - `collect.rs`: which files, from the node's folders and its manifests' flags.
 //! - `stored.rs`: saving (once per content) and loading back with every check.
+//! - `install.rs`: writing the files back on a node (`rebuild`).
 
 mod collect;
+pub mod install;
 mod stored;
 
 #[cfg(test)]
@@ -52,6 +54,14 @@ pub enum KitError {
     Envelope(#[from] EnvelopeError),
     #[error("kit {id}: {why}; no file of it is used")]
     Damaged { id: String, why: String },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} file(s) of the kit are there with other content: {}; nothing was written (with --force they are moved aside under a hidden name beside them, never deleted)", .0.len(), .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    Occupied(Vec<PathBuf>),
     #[error("{0} is not empty: give a new or empty folder (a kit holds private keys; nothing is overwritten)")]
     OutputNotEmpty(PathBuf),
     #[error(
@@ -88,6 +98,8 @@ pub struct Kit {
     pub cluster_id: String,
     pub node: String,
     pub versions: Versions,
+    /// The folders it was taken from (`rebuild` moves what is under them to the node's).
+    pub dirs: Option<KitDirs>,
     pub files: Vec<(KitFile, Vec<u8>)>,
 }
 
@@ -123,6 +135,12 @@ pub struct KitManifest {
     pub node: String,
     pub versions: Versions,
     pub files: Vec<KitFile>,
+    /// kubeadm's folder on the node it was taken from (absent in kits before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_dir: Option<PathBuf>,
+    /// The kubelet's folder there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubelet_dir: Option<PathBuf>,
     /// The encrypted tar of the files, in this order.
     pub object: ObjectRef,
     /// The age recipients it is encrypted to.
@@ -130,6 +148,17 @@ pub struct KitManifest {
 }
 
 impl KitManifest {
+    /// Which of its folders go where on a node with `to`'s folders (`install::destination`).
+    pub fn moves(&self, to: &KitDirs) -> Vec<(PathBuf, PathBuf)> {
+        [
+            (&self.kubernetes_dir, &to.kubernetes_dir),
+            (&self.kubelet_dir, &to.kubelet_dir),
+        ]
+        .into_iter()
+        .filter_map(|(from, to)| Some((from.clone()?, to.clone())))
+        .collect()
+    }
+
     /// The id its content gives (must equal `id`).
     pub fn content_id(&self) -> String {
         let files: Vec<&KitFile> = self.files.iter().collect();
@@ -149,28 +178,21 @@ impl crate::trust::envelope::Envelope for KitManifest {
     }
 }
 
-/// Where to take a kit from, on a kubeadm node (decided from its `etcd.yaml`).
+/// Where to take a kit from, on a kubeadm node (`config::resolve_kit`).
 #[derive(Debug, Clone)]
 pub struct KitPlan {
     pub dirs: KitDirs,
     /// etcd's image, from etcd.yaml.
     pub etcd_image: Option<String>,
+    /// The command printing kubeadm's ClusterConfiguration from the `kubeadm-config`
+    /// ConfigMap (kubectl with the node's admin kubeconfig), used when the node has no
+    /// `kubeadm-config.yaml` of its own.
+    pub cluster_configuration: Option<Vec<String>>,
 }
 
-impl KitPlan {
-    /// On a kubeadm node: `/etc/kubernetes` from where its `etcd.yaml` is, the kubelet's
-    /// folder at its default.
-    pub fn of(etcd: &crate::etcd::discovery::KubeadmEtcd) -> Option<KitPlan> {
-        let kubernetes_dir = etcd.manifest.parent()?.parent()?.to_path_buf();
-        Some(KitPlan {
-            dirs: KitDirs {
-                kubernetes_dir,
-                kubelet_dir: PathBuf::from(DEFAULT_KUBELET_DIR),
-            },
-            etcd_image: etcd.image.clone(),
-        })
-    }
-}
+/// Where a rebuilt node finds kubeadm's ClusterConfiguration, under the kubernetes folder:
+/// the node's own file when it has one, else the cluster's ConfigMap written there.
+pub const CLUSTER_CONFIGURATION_FILE: &str = "kubeadm-config.yaml";
 
 pub const DEFAULT_KUBELET_DIR: &str = "/var/lib/kubelet";
 
@@ -190,9 +212,16 @@ pub async fn take(
         return Err(KitError::Plaintext);
     }
     let dirs = plan.dirs.clone();
-    let files = tokio::task::spawn_blocking(move || read_files(&collect(&dirs)?))
+    let mut files = tokio::task::spawn_blocking(move || read_files(&collect(&dirs)?))
         .await
         .map_err(|e| KitError::Pack(std::io::Error::other(e)))??;
+    let own = plan.dirs.kubernetes_dir.join(CLUSTER_CONFIGURATION_FILE);
+    let own = own.display().to_string();
+    if !files.iter().any(|(f, _)| f.path == own) {
+        if let Some(file) = cluster_configuration(plan, own).await {
+            files.push(file);
+        }
+    }
     let versions = Versions {
         etcd_image: plan.etcd_image.clone(),
         kubeadm: tool_version("kubeadm", &["version", "-o", "short"]).await,
@@ -202,9 +231,71 @@ pub async fn take(
         cluster_id: cluster_id.to_string(),
         node: node.to_string(),
         versions,
+        dirs: Some(plan.dirs.clone()),
         files,
     };
     save(store, signer, recipients, &kit).await
+}
+
+/// `kubectl` printing kubeadm's ClusterConfiguration from its ConfigMap.
+pub fn cluster_configuration_command(
+    kubectl: &std::path::Path,
+    kubeconfig: Option<&std::path::Path>,
+) -> Vec<String> {
+    let mut v = vec![kubectl.display().to_string()];
+    if let Some(k) = kubeconfig {
+        v.push(format!("--kubeconfig={}", k.display()));
+    }
+    v.extend(
+        [
+            "-n",
+            "kube-system",
+            "get",
+            "configmap",
+            "kubeadm-config",
+            "-o",
+            "jsonpath={.data.ClusterConfiguration}",
+        ]
+        .map(str::to_string),
+    );
+    v
+}
+
+/// The cluster's ClusterConfiguration as a file of the kit (mode 0600, owned like the
+/// kubernetes folder), when the cluster answers.
+async fn cluster_configuration(plan: &KitPlan, path: String) -> Option<(KitFile, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    let argv = plan.cluster_configuration.as_ref()?;
+    let (tool, args) = argv.split_first()?;
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        tokio::process::Command::new(tool)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    if !out.status.success() || out.stdout.trim_ascii().is_empty() {
+        tracing::info!(
+            "the kit holds no ClusterConfiguration: the cluster did not answer `kubectl get configmap kubeadm-config`"
+        );
+        return None;
+    }
+    let owner = std::fs::metadata(&plan.dirs.kubernetes_dir).ok()?;
+    let bytes = out.stdout;
+    Some((
+        KitFile {
+            path,
+            mode: 0o600,
+            uid: owner.uid(),
+            gid: owner.gid(),
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+        },
+        bytes,
+    ))
 }
 
 /// What `tool args` prints (its last word: `v1.33.1`), when it is installed.

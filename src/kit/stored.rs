@@ -76,6 +76,8 @@ pub async fn save(
         node: kit.node.clone(),
         versions: kit.versions.clone(),
         files: kit.files.iter().map(|(f, _)| f.clone()).collect(),
+        kubernetes_dir: kit.dirs.as_ref().map(|d| d.kubernetes_dir.clone()),
+        kubelet_dir: kit.dirs.as_ref().map(|d| d.kubelet_dir.clone()),
         object: ObjectRef { key, size, sha256 },
         recipients: recipients.public_keys(),
     };

@@ -120,6 +120,7 @@ fn kit_of(n: &Node) -> Kit {
     Kit {
         cluster_id: "ab12".into(),
         node: "cp1".into(),
+        dirs: Some(n.dirs.clone()),
         versions: Versions {
             etcd_image: Some("registry.k8s.io/etcd:3.5.16-0".into()),
             ..Versions::default()

@@ -138,6 +138,20 @@ pub struct RestoreOptions {
     pub connect_timeout: Duration,
     /// How long to wait for the API server's `/readyz` (informational, never fails).
     pub apiserver_timeout: Duration,
+    /// Control-plane manifests held in this folder rather than in `manifests_dir`: `rebuild`
+    /// writes the kit's there, so the kubelet starts nothing before the restore puts them in
+    /// place (an etcd started early would run on an empty data dir). The plan holds them here.
+    pub held_manifests: Option<PathBuf>,
+}
+
+impl RestoreOptions {
+    /// Where the control-plane manifest `name` is: held for this restore, or where the kubelet
+    /// runs it.
+    pub fn manifest(&self, name: &str) -> PathBuf {
+        let held = self.held_manifests.as_ref().map(|d| d.join(name));
+        held.filter(|p| p.exists())
+            .unwrap_or_else(|| self.manifests_dir.join(name))
+    }
 }
 
 /// Decides the plan and runs every check that can refuse before anything changes.
@@ -148,7 +162,8 @@ pub struct RestoreOptions {
 pub async fn plan(source: &SnapshotSource, opts: &RestoreOptions) -> Result<Plan, RestoreError> {
     let journals = JournalDir::new(&opts.state_dir);
     journals.refuse_unfinished("restore")?;
-    let etcd_manifest = opts.manifests_dir.join("etcd.yaml");
+    let find = |name: &str| opts.manifest(name);
+    let etcd_manifest = find("etcd.yaml");
     let local = discovery::discover(&etcd_manifest)?.ok_or_else(|| {
         RestoreError::node(
             &etcd_manifest,
@@ -214,13 +229,16 @@ pub async fn plan(source: &SnapshotSource, opts: &RestoreOptions) -> Result<Plan
     check_disk(&opts.state_dir, &data_dir, backup.plain_size)?;
     let static_pods = CONTROL_PLANE_PODS
         .iter()
-        .filter(|p| opts.manifests_dir.join(p).exists())
+        .filter(|p| find(p).exists())
         .map(|p| (*p).to_string())
         .collect();
     let owner = owner_of(&data_dir);
     Ok(Plan {
         expected_min_revision: backup.revision + bump_revision.map_or(0, |b| b as i64),
-        holding_dir: sibling(&opts.manifests_dir, &format!("lifeboat-held-{run_id}")),
+        holding_dir: opts
+            .held_manifests
+            .clone()
+            .unwrap_or_else(|| sibling(&opts.manifests_dir, &format!("lifeboat-held-{run_id}"))),
         aside_dir: sibling(&data_dir, &format!("lifeboat-{run_id}")),
         manifests_dir: opts.manifests_dir.clone(),
         run_id,
@@ -237,9 +255,7 @@ pub async fn plan(source: &SnapshotSource, opts: &RestoreOptions) -> Result<Plan
         restore_argv,
         client,
         local_cluster_id,
-        apiserver: apiserver::ApiServerProbe::from_manifest(
-            &opts.manifests_dir.join("kube-apiserver.yaml"),
-        ),
+        apiserver: apiserver::ApiServerProbe::from_manifest(&find("kube-apiserver.yaml")),
         warnings,
         cluster: None,
     })

@@ -143,6 +143,15 @@ pub(super) fn stop_control_plane(plan: &Plan, opts: &RestoreOptions) -> Result<(
 
 pub(super) fn move_data_dir(plan: &Plan) -> Result<(), RestoreError> {
     if !plan.data_dir_existed {
+        // Made after the plan: on a fresh machine (`rebuild`) the kubelet starts etcd from the
+        // manifest just written, on an empty data dir, before the restore stops it. Left in
+        // place, it would pass for the restored one; it goes aside like any old data dir.
+        if plan.data_dir.exists() && !plan.aside_dir.exists() {
+            tracing::warn!(data_dir = %plan.data_dir.display(), aside = %plan.aside_dir.display(), "the data dir appeared after the plan was made (an etcd started from the manifest?): moved aside");
+            return fsutil::durable_rename(&plan.data_dir, &plan.aside_dir).map_err(|e| {
+                RestoreError::node(&plan.data_dir, format!("cannot move it aside: {e}"))
+            });
+        }
         return Ok(());
     }
     match (plan.data_dir.exists(), plan.aside_dir.exists()) {

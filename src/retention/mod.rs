@@ -216,6 +216,7 @@ fn plan_cluster(
         .collect()
 }
 
+mod kits;
 mod prune;
 
 pub use prune::{prune, Orphan, PruneError, PruneReport, SkippedManifest};
@@ -226,7 +227,7 @@ mod tests {
     use crate::catalog::BackupId;
     use chrono::TimeZone;
 
-    fn manifest_at(t: DateTime<Utc>, reason: Reason, cluster: u64) -> Manifest {
+    pub(super) fn manifest_at(t: DateTime<Utc>, reason: Reason, cluster: u64) -> Manifest {
         let id = BackupId::new(t, cluster);
         let text = format!(
             r#"{{"schema_version":1,"id":"{id}","created_at":"{}","cluster_id":"{cluster:x}","member_id":"1","member_name":"m","endpoint":"e","etcd_version":"3.5.16","revision":1,"raft_index":1,"db_size":1,"status":{{"hash":1,"revision":1,"totalKey":1,"totalSize":1}},"hashkv":{{"hash":1,"compact_revision":0,"checked":true,"result":"equal"}},"plain_sha256":"00","plain_size":1,"object":{{"key":"{}","size":1,"sha256":"00"}},"compression":{{"algorithm":"zstd","level":3}},"encryption":{{"scheme":"age","recipients":[]}},"reason":"{reason}","tool_version":"t","duration_ms":1}}"#,

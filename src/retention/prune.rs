@@ -23,6 +23,8 @@ pub struct PruneReport {
     pub dry_run: bool,
     pub decisions: Vec<Decision>,
     pub orphans: Vec<Orphan>,
+    /// Control-plane kits: kept while a kept backup names them (#25).
+    pub kits: Vec<super::kits::KitDecision>,
     /// Leftovers the store itself cleaned (`.part` files, stale multipart uploads).
     pub incomplete_cleaned: Vec<String>,
     pub deleted: usize,
@@ -50,6 +52,8 @@ pub enum PruneError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Kit(#[from] crate::kit::KitError),
     #[error("retention stopped: {0}; what was deleted before stays deleted, the rest is left to the current uploader")]
     Fenced(#[source] crate::catalog::FenceLost),
 }
@@ -74,7 +78,30 @@ pub async fn prune(
     let bundled = bundled_backups(&all);
     let mut decisions = plan(&manifests, &bundled, now, policy, only_cluster);
     let mut orphans = find_orphans(&all, &manifests, now, policy, only_cluster);
-    let locked = hold_locked(store, &manifests, &all, &mut decisions, &mut orphans, now).await?;
+    let mut locked =
+        hold_locked(store, &manifests, &all, &mut decisions, &mut orphans, now).await?;
+    let kept: Vec<Manifest> = manifests
+        .iter()
+        .filter(|m| {
+            decisions
+                .iter()
+                .find(|d| d.id == m.id)
+                .is_none_or(|d| d.action != Action::Delete)
+        })
+        .cloned()
+        .collect();
+    let (mut kits, kit_orphans) = super::kits::plan(
+        catalog.store(),
+        catalog.policy(),
+        &super::kits::referenced(&kept, &all),
+        only_cluster,
+        now,
+        policy.incomplete_grace,
+    )
+    .await?;
+    let first_kit_orphan = orphans.len();
+    orphans.extend(kit_orphans);
+    locked += hold_locked_kits(store, &mut kits, &mut orphans[first_kit_orphan..], now).await?;
     let mut deleted = 0;
     let mut incomplete_cleaned = Vec::new();
     if !dry_run {
@@ -101,18 +128,15 @@ pub async fn prune(
             store.delete(&o.key).await?;
             tracing::info!(key = %o.key, "retention deleted an object without manifest");
         }
+        for k in kits.iter().filter(|k| k.action == Action::Delete) {
+            check_fence(fence).await?;
+            for key in &k.keys {
+                store.delete(key).await?;
+            }
+            tracing::info!(kit = %k.id, node = %k.node, "retention deleted a control-plane kit no kept backup names");
+        }
         incomplete_cleaned = store.clean_incomplete().await?;
     }
-    let kept: Vec<Manifest> = manifests
-        .iter()
-        .filter(|m| {
-            decisions
-                .iter()
-                .find(|d| d.id == m.id)
-                .is_none_or(|d| d.action != Action::Delete)
-        })
-        .cloned()
-        .collect();
     let journal_objects = store
         .list(&crate::continuous::segment::prefix(None))
         .await?;
@@ -134,6 +158,7 @@ pub async fn prune(
         dry_run,
         decisions,
         orphans,
+        kits,
         incomplete_cleaned,
         deleted,
         locked,
@@ -245,6 +270,32 @@ async fn hold_locked(
             locked += 1;
         }
     }
+    Ok(locked + hold_locked_orphans(store, orphans, now).await?)
+}
+
+/// Turns every kit deletion an Object Lock prevents into `Locked`; returns how many.
+async fn hold_locked_kits(
+    store: &dyn Store,
+    kits: &mut [super::kits::KitDecision],
+    orphans: &mut [Orphan],
+    now: DateTime<Utc>,
+) -> Result<usize, PruneError> {
+    let mut locked = 0;
+    for k in kits.iter_mut().filter(|k| k.action == Action::Delete) {
+        if holding_lock(store, &k.keys, now).await?.is_some() {
+            k.action = Action::Locked;
+            locked += 1;
+        }
+    }
+    Ok(locked + hold_locked_orphans(store, orphans, now).await?)
+}
+
+async fn hold_locked_orphans(
+    store: &dyn Store,
+    orphans: &mut [Orphan],
+    now: DateTime<Utc>,
+) -> Result<usize, PruneError> {
+    let mut locked = 0;
     for o in orphans.iter_mut().filter(|o| o.action == Action::Delete) {
         if holding_lock(store, std::slice::from_ref(&o.key), now)
             .await?

@@ -1,4 +1,5 @@
-//! One scheduled tick on the uploader: jitter, a fenced backup, then retention of its cluster.
+//! One scheduled tick: on the uploader jitter, a fenced backup, then retention of its cluster;
+//! on the other control-plane nodes, each node's own kit (#25).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,7 +29,8 @@ pub(super) async fn run_tick(
         }
     }
     if !shared.leadership.is_leader() {
-        tracing::debug!("not the uploader: tick ignored");
+        tracing::debug!("not the uploader: only this node's kit");
+        crate::backup::store_node_kit(source, &shared.store, backup).await;
         return;
     }
     let started = Instant::now();

@@ -1,14 +1,13 @@
 //! The gate: on a control-plane node, nothing that changes the node runs before a pre-upgrade
 //! backup is committed off the node (a fresh one, or a recent one whose object still matches
-//! its manifest) together with the encrypted node bundle.
+//! its manifest) together with the node's control-plane kit (#25: the same kit every backup on
+//! the node carries), and a mark tying the two so retention keeps them for the upgrade.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 
-use super::bundle;
-use super::tools::Tools;
 use super::{GateInputs, GateResult, UpgradeError, UpgradeOptions};
 use crate::backup::{take_backup, BackupSettings};
 use crate::catalog::{Catalog, Manifest, Reason};
@@ -18,7 +17,6 @@ use crate::store::Store;
 
 pub(super) async fn run_gate(
     opts: &UpgradeOptions,
-    tools: &Tools,
     g: &GateInputs,
     observer: &dyn Observer,
 ) -> Result<GateResult, UpgradeError> {
@@ -62,33 +60,62 @@ pub(super) async fn run_gate(
             (m, false)
         }
     };
-    if g.backup.recipients.is_none() {
-        observer.note("WARNING: encryption is off (backup.encryption = \"none\"): the node bundle — /etc/kubernetes/pki with the cluster's CA keys — is stored IN THE CLEAR; anyone who can read the store can impersonate the cluster");
-        tracing::warn!("the node bundle is stored unencrypted (backup.encryption = \"none\")");
+    let kit = node_kit(g, &cluster, &opts.node, observer)
+        .await
+        .map_err(|e| gate_err(format!("the node's control-plane kit: {e}")))?;
+    if let Some(kit) = &kit {
+        let mark = crate::catalog::upgrade_mark_key(&manifest.id, &opts.node, Utc::now(), kit);
+        g.store
+            .put(&mark, crate::store::bytes_stream(bytes::Bytes::new()))
+            .await
+            .map_err(|e| {
+                gate_err(format!(
+                    "marking backup {} for the upgrade: {e}",
+                    manifest.id
+                ))
+            })?;
     }
-    let bundle_key = bundle::save(
-        &g.store,
-        &manifest,
-        &opts.node,
-        &opts.kubernetes_dir,
-        tools,
-        g.backup.recipients.as_ref(),
-    )
-    .await
-    .map_err(|e| gate_err(format!("the node bundle: {e}")))?;
     observer.note(&format!(
-        "backup {} and node bundle {} are in {}",
+        "backup {} and kit {} are in {}",
         manifest.id,
-        bundle_key,
+        kit.as_deref().unwrap_or("(none)"),
         g.store.location()
     ));
     Ok(GateResult {
         backup_id: manifest.id.clone(),
         reused,
         created_at: manifest.created_at,
-        bundle_key,
+        kit,
         store: g.store.location(),
     })
+}
+
+/// The node's kit, stored unless its content is there. Never in the clear: with encryption
+/// off the upgrade goes on without one, loudly (the backup itself still gates it).
+async fn node_kit(
+    g: &GateInputs,
+    cluster: &str,
+    node: &str,
+    observer: &dyn Observer,
+) -> Result<Option<String>, crate::kit::KitError> {
+    let Some(plan) = &g.backup.kit else {
+        return Ok(None);
+    };
+    if g.backup.recipients.is_none() {
+        observer.note("WARNING: encryption is off (backup.encryption = \"none\"): NO control-plane kit is stored — it holds the cluster's CA keys and is never stored in the clear; set backup.recipients to keep /etc/kubernetes/pki and the files the manifests name with every backup");
+        tracing::warn!("no control-plane kit: encryption is off");
+        return Ok(None);
+    }
+    let saved = crate::kit::take(
+        plan,
+        cluster,
+        node,
+        &g.store,
+        g.backup.signer.as_deref(),
+        g.backup.recipients.as_ref(),
+    )
+    .await?;
+    Ok(Some(saved.id))
 }
 
 /// The newest backup of `cluster` younger than `max_age` whose object still has the size and

@@ -2,7 +2,7 @@
 //!
 //! Preflight (read-only) → the gate (control-plane nodes: a fresh pre-upgrade backup committed
 //! to the store, or one younger than `--max-snapshot-age` whose object still matches its
-//! manifest, plus an encrypted node bundle) → the node's steps, each journaled so `--resume`
+//! manifest, plus the node's control-plane kit) → the node's steps, each journaled so `--resume`
 //! continues at the step that failed. Nothing that changes the node runs before the gate
 //! passed; on failure the node stays cordoned and the recovery commands are printed.
 
@@ -13,7 +13,6 @@ mod plan;
 mod run;
 mod steps;
 
-pub mod bundle;
 pub mod preflight;
 pub mod tools;
 pub mod version;
@@ -121,7 +120,8 @@ pub struct GateResult {
     pub backup_id: String,
     pub reused: bool,
     pub created_at: DateTime<Utc>,
-    pub bundle_key: String,
+    /// The node's control-plane kit (none with encryption off).
+    pub kit: Option<String>,
     pub store: String,
 }
 

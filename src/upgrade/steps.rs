@@ -17,7 +17,7 @@ pub(super) fn step_commands(
 ) -> Vec<String> {
     match step {
         Step::Gate => vec![format!(
-            "pre-upgrade backup (fresh, or one younger than {}s that verifies) + encrypted node bundle",
+            "pre-upgrade backup (fresh, or one younger than {}s that verifies) + the node's control-plane kit",
             opts.max_snapshot_age.as_secs()
         )],
         Step::WaitReady => vec![format!(
@@ -71,7 +71,7 @@ pub(super) async fn run_step(
             let g = gate.ok_or_else(|| UpgradeError::Gate {
                 reason: "no backup destination configured".into(),
             })?;
-            let result = run_gate(opts, tools, g, observer).await?;
+            let result = run_gate(opts, g, observer).await?;
             journal.gate = Some(result);
             Ok(())
         }

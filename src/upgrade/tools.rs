@@ -91,15 +91,7 @@ impl Tools {
 
     /// `kubectl` reading kubeadm's ClusterConfiguration from its ConfigMap.
     pub fn cluster_configuration(&self) -> Vec<String> {
-        self.kubectl(&[
-            "-n",
-            "kube-system",
-            "get",
-            "configmap",
-            "kubeadm-config",
-            "-o",
-            "jsonpath={.data.ClusterConfiguration}",
-        ])
+        crate::kit::cluster_configuration_command(&self.kubectl, self.kubeconfig.as_deref())
     }
 
     pub fn systemctl(&self, args: &[&str]) -> Vec<String> {

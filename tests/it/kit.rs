@@ -124,4 +124,45 @@ fn every_backup_on_a_control_plane_node_carries_its_kit_stored_once_per_content(
         .arg(&dest));
     assert_eq!(r.code, 5, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stderr.contains("not empty"), "{}", r.stderr);
+
+    // Retention: the kit goes with the last backup naming it, the kept backup's stays.
+    let prune = |extra: &[&str]| {
+        run(lifeboat()
+            .args([
+                "prune",
+                "--keep-last",
+                "1",
+                "--manual-keep-days",
+                "0",
+                "-w",
+                "json",
+            ])
+            .args(extra)
+            .arg("--dest")
+            .arg(&dest))
+        .ok()
+        .json()
+    };
+    let kit_action = |report: &serde_json::Value, id: &str| {
+        report["kits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == id)
+            .unwrap_or_else(|| panic!("kit {id} not judged: {report}"))["action"]
+            .clone()
+    };
+    let planned = prune(&["--dry-run"]);
+    assert_eq!(kit_action(&planned, &first), "delete", "{planned}");
+    assert_eq!(kit_action(&planned, &third), "keep", "{planned}");
+    assert_eq!(kit_objects(&dest).0.len(), 2, "a dry run deletes nothing");
+    let done = prune(&[]);
+    assert_eq!(done["deleted"], 2, "{done}");
+    let (objects, manifests) = kit_objects(&dest);
+    assert_eq!(manifests, vec![format!("kit-{third}.json")]);
+    assert_eq!(objects.len(), 1);
+    assert!(
+        objects[0].starts_with(&format!("kit-{third}.")),
+        "{objects:?}"
+    );
 }

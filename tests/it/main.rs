@@ -18,6 +18,7 @@ mod layers;
 mod leases;
 mod member;
 mod object_lock;
+mod rebuild;
 mod recover;
 mod restore;
 mod retention;

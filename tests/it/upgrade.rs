@@ -242,7 +242,7 @@ fn upgrade_node_sequence() -> Vec<String> {
 }
 
 #[test]
-fn first_control_plane_upgrades_behind_an_off_node_backup_and_saves_a_node_bundle() {
+fn first_control_plane_upgrades_behind_an_off_node_backup_and_the_node_kit() {
     let cp = Cp::new("v1.30.2");
     let s3 = S3Server::start();
     crate::harness::data::rt().block_on(s3.create_bucket("backups"));
@@ -266,13 +266,19 @@ fn first_control_plane_upgrades_behind_an_off_node_backup_and_saves_a_node_bundl
     assert_eq!(changing[0], "kubeadm upgrade plan");
     assert_eq!(cp.tools.state()["cordoned"], false);
     assert_eq!(cp.tools.state()["kubelet_running"], "1.31.2");
-    // The pre-upgrade backup and the bundle are in S3, and the backup verifies.
+    // The pre-upgrade backup, the node's kit and the mark tying them are in S3, and the
+    // backup verifies.
     let keys = crate::harness::data::rt().block_on(s3.keys("backups"));
     let manifest = keys.iter().find(|k| k.ends_with(".manifest.json")).unwrap();
-    let bundle = keys
+    let mark = keys
         .iter()
-        .find(|k| k.contains(".node-cp1.") && k.ends_with(".tar.zst.age"))
-        .unwrap();
+        .find(|k| k.contains(".node-cp1.") && k.contains(".kit-"))
+        .unwrap_or_else(|| panic!("no upgrade mark: {keys:?}"));
+    let kit_id = mark.rsplit_once(".kit-").unwrap().1;
+    let kit = keys
+        .iter()
+        .find(|k| k.contains(&format!("kit-{kit_id}.")) && k.ends_with(".tar.zst.age"))
+        .unwrap_or_else(|| panic!("the marked kit is not there: {keys:?}"));
     let mut verify = lifeboat();
     verify
         .args([
@@ -309,10 +315,10 @@ fn first_control_plane_upgrades_behind_an_off_node_backup_and_saves_a_node_bundl
         list.env(k, v);
     }
     assert_eq!(run(&mut list).ok().json()[0]["reason"], "pre-upgrade");
-    // The bundle is a standard age file of a zstd'd tar with the node's pki, manifests and
-    // the ClusterConfiguration.
-    let object = crate::harness::data::rt().block_on(s3.get("backups", bundle));
-    let enc = cp.dir.path().join("bundle.age");
+    // The kit is a standard age file of a zstd'd tar with the node's pki, manifests and
+    // the ClusterConfiguration (from kubectl: the node has no file of its own).
+    let object = crate::harness::data::rt().block_on(s3.get("backups", kit));
+    let enc = cp.dir.path().join("kit.age");
     std::fs::write(&enc, object).unwrap();
     let out = Command::new("sh")
         .arg("-c")
@@ -325,13 +331,13 @@ fn first_control_plane_upgrades_behind_an_off_node_backup_and_saves_a_node_bundl
         .unwrap();
     let listing = String::from_utf8_lossy(&out.stdout);
     for want in [
-        "pki/etcd/ca.crt",
-        "pki/apiserver.key",
-        "manifests/etcd.yaml",
-        "kubeadm-config.yaml",
+        "/pki/etcd/ca.crt",
+        "/pki/apiserver.key",
+        "/manifests/etcd.yaml",
+        "/kubeadm-config.yaml",
     ] {
         assert!(
-            listing.lines().any(|l| l.trim_end_matches('/') == want),
+            listing.lines().any(|l| l.ends_with(want)),
             "{want} missing: {listing}"
         );
     }
@@ -361,9 +367,10 @@ fn another_control_plane_runs_upgrade_node_and_reuses_a_fresh_backup() {
 }
 
 /// Regression: the bundle key was the backup id and the node only, so a second upgrade of the
-/// node that reused the same recent backup was refused ("already exists").
+/// node that reused the same recent backup was refused ("already exists"). Each upgrade has
+/// its own mark now; the unchanged kit is stored once.
 #[test]
-fn a_second_upgrade_of_the_node_reusing_the_backup_keeps_a_bundle_each() {
+fn a_second_upgrade_of_the_node_reusing_the_backup_keeps_a_mark_each() {
     let cp = Cp::new("v1.30.2");
     cp.tools.set("cluster", "v1.31.2".into());
     cp.tools.set("server", "v1.31.2".into());
@@ -375,8 +382,18 @@ fn a_second_upgrade_of_the_node_reusing_the_backup_keeps_a_bundle_each() {
     let r = cp.upgrade(&["--to", "v1.31.2", "--yes"], &[]).ok();
     assert!(r.stderr.contains("using backup"), "{}", r.stderr);
     let backups = cp.backups();
-    let bundles = backups.iter().filter(|f| f.contains(".node-cp1.")).count();
-    assert_eq!(bundles, 2, "{backups:?}");
+    let marks = backups.iter().filter(|f| f.contains(".node-cp1.")).count();
+    assert_eq!(marks, 2, "{backups:?}");
+    let kits: std::collections::BTreeSet<&str> = backups
+        .iter()
+        .filter(|f| f.contains(".node-cp1."))
+        .filter_map(|f| Some(f.rsplit_once(".kit-")?.1))
+        .collect();
+    assert_eq!(
+        kits.len(),
+        1,
+        "nothing changed on the node: one kit {backups:?}"
+    );
     assert_eq!(
         backups
             .iter()
@@ -387,10 +404,10 @@ fn a_second_upgrade_of_the_node_reusing_the_backup_keeps_a_bundle_each() {
     );
 }
 
-/// With `encryption = "none"` the node bundle (pki with the CA keys) goes up in the clear: the
-/// run says so loudly, and the bundle is a plain tar.zst the standard tools read.
+/// With `encryption = "none"` no kit is stored (it holds the CA keys and never goes up in the
+/// clear): the upgrade goes on behind its backup, and says so loudly.
 #[test]
-fn a_plaintext_node_bundle_is_stored_with_a_loud_warning() {
+fn with_encryption_off_the_gate_stores_no_kit_and_says_so() {
     let cp = Cp::new("v1.30.2");
     cp.tools.set("cluster", "v1.31.2".into());
     cp.tools.set("server", "v1.31.2".into());
@@ -422,18 +439,22 @@ fn a_plaintext_node_bundle_is_stored_with_a_loud_warning() {
         .arg("--dest")
         .arg(cp.local_dest());
     let r = run(&mut cmd).ok();
-    assert!(r.stderr.contains("IN THE CLEAR"), "{}", r.stderr);
-    let bundle = cp
-        .backups()
-        .into_iter()
-        .find(|f| f.contains(".node-cp1.") && f.ends_with(".tar.zst"))
-        .expect("a plaintext bundle");
-    let listing = crate::harness::run_ok(Command::new("sh").arg("-c").arg(format!(
-        "zstd -dc {:?} | tar -t",
-        cp.local_dest().join(bundle)
-    )));
-    let names = String::from_utf8_lossy(&listing.stdout);
-    assert!(names.contains("kubeadm-config.yaml"), "{names}");
+    assert!(r.stderr.contains("NO control-plane kit"), "{}", r.stderr);
+    assert!(r.stdout.contains("result: upgraded"), "{}", r.stdout);
+    let stored = cp.backups();
+    assert!(
+        !stored
+            .iter()
+            .any(|f| f.starts_with("kit-") || f.contains(".kit-")),
+        "{stored:?}"
+    );
+    for f in &stored {
+        let bytes = std::fs::read(cp.local_dest().join(f)).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("PRIVATE KEY"),
+            "{f} holds a private key in the clear"
+        );
+    }
 }
 
 /// A worker node (no control-plane manifests) whose cluster already runs v1.31.2.
@@ -607,8 +628,10 @@ fn a_role_the_node_contradicts_is_refused_before_anything_runs() {
         cp.tools.calls()
     );
     assert!(
-        !cp.backups().iter().any(|f| f.contains(".node-")),
-        "no bundle"
+        !cp.backups()
+            .iter()
+            .any(|f| f.contains(".node-") || f.starts_with("kit-")),
+        "no kit, no mark"
     );
 }
 

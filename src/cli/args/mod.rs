@@ -7,13 +7,16 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod kit;
 mod member;
+mod rebuild;
 mod recover;
 pub use kit::{KitCommand, KitGetArgs, KitShowArgs};
 use lifeboat::config::{
-    BackupSection, ContinuousSection, DrillSection, EtcdSection, FileConfig, RestoreSection,
-    RetentionSection, S3Section, ServeSection, ShadowSection, TrustSection, UpgradeSection,
+    BackupSection, ContinuousSection, DrillSection, EtcdSection, FileConfig, NodeSection,
+    RestoreSection, RetentionSection, S3Section, ServeSection, ShadowSection, TrustSection,
+    UpgradeSection,
 };
 pub use member::{MemberCommand, ReplaceArgs};
+pub use rebuild::RebuildArgs;
 pub use recover::RecoverArgs;
 
 #[derive(Parser, Debug)]
@@ -70,6 +73,9 @@ pub enum Command {
     /// Quorum lost: restore this node from the freshest survivor (or backup), topped up from
     /// the journal, as a new one-member cluster; the others rejoin with `member replace`.
     Recover(Box<RecoverArgs>),
+    /// A control plane on a fresh machine: the node's files from its kit (CA, keys, configs,
+    /// manifests), then the normal restore of etcd; the kubelet starts the rest.
+    Rebuild(Box<RebuildArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -356,6 +362,9 @@ pub struct WriterArgs {
     pub dest: DestArgs,
     #[command(flatten)]
     pub backup: BackupSection,
+    /// Where kubeadm's and the kubelet's files are (the control-plane kit).
+    #[command(flatten)]
+    pub node: NodeSection,
 }
 
 #[derive(Args, Debug)]
@@ -487,6 +496,7 @@ impl WriterArgs {
         FileConfig {
             etcd: self.etcd.clone(),
             backup: self.backup.clone().overlay(dest.backup),
+            node: self.node.clone(),
             ..dest
         }
     }
