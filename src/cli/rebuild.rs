@@ -12,7 +12,6 @@ use lifeboat::config::{resolve_node, resolve_read_policy, state_dir, FileConfig}
 use lifeboat::kit::install::{self, Action, Step};
 use lifeboat::kit::{KitError, KitManifest};
 use lifeboat::pitr::Target;
-use lifeboat::restore::RestoreError;
 use lifeboat::stages::encrypt::Identities;
 use lifeboat::store::Store;
 
@@ -80,15 +79,8 @@ pub async fn run(a: RebuildArgs, file: FileConfig) -> Result<()> {
         ),
         Output::Table => print_plan(&backup, target.as_ref(), &kit, &steps),
     }
-    if a.dry_run {
-        eprintln!("dry run: nothing changed");
+    if !super::restore::carry_out(a.dry_run, a.yes)? {
         return Ok(());
-    }
-    if !a.yes {
-        return Err(RestoreError::Refused {
-            reason: "nothing changed: add --yes to carry out this plan".into(),
-        }
-        .into());
     }
     record(&state_dir(&config.restore), &stamp, &kit, &steps)?;
     install::install(&steps, &files)?;

@@ -81,21 +81,29 @@ pub(super) async fn run_held(
         ),
         Output::Table => print_plan(&plan),
     }
-    if a.dry_run {
-        eprintln!("dry run: nothing changed");
+    if !carry_out(a.dry_run, a.yes)? {
         return Ok(());
-    }
-    if !a.yes {
-        return Err(RestoreError::Refused {
-            reason: "nothing changed: add --yes to carry out this plan".into(),
-        }
-        .into());
     }
     let journal = restore::execute(plan, &source, &opts, progress::for_terminal())
         .await
         .context("restore stopped")?;
     summary(&journal.plan, a.output);
     Ok(())
+}
+
+/// Whether to carry out a printed plan: not on a dry run (said), refused without `--yes`.
+pub(super) fn carry_out(dry_run: bool, yes: bool) -> Result<bool> {
+    if dry_run {
+        eprintln!("dry run: nothing changed");
+        return Ok(false);
+    }
+    if !yes {
+        return Err(RestoreError::Refused {
+            reason: "nothing changed: add --yes to carry out this plan".into(),
+        }
+        .into());
+    }
+    Ok(true)
 }
 
 fn options(a: &RestoreArgs, r: &ResolvedRestore) -> RestoreOptions {
