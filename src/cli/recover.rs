@@ -2,7 +2,7 @@
 //! recovered state (the journal replayed on the base in the sandbox) and restore it on this
 //! node through the restore's journaled steps.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -10,7 +10,9 @@ use chrono::SecondsFormat;
 use lifeboat::config::{resolve_drill, resolve_read_policy, resolve_restore, FileConfig};
 use lifeboat::continuous::Journal;
 use lifeboat::etcd::discovery;
-use lifeboat::recover::{self, Base, Examined, HashCheck, Origin, RecoverPlan, Recovery, Survivor};
+use lifeboat::recover::{
+    self, Base, Examined, HashCheck, Origin, RecoverPlan, Recovery, Survivor, WhenRunning,
+};
 use lifeboat::restore::cluster::Wanted;
 use lifeboat::restore::{
     self, ClusterRun, EtcdProbe, JournalDir, MemberOverrides, RestoreError, SnapshotSource, Step,
@@ -40,10 +42,26 @@ pub async fn run(a: RecoverArgs, file: FileConfig) -> Result<()> {
     refuse_running(&a, &local)?;
     let mut survivors = vec![Survivor::at(&local.data_dir, Origin::ThisNode)];
     survivors.extend(a.member_data.iter().map(|p| Survivor::at(p, Origin::Given)));
+    let dir = resolved.state_dir.join("recover");
+    let mut copies = Copies(Vec::new());
+    if a.force {
+        lifeboat::fsutil::create_private_dir(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
     let examined: Vec<(Survivor, Examined)> = survivors
         .into_iter()
-        .map(|s| {
-            let e = recover::examine(&s, a.force);
+        .enumerate()
+        .map(|(i, s)| {
+            let copy = dir.join(format!("recover-{stamp}-survivor{i}.db"));
+            let running = match a.force {
+                true => WhenRunning::CopyTo(&copy),
+                false => WhenRunning::Refuse,
+            };
+            let (s, e) = recover::examine(s, running);
+            if s.db == copy {
+                copies.0.push(copy);
+            }
             (s, e)
         })
         .collect();
@@ -83,16 +101,12 @@ pub async fn run(a: RecoverArgs, file: FileConfig) -> Result<()> {
         );
     }
     check_encryption(&plan, identities.as_ref(), a.pick.allow_unencrypted)?;
-    let dir = resolved.state_dir.join("recover");
     lifeboat::fsutil::create_private_dir(&dir)
         .with_context(|| format!("creating {}", dir.display()))?;
     // No restore is unfinished (refused above otherwise): states built by earlier runs are
-    // not needed by anyone.
-    remove_built_states(&resolved.state_dir);
-    let out = dir.join(format!(
-        "recover-{}.db",
-        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
-    ));
+    // not needed by anyone (this run's survivor copies are).
+    remove_built_states(&resolved.state_dir, &copies.0);
+    let out = dir.join(format!("recover-{stamp}.db"));
     let inputs = recover::Inputs {
         store,
         identities: identities.as_ref(),
@@ -107,6 +121,8 @@ pub async fn run(a: RecoverArgs, file: FileConfig) -> Result<()> {
             super::pitr::print_report(report, &out);
         }
     }
+    // From here a restore may stop half-way: `--resume` may need the copies.
+    std::mem::take(&mut copies.0);
     if let Some(wanted) = wanted {
         return cluster_recover(&a, config, &resolved, &plan, wanted, prepared.source).await;
     }
@@ -127,7 +143,7 @@ pub async fn run(a: RecoverArgs, file: FileConfig) -> Result<()> {
     let done = restore::execute(restore_plan, &prepared.source, &opts, progress::for_terminal())
         .await
         .context("recover stopped: `lifeboat recover --resume` finishes it, `lifeboat recover --rollback` undoes it")?;
-    remove_built_states(&resolved.state_dir);
+    remove_built_states(&resolved.state_dir, &[]);
     let window = recover::loss_window(&plan);
     match a.output {
         Output::Json => println!(
@@ -159,13 +175,28 @@ pub async fn run(a: RecoverArgs, file: FileConfig) -> Result<()> {
 
 /// Removes the recovered states (`<state-dir>/recover/recover-*.db`, a database's size each)
 /// once no restore needs them: the restore keeps its own checked copy while it runs.
-fn remove_built_states(state_dir: &Path) {
+/// Survivor files this run copied (`--force`): removed when the run ends before a restore
+/// that may need them started.
+struct Copies(Vec<PathBuf>);
+
+impl Drop for Copies {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Removes the states earlier runs built (and the survivor copies they took), but `keep`.
+fn remove_built_states(state_dir: &Path, keep: &[PathBuf]) {
     let Ok(entries) = std::fs::read_dir(state_dir.join("recover")) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("recover-") && (name.ends_with(".db") || name.ends_with(".db.part")) {
+        let built =
+            name.starts_with("recover-") && (name.ends_with(".db") || name.ends_with(".db.part"));
+        if built && !keep.contains(&e.path()) {
             if let Err(err) = std::fs::remove_file(e.path()) {
                 tracing::warn!(path = %e.path().display(), error = %err, "could not remove a recovered state no restore needs");
             }
@@ -250,7 +281,7 @@ async fn cluster_recover(
     let done = restore::execute(restore_plan, &source, &opts, progress::for_terminal())
         .await
         .context("recover stopped: `lifeboat recover --resume` finishes it, `lifeboat recover --rollback` undoes it")?;
-    remove_built_states(&resolved.state_dir);
+    remove_built_states(&resolved.state_dir, &[]);
     if a.output == Output::Table {
         println!("recovered: {}", recover::loss_window(plan));
     }
@@ -263,7 +294,7 @@ fn refuse_running(a: &RecoverArgs, local: &discovery::KubeadmEtcd) -> Result<()>
     if let Some(why) = probe.running() {
         if !a.force {
             return Err(RestoreError::refused(format!(
-                "etcd still runs on this node ({why}): if quorum is really lost (`etcdctl endpoint status --cluster` shows no leader), add --force — its file is read as it stands (a member without quorum applies nothing) and the restore stops it first"
+                "etcd still runs on this node ({why}): if quorum is really lost (`etcdctl endpoint status --cluster` shows no leader), add --force — a copy of its file is read as it stands (a running member may still apply the committed entries of its own WAL) and the restore stops it first"
             ))
             .into());
         }
@@ -302,7 +333,7 @@ async fn finish_unfinished(
     let opts = options_of(resolved, MemberOverrides::default(), a.force, true);
     if a.rollback {
         let journal = restore::rollback(&opts, progress::for_terminal().as_ref()).await?;
-        remove_built_states(&resolved.state_dir);
+        remove_built_states(&resolved.state_dir, &[]);
         eprintln!(
             "rolled back recovery {}: the original data dir and manifests are back",
             journal.plan.run_id
@@ -322,7 +353,7 @@ async fn finish_unfinished(
         pending.next_step().map_or("none", Step::name)
     );
     let journal = restore::resume(source.as_ref(), &opts, progress::for_terminal()).await?;
-    remove_built_states(&resolved.state_dir);
+    remove_built_states(&resolved.state_dir, &[]);
     if journal.plan.cluster.is_some() {
         return super::cluster::finish_resumed(&journal.plan, config, &opts, a.output).await;
     }

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use choose::{plan, Base, HashCheck, JournalRow, RecoverPlan, Recovery, Replay, SurvivorRow};
-pub use survivors::{examine, Examined, Origin, Survivor, SurvivorFacts};
+pub use survivors::{
+    copy_settled, examine, Examined, Origin, Survivor, SurvivorFacts, WhenRunning,
+};
 
 use crate::bbolt::BoltError;
 use crate::continuous::ContinuousError;

@@ -76,21 +76,42 @@ impl Examined {
     }
 }
 
-/// Reads `s` natively. With `force`, a file a running etcd holds is read as it stands (a member
-/// without quorum applies nothing, so its file does not change).
-pub fn examine(s: &Survivor, force: bool) -> Examined {
+/// What to do with a file a running etcd holds.
+#[derive(Debug, Clone, Copy)]
+pub enum WhenRunning<'a> {
+    /// Refuse it, naming how to stop its etcd.
+    Refuse,
+    /// Copy it to this path first (`--force`) and read the copy: a running member still
+    /// applies the committed entries of its own WAL (without quorum too), so its file may
+    /// change between the walk and the restore that reads it again.
+    CopyTo(&'a Path),
+}
+
+/// Reads `s` natively; a file a running etcd holds is refused or copied as `running` says (a
+/// copied survivor's `db` is then the copy).
+pub fn examine(mut s: Survivor, running: WhenRunning<'_>) -> (Survivor, Examined) {
     let refused = |why: String| Examined::Refused { why };
-    let size = match std::fs::metadata(&s.db) {
-        Ok(m) => m.len(),
-        Err(e) => return refused(format!("{}: {e} (nothing survived here)", s.db.display())),
-    };
-    if crate::restore::node::db_locked(&s.db) && !force {
-        return refused(format!(
-            "{} is locked: its etcd still runs; stop it (its manifest out of the manifests folder), or pass --force to read it as it stands",
-            s.db.display()
-        ));
+    if let Err(e) = std::fs::metadata(&s.db) {
+        let why = format!("{}: {e} (nothing survived here)", s.db.display());
+        return (s, refused(why));
     }
-    match crate::verify::read_snapshot_info(&s.db) {
+    if crate::restore::node::db_locked(&s.db) {
+        match running {
+            WhenRunning::Refuse => {
+                let why = format!(
+                    "{} is locked: its etcd still runs; stop it (its manifest out of the manifests folder), or pass --force to read a copy of it as it stands",
+                    s.db.display()
+                );
+                return (s, refused(why));
+            }
+            WhenRunning::CopyTo(copy) => match copy_settled(&s.db, copy) {
+                Ok(()) => s.db = copy.to_path_buf(),
+                Err(why) => return (s, refused(why)),
+            },
+        }
+    }
+    let size = std::fs::metadata(&s.db).map_or(0, |m| m.len());
+    let examined = match crate::verify::read_snapshot_info(&s.db) {
         Ok(info) => Examined::Usable(SurvivorFacts {
             revision: info.restored_revision,
             compact_revision: info.compact_revision,
@@ -98,7 +119,48 @@ pub fn examine(s: &Survivor, force: bool) -> Examined {
             db_size: size,
         }),
         Err(e) => refused(format!("{} fails the bbolt walk: {e}", s.db.display())),
+    };
+    (s, examined)
+}
+
+/// Copies ending with a commit in between, at most.
+const COPY_ATTEMPTS: u32 = 20;
+
+/// Copies the bbolt file `src` that an etcd may be writing to. A commit writes its pages only
+/// where the tree of the newest committed meta has none, then its meta page; the commit after
+/// it can only start once that meta is written. So a copy whose meta is still the file's newest
+/// once the copy is done holds a whole tree; otherwise it is taken again.
+///
+/// # Errors
+/// The file cannot be read or copied, or it kept changing (the reason, for the plan).
+pub fn copy_settled(src: &Path, dst: &Path) -> Result<(), String> {
+    let txid = |p: &Path| {
+        crate::bbolt::Db::open(p)
+            .map(|db| db.meta().txid)
+            .map_err(|e| format!("{} fails the bbolt walk: {e}", p.display()))
+    };
+    let part = dst.with_extension("db.part");
+    for _ in 0..COPY_ATTEMPTS {
+        copy_once(src, &part)
+            .map_err(|e| format!("copying {} to {}: {e}", src.display(), part.display()))?;
+        if txid(&part)? == txid(src)? {
+            return crate::fsutil::durable_rename(&part, dst)
+                .map_err(|e| format!("{}: {e}", dst.display()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    let _ = std::fs::remove_file(&part);
+    Err(format!(
+        "{} kept changing while it was copied ({COPY_ATTEMPTS} tries): its etcd is still applying; stop it (its manifest out of the manifests folder) and run again",
+        src.display()
+    ))
+}
+
+fn copy_once(src: &Path, part: &Path) -> std::io::Result<()> {
+    let mut from = std::fs::File::open(src)?;
+    let mut to = crate::fsutil::create_private_file(part)?;
+    std::io::copy(&mut from, &mut to)?;
+    to.sync_all()
 }
 
 #[cfg(test)]
@@ -136,13 +198,13 @@ mod tests {
     fn a_missing_or_damaged_file_is_refused_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
         let missing = Survivor::at(dir.path(), Origin::Given);
-        match examine(&missing, false) {
+        match examine(missing, WhenRunning::Refuse).1 {
             Examined::Refused { why } => assert!(why.contains("nothing survived"), "{why}"),
             other => panic!("{other:?}"),
         }
         let junk = dir.path().join("junk.db");
         std::fs::write(&junk, vec![7u8; 8192]).unwrap();
-        match examine(&Survivor::at(&junk, Origin::Given), false) {
+        match examine(Survivor::at(&junk, Origin::Given), WhenRunning::Refuse).1 {
             Examined::Refused { why } => assert!(why.contains("fails the bbolt walk"), "{why}"),
             other => panic!("{other:?}"),
         }

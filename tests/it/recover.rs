@@ -379,13 +379,28 @@ fn quorum_lost_the_freshest_survivor_is_topped_up_from_the_journal() {
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(files_under(&survivor.manifests_dir), untouched.0);
     assert!(survivor.siblings_of_data_dir("lifeboat-").is_empty());
-    // Its etcd runs: refused without --force; with it, its file is read as it stands.
+    // Its etcd runs: refused without --force; with it, a copy of its file is read as it stands
+    // (a restarted member applies its WAL's committed entries: the live file can move on).
     let r = recover(survivor, g, &["--yes"]);
     assert_eq!(r.code, 8, "{}\n{}", r.stdout, r.stderr);
     assert!(
         r.stderr.contains("etcd still runs on this node"),
         "{}",
         r.stderr
+    );
+    let r = recover(survivor, g, &["--dry-run", "--force", "-w", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let read = r.json()["plan"]["survivors"][0]["survivor"]["db"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        Path::new(&read).starts_with(survivor.state_dir.join("recover")),
+        "the live file was read: {read}"
+    );
+    assert!(
+        !Path::new(&read).exists(),
+        "a dry run left its copy: {read}"
     );
     let r = crash("start-etcd:before");
     let replayed = r

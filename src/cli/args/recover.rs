@@ -40,9 +40,9 @@ pub struct RecoverArgs {
     pub cluster: bool,
     #[command(flatten)]
     pub meet: MeetArgs,
-    /// Go on although this node's etcd still runs (a member without quorum applies nothing,
-    /// so its file is read as it stands; the restore stops it first), or a survivor's file is
-    /// held by a running etcd.
+    /// Go on although this node's etcd still runs (a copy of its file is read as it stands,
+    /// taken so that it holds one whole commit; the restore stops it first), or a survivor's
+    /// file is held by a running etcd (copied the same way).
     #[arg(long)]
     pub force: bool,
     /// Carry out the plan (without it, the plan is printed and nothing changes).
