@@ -1,8 +1,6 @@
 //! `lifeboat drill`: a throwaway etcd on loopback proves a backup restorable.
 
-use crate::harness::{
-    age_key, etcd_bin, etcdctl_bin, etcdutl_bin, lifeboat, run, EtcdProcess, Version,
-};
+use crate::harness::{age_key, etcd_bin, lifeboat, run, EtcdProcess, Version};
 
 fn drill_cmd(
     version: Version,
@@ -29,10 +27,7 @@ fn drill_cmd_with_etcd(
         .arg("--etcd")
         .arg(etcd)
         .arg("--etcdutl")
-        .arg(match version {
-            Version::V34 => etcdctl_bin(Version::V34),
-            Version::V35 => etcdutl_bin(),
-        })
+        .arg(crate::harness::restore_tool(version))
         .arg("--work-dir")
         .arg(work);
     cmd
@@ -55,8 +50,8 @@ fn backup_with_history(
 }
 
 #[test]
-fn drill_passes_on_good_backups_of_both_versions() {
-    for version in [Version::V35, Version::V34] {
+fn drill_passes_on_good_backups_of_every_version() {
+    for version in Version::ALL {
         let (_etcd, dir, key) = backup_with_history(version);
         let work = dir.path().join("drills");
         let report = run(&mut drill_cmd(

@@ -48,11 +48,16 @@ fn offline_hashkv_equals_the_member_on_etcd_3_5() {
     offline_equals_member(Version::V35);
 }
 
+#[test]
+fn offline_hashkv_equals_the_member_on_etcd_3_5_30() {
+    offline_equals_member(Version::V3530);
+}
+
 /// A snapshot taken exactly at the compaction point cannot be compared (see above): the
 /// backup records the comparison as skipped instead of failing.
 #[test]
 fn a_snapshot_at_the_compaction_point_records_hashkv_as_skipped() {
-    for v in [Version::V34, Version::V35] {
+    for v in Version::ALL {
         let dir = tempfile::tempdir().unwrap();
         let key = crate::harness::age_key(dir.path(), "k");
         let etcd = EtcdProcess::start(v, None);

@@ -44,14 +44,7 @@ fn decrypt_with_clis(identity: &Path, object: &Path, out: &Path) {
 
 fn restore(v: Version, snapshot: &Path, data_dir: &Path, peer_url: &str) {
     let cluster = format!("default={peer_url}");
-    let mut cmd = match v {
-        Version::V34 => {
-            let mut c = Command::new(crate::harness::etcdctl_bin(v));
-            c.env("ETCDCTL_API", "3");
-            c
-        }
-        Version::V35 => Command::new(etcdutl_bin()),
-    };
+    let mut cmd = crate::harness::restore_tool_command(v);
     run_ok(
         cmd.args(["snapshot", "restore"])
             .arg(snapshot)
@@ -140,6 +133,11 @@ fn save_and_restore_etcd_3_5_plain() {
 #[test]
 fn save_and_restore_etcd_3_5_mutual_tls() {
     round_trip(Version::V35, true);
+}
+
+#[test]
+fn save_and_restore_etcd_3_5_30_mutual_tls() {
+    round_trip(Version::V3530, true);
 }
 
 #[test]
@@ -357,7 +355,7 @@ fn saved_and_restored_revisions(v: Version, etcd: &EtcdProcess) -> (i64, i64) {
 /// is 0 while the member reports 1; the save failed with "revision 0 is older than 1".
 #[test]
 fn an_empty_etcd_saves_at_the_revision_etcd_restores_to() {
-    for v in [Version::V34, Version::V35] {
+    for v in Version::ALL {
         let etcd = EtcdProcess::start(v, None);
         let member = dump(&etcd).1;
         assert_eq!(member, 1);

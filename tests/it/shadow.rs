@@ -101,6 +101,44 @@ fn journal_of(prefix: &str, n: usize) -> (Journal, i64) {
     (j, last)
 }
 
+/// The shadow with production and its sandbox on etcd `v` (#26): it follows the journal to
+/// the end, verifying checkpoints, and its newest base equals production at its revision.
+fn the_shadow_proves_the_journal_of(v: Version) {
+    let j = Journal::start(v);
+    let last = write_keys(&j.etcd, "/registry/configmaps/v/c", 20, 60);
+    j.wait_durable(last);
+    let (key, _) = shadow_key(&j);
+    let r = shadow_until(&j, last, &key);
+    assert_eq!(r.code, 0, "{v:?}: {}\n{}", r.stdout, r.stderr);
+    let s = state(&r);
+    assert!(s["stopped"].is_null(), "{v:?}: {s}");
+    assert!(s["checkpoints_verified"].as_u64() >= Some(1), "{v:?}: {s}");
+    assert!(s["applied_revision"].as_i64() >= Some(last), "{v:?}: {s}");
+    let base = s["bases"].as_array().unwrap().last().cloned().unwrap();
+    let m = manifest_of(&j, base["id"].as_str().unwrap());
+    let (hash, _) = production_hash(&j, m["revision"].as_i64().unwrap());
+    assert_eq!(
+        m["hashkv"]["hash"].as_u64(),
+        Some(u64::from(hash)),
+        "{v:?}: {m}"
+    );
+}
+
+#[test]
+fn the_shadow_proves_the_journal_on_etcd_3_4() {
+    the_shadow_proves_the_journal_of(Version::V34);
+}
+
+#[test]
+fn the_shadow_proves_the_journal_on_etcd_3_5() {
+    the_shadow_proves_the_journal_of(Version::V35);
+}
+
+#[test]
+fn the_shadow_proves_the_journal_on_etcd_3_5_30() {
+    the_shadow_proves_the_journal_of(Version::V3530);
+}
+
 #[test]
 fn the_shadow_proves_the_journal_and_its_bases_equal_production_at_their_revision() {
     let (j, first) = journal_of("/registry/configmaps/s/c", 30);

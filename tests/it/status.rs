@@ -1,10 +1,8 @@
 //! `lifeboat snapshot status` against `etcdctl snapshot status` (3.4) and `etcdutl snapshot
 //! status` (3.5), on files with and without etcd's trailer.
 
-use std::process::Command;
-
 use crate::harness::data::fill;
-use crate::harness::{etcdutl_bin, lifeboat, run, run_ok, EtcdProcess, Version};
+use crate::harness::{lifeboat, run, run_ok, EtcdProcess, Version};
 
 /// `snapshot status -w json` of etcd's own tool for that version.
 pub fn oracle_status(v: Version, etcd: &EtcdProcess, file: &std::path::Path) -> serde_json::Value {
@@ -14,8 +12,8 @@ pub fn oracle_status(v: Version, etcd: &EtcdProcess, file: &std::path::Path) -> 
                 .args(["snapshot", "status", "-w", "json"])
                 .arg(file),
         ),
-        Version::V35 => run_ok(
-            Command::new(etcdutl_bin())
+        _ => run_ok(
+            crate::harness::restore_tool_command(v)
                 .args(["snapshot", "status", "-w", "json"])
                 .arg(file),
         ),
@@ -65,6 +63,11 @@ fn status_matches_etcdctl_on_etcd_3_4() {
 #[test]
 fn status_matches_etcdutl_on_etcd_3_5() {
     status_matches_the_oracle(Version::V35);
+}
+
+#[test]
+fn status_matches_etcdutl_on_etcd_3_5_30() {
+    status_matches_the_oracle(Version::V3530);
 }
 
 #[test]

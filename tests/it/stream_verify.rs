@@ -145,6 +145,11 @@ fn the_stream_reads_what_the_walker_reads_on_etcd_3_5() {
     fixtures_of(Version::V35);
 }
 
+#[test]
+fn the_stream_reads_what_the_walker_reads_on_etcd_3_5_30() {
+    fixtures_of(Version::V3530);
+}
+
 /// The one rule the stream adds to the walker's checks.
 const LAYOUT: &str = "not where bbolt writes it";
 

@@ -9,8 +9,23 @@ use super::{etcd_bin, etcdctl_bin, free_port, run_ok, Pki};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
+    /// 3.4.23 (Debian bookworm).
     V34,
+    /// 3.5.16 (Debian trixie).
     V35,
+    /// 3.5.30 (Debian sid): the current 3.5, past the 3.5.26 line a 3.6 upgrade needs.
+    V3530,
+}
+
+impl Version {
+    /// Every version the suite runs: the tests of the version-sensitive paths (save, the
+    /// stream's checks, status, drill, point-in-time restore, the shadow) run on each.
+    pub const ALL: [Version; 3] = [Version::V34, Version::V35, Version::V3530];
+
+    /// The 3.5 line, as far as command-line tools and on-disk formats go.
+    pub fn is_35(self) -> bool {
+        self != Version::V34
+    }
 }
 
 pub struct EtcdProcess {

@@ -11,10 +11,7 @@ use etcd_client::{Client, GetOptions, LeaseTimeToLiveOptions};
 
 use super::data::{client, rt};
 use super::serve::{wait_until, Serve};
-use super::{
-    age_key, etcd_bin, etcdctl_bin, etcdutl_bin, free_port, lifeboat, run, run_ok, AgeKey,
-    EtcdProcess, Version,
-};
+use super::{age_key, etcd_bin, free_port, lifeboat, run, run_ok, AgeKey, EtcdProcess, Version};
 
 /// key, value, create revision, mod revision, version, lease.
 pub(crate) type Kv = (Vec<u8>, Vec<u8>, i64, i64, i64, i64);
@@ -82,14 +79,7 @@ pub(crate) async fn head(c: &mut Client) -> i64 {
 pub(crate) fn observed(v: Version, snapshot: &Path, dir: &Path, rev: i64) -> Expected {
     let data = tempfile::tempdir_in(dir).unwrap().keep().join("data");
     let peer = format!("http://127.0.0.1:{}", free_port());
-    let mut cmd = match v {
-        Version::V34 => {
-            let mut c = std::process::Command::new(etcdctl_bin(v));
-            c.env("ETCDCTL_API", "3");
-            c
-        }
-        Version::V35 => std::process::Command::new(etcdutl_bin()),
-    };
+    let mut cmd = super::restore_tool_command(v);
     run_ok(
         cmd.args(["snapshot", "restore"])
             .arg(snapshot)
@@ -249,10 +239,7 @@ impl Journal {
             .arg("--etcd")
             .arg(etcd_bin(self.v))
             .arg("--etcdutl")
-            .arg(match self.v {
-                Version::V34 => etcdctl_bin(Version::V34),
-                Version::V35 => etcdutl_bin(),
-            })
+            .arg(super::restore_tool(self.v))
             .arg("--work-dir")
             .arg(self.dir.path().join(work));
     }

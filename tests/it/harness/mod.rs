@@ -36,31 +36,52 @@ pub fn tool(env: &str, fallbacks: &[&str]) -> PathBuf {
 
 const CACHE: &str = "~/.cache/etcd-lifeboat-deps";
 
+/// One of a 3.5 version's binaries, from its env variable or the test-deps cache.
+fn bin35(v: Version, name: &str) -> PathBuf {
+    let (env, dir) = match v {
+        Version::V3530 => ("3530", "etcd3530"),
+        _ => ("35", "etcd35"),
+    };
+    tool(
+        &format!("LIFEBOAT_TEST_{}{env}_BIN", name.to_uppercase()),
+        &[&format!("{CACHE}/{dir}/root/usr/bin/{name}")],
+    )
+}
+
 pub fn etcd_bin(v: Version) -> PathBuf {
     match v {
         Version::V34 => tool("LIFEBOAT_TEST_ETCD34_BIN", &["/usr/bin/etcd"]),
-        Version::V35 => tool(
-            "LIFEBOAT_TEST_ETCD35_BIN",
-            &[&format!("{CACHE}/etcd35/root/usr/bin/etcd")],
-        ),
+        _ => bin35(v, "etcd"),
     }
 }
 
 pub fn etcdctl_bin(v: Version) -> PathBuf {
     match v {
         Version::V34 => tool("LIFEBOAT_TEST_ETCDCTL34_BIN", &["/usr/bin/etcdctl"]),
-        Version::V35 => tool(
-            "LIFEBOAT_TEST_ETCDCTL35_BIN",
-            &[&format!("{CACHE}/etcd35/root/usr/bin/etcdctl")],
-        ),
+        _ => bin35(v, "etcdctl"),
     }
 }
 
+/// 3.5.16's etcdutl.
 pub fn etcdutl_bin() -> PathBuf {
-    tool(
-        "LIFEBOAT_TEST_ETCDUTL35_BIN",
-        &[&format!("{CACHE}/etcd35/root/usr/bin/etcdutl")],
-    )
+    bin35(Version::V35, "etcdutl")
+}
+
+/// The offline restore tool of `v`: etcdctl for 3.4, etcdutl from 3.5.
+pub fn restore_tool(v: Version) -> PathBuf {
+    match v {
+        Version::V34 => etcdctl_bin(Version::V34),
+        _ => bin35(v, "etcdutl"),
+    }
+}
+
+/// A command of `v`'s offline tool, ready for `snapshot restore` / `snapshot status`.
+pub fn restore_tool_command(v: Version) -> Command {
+    let mut c = Command::new(restore_tool(v));
+    if v == Version::V34 {
+        c.env("ETCDCTL_API", "3");
+    }
+    c
 }
 
 /// Runs a command, panicking with its stderr when it fails.

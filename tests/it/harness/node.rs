@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{etcd_bin, etcdctl_bin, etcdutl_bin, free_port, lifeboat, run_ok, Pki, Version};
+use super::{etcd_bin, etcdctl_bin, free_port, lifeboat, run_ok, Pki, Version};
 
 const FIXTURES: [(&str, &str); 4] = [
     (
@@ -282,10 +282,7 @@ impl FakeNode {
             .arg("--state-dir")
             .arg(state_dir)
             .arg("--etcdutl")
-            .arg(match self.version {
-                Version::V34 => etcdctl_bin(Version::V34),
-                Version::V35 => etcdutl_bin(),
-            })
+            .arg(super::restore_tool(self.version))
             .args(["--stop-timeout", "30s", "--start-timeout", "60s"]);
         cmd
     }
