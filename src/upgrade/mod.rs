@@ -13,6 +13,7 @@ mod plan;
 mod run;
 mod steps;
 
+pub mod etcd_path;
 pub mod preflight;
 pub mod tools;
 pub mod version;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::etcd_path::{self, EtcdVersion, MemberVersion, TargetSource};
 use super::tools::{self, Tools};
 use super::version::{skew_violation, KubeVersion};
 use super::{Role, UpgradeOptions};
@@ -137,12 +138,22 @@ pub async fn run(
             )),
         }
     }
-    if role == Some(Role::FirstControlPlane) {
-        checks.push(latest_patch(tools, current, opts.to).await);
+    // Only the first control plane moves the cluster: the others' plan says "up to date".
+    let plan = match role {
+        Some(Role::FirstControlPlane) => Some(read(tools.kubeadm(&["upgrade", "plan"])).await),
+        _ => None,
+    };
+    if let Some(plan) = &plan {
+        checks.push(latest_patch(plan, current, opts.to));
     }
     if role.is_some_and(Role::is_control_plane) {
         match etcd {
-            Some(settings) => checks.extend(etcd_checks(settings, opts).await),
+            Some(settings) => {
+                let (etcd_checks, members) = etcd_checks(settings, opts).await;
+                checks.extend(etcd_checks);
+                let plan = plan.as_ref().and_then(|p| p.as_deref().ok());
+                checks.extend(etcd_path(opts, plan, &members));
+            }
             None => checks.push(check(
                 "etcd",
                 Severity::Fail,
@@ -155,11 +166,15 @@ pub async fn run(
     (checks, role)
 }
 
-async fn latest_patch(tools: &Tools, current: Option<KubeVersion>, to: KubeVersion) -> Check {
+fn latest_patch(
+    plan: &Result<String, super::UpgradeError>,
+    current: Option<KubeVersion>,
+    to: KubeVersion,
+) -> Check {
     let Some(current) = current else {
         return check("latest-patch", Severity::Warn, "current version unknown");
     };
-    let plan = match read(tools.kubeadm(&["upgrade", "plan"])).await {
+    let plan = match plan {
         Ok(p) => p,
         Err(e) => {
             return check(
@@ -169,7 +184,7 @@ async fn latest_patch(tools: &Tools, current: Option<KubeVersion>, to: KubeVersi
             )
         }
     };
-    let newest_same_minor = tools::parse_plan_targets(&plan)
+    let newest_same_minor = tools::parse_plan_targets(plan)
         .into_iter()
         .filter(|v| v.major == current.major && v.minor == current.minor)
         .max();
@@ -183,13 +198,57 @@ async fn latest_patch(tools: &Tools, current: Option<KubeVersion>, to: KubeVersi
     }
 }
 
-async fn etcd_checks(settings: &EtcdSettings, opts: &UpgradeOptions) -> Vec<Check> {
+/// The etcd step (#26): the etcd the upgrade brings against every member's version. Only
+/// where kubeadm runs etcd as a static pod (an external etcd is not upgraded by kubeadm).
+fn etcd_path(opts: &UpgradeOptions, plan: Option<&str>, members: &[MemberVersion]) -> Vec<Check> {
+    if !opts.kubernetes_dir.join("manifests/etcd.yaml").exists() {
+        return vec![check(
+            "etcd-path",
+            Severity::Ok,
+            "etcd is not a static pod on this node: kubeadm does not upgrade it",
+        )];
+    }
+    if members.is_empty() {
+        return Vec::new(); // etcd-members failed already, naming why
+    }
+    let (target, source) = etcd_path::target(plan, opts.to);
+    let from = match source {
+        TargetSource::Plan => "kubeadm upgrade plan",
+        TargetSource::KubeadmConstants => "kubeadm's etcd line for that release",
+    };
+    let blocked = etcd_path::blocked_members(members, target);
+    if blocked.is_empty() {
+        let running: Vec<String> = members
+            .iter()
+            .filter_map(|m| m.version.map(|v| v.to_string()))
+            .collect();
+        return vec![check(
+            "etcd-path",
+            Severity::Ok,
+            format!(
+                "{} brings etcd {target} ({from}); the members run {}",
+                opts.to,
+                running.join(", ")
+            ),
+        )];
+    }
+    blocked
+        .into_iter()
+        .map(|(name, why)| check(&format!("etcd-path {name}"), Severity::Fail, why))
+        .collect()
+}
+
+async fn etcd_checks(
+    settings: &EtcdSettings,
+    opts: &UpgradeOptions,
+) -> (Vec<Check>, Vec<MemberVersion>) {
     let mut out = Vec::new();
+    let mut versions = Vec::new();
     let mut source = match EtcdSource::connect_first(settings).await {
         Ok(s) => s,
         Err(e) => {
             out.push(check("etcd", Severity::Fail, format!("{e}")));
-            return out;
+            return (out, versions);
         }
     };
     let mut client = source.client();
@@ -201,7 +260,7 @@ async fn etcd_checks(settings: &EtcdSettings, opts: &UpgradeOptions) -> Vec<Chec
                 Severity::Fail,
                 format!("member list: {e}: etcd has no quorum?"),
             ));
-            return out;
+            return (out, versions);
         }
     };
     let mut problems = Vec::new();
@@ -212,13 +271,19 @@ async fn etcd_checks(settings: &EtcdSettings, opts: &UpgradeOptions) -> Vec<Chec
             continue;
         }
         let url = &m.client_urls()[0];
-        match EtcdSource::connect(settings, url).await {
-            Ok(mut s) => match s.status().await {
-                Ok(st) => leader = leader.max(st.leader),
-                Err(e) => problems.push(format!("{} ({url}): {e}", m.name())),
-            },
+        let status = match EtcdSource::connect(settings, url).await {
+            Ok(mut s) => s.status().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match &status {
+            Ok(st) => leader = leader.max(st.leader),
             Err(e) => problems.push(format!("{} ({url}): {e}", m.name())),
         }
+        versions.push(MemberVersion {
+            name: m.name().to_string(),
+            endpoint: url.clone(),
+            version: status.ok().and_then(|st| EtcdVersion::parse(&st.version)),
+        });
     }
     out.push(if problems.is_empty() {
         check(
@@ -286,7 +351,7 @@ async fn etcd_checks(settings: &EtcdSettings, opts: &UpgradeOptions) -> Vec<Chec
         }
         Err(e) => out.push(check("etcd-db-size", Severity::Fail, e.to_string())),
     }
-    out
+    (out, versions)
 }
 
 fn quota_from_manifest(opts: &UpgradeOptions) -> Option<u64> {

@@ -119,7 +119,12 @@ struct Cp {
 
 impl Cp {
     fn new(cluster: &str) -> Cp {
-        let node = FakeNode::start(Version::V35);
+        Cp::on(cluster, Version::V35)
+    }
+
+    /// A node whose etcd is `version`.
+    fn on(cluster: &str, version: Version) -> Cp {
+        let node = FakeNode::start(version);
         node.put("/registry/a", "1");
         let tools = Standins::new(&node.kubernetes_dir(), cluster);
         let dir = tempfile::tempdir().unwrap();
@@ -866,4 +871,91 @@ impl Drop for ReadOnly {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
     }
+}
+
+/// #26: Kubernetes 1.34 brings etcd 3.6, which trusts the v3 store's membership; below 3.5.26
+/// a member can bring removed members back as zombies. The stand-in kubeadm's plan says 3.6.
+#[test]
+fn an_etcd_3_6_target_is_refused_below_3_5_26_and_accepted_on_3_5_30() {
+    for (version, refused) in [(Version::V35, true), (Version::V3530, false)] {
+        let cp = Cp::on("v1.33.4", version);
+        cp.tools.set("etcd_next_target", "3.6.4-0".into());
+        let r = cp.upgrade(&["--to", "v1.34.0", "--dry-run", "-w", "json"], &[]);
+        let report = r.json();
+        let checks = report["checks"].as_array().unwrap().clone();
+        let path: Vec<&serde_json::Value> = checks
+            .iter()
+            .filter(|c| c["name"].as_str().unwrap().starts_with("etcd-path"))
+            .collect();
+        if refused {
+            assert_eq!(r.code, 8, "{}\n{}", r.stdout, r.stderr);
+            assert_eq!(path.len(), 1, "{report}");
+            let member = &cp.node.name;
+            assert_eq!(path[0]["name"], format!("etcd-path {member}"), "{report}");
+            assert_eq!(path[0]["severity"], "fail", "{report}");
+            let detail = path[0]["detail"].as_str().unwrap();
+            assert!(
+                detail.contains("runs 3.5.16")
+                    && detail.contains("upgrade etcd to 3.5.26+ first, wait until all are healthy"),
+                "{detail}"
+            );
+            assert!(
+                r.stderr.contains(&format!("etcd-path {member}")),
+                "{}",
+                r.stderr
+            );
+        } else {
+            assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+            assert_eq!(report["result"], "dry-run", "{report}");
+            assert_eq!(path.len(), 1, "{report}");
+            assert_eq!(path[0]["severity"], "ok", "{report}");
+            let detail = path[0]["detail"].as_str().unwrap();
+            assert!(
+                detail.contains("brings etcd 3.6.4 (kubeadm upgrade plan)")
+                    && detail.contains("3.5.30"),
+                "{detail}"
+            );
+            let failed: Vec<&serde_json::Value> =
+                checks.iter().filter(|c| c["severity"] == "fail").collect();
+            assert!(failed.is_empty(), "{report}");
+        }
+        assert!(cp.backups().is_empty());
+    }
+}
+
+/// Without an etcd row in the plan, kubeadm's own line for the release decides: 1.34 is 3.6.
+#[test]
+fn without_the_plans_etcd_row_kubeadms_line_for_the_release_decides() {
+    let cp = Cp::new("v1.33.4");
+    let r = cp.upgrade(&["--to", "v1.34.0", "--dry-run", "-w", "json"], &[]);
+    assert_eq!(r.code, 8, "{}\n{}", r.stdout, r.stderr);
+    let report = r.json();
+    let path = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"].as_str().unwrap().starts_with("etcd-path"))
+        .cloned()
+        .unwrap();
+    assert!(
+        path["detail"]
+            .as_str()
+            .unwrap()
+            .contains("then upgrade to 3.6.0"),
+        "{path}"
+    );
+    // A patch upgrade within 1.33 stays on 3.5: nothing in the way.
+    let r = cp.upgrade(&["--to", "v1.33.4", "--dry-run", "-w", "json"], &[]);
+    let report = r.json();
+    let path = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "etcd-path")
+        .cloned();
+    assert_eq!(
+        path.map(|p| p["severity"].clone()),
+        Some("ok".into()),
+        "{report}"
+    );
 }
