@@ -120,6 +120,16 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             U::Command(_) | U::Tool { .. } | U::Step { .. } => Some(FAILURE),
         };
     }
+    if e.is::<crate::verify::membership::Inconsistent>() {
+        return Some(VERIFY);
+    }
+    if let Some(e) = e.downcast_ref::<crate::verify::membership::LiveError>() {
+        use crate::verify::membership::LiveError as L;
+        return match e {
+            L::Source { .. } => Some(ETCD),
+            L::Snapshot { .. } => Some(VERIFY),
+        };
+    }
     if let Some(e) = e.downcast_ref::<crate::drill::DrillError>() {
         use crate::drill::DrillError as D;
         return match e {

@@ -41,6 +41,7 @@ impl Fake {
                 raft_index: 16,
                 revision: 11,
                 is_learner: false,
+                members: Vec::new(),
                 data_at: None,
             },
             bytes: FIXTURE.to_vec(),

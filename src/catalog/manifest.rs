@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::BackupId;
 use crate::etcd::MemberFacts;
 use crate::stages::encrypt::Recipients;
-use crate::verify::{HashKvCheck, SnapshotInfo, SnapshotStatus};
+use crate::verify::{Finding, HashKvCheck, LiveMember, Membership, SnapshotInfo, SnapshotStatus};
 
 /// Bumped on incompatible changes; readers refuse versions they do not know.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -96,6 +96,25 @@ pub struct Manifest {
     /// node; absent elsewhere and in manifests written before kits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kit: Option<String>,
+    /// The snapshot's v3-store membership (buckets `members`, `members_removed`) and the live
+    /// member list when it was taken: what the zombie-member check compares (#26). Absent in
+    /// manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<RecordedMembership>,
+}
+
+/// The two member lists of a backup, as taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedMembership {
+    pub v3_store: Membership,
+    pub live: Vec<LiveMember>,
+}
+
+impl RecordedMembership {
+    /// Where the snapshot's buckets and the member list of its time disagree.
+    pub fn findings(&self) -> Vec<Finding> {
+        self.v3_store.findings(&self.live)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +194,11 @@ impl Manifest {
             data_at: member.data_at,
             voting_members: Some(member.voting_members.clone()).filter(|n| !n.is_empty()),
             kit: None,
+            // An unreadable member list (a learner's) would make every member "a zombie".
+            membership: (!member.members.is_empty()).then(|| RecordedMembership {
+                v3_store: snapshot.membership.clone(),
+                live: member.members.iter().map(LiveMember::of).collect(),
+            }),
         }
     }
 

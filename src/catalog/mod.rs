@@ -12,7 +12,8 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 
 pub use manifest::{
-    Compression, Encryption, Manifest, ManifestError, ObjectRef, Reason, Written, SCHEMA_VERSION,
+    Compression, Encryption, Manifest, ManifestError, ObjectRef, Reason, RecordedMembership,
+    Written, SCHEMA_VERSION,
 };
 
 use crate::store::{bytes_stream, get_small, Store, StoreError};

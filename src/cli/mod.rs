@@ -2,6 +2,7 @@
 
 mod args;
 mod cluster;
+mod etcd;
 mod journal;
 mod keys;
 mod kit;
@@ -64,6 +65,7 @@ async fn run(cli: Cli, config: FileConfig) -> Result<()> {
         Command::Snapshot(cmd) => snapshot::run(cmd, config).await,
         Command::Prune(args) => prune::run(args, config).await,
         Command::Member(cmd) => member::run(cmd, config).await,
+        Command::Etcd(cmd) => etcd::run(cmd, config).await,
         Command::Recover(args) => recover::run(*args, config).await,
         Command::Kit(cmd) => kit::run(cmd, config).await,
         Command::Rebuild(args) => rebuild::run(*args, config).await,

@@ -441,4 +441,18 @@ fn print_report(r: &DrillReport) {
             c.actual
         );
     }
+    let m = &r.membership;
+    match &m.findings {
+        Some(f) if f.is_empty() => println!(
+            "membership {} — matches the member list of its time",
+            m.summary
+        ),
+        Some(f) => {
+            println!("membership {}", m.summary);
+            for line in f {
+                println!("WARNING    {line} (when this backup was taken)");
+            }
+        }
+        None => println!("membership {} (no member list recorded with it)", m.summary),
+    }
 }

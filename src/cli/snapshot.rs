@@ -80,10 +80,14 @@ async fn save(a: SaveArgs, file: FileConfig) -> Result<()> {
 }
 
 fn status(a: StatusArgs) -> Result<()> {
-    let status = readback::plain_file_info(&a.file)?.status;
+    let info = readback::plain_file_info(&a.file)?;
     match a.output {
-        Output::Json => println!("{}", serde_json::to_string(&status)?),
-        Output::Table => render::status(&status),
+        // etcdctl's own fields, byte for byte.
+        Output::Json => println!("{}", serde_json::to_string(&info.status)?),
+        Output::Table => {
+            render::status(&info.status);
+            println!("v3 store members: {}", info.membership.summary());
+        }
     }
     Ok(())
 }

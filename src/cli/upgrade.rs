@@ -170,6 +170,9 @@ fn summary(r: &Report) {
             g.kit.as_deref().unwrap_or("NONE"),
             g.store
         );
+        for f in &g.membership_findings {
+            println!("WARNING: {f} — fix it before any upgrade to etcd 3.6");
+        }
     }
     if !r.result.is_empty() {
         println!("result: {}", r.result);

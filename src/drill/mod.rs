@@ -54,6 +54,32 @@ pub struct DrillReport {
     pub etcd_version: String,
     pub restore_tool: String,
     pub duration_ms: u64,
+    /// The v3 store's membership in the backup and, where its manifest recorded the member
+    /// list of its time, the zombie-member check's findings (#26). Informational: a restore
+    /// writes a new membership, so a zombie matters only to the running cluster's upgrade.
+    pub membership: MembershipNote,
+}
+
+/// The backup's v3-store membership, as the drill reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MembershipNote {
+    pub summary: String,
+    /// `None`: the manifest records no member list to compare with.
+    pub findings: Option<Vec<String>>,
+}
+
+impl MembershipNote {
+    fn of(v3: &verify::Membership, manifest: &Manifest) -> MembershipNote {
+        MembershipNote {
+            summary: v3.summary(),
+            findings: manifest.membership.as_ref().map(|r| {
+                v3.findings(&r.live)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect()
+            }),
+        }
+    }
 }
 
 /// Runs one drill; mismatches are in the report (`ok == false`), errors are failures to even
@@ -105,6 +131,7 @@ pub async fn drill(
         etcd_version,
         restore_tool: format!("{} {}", tool.path.display(), tool.version_string()),
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        membership: offline.membership,
     })
 }
 
@@ -112,6 +139,7 @@ struct OfflineFacts {
     live_keys: u64,
     hash: u32,
     compact_revision: i64,
+    membership: MembershipNote,
 }
 
 fn offline_facts(
@@ -133,6 +161,7 @@ fn offline_facts(
         live_keys: verify::live_keys(snapshot, rev).map_err(err)?,
         hash: verify::hash_kv(snapshot, rev, info.compact_revision).map_err(err)?,
         compact_revision,
+        membership: MembershipNote::of(&info.membership, manifest),
     })
 }
 

@@ -16,7 +16,7 @@ pub struct Member {
 }
 
 impl Member {
-    fn of(m: &etcd_client::Member) -> Member {
+    pub(super) fn of(m: &etcd_client::Member) -> Member {
         Member {
             id: m.id(),
             name: m.name().to_string(),

@@ -145,6 +145,8 @@ pub struct MemberFacts {
     /// The names of the cluster's voting members (empty when the member list was not
     /// readable): whom a cluster restore of this backup waits for by default.
     pub voting_members: Vec<String>,
+    /// Every member, learners included (empty when the member list was not readable).
+    pub members: Vec<membership::Member>,
     /// When the data's newest revision was written, where the source knows it better than
     /// "now" (a shadow's sandbox replays the past: the capture's receive time of its revision).
     pub data_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -350,25 +352,22 @@ impl EtcdSource {
         let member_id = header.as_ref().map(|h| h.member_id()).unwrap_or_default();
         // Learners refuse MemberList; their name is then unknown, which only matters for a
         // manifest, and learners do not upload in `serve`.
-        let (member_name, mut voting_members): (String, Vec<String>) =
+        let members: Vec<membership::Member> =
             match self.call("MemberList", client.member_list()).await {
-                Ok(members) => (
-                    members
-                        .members()
-                        .iter()
-                        .find(|m| m.id() == member_id)
-                        .map(|m| m.name().to_string())
-                        .unwrap_or_default(),
-                    members
-                        .members()
-                        .iter()
-                        .filter(|m| !m.is_learner())
-                        .map(|m| m.name().to_string())
-                        .collect(),
-                ),
-                Err(_) if status.is_learner() => (String::new(), Vec::new()),
+                Ok(list) => list.members().iter().map(membership::Member::of).collect(),
+                Err(_) if status.is_learner() => Vec::new(),
                 Err(e) => return Err(e),
             };
+        let member_name = members
+            .iter()
+            .find(|m| m.id == member_id)
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let mut voting_members: Vec<String> = members
+            .iter()
+            .filter(|m| !m.learner)
+            .map(|m| m.name.clone())
+            .collect();
         voting_members.sort();
         Ok(MemberFacts {
             endpoint: self.endpoint.clone(),
@@ -381,6 +380,7 @@ impl EtcdSource {
             revision: header.as_ref().map(|h| h.revision()).unwrap_or_default(),
             is_learner: status.is_learner(),
             voting_members,
+            members,
             data_at: None,
         })
     }

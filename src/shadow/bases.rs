@@ -297,8 +297,10 @@ impl Source for ShadowSource {
         let mut facts = Source::member_facts(&mut self.inner).await?;
         facts.cluster_id = self.cluster_id;
         facts.member_name = "shadow".into();
-        // The sandbox is one member; production's membership is not known here.
+        // The sandbox is one member; production's membership is not known here (nor is the
+        // v3 store's membership the cluster's: the sandbox's restore rewrote it).
         facts.voting_members = Vec::new();
+        facts.members = Vec::new();
         facts.data_at = self
             .proof
             .at_ms

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::version::KubeVersion;
 
 /// An etcd version as `Status`, kubeadm and image tags spell it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub struct EtcdVersion {
     pub major: u32,
     pub minor: u32,
@@ -51,7 +51,7 @@ pub const SAFE_FOR_36: EtcdVersion = EtcdVersion {
     patch: 26,
 };
 
-const V36: EtcdVersion = EtcdVersion {
+pub const V36: EtcdVersion = EtcdVersion {
     major: 3,
     minor: 6,
     patch: 0,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
+use super::etcd_path::{EtcdVersion, V36};
 use super::{GateInputs, GateResult, UpgradeError, UpgradeOptions};
 use crate::backup::{take_backup, BackupSettings};
 use crate::catalog::{Catalog, Manifest, Reason};
@@ -18,8 +19,10 @@ use crate::store::Store;
 pub(super) async fn run_gate(
     opts: &UpgradeOptions,
     g: &GateInputs,
+    etcd_target: Option<EtcdVersion>,
     observer: &dyn Observer,
 ) -> Result<GateResult, UpgradeError> {
+    let to_36 = etcd_target.is_some_and(|t| t >= V36);
     let gate_err = |reason: String| UpgradeError::Gate { reason };
     let mut source = EtcdSource::connect_first(&g.etcd)
         .await
@@ -30,7 +33,11 @@ pub(super) async fn run_gate(
         .map_err(|e| gate_err(format!("etcd: {e}")))?;
     let cluster = format!("{:x}", facts.cluster_id);
     let catalog = Catalog::new(g.store.clone(), g.read_policy.clone());
-    let recent = recent_verified_backup(&catalog, &cluster, opts.max_snapshot_age).await;
+    // Before etcd 3.6 the zombie check needs this moment's v3 store: no earlier backup.
+    let recent = match to_36 {
+        true => None,
+        false => recent_verified_backup(&catalog, &cluster, opts.max_snapshot_age).await,
+    };
     let (manifest, reused) = match recent {
         Some(m) => {
             observer.note(&format!(
@@ -60,6 +67,7 @@ pub(super) async fn run_gate(
             (m, false)
         }
     };
+    let membership_findings = zombie_check(&manifest, etcd_target, observer)?;
     let kit = node_kit(g, &cluster, &opts.node, observer)
         .await
         .map_err(|e| gate_err(format!("the node's control-plane kit: {e}")))?;
@@ -87,7 +95,62 @@ pub(super) async fn run_gate(
         created_at: manifest.created_at,
         kit,
         store: g.store.location(),
+        membership_findings,
     })
+}
+
+/// The zombie-member check of the gate's backup (#26): its v3 store against the member list
+/// of its time. Before a 3.6+ target any finding refuses (a backup that records no membership
+/// too: the check could not be made); below 3.6 findings are warnings for the day it comes.
+fn zombie_check(
+    manifest: &Manifest,
+    etcd_target: Option<EtcdVersion>,
+    observer: &dyn Observer,
+) -> Result<Vec<String>, UpgradeError> {
+    let to_36 = etcd_target.filter(|t| *t >= V36);
+    let Some(recorded) = &manifest.membership else {
+        return match to_36 {
+            Some(t) => Err(UpgradeError::Gate {
+                reason: format!(
+                    "backup {} records no member list (read from a learner?), so the zombie-member check before etcd {t} cannot be made: run the upgrade where the member list is readable",
+                    manifest.id
+                ),
+            }),
+            None => Ok(Vec::new()),
+        };
+    };
+    let findings: Vec<String> = recorded
+        .findings()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    match (to_36, findings.is_empty()) {
+        (_, true) => {
+            observer.note(&format!(
+                "zombie-member check of backup {}: its v3 store matches the member list",
+                manifest.id
+            ));
+            Ok(findings)
+        }
+        (Some(t), false) => Err(UpgradeError::Gate {
+            reason: format!(
+                "zombie-member check before etcd {t}: backup {} shows {}; {}",
+                manifest.id,
+                findings.join("; "),
+                crate::verify::membership::FIX
+            ),
+        }),
+        (None, false) => {
+            for f in &findings {
+                observer.note(&format!(
+                    "WARNING: {f} (backup {}): harmless on etcd 3.5, fatal on 3.6 — {}",
+                    manifest.id,
+                    crate::verify::membership::FIX
+                ));
+            }
+            Ok(findings)
+        }
+    }
 }
 
 /// The node's kit, stored unless its content is there. Never in the clear: with encryption
@@ -154,4 +217,72 @@ async fn object_matches(store: &dyn Store, m: &Manifest) -> bool {
         size += chunk.len() as u64;
     }
     size == m.object.size && hex::encode(h.finalize()) == m.object.sha256
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::RecordedMembership;
+    use crate::verify::{LiveMember, Membership};
+
+    fn manifest(membership: Option<RecordedMembership>) -> Manifest {
+        let text = r#"{"schema_version":1,"id":"etcd-20261205T030405.000Z-00000000000000ab","created_at":"2026-12-05T03:04:05Z","cluster_id":"ab","member_id":"1","member_name":"m","endpoint":"e","etcd_version":"3.5.16","revision":1,"raft_index":1,"db_size":1,"status":{"hash":1,"revision":1,"totalKey":1,"totalSize":1},"hashkv":{"hash":1,"compact_revision":0,"checked":true,"result":"equal"},"plain_sha256":"00","plain_size":1,"object":{"key":"k","size":1,"sha256":"00"},"compression":{"algorithm":"zstd","level":3},"encryption":{"scheme":"age","recipients":[]},"reason":"pre-upgrade","tool_version":"t","duration_ms":1}"#;
+        let mut m = Manifest::parse("t", text.as_bytes()).unwrap();
+        m.membership = membership;
+        m
+    }
+
+    /// Bucket `members` holds `bucket` (hex ids), the live list `live`.
+    fn recorded(bucket: &[u64], live: &[u64]) -> RecordedMembership {
+        let v3: Membership = serde_json::from_value(serde_json::json!({
+            "members": bucket.iter().map(|id| serde_json::json!({
+                "id": format!("{id:x}"), "name": "n", "peer_urls": [], "is_learner": false
+            })).collect::<Vec<_>>(),
+            "removed": [],
+        }))
+        .unwrap();
+        RecordedMembership {
+            v3_store: v3,
+            live: live
+                .iter()
+                .map(|id| LiveMember {
+                    id: *id,
+                    name: "n".into(),
+                })
+                .collect(),
+        }
+    }
+
+    fn v(s: &str) -> Option<EtcdVersion> {
+        EtcdVersion::parse(s)
+    }
+
+    #[test]
+    fn a_zombie_refuses_a_3_6_target_and_warns_below_it() {
+        let silent = crate::progress::Silent;
+        let zombie = manifest(Some(recorded(&[0xa, 0xc], &[0xa])));
+        let err = zombie_check(&zombie, v("3.6.4"), &silent).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("zombie member c") && text.contains("3.5.26+"),
+            "{text}"
+        );
+        assert!(matches!(err, UpgradeError::Gate { .. }));
+        let warned = zombie_check(&zombie, v("3.5.24"), &silent).unwrap();
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(zombie_check(&zombie, None, &silent).is_ok());
+        let clean = manifest(Some(recorded(&[0xa], &[0xa])));
+        assert!(zombie_check(&clean, v("3.6.4"), &silent)
+            .unwrap()
+            .is_empty());
+        // No member list recorded: the check cannot be made, so 3.6 is refused.
+        let unknown = manifest(None);
+        assert!(zombie_check(&unknown, v("3.6.0"), &silent)
+            .unwrap_err()
+            .to_string()
+            .contains("records no member list"));
+        assert!(zombie_check(&unknown, v("3.5.24"), &silent)
+            .unwrap()
+            .is_empty());
+    }
 }

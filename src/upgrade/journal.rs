@@ -22,6 +22,10 @@ pub struct Journal {
     pub done: Vec<Step>,
     pub failed: Option<Step>,
     pub gate: Option<GateResult>,
+    /// The etcd the upgrade brings (#26), where kubeadm runs etcd on the node: the gate
+    /// refuses a 3.6+ target on a backup whose v3 store has zombie members.
+    #[serde(default)]
+    pub etcd_target: Option<super::etcd_path::EtcdVersion>,
 }
 
 fn journal_file(state_dir: &Path) -> JournalFile {

@@ -124,6 +124,10 @@ pub struct GateResult {
     /// The node's control-plane kit (none with encryption off).
     pub kit: Option<String>,
     pub store: String,
+    /// The zombie-member check of the backup (#26): what its v3 store and the member list of
+    /// its time disagree on (a 3.6+ target refuses on any; below 3.6 they are warnings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub membership_findings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,7 +24,11 @@ pub(super) async fn plan(
     observer: &dyn Observer,
     report: &mut Report,
 ) -> Result<Option<Journal>, UpgradeError> {
-    let (checks, role) = preflight::run(opts, tools, gate.map(|g| &g.etcd)).await;
+    let preflight::Preflight {
+        checks,
+        role,
+        etcd_target,
+    } = preflight::run(opts, tools, gate.map(|g| &g.etcd)).await;
     for c in &checks {
         observer.check(c.severity, &c.name, &c.detail);
     }
@@ -62,6 +66,7 @@ pub(super) async fn plan(
         done: Vec::new(),
         failed: None,
         gate: None,
+        etcd_target,
     }))
 }
 

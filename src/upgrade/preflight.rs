@@ -66,13 +66,19 @@ fn role_mismatch(opts: &UpgradeOptions) -> Option<String> {
     }
 }
 
-/// Runs every check; the role when it could be determined.
-pub async fn run(
-    opts: &UpgradeOptions,
-    tools: &Tools,
-    etcd: Option<&EtcdSettings>,
-) -> (Vec<Check>, Option<Role>) {
+/// What preflight found.
+pub struct Preflight {
+    pub checks: Vec<Check>,
+    /// The node's role, when it could be determined.
+    pub role: Option<Role>,
+    /// The etcd the upgrade brings, where kubeadm runs etcd on this node.
+    pub etcd_target: Option<EtcdVersion>,
+}
+
+/// Runs every check.
+pub async fn run(opts: &UpgradeOptions, tools: &Tools, etcd: Option<&EtcdSettings>) -> Preflight {
     let mut checks = Vec::new();
+    let mut etcd_target = None;
     match read(tools.kubeadm(&["version", "-o", "short"])).await {
         Ok(out) => checks.push(check(
             "kubeadm",
@@ -152,7 +158,9 @@ pub async fn run(
                 let (etcd_checks, members) = etcd_checks(settings, opts).await;
                 checks.extend(etcd_checks);
                 let plan = plan.as_ref().and_then(|p| p.as_deref().ok());
-                checks.extend(etcd_path(opts, plan, &members));
+                let (path, target) = etcd_path(opts, plan, &members);
+                checks.extend(path);
+                etcd_target = target;
             }
             None => checks.push(check(
                 "etcd",
@@ -163,7 +171,11 @@ pub async fn run(
         checks.push(certificates(tools).await);
         checks.push(disk_for_kubeadm_backups(opts));
     }
-    (checks, role)
+    Preflight {
+        checks,
+        role,
+        etcd_target,
+    }
 }
 
 fn latest_patch(
@@ -200,18 +212,23 @@ fn latest_patch(
 
 /// The etcd step (#26): the etcd the upgrade brings against every member's version. Only
 /// where kubeadm runs etcd as a static pod (an external etcd is not upgraded by kubeadm).
-fn etcd_path(opts: &UpgradeOptions, plan: Option<&str>, members: &[MemberVersion]) -> Vec<Check> {
+fn etcd_path(
+    opts: &UpgradeOptions,
+    plan: Option<&str>,
+    members: &[MemberVersion],
+) -> (Vec<Check>, Option<EtcdVersion>) {
     if !opts.kubernetes_dir.join("manifests/etcd.yaml").exists() {
-        return vec![check(
+        let ok = check(
             "etcd-path",
             Severity::Ok,
             "etcd is not a static pod on this node: kubeadm does not upgrade it",
-        )];
-    }
-    if members.is_empty() {
-        return Vec::new(); // etcd-members failed already, naming why
+        );
+        return (vec![ok], None);
     }
     let (target, source) = etcd_path::target(plan, opts.to);
+    if members.is_empty() {
+        return (Vec::new(), Some(target)); // etcd-members failed already, naming why
+    }
     let from = match source {
         TargetSource::Plan => "kubeadm upgrade plan",
         TargetSource::KubeadmConstants => "kubeadm's etcd line for that release",
@@ -222,7 +239,7 @@ fn etcd_path(opts: &UpgradeOptions, plan: Option<&str>, members: &[MemberVersion
             .iter()
             .filter_map(|m| m.version.map(|v| v.to_string()))
             .collect();
-        return vec![check(
+        let ok = check(
             "etcd-path",
             Severity::Ok,
             format!(
@@ -230,12 +247,14 @@ fn etcd_path(opts: &UpgradeOptions, plan: Option<&str>, members: &[MemberVersion
                 opts.to,
                 running.join(", ")
             ),
-        )];
+        );
+        return (vec![ok], Some(target));
     }
-    blocked
+    let failed = blocked
         .into_iter()
         .map(|(name, why)| check(&format!("etcd-path {name}"), Severity::Fail, why))
-        .collect()
+        .collect();
+    (failed, Some(target))
 }
 
 async fn etcd_checks(

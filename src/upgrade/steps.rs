@@ -71,7 +71,7 @@ pub(super) async fn run_step(
             let g = gate.ok_or_else(|| UpgradeError::Gate {
                 reason: "no backup destination configured".into(),
             })?;
-            let result = run_gate(opts, g, observer).await?;
+            let result = run_gate(opts, g, journal.etcd_target, observer).await?;
             journal.gate = Some(result);
             Ok(())
         }

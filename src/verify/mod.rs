@@ -9,6 +9,7 @@
 #[cfg(test)]
 mod fuzz;
 mod hashkv;
+pub mod membership;
 mod status;
 mod stream;
 
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use hashkv::{hash_kv, live_keys};
+pub use membership::{Finding, LiveMember, Membership};
 pub use status::{read_snapshot_info, Revision, SnapshotInfo, SnapshotStatus};
 pub use stream::{OfflineHashKv, StreamChecked, StreamVerifier};
 

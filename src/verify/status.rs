@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::membership::{MEMBERS_BUCKET, REMOVED_BUCKET};
 use crate::bbolt::{BoltError, Db, Entry};
 
 /// The fields and JSON names of `etcdctl snapshot status -w json`.
@@ -32,6 +33,8 @@ pub struct SnapshotInfo {
     /// starts there). This, not `status.revision`, is the snapshot's revision.
     pub restored_revision: i64,
     pub term: Option<u64>,
+    /// The v3 store's membership (buckets `members` and `members_removed`).
+    pub membership: super::Membership,
 }
 
 /// A 17-byte revision key (`main` BE, `_`, `sub` BE), plus a trailing `t` on tombstones.
@@ -72,10 +75,12 @@ pub fn read_snapshot_info(path: &Path) -> Result<SnapshotInfo, BoltError> {
     let mut total_key = 0u64;
     let mut revision = 0i64;
     let mut meta = MetaFacts::default();
+    let mut membership = super::Membership::default();
     walker.for_each_bucket::<BoltError>(|w, name, bucket| {
         crc = crc32c::crc32c_append(crc, name);
         let is_key_bucket = name == KEY_BUCKET;
         let is_meta_bucket = name == META_BUCKET;
+        let (is_members, is_removed) = (name == MEMBERS_BUCKET, name == REMOVED_BUCKET);
         w.for_each::<BoltError>(&bucket, |entry| {
             // A nested bucket counts like a key with an empty value, as in bbolt's ForEach.
             let (k, v) = match entry {
@@ -98,6 +103,10 @@ pub fn read_snapshot_info(path: &Path) -> Result<SnapshotInfo, BoltError> {
                     .main;
             } else if is_meta_bucket {
                 meta.record(k, v);
+            } else if is_members {
+                membership.record_member(k, v);
+            } else if is_removed {
+                membership.record_removed(k);
             }
             Ok(())
         })
@@ -113,6 +122,7 @@ pub fn read_snapshot_info(path: &Path) -> Result<SnapshotInfo, BoltError> {
         compact_revision: meta.compact_revision(),
         restored_revision: restored_revision(revision, meta.finished_compact),
         term: meta.term,
+        membership,
     })
 }
 

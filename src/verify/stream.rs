@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use super::hashkv::{hash_user_key, user_key};
+use super::membership::{self, Membership, MEMBERS_BUCKET, REMOVED_BUCKET};
 use super::status::{restored_revision, MetaFacts, Revision, KEY_BUCKET, META_BUCKET};
 use super::{SnapshotInfo, SnapshotStatus};
 use crate::bbolt::stream::{crc, EntryRef, EntrySink, Event, PageStream, INLINE_PAGES, VALUE_HEAD};
@@ -89,6 +90,7 @@ impl StreamVerifier {
             revision: 0,
             in_bucket: InBucket::Other,
             meta: MetaFacts::default(),
+            membership: Membership::default(),
         };
         tree.walk::<BoltError>(|sink, event| walk.event(sink, event))?;
         let total_size = tree.high_water_size();
@@ -116,6 +118,7 @@ impl StreamVerifier {
                 compact_revision: walk.meta.compact_revision(),
                 restored_revision: restored_revision(walk.revision, walk.meta.finished_compact),
                 term: walk.meta.term,
+                membership: walk.membership,
             },
             hashkv,
         })
@@ -126,6 +129,8 @@ impl StreamVerifier {
 enum InBucket {
     Key,
     Meta,
+    Members,
+    MembersRemoved,
     Other,
 }
 
@@ -139,6 +144,7 @@ struct Walk {
     revision: i64,
     in_bucket: InBucket,
     meta: MetaFacts,
+    membership: Membership,
 }
 
 impl Walk {
@@ -157,6 +163,8 @@ impl Walk {
                 self.in_bucket = match name {
                     KEY_BUCKET => InBucket::Key,
                     META_BUCKET => InBucket::Meta,
+                    MEMBERS_BUCKET => InBucket::Members,
+                    REMOVED_BUCKET => InBucket::MembersRemoved,
                     _ => InBucket::Other,
                 };
             }
@@ -194,6 +202,16 @@ impl Walk {
                     InBucket::Meta => {
                         for (k, v) in sink.meta.get(&page).map(|m| &m[..]).unwrap_or_default() {
                             self.meta.record(k, v);
+                        }
+                    }
+                    InBucket::Members => {
+                        for (k, v) in sink.ids.get(&page).map(|m| &m[..]).unwrap_or_default() {
+                            self.membership.record_member(k, v);
+                        }
+                    }
+                    InBucket::MembersRemoved => {
+                        for (k, _) in sink.ids.get(&page).map(|m| &m[..]).unwrap_or_default() {
+                            self.membership.record_removed(k);
                         }
                     }
                     InBucket::Other => {}
@@ -277,6 +295,10 @@ struct EtcdEntries {
     not_keyvalue: HashSet<u64>,
     /// `meta` bucket entries the snapshot's facts come from, by page.
     meta: HashMap<u64, Vec<MetaEntry>>,
+    /// Entries keyed like a member id (buckets `members`, `members_removed`; the walk tells
+    /// which pages are theirs), by page: at most [`MAX_ID_ENTRIES`] of a small value each.
+    ids: HashMap<u64, Vec<MetaEntry>>,
+    ids_kept: usize,
     /// In stream order; sorted by page and key before the walk.
     candidates: Vec<Candidate>,
     /// For each page with candidates: CRC and length of its entries after them.
@@ -439,12 +461,27 @@ impl EtcdEntries {
     }
 }
 
+/// Entries keyed like a member id that one pass keeps: a cluster has a handful of members,
+/// and a crafted stream must not make the pass hold the file in memory (#21).
+const MAX_ID_ENTRIES: usize = 4096;
+/// A member's JSON is a few hundred bytes.
+const MAX_ID_VALUE: usize = 2048;
+
 impl EntrySink for EtcdEntries {
     fn entry(&mut self, e: &EntryRef<'_>) {
         let Some(rev) = Revision::parse(e.key) else {
             self.not_revision.entry(e.page).or_insert(e.key.len());
             if META_KEYS.contains(&e.key) {
                 self.meta
+                    .entry(e.page)
+                    .or_default()
+                    .push((e.key.to_vec(), e.value_head.to_vec()));
+            } else if membership::member_id(e.key).is_some()
+                && e.value_len <= MAX_ID_VALUE as u64
+                && self.ids_kept < MAX_ID_ENTRIES
+            {
+                self.ids_kept += 1;
+                self.ids
                     .entry(e.page)
                     .or_default()
                     .push((e.key.to_vec(), e.value_head.to_vec()));

@@ -5,10 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod etcd;
 mod kit;
 mod member;
 mod rebuild;
 mod recover;
+pub use etcd::{EtcdCheckArgs, EtcdCommand};
 pub use kit::{KitCommand, KitGetArgs, KitShowArgs};
 use lifeboat::config::{
     BackupSection, ContinuousSection, DrillSection, EtcdSection, FileConfig, NodeSection,
@@ -67,6 +69,9 @@ pub enum Command {
     /// This node's etcd member: replace a dead one without losing quorum.
     #[command(subcommand)]
     Member(MemberCommand),
+    /// etcd itself: the zombie-member check before etcd 3.6.
+    #[command(subcommand)]
+    Etcd(EtcdCommand),
     /// The control-plane kits (the files a rebuilt node needs besides etcd) in the store.
     #[command(subcommand)]
     Kit(KitCommand),
