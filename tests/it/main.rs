@@ -9,6 +9,7 @@ mod continuous;
 mod deploy;
 mod docs;
 mod drill;
+mod etcd_versions;
 mod failures;
 mod hardening;
 mod harness;

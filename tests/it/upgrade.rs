@@ -959,3 +959,111 @@ fn without_the_plans_etcd_row_kubeadms_line_for_the_release_decides() {
         "{report}"
     );
 }
+
+/// Edits this node's v3 store so that bucket `members` holds a member the live list does not
+/// know (its own key with the last hex digit changed; etcd 3.5.16 re-adds its own record when it
+/// starts and keeps the other, as an old cluster's buckets do), its etcd stopped meanwhile. The
+/// zombie's id.
+fn plant_zombie(node: &FakeNode) -> String {
+    let out = run_ok(node.etcdctl().args(["member", "list"]));
+    let id = String::from_utf8_lossy(&out.stdout)
+        .split(", ")
+        .next()
+        .unwrap()
+        .to_string();
+    let zombie = format!(
+        "{}{}",
+        &id[..id.len() - 1],
+        if id.ends_with('0') { '1' } else { '0' }
+    );
+    node.kubelet
+        .kill_until_moved("etcd.yaml", node.etcd_manifest());
+    let db = node.data_dir.join("member/snap/db");
+    let bytes = std::fs::read(&db).unwrap();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(id.as_bytes()) {
+            out.extend_from_slice(zombie.as_bytes());
+            i += id.len();
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    assert_ne!(out, bytes, "the member's key is in its file");
+    std::fs::write(&db, out).unwrap();
+    // Out of the manifests folder and back: the kubelet starts it again.
+    let manifest = node.etcd_manifest();
+    let aside = manifest.with_extension("yaml.aside");
+    std::fs::rename(&manifest, &aside).unwrap();
+    std::fs::rename(&aside, &manifest).unwrap();
+    node.wait_healthy();
+    zombie
+}
+
+/// #26: the gate's fresh backup shows a zombie in the v3 store. Below etcd 3.6 the upgrade goes
+/// on with the zombie named as a warning (and recorded with the backup, whose drill shows it);
+/// `lifeboat etcd check` names it too.
+#[test]
+fn the_gate_names_a_zombie_in_its_fresh_backup_and_the_drill_shows_it() {
+    let cp = Cp::on("v1.33.4", Version::V35);
+    let zombie = plant_zombie(&cp.node);
+    let check = run(lifeboat()
+        .args(["etcd", "check", "--etcd-manifest"])
+        .arg(cp.node.etcd_manifest()));
+    assert_eq!(check.code, 4, "{}\n{}", check.stdout, check.stderr);
+    assert!(
+        check.stdout.contains(&format!("zombie member {zombie}")),
+        "{}",
+        check.stdout
+    );
+    cp.tools.set("latest_patch", "v1.33.5".into());
+    cp.tools.set("etcd_patch_target", "3.5.24-0".into());
+    let r = cp.upgrade(&["--to", "v1.33.5", "--yes"], &[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("result: upgraded"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains(&format!("WARNING: zombie member {zombie}"))
+            && r.stdout.contains("before any upgrade to etcd 3.6"),
+        "{}",
+        r.stdout
+    );
+    let id = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("pre-upgrade backup "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap()
+        .to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(cp.local_dest().join(format!("{id}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    let members = manifest["membership"]["v3_store"]["members"]
+        .as_array()
+        .unwrap();
+    assert!(members.iter().any(|m| m["id"] == zombie), "{manifest}");
+    assert_eq!(manifest["membership"]["live"].as_array().unwrap().len(), 1);
+    let mut drill = lifeboat();
+    drill
+        .args(["drill", &id, "-i"])
+        .arg(&cp.key.identity_file)
+        .arg("--dest")
+        .arg(cp.local_dest())
+        .arg("--etcd")
+        .arg(crate::harness::etcd_bin(Version::V35))
+        .arg("--etcdutl")
+        .arg(crate::harness::restore_tool(Version::V35))
+        .arg("--work-dir")
+        .arg(cp.dir.path().join("drill"));
+    let d = run(&mut drill);
+    assert_eq!(d.code, 0, "{}\n{}", d.stdout, d.stderr);
+    assert!(
+        d.stdout
+            .contains(&format!("WARNING    zombie member {zombie}")),
+        "{}",
+        d.stdout
+    );
+}
