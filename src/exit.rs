@@ -120,6 +120,9 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             U::Command(_) | U::Tool { .. } | U::Step { .. } => Some(FAILURE),
         };
     }
+    if let Some(crate::etcd::health::HealthError::NotHealthy { diverged, .. }) = e.downcast_ref() {
+        return Some(if *diverged { VERIFY } else { ETCD });
+    }
     if e.is::<crate::verify::membership::Inconsistent>() {
         return Some(VERIFY);
     }

@@ -1,17 +1,60 @@
-//! `lifeboat etcd check`: the zombie-member check (#26), read-only.
+//! `lifeboat etcd check` (the zombie-member check) and `lifeboat etcd health` (the
+//! post-flight), both read-only (#26).
 
 use anyhow::{Context, Result};
-use lifeboat::config::{resolve_etcd, FileConfig};
+use lifeboat::config::{resolve_etcd, ConfigError, FileConfig};
+use lifeboat::etcd::health::{verify_cluster, Wanted};
+use lifeboat::etcd::version::EtcdVersion;
 use lifeboat::etcd::EtcdSource;
 use lifeboat::verify::membership::{self, Inconsistent};
 use lifeboat::verify::{LiveMember, Membership};
 
-use super::args::{EtcdCheckArgs, EtcdCommand, Output};
+use super::args::{EtcdCheckArgs, EtcdCommand, EtcdHealthArgs, Output};
 
 pub async fn run(cmd: EtcdCommand, file: FileConfig) -> Result<()> {
     match cmd {
         EtcdCommand::Check(a) => check(*a, file).await,
+        EtcdCommand::Health(a) => health(*a, file).await,
     }
+}
+
+async fn health(a: EtcdHealthArgs, file: FileConfig) -> Result<()> {
+    let config = file.overlay(a.flags());
+    let etcd = resolve_etcd(&config.etcd)?;
+    let version = match &a.etcd_version {
+        Some(v) => Some(EtcdVersion::parse(v).ok_or_else(|| ConfigError::Invalid {
+            key: "--etcd-version",
+            message: format!("`{v}` is not an etcd version like 3.5.30"),
+        })?),
+        None => None,
+    };
+    let wanted = Wanted {
+        version,
+        timeout: a.timeout,
+    };
+    let h = verify_cluster(&etcd.settings, wanted).await?;
+    match a.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&h)?),
+        Output::Table => {
+            println!(
+                "{:<16} {:<32} {:<8} {:>10} HASHKV",
+                "MEMBER", "ENDPOINT", "VERSION", "REVISION"
+            );
+            for m in &h.members {
+                println!(
+                    "{:<16} {:<32} {:<8} {:>10} {}",
+                    m.name, m.endpoint, m.version, m.revision, m.hash
+                );
+            }
+            println!(
+                "OK: {} member(s) healthy, HashKV equal at revision {} (compact revision {})",
+                h.members.len(),
+                h.revision,
+                h.compact_revision
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn check(a: EtcdCheckArgs, file: FileConfig) -> Result<()> {

@@ -6,7 +6,9 @@
 
 mod compaction;
 pub mod discovery;
+pub mod health;
 pub mod membership;
+pub mod version;
 pub mod watch;
 
 pub use compaction::CompactionState;

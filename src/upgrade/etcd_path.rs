@@ -4,44 +4,11 @@
 //! "zombies" and the cluster stops. The maintainers' only safe path: every member on 3.5.26 or
 //! later (which repairs the v3 store from the v2 store), all healthy, then 3.6.
 
-use std::fmt;
-
 use serde::Serialize;
 
+pub use crate::etcd::version::EtcdVersion;
+
 use super::version::KubeVersion;
-
-/// An etcd version as `Status`, kubeadm and image tags spell it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
-pub struct EtcdVersion {
-    pub major: u32,
-    pub minor: u32,
-    pub patch: u32,
-}
-
-impl EtcdVersion {
-    /// `3.5.16`, `v3.6.4`, `3.5.21-0` (kubeadm's image tag).
-    pub fn parse(s: &str) -> Option<EtcdVersion> {
-        let s = s.trim().trim_start_matches('v');
-        let core = s.split(['-', '+']).next()?;
-        let mut parts = core.split('.');
-        let v = EtcdVersion {
-            major: parts.next()?.parse().ok()?,
-            minor: parts.next()?.parse().ok()?,
-            patch: parts.next()?.parse().ok()?,
-        };
-        parts.next().is_none().then_some(v)
-    }
-
-    fn minor_line(self) -> (u32, u32) {
-        (self.major, self.minor)
-    }
-}
-
-impl fmt::Display for EtcdVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
-    }
-}
 
 /// The first 3.5 that repairs the v3 store's membership from the v2 store: every member must
 /// run it (or later) before any member goes to 3.6.

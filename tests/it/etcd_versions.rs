@@ -105,3 +105,70 @@ fn a_snapshot_that_still_holds_a_removed_member_is_named_and_a_clean_one_passes(
         "{status}"
     );
 }
+
+fn health(member: &EtcdProcess, args: &[&str]) -> Run {
+    run(lifeboat()
+        .args(["etcd", "health", "--endpoints", &member.client_url])
+        .args(args))
+}
+
+/// The post-flight on a real 3-member cluster: healthy and HashKV equal; a version not yet
+/// reached is named per member; another etcd with other data on a member's address is named
+/// (its cluster and its HashKV), exit 4.
+#[test]
+fn the_post_flight_names_a_member_on_an_old_version_or_with_other_data() {
+    let mut cluster = start_cluster(Version::V35, 3);
+    for i in 0..5 {
+        run_ok(
+            cluster[0]
+                .etcdctl()
+                .args(["put", &format!("/k{i}"), "cluster"]),
+        );
+    }
+    let r = health(&cluster[0], &["--etcd-version", "3.5.16", "-w", "json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let h = r.json();
+    assert_eq!(h["members"].as_array().unwrap().len(), 3, "{h}");
+    let hashes: Vec<&serde_json::Value> = h["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["hash"])
+        .collect();
+    assert!(hashes.iter().all(|x| *x == hashes[0]), "{h}");
+
+    // Every member still on 3.5.16: named, one by one.
+    let r = health(&cluster[0], &["--etcd-version", "3.5.30"]);
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    for name in ["m0", "m1", "m2"] {
+        assert!(
+            r.stderr.contains(&format!("{name} (http://127.0.0.1:"))
+                && r.stderr.contains("runs etcd 3.5.16, not yet 3.5.30"),
+            "{}",
+            r.stderr
+        );
+    }
+
+    // m2's etcd stops; another etcd with other data takes its address.
+    let m2 = cluster.pop().unwrap();
+    let port: u16 = m2.client_url.rsplit(':').next().unwrap().parse().unwrap();
+    drop(m2);
+    let impostor = EtcdProcess::start_at_port(Version::V35, port);
+    for i in 0..3 {
+        run_ok(
+            impostor
+                .etcdctl()
+                .args(["put", &format!("/other{i}"), "impostor"]),
+        );
+    }
+    let r = health(&cluster[0], &[]);
+    assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("m2 ({}) answers for cluster", impostor.client_url))
+            && r.stderr.contains("its data differs"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("m0 ("), "{}", r.stderr);
+}

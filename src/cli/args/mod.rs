@@ -10,7 +10,7 @@ mod kit;
 mod member;
 mod rebuild;
 mod recover;
-pub use etcd::{EtcdCheckArgs, EtcdCommand};
+pub use etcd::{EtcdCheckArgs, EtcdCommand, EtcdHealthArgs};
 pub use kit::{KitCommand, KitGetArgs, KitShowArgs};
 use lifeboat::config::{
     BackupSection, ContinuousSection, DrillSection, EtcdSection, FileConfig, NodeSection,
@@ -595,6 +595,14 @@ impl VerifyArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// clap's own consistency checks of every command (duplicate names, bad defaults), which
+    /// otherwise fire only when that command is run.
+    #[test]
+    fn every_command_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 
     /// `--s3-path-style` alone means true; `=false` turns a config file's `true` off; absent,
     /// the file decides.

@@ -1,0 +1,258 @@
+//! The post-flight (#26): after an upgrade or a cluster restore, every member answers with a
+//! leader and serves a linearizable read (`endpoint health --cluster`), belongs to the one
+//! cluster, runs the version wanted, and has the same HashKV at one revision — etcd's own
+//! corruption check, made from outside.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::version::EtcdVersion;
+use super::{EtcdSettings, EtcdSource, LiveHashKv};
+
+/// One member as the post-flight saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberHealth {
+    pub name: String,
+    pub endpoint: String,
+    pub version: String,
+    pub revision: i64,
+    pub hash: u32,
+}
+
+/// A cluster that passed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterHealth {
+    /// The revision every member's HashKV was taken at.
+    pub revision: i64,
+    pub compact_revision: i64,
+    pub members: Vec<MemberHealth>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("etcd did not pass the post-flight within {}s: {}", .waited.as_secs(), .problems.join("; "))]
+    NotHealthy {
+        waited: Duration,
+        problems: Vec<String>,
+        /// A member's HashKV differs from the others' at the same revision (its data is not
+        /// the cluster's), besides whatever else is wrong.
+        diverged: bool,
+    },
+}
+
+/// What the post-flight asks.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted {
+    /// Every member on this version or a newer patch of its line (a member on an older one is
+    /// still being upgraded, or was not).
+    pub version: Option<EtcdVersion>,
+    /// How long the members may take to get there.
+    pub timeout: Duration,
+}
+
+/// Checks the cluster `settings` reaches until it passes or `wanted.timeout` ends.
+///
+/// # Errors
+/// The problems of the last look, one per member (named) or per cluster-wide failure.
+pub async fn verify_cluster(
+    settings: &EtcdSettings,
+    wanted: Wanted,
+) -> Result<ClusterHealth, HealthError> {
+    let started = Instant::now();
+    loop {
+        let problems = match look(settings, wanted.version).await {
+            Ok(health) => return Ok(health),
+            Err(problems) => problems,
+        };
+        if started.elapsed() >= wanted.timeout {
+            return Err(HealthError::NotHealthy {
+                waited: started.elapsed(),
+                diverged: problems.iter().any(|p| p.contains(DIFFERS)),
+                problems,
+            });
+        }
+        tracing::debug!(problems = %problems.join("; "), "post-flight: not yet");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// How a HashKV difference is worded (the error's `diverged` looks for it).
+const DIFFERS: &str = "its data differs";
+
+/// A member that answered `Status`.
+struct Answered {
+    name: String,
+    endpoint: String,
+    version: String,
+    revision: i64,
+    source: EtcdSource,
+}
+
+/// One look at every member; the problems if it did not pass.
+async fn look(
+    settings: &EtcdSettings,
+    want: Option<EtcdVersion>,
+) -> Result<ClusterHealth, Vec<String>> {
+    let mut first = EtcdSource::connect_first(settings)
+        .await
+        .map_err(|e| vec![format!("no member answers: {e}")])?;
+    let cluster_id = first
+        .status()
+        .await
+        .map_err(|e| vec![e.to_string()])?
+        .cluster_id;
+    let members = first
+        .members()
+        .await
+        .map_err(|e| vec![format!("member list: {e} (no quorum?)")])?;
+    let mut problems = Vec::new();
+    let mut answered = Vec::new();
+    for m in &members {
+        let who = if m.name.is_empty() {
+            format!("{:x}", m.id)
+        } else {
+            m.name.clone()
+        };
+        let Some(url) = m.client_urls.first() else {
+            problems.push(format!("{who}: added but never started"));
+            continue;
+        };
+        match member(settings, &who, url, cluster_id, want).await {
+            Ok((a, None)) => answered.push(a),
+            Ok((a, Some(problem))) => {
+                problems.push(problem);
+                answered.push(a);
+            }
+            Err(problem) => problems.push(problem),
+        }
+    }
+    match compare_hashes(&mut answered).await {
+        Ok(health) if problems.is_empty() => Ok(health),
+        Ok(_) => Err(problems),
+        Err(more) => {
+            problems.extend(more);
+            Err(problems)
+        }
+    }
+}
+
+/// One member: reachable, with a leader, serving a linearizable read, in `cluster_id`, on the
+/// version wanted. A member that answered `Status` comes back (with its problem, if any) so
+/// that its HashKV is compared too.
+async fn member(
+    settings: &EtcdSettings,
+    who: &str,
+    url: &str,
+    cluster_id: u64,
+    want: Option<EtcdVersion>,
+) -> Result<(Answered, Option<String>), String> {
+    let mut source = EtcdSource::connect(settings, url)
+        .await
+        .map_err(|e| format!("{who} ({url}): {e}"))?;
+    let st = source
+        .status()
+        .await
+        .map_err(|e| format!("{who} ({url}): {e}"))?;
+    let mut problem = None;
+    if st.cluster_id != cluster_id {
+        problem = Some(format!(
+            "{who} ({url}) answers for cluster {:x}, not {cluster_id:x}: another etcd is on its address",
+            st.cluster_id
+        ));
+    } else if st.leader == 0 {
+        problem = Some(format!("{who} ({url}) knows no leader"));
+    } else if let Err(e) = linearizable_read(&source, settings.request_timeout).await {
+        problem = Some(format!(
+            "{who} ({url}) cannot serve a linearizable read: {e}"
+        ));
+    } else if let Some(want) = want {
+        match EtcdVersion::parse(&st.version) {
+            Some(v) if v >= want => {}
+            Some(v) => {
+                problem = Some(format!(
+                    "{who} ({url}) runs etcd {v}, not yet {want} (its static pod not upgraded, or not restarted?)"
+                ))
+            }
+            None => problem = Some(format!("{who} ({url}) reports version `{}`", st.version)),
+        }
+    }
+    let answered = Answered {
+        name: who.to_string(),
+        endpoint: url.to_string(),
+        version: st.version,
+        revision: st.revision,
+        source,
+    };
+    Ok((answered, problem))
+}
+
+/// What `etcdctl endpoint health` does: a read that needs the cluster's quorum.
+async fn linearizable_read(source: &EtcdSource, within: Duration) -> Result<(), String> {
+    match tokio::time::timeout(within, source.client().get("health", None)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {}s", within.as_secs())),
+    }
+}
+
+/// HashKV of every member at the lowest revision they all reached: equal, or the members
+/// that differ from the most common answer named.
+async fn compare_hashes(answered: &mut [Answered]) -> Result<ClusterHealth, Vec<String>> {
+    let Some(revision) = answered.iter().map(|a| a.revision).min() else {
+        return Err(vec!["no member answered".into()]);
+    };
+    let mut problems = Vec::new();
+    let mut hashes: Vec<Option<(u32, i64)>> = Vec::new();
+    for a in answered.iter_mut() {
+        hashes.push(match a.source.hash_kv(revision).await {
+            Ok(LiveHashKv::Hash {
+                hash,
+                compact_revision,
+            }) => Some((hash, compact_revision)),
+            Ok(LiveHashKv::Compacted) => {
+                problems.push(format!("{}: compacted past revision {revision}", a.name));
+                None
+            }
+            Err(e) => {
+                problems.push(format!("{}: HashKV at {revision}: {e}", a.name));
+                None
+            }
+        });
+    }
+    let mut counts: BTreeMap<(u32, i64), usize> = BTreeMap::new();
+    for h in hashes.iter().flatten() {
+        *counts.entry(*h).or_default() += 1;
+    }
+    let Some((&common, _)) = counts.iter().max_by_key(|(_, n)| **n) else {
+        return Err(problems);
+    };
+    for (a, h) in answered.iter().zip(&hashes) {
+        if let Some((hash, compact)) = h {
+            if (*hash, *compact) != common {
+                problems.push(format!(
+                    "{} ({}): HashKV at revision {revision} is {hash} (compact revision {compact}), the others' {} (compact revision {}): {DIFFERS}",
+                    a.name, a.endpoint, common.0, common.1
+                ));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(ClusterHealth {
+        revision,
+        compact_revision: common.1,
+        members: answered
+            .iter()
+            .map(|a| MemberHealth {
+                name: a.name.clone(),
+                endpoint: a.endpoint.clone(),
+                version: a.version.clone(),
+                revision: a.revision,
+                hash: common.0,
+            })
+            .collect(),
+    })
+}
