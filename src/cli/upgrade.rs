@@ -46,6 +46,7 @@ pub async fn run(a: UpgradeArgs, file: FileConfig) -> Result<()> {
         allow_local_backup: a.allow_local_backup,
         drain_timeout: resolved.drain_timeout,
         ready_timeout: resolved.ready_timeout,
+        etcd_ready_timeout: resolved.etcd_ready_timeout,
         command_timeout: resolved.command_timeout,
         keep_kubeadm_backups: resolved.keep_kubeadm_backups,
     };

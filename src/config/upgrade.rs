@@ -29,6 +29,9 @@ section! {
         pub drain_timeout: Option<String>,
         #[arg(skip)]
         pub ready_timeout: Option<String>,
+        /// How long etcd may take to pass the post-flight after kubeadm's upgrade (default 5m).
+        #[arg(skip)]
+        pub etcd_ready_timeout: Option<String>,
         #[arg(skip)]
         pub command_timeout: Option<String>,
         #[arg(skip)]
@@ -43,6 +46,7 @@ pub struct ResolvedUpgrade {
     pub max_snapshot_age: Duration,
     pub drain_timeout: Duration,
     pub ready_timeout: Duration,
+    pub etcd_ready_timeout: Duration,
     pub command_timeout: Duration,
     pub keep_kubeadm_backups: usize,
     pub tools: ToolPaths,
@@ -71,6 +75,11 @@ pub fn resolve_upgrade(
             "upgrade.ready_timeout",
             u.ready_timeout.as_ref(),
             Duration::from_secs(600),
+        )?,
+        etcd_ready_timeout: duration(
+            "upgrade.etcd_ready_timeout",
+            u.etcd_ready_timeout.as_ref(),
+            Duration::from_secs(300),
         )?,
         command_timeout: duration(
             "upgrade.command_timeout",

@@ -102,6 +102,8 @@ pub struct UpgradeOptions {
     pub allow_local_backup: bool,
     pub drain_timeout: Duration,
     pub ready_timeout: Duration,
+    /// How long etcd may take to pass the post-flight.
+    pub etcd_ready_timeout: Duration,
     pub command_timeout: Duration,
     pub keep_kubeadm_backups: usize,
 }
@@ -144,6 +146,8 @@ pub enum Step {
     DaemonReload,
     RestartKubelet,
     WaitReady,
+    /// #26: every etcd member healthy, on the etcd the upgrade brings, HashKV equal.
+    EtcdPostflight,
     Uncordon,
 }
 
@@ -160,6 +164,7 @@ impl Step {
             Step::DaemonReload => "daemon-reload",
             Step::RestartKubelet => "restart-kubelet",
             Step::WaitReady => "wait-ready",
+            Step::EtcdPostflight => "etcd-postflight",
             Step::Uncordon => "uncordon",
         }
     }
@@ -181,8 +186,12 @@ impl Step {
             Step::DaemonReload,
             Step::RestartKubelet,
             Step::WaitReady,
-            Step::Uncordon,
         ]);
+        // Before uncordon: a node whose etcd fails it stays cordoned.
+        if role.is_control_plane() {
+            v.push(Step::EtcdPostflight);
+        }
+        v.push(Step::Uncordon);
         v
     }
 }

@@ -39,7 +39,7 @@ pub(super) async fn plan(
             reason: "the node's role could not be determined: pass --role".into(),
         });
     };
-    report.plan = plan_lines(opts, tools, role);
+    report.plan = plan_lines(opts, tools, role, etcd_target);
     refuse_failed_checks(&checks)?;
     if role.is_control_plane() {
         check_gate_can_pass(opts, gate)?;
@@ -105,11 +105,16 @@ fn check_gate_can_pass(
     Ok(())
 }
 
-fn plan_lines(opts: &UpgradeOptions, tools: &Tools, role: Role) -> Vec<String> {
+fn plan_lines(
+    opts: &UpgradeOptions,
+    tools: &Tools,
+    role: Role,
+    etcd_target: Option<super::etcd_path::EtcdVersion>,
+) -> Vec<String> {
     Step::for_role(role)
         .into_iter()
         .map(|s| {
-            let cmds = step_commands(s, opts, tools, role);
+            let cmds = step_commands(s, opts, tools, role, etcd_target);
             if cmds.is_empty() {
                 s.name().to_string()
             } else {

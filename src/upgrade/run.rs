@@ -91,7 +91,7 @@ async fn run_steps(
             continue;
         }
         let started = Instant::now();
-        let commands = step_commands(step, &opts, tools, journal.role);
+        let commands = step_commands(step, &opts, tools, journal.role, journal.etcd_target);
         let shown: Vec<String> = commands.iter().map(|c| format!("$ {c}")).collect();
         observer.step_started(step.name(), &shown);
         let outcome = run_step(step, &opts, tools, gate, &mut journal, observer).await;

@@ -3,9 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use super::etcd_path::EtcdVersion;
 use super::gate::run_gate;
 use super::tools::{self, Tools};
 use super::{GateInputs, Journal, Role, Step, UpgradeError, UpgradeOptions};
+use crate::etcd::health::{verify_cluster, Wanted};
 use crate::progress::Observer;
 
 /// What a step shows in the plan and the log: its command lines, or what it does.
@@ -14,6 +16,7 @@ pub(super) fn step_commands(
     opts: &UpgradeOptions,
     tools: &Tools,
     role: Role,
+    etcd_target: Option<EtcdVersion>,
 ) -> Vec<String> {
     match step {
         Step::Gate => vec![format!(
@@ -26,6 +29,11 @@ pub(super) fn step_commands(
             opts.to,
             opts.ready_timeout.as_secs()
         )],
+        Step::EtcdPostflight => vec![format!(
+            "wait until every etcd member is healthy{} with HashKV equal at one revision (up to {}s)",
+            etcd_target.map_or(String::new(), |t| format!(" on etcd {t}+")),
+            opts.etcd_ready_timeout.as_secs()
+        )],
         _ => step_argvs(step, opts, tools, role)
             .into_iter()
             .map(|c| c.join(" "))
@@ -37,7 +45,7 @@ pub(super) fn step_commands(
 fn step_argvs(step: Step, opts: &UpgradeOptions, tools: &Tools, role: Role) -> Vec<Vec<String>> {
     let to = opts.to.to_string();
     match step {
-        Step::Gate | Step::WaitReady => Vec::new(),
+        Step::Gate | Step::WaitReady | Step::EtcdPostflight => Vec::new(),
         Step::UpgradeKubeadm => tools.install(&["kubeadm"], opts.to),
         Step::UpgradePlan => vec![tools.kubeadm(&["upgrade", "plan"])],
         Step::KubeadmUpgrade => match role {
@@ -76,6 +84,12 @@ pub(super) async fn run_step(
             Ok(())
         }
         Step::WaitReady => wait_ready(opts, tools).await,
+        Step::EtcdPostflight => {
+            let g = gate.ok_or_else(|| UpgradeError::Tool {
+                detail: "no etcd connection configured for the post-flight".into(),
+            })?;
+            postflight(opts, g, journal.etcd_target, observer).await
+        }
         _ => {
             // kubectl drain has its own --timeout; give it room to report before killing it.
             let timeout = if step == Step::Drain {
@@ -86,6 +100,35 @@ pub(super) async fn run_step(
             run_blocking(step_argvs(step, opts, tools, journal.role), timeout).await
         }
     }
+}
+
+/// #26: the node's etcd came back on the etcd the upgrade brings, and the cluster is whole.
+async fn postflight(
+    opts: &UpgradeOptions,
+    g: &GateInputs,
+    etcd_target: Option<EtcdVersion>,
+    observer: &dyn Observer,
+) -> Result<(), UpgradeError> {
+    let wanted = Wanted {
+        version: etcd_target,
+        timeout: opts.etcd_ready_timeout,
+    };
+    let health = verify_cluster(&g.etcd, wanted)
+        .await
+        .map_err(|e| UpgradeError::Tool {
+            detail: e.to_string(),
+        })?;
+    let versions: Vec<String> = health
+        .members
+        .iter()
+        .map(|m| format!("{} {}", m.name, m.version))
+        .collect();
+    observer.note(&format!(
+        "etcd post-flight: {} healthy, HashKV equal at revision {}",
+        versions.join(", "),
+        health.revision
+    ));
+    Ok(())
 }
 
 async fn run_blocking(argvs: Vec<Vec<String>>, timeout: Duration) -> Result<(), UpgradeError> {

@@ -156,9 +156,14 @@ impl Cp {
 
     /// `lifeboat upgrade` for this node, without a destination.
     fn upgrade_cmd(&self, env: &[(&str, &str)]) -> Command {
+        self.upgrade_cmd_with(env, "")
+    }
+
+    /// As `upgrade_cmd`, with `extra` lines in the config's `[upgrade]`.
+    fn upgrade_cmd_with(&self, env: &[(&str, &str)], extra: &str) -> Command {
         let mut cmd = self.tools.command(env);
         cmd.arg("--config")
-            .arg(self.config(""))
+            .arg(self.config(extra))
             .arg("upgrade")
             .arg("--kubernetes-dir")
             .arg(self.node.kubernetes_dir())
@@ -1018,8 +1023,10 @@ fn the_gate_names_a_zombie_in_its_fresh_backup_and_the_drill_shows_it() {
         "{}",
         check.stdout
     );
+    // kubeadm brings etcd 3.5.30 with this release (its image in etcd.yaml; the stand-in
+    // kubelet runs that binary).
     cp.tools.set("latest_patch", "v1.33.5".into());
-    cp.tools.set("etcd_patch_target", "3.5.24-0".into());
+    cp.tools.set("etcd_patch_target", "3.5.30-0".into());
     let r = cp.upgrade(&["--to", "v1.33.5", "--yes"], &[]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("result: upgraded"), "{}", r.stdout);
@@ -1065,5 +1072,71 @@ fn the_gate_names_a_zombie_in_its_fresh_backup_and_the_drill_shows_it() {
             .contains(&format!("WARNING    zombie member {zombie}")),
         "{}",
         d.stdout
+    );
+}
+
+/// #26: after kubeadm's upgrade the post-flight waits for the member on the etcd the plan named
+/// and HashKV equal; the member moved to 3.5.30 (3.5.26+ repairs the v3 store: the planted
+/// zombie is gone after it). A member left on the old version fails the step, naming it, and the
+/// node stays cordoned with the pre-upgrade backup named for the way back.
+#[test]
+fn the_post_flight_waits_for_the_new_etcd_and_fails_naming_a_member_left_behind() {
+    let cp = Cp::on("v1.33.4", Version::V35);
+    let zombie = plant_zombie(&cp.node);
+    cp.tools.set("latest_patch", "v1.33.5".into());
+    // An etcd image the node cannot run: its etcd stays on 3.5.16.
+    cp.tools.set("etcd_patch_target", "3.5.24-0".into());
+    let mut cmd = cp.upgrade_cmd_with(&[], "etcd_ready_timeout = \"3s\"");
+    cmd.args(["--to", "v1.33.5", "--yes", "--dest"])
+        .arg(cp.local_dest())
+        .arg("--allow-local-backup");
+    let r = run(&mut cmd);
+    assert_ne!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("etcd-postflight") && r.stdout.contains("failed"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr
+            .contains(&format!("{} (https://127.0.0.1:", cp.node.name))
+            && r.stderr.contains("runs etcd 3.5.16, not yet 3.5.24"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stdout.contains(
+            "recovery: to return etcd to its state before the upgrade: lifeboat restore etcd-"
+        ),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(cp.tools.state()["cordoned"], true);
+    // The plan moves on to 3.5.30; kubeadm is run again by hand, as the operator would after
+    // fixing the image: the resume's post-flight sees the member on it, and the zombie gone.
+    cp.tools.set("etcd_patch_target", "3.5.30-0".into());
+    run_ok(
+        Command::new(cp.tools.bin.join("kubeadm"))
+            .args(["upgrade", "apply", "v1.33.5"])
+            .env("LIFEBOAT_STANDIN_LOG", &cp.tools.log)
+            .env("LIFEBOAT_STANDIN_STATE", &cp.tools.state)
+            .env("LIFEBOAT_STANDIN_KUBERNETES_DIR", &cp.tools.kubernetes_dir),
+    );
+    let mut resume = cp.upgrade_cmd(&[]);
+    resume
+        .args(["--resume", "--dest"])
+        .arg(cp.local_dest())
+        .arg("--allow-local-backup");
+    let r = run(&mut resume);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("result: upgraded"), "{}", r.stdout);
+    assert_eq!(cp.tools.state()["cordoned"], false);
+    let check = run(lifeboat()
+        .args(["etcd", "check", "--etcd-manifest"])
+        .arg(cp.node.etcd_manifest()));
+    assert_eq!(
+        check.code, 0,
+        "zombie {zombie}: {}\n{}",
+        check.stdout, check.stderr
     );
 }

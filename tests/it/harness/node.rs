@@ -465,6 +465,19 @@ fn sync_pods(
     }
 }
 
+/// The etcd binary of an image the suite can run (`registry.k8s.io/etcd:3.5.30-0`).
+fn image_binary(image: &str) -> Option<PathBuf> {
+    let tag = image.rsplit(':').next()?;
+    let version = [
+        ("3.4.23", Version::V34),
+        ("3.5.16", Version::V35),
+        ("3.5.30", Version::V3530),
+    ]
+    .into_iter()
+    .find_map(|(v, version)| tag.starts_with(v).then_some(version))?;
+    Some(etcd_bin(version))
+}
+
 fn start_pod(name: &str, content: &[u8], etcd: &Path, logs: &Path) -> Option<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -478,7 +491,14 @@ fn start_pod(name: &str, content: &[u8], etcd: &Path, logs: &Path) -> Option<Chi
             .iter()
             .filter_map(|v| v.as_str().map(str::to_string))
             .collect();
-        Command::new(etcd)
+        // The image's tag picks the binary where the suite has that version (kubeadm's upgrade
+        // rewrites it); any other tag runs the node's own etcd, as an image the node already
+        // has would.
+        let binary = pod["spec"]["containers"][0]["image"]
+            .as_str()
+            .and_then(image_binary)
+            .unwrap_or_else(|| etcd.to_path_buf());
+        Command::new(binary)
             .args(&command[1..])
             .stdin(Stdio::null())
             .stdout(log.try_clone().ok()?)
