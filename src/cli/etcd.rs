@@ -33,22 +33,48 @@ async fn health(a: EtcdHealthArgs, file: FileConfig) -> Result<()> {
         timeout: a.timeout,
     };
     let h = verify_cluster(&etcd.settings, wanted).await?;
+    let members: Vec<serde_json::Value> = h
+        .answers
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "name": a.member.name,
+                "id": format!("{:x}", a.member.id),
+                "endpoint": a.member.client_urls.first(),
+                "version": a.status.version,
+                "revision": a.status.revision,
+                "hash": h.hash,
+            })
+        })
+        .collect();
     match a.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&h)?),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "members": members,
+                "revision": h.revision,
+                "hash": h.hash,
+                "compact_revision": h.compact_revision,
+            }))?
+        ),
         Output::Table => {
             println!(
-                "{:<16} {:<32} {:<8} {:>10} HASHKV",
+                "{:<16} {:<32} {:<8} {:>10}",
                 "MEMBER", "ENDPOINT", "VERSION", "REVISION"
             );
-            for m in &h.members {
+            for a in &h.answers {
                 println!(
-                    "{:<16} {:<32} {:<8} {:>10} {}",
-                    m.name, m.endpoint, m.version, m.revision, m.hash
+                    "{:<16} {:<32} {:<8} {:>10}",
+                    a.member.name,
+                    a.member.client_urls.first().map_or("", String::as_str),
+                    a.status.version,
+                    a.status.revision
                 );
             }
             println!(
-                "OK: {} member(s) healthy, HashKV equal at revision {} (compact revision {})",
-                h.members.len(),
+                "OK: {} member(s) healthy, HashKV {} at revision {} on every one (compact revision {})",
+                h.answers.len(),
+                h.hash,
                 h.revision,
                 h.compact_revision
             );

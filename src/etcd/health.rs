@@ -1,33 +1,31 @@
-//! The post-flight (#26): after an upgrade or a cluster restore, every member answers with a
-//! leader and serves a linearizable read (`endpoint health --cluster`), belongs to the one
-//! cluster, runs the version wanted, and has the same HashKV at one revision — etcd's own
-//! corruption check, made from outside.
+//! The post-flight (#26), the one check that a cluster is whole: after an upgrade, a cluster
+//! restore or a member replace, every member is a voter that answers with a leader and serves
+//! a linearizable read (`endpoint health --cluster`), belongs to the one cluster, runs the
+//! version wanted, and has the same HashKV at one revision — etcd's own corruption check, made
+//! from outside.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
+use super::membership::Member;
 use super::version::EtcdVersion;
-use super::{EtcdSettings, EtcdSource, LiveHashKv};
+use super::{EtcdSettings, EtcdSource, LiveHashKv, MemberStatus};
 
 /// One member as the post-flight saw it.
-#[derive(Debug, Clone, Serialize)]
-pub struct MemberHealth {
-    pub name: String,
-    pub endpoint: String,
-    pub version: String,
-    pub revision: i64,
-    pub hash: u32,
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub member: Member,
+    pub status: MemberStatus,
 }
 
-/// A cluster that passed.
-#[derive(Debug, Clone, Serialize)]
+/// A cluster that passed: every member, and the HashKV they all have at `revision`.
+#[derive(Debug, Clone)]
 pub struct ClusterHealth {
-    /// The revision every member's HashKV was taken at.
+    pub answers: Vec<Answer>,
+    /// The lowest revision every member has.
     pub revision: i64,
+    pub hash: u32,
     pub compact_revision: i64,
-    pub members: Vec<MemberHealth>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +72,8 @@ pub async fn verify_cluster(
             });
         }
         tracing::debug!(problems = %problems.join("; "), "post-flight: not yet");
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // A member that just started answers within a moment.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -84,9 +83,8 @@ const DIFFERS: &str = "its data differs";
 /// A member that answered `Status`.
 struct Answered {
     name: String,
-    endpoint: String,
-    version: String,
-    revision: i64,
+    member: Member,
+    status: MemberStatus,
     source: EtcdSource,
 }
 
@@ -119,7 +117,11 @@ async fn look(
             problems.push(format!("{who}: added but never started"));
             continue;
         };
-        match member(settings, &who, url, cluster_id, want).await {
+        if m.learner {
+            problems.push(format!("{who} ({url}) is still a learner"));
+            continue;
+        }
+        match member(settings, m, &who, url, cluster_id, want).await {
             Ok((a, None)) => answered.push(a),
             Ok((a, Some(problem))) => {
                 problems.push(problem);
@@ -143,6 +145,7 @@ async fn look(
 /// that its HashKV is compared too.
 async fn member(
     settings: &EtcdSettings,
+    m: &Member,
     who: &str,
     url: &str,
     cluster_id: u64,
@@ -180,9 +183,8 @@ async fn member(
     }
     let answered = Answered {
         name: who.to_string(),
-        endpoint: url.to_string(),
-        version: st.version,
-        revision: st.revision,
+        member: m.clone(),
+        status: st,
         source,
     };
     Ok((answered, problem))
@@ -200,7 +202,7 @@ async fn linearizable_read(source: &EtcdSource, within: Duration) -> Result<(), 
 /// HashKV of every member at the lowest revision they all reached: equal, or the members
 /// that differ from the most common answer named.
 async fn compare_hashes(answered: &mut [Answered]) -> Result<ClusterHealth, Vec<String>> {
-    let Some(revision) = answered.iter().map(|a| a.revision).min() else {
+    let Some(revision) = answered.iter().map(|a| a.status.revision).min() else {
         return Err(vec!["no member answered".into()]);
     };
     let mut problems = Vec::new();
@@ -233,7 +235,10 @@ async fn compare_hashes(answered: &mut [Answered]) -> Result<ClusterHealth, Vec<
             if (*hash, *compact) != common {
                 problems.push(format!(
                     "{} ({}): HashKV at revision {revision} is {hash} (compact revision {compact}), the others' {} (compact revision {}): {DIFFERS}",
-                    a.name, a.endpoint, common.0, common.1
+                    a.name,
+                    a.member.client_urls.first().map_or("", String::as_str),
+                    common.0,
+                    common.1
                 ));
             }
         }
@@ -242,17 +247,15 @@ async fn compare_hashes(answered: &mut [Answered]) -> Result<ClusterHealth, Vec<
         return Err(problems);
     }
     Ok(ClusterHealth {
-        revision,
-        compact_revision: common.1,
-        members: answered
+        answers: answered
             .iter()
-            .map(|a| MemberHealth {
-                name: a.name.clone(),
-                endpoint: a.endpoint.clone(),
-                version: a.version.clone(),
-                revision: a.revision,
-                hash: common.0,
+            .map(|a| Answer {
+                member: a.member.clone(),
+                status: a.status.clone(),
             })
             .collect(),
+        revision,
+        hash: common.0,
+        compact_revision: common.1,
     })
 }

@@ -88,7 +88,7 @@ pub enum MemberError {
         last: String,
     },
     #[error("the members do not agree after the replace: {0}; nothing more was changed — look at each member's logs")]
-    Disagree(#[source] crate::etcd::membership::Disagreement),
+    Disagree(#[source] crate::etcd::health::HealthError),
 }
 
 impl From<crate::restore::RestoreError> for MemberError {

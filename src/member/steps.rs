@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::ReplacePlan;
 use super::{MemberError, ReplaceOptions};
-use crate::etcd::membership::{self, is_not_in_sync, Member};
+use crate::etcd::health::{verify_cluster, Wanted};
+use crate::etcd::membership::{is_not_in_sync, Member};
 use crate::etcd::EtcdSource;
 use crate::fsutil::{self, JournalFile};
 use crate::restore::node::move_manifest;
@@ -475,7 +476,11 @@ async fn is_voting(cluster: &mut EtcdSource, id: u64) -> bool {
 async fn verify(j: &ReplaceJournal, opts: &ReplaceOptions) -> Result<ReplaceReport, MemberError> {
     let plan = &j.plan;
     let settings = plan.settings(plan.endpoints.clone(), opts.connect_timeout);
-    let a = membership::agreement_within(&settings, opts.catch_up_timeout)
+    let wanted = Wanted {
+        version: None,
+        timeout: opts.catch_up_timeout,
+    };
+    let a = verify_cluster(&settings, wanted)
         .await
         .map_err(MemberError::Disagree)?;
     Ok(ReplaceReport {

@@ -119,9 +119,9 @@ async fn postflight(
             detail: e.to_string(),
         })?;
     let versions: Vec<String> = health
-        .members
+        .answers
         .iter()
-        .map(|m| format!("{} {}", m.name, m.version))
+        .map(|a| format!("{} {}", a.member.name, a.status.version))
         .collect();
     observer.note(&format!(
         "etcd post-flight: {} healthy, HashKV equal at revision {}",

@@ -19,7 +19,7 @@ use chrono::Utc;
 
 use super::RestoreError;
 use crate::catalog::Manifest;
-use crate::etcd::membership::{agreement_within, Agreement};
+use crate::etcd::health::{verify_cluster, ClusterHealth as Agreement, Wanted as Healthy};
 use crate::etcd::EtcdSettings;
 use crate::store::{Store, StoreError};
 use crate::trust::envelope::{read_signed, write_signed, EnvelopeError, Write};
@@ -489,7 +489,11 @@ pub async fn wait_agreement(
     through: &EtcdSettings,
     timeout: Duration,
 ) -> Result<Agreement, RestoreError> {
-    agreement_within(through, timeout)
+    let wanted = Healthy {
+        version: None,
+        timeout,
+    };
+    verify_cluster(through, wanted)
         .await
         .map_err(|why| RestoreError::NotHealthy {
             waited: timeout,
