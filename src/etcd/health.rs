@@ -158,29 +158,29 @@ async fn member(
         .status()
         .await
         .map_err(|e| format!("{who} ({url}): {e}"))?;
-    let mut problem = None;
+    // Every problem of the member, each on its own: the version is named even while the
+    // member still elects a leader.
+    let mut problems = Vec::new();
     if st.cluster_id != cluster_id {
-        problem = Some(format!(
-            "{who} ({url}) answers for cluster {:x}, not {cluster_id:x}: another etcd is on its address",
+        problems.push(format!(
+            "answers for cluster {:x}, not {cluster_id:x}: another etcd is on its address",
             st.cluster_id
         ));
     } else if st.leader == 0 {
-        problem = Some(format!("{who} ({url}) knows no leader"));
+        problems.push("knows no leader".to_string());
     } else if let Err(e) = linearizable_read(&source, settings.request_timeout).await {
-        problem = Some(format!(
-            "{who} ({url}) cannot serve a linearizable read: {e}"
-        ));
-    } else if let Some(want) = want {
+        problems.push(format!("cannot serve a linearizable read: {e}"));
+    }
+    if let Some(want) = want {
         match EtcdVersion::parse(&st.version) {
             Some(v) if v >= want => {}
-            Some(v) => {
-                problem = Some(format!(
-                    "{who} ({url}) runs etcd {v}, not yet {want} (its static pod not upgraded, or not restarted?)"
-                ))
-            }
-            None => problem = Some(format!("{who} ({url}) reports version `{}`", st.version)),
+            Some(v) => problems.push(format!(
+                "runs etcd {v}, not yet {want} (its static pod not upgraded, or not restarted?)"
+            )),
+            None => problems.push(format!("reports version `{}`", st.version)),
         }
     }
+    let problem = (!problems.is_empty()).then(|| format!("{who} ({url}) {}", problems.join(", ")));
     let answered = Answered {
         name: who.to_string(),
         member: m.clone(),

@@ -1086,7 +1086,9 @@ fn the_post_flight_waits_for_the_new_etcd_and_fails_naming_a_member_left_behind(
     cp.tools.set("latest_patch", "v1.33.5".into());
     // An etcd image the node cannot run: its etcd stays on 3.5.16.
     cp.tools.set("etcd_patch_target", "3.5.24-0".into());
-    let mut cmd = cp.upgrade_cmd_with(&[], "etcd_ready_timeout = \"3s\"");
+    // Long enough for the member to answer again after kubeadm's manifest change restarted it:
+    // its last look names the version it runs.
+    let mut cmd = cp.upgrade_cmd_with(&[], "etcd_ready_timeout = \"15s\"");
     cmd.args(["--to", "v1.33.5", "--yes", "--dest"])
         .arg(cp.local_dest())
         .arg("--allow-local-backup");
