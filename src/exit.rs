@@ -123,6 +123,14 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
     if let Some(crate::etcd::health::HealthError::NotHealthy { diverged, .. }) = e.downcast_ref() {
         return Some(if *diverged { VERIFY } else { ETCD });
     }
+    if let Some(e) = e.downcast_ref::<crate::maintenance::MaintenanceError>() {
+        use crate::maintenance::MaintenanceError as M;
+        return match e {
+            M::Blocked { .. } => Some(REFUSED),
+            M::Backup(b) => classify(b),
+            M::Etcd { .. } | M::NotBack { .. } | M::NospaceLeft { .. } => Some(ETCD),
+        };
+    }
     if e.is::<crate::verify::membership::Inconsistent>() {
         return Some(VERIFY);
     }

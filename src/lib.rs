@@ -39,6 +39,7 @@ pub mod etcd;
 pub mod exit;
 pub mod fsutil;
 pub mod kit;
+pub mod maintenance;
 pub mod member;
 pub mod pitr;
 pub mod process;

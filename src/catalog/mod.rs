@@ -364,6 +364,25 @@ impl Catalog {
             .collect())
     }
 
+    /// The newest writer-signed backup of `cluster` younger than `max_age` whose object still
+    /// has the size and sha256 its manifest records: what may stand for the cluster's state now
+    /// (the upgrade gate, maintenance).
+    pub async fn recent_verified(
+        &self,
+        cluster: &str,
+        max_age: std::time::Duration,
+    ) -> Option<Manifest> {
+        let manifests = self.writer_signed().await.ok()?;
+        let now = chrono::Utc::now();
+        let m = manifests.into_iter().find(|m| {
+            m.cluster_id == cluster
+                && (now - m.created_at)
+                    .to_std()
+                    .is_ok_and(|age| age <= max_age)
+        })?;
+        object_matches(self.store.as_ref(), &m).await.then_some(m)
+    }
+
     /// [`Catalog::list`], with who signed each manifest.
     async fn list_checked(&self) -> Result<(Vec<Checked>, Vec<Skipped>), CatalogError> {
         let mut manifests = Vec::new();
@@ -558,3 +577,20 @@ impl Catalog {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether `m`'s object still has the size and sha256 its manifest records.
+async fn object_matches(store: &dyn Store, m: &Manifest) -> bool {
+    use futures::StreamExt;
+    use sha2::{Digest, Sha256};
+    let Ok(mut stream) = store.get(&m.object.key).await else {
+        return false;
+    };
+    let mut h = Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else { return false };
+        h.update(&chunk);
+        size += chunk.len() as u64;
+    }
+    size == m.object.size && hex::encode(h.finalize()) == m.object.sha256
+}

@@ -2,6 +2,7 @@
 
 mod args;
 mod cluster;
+mod defrag;
 mod etcd;
 mod journal;
 mod keys;
@@ -66,6 +67,7 @@ async fn run(cli: Cli, config: FileConfig) -> Result<()> {
         Command::Prune(args) => prune::run(args, config).await,
         Command::Member(cmd) => member::run(cmd, config).await,
         Command::Etcd(cmd) => etcd::run(cmd, config).await,
+        Command::Defrag(args) => defrag::run(*args, config).await,
         Command::Recover(args) => recover::run(*args, config).await,
         Command::Kit(cmd) => kit::run(cmd, config).await,
         Command::Rebuild(args) => rebuild::run(*args, config).await,

@@ -6,7 +6,7 @@ use lifeboat::catalog::Manifest;
 use lifeboat::readback::ReadBack;
 use lifeboat::verify::SnapshotStatus;
 
-fn human_bytes(n: u64) -> String {
+pub(super) fn human_bytes(n: u64) -> String {
     indicatif::HumanBytes(n).to_string()
 }
 

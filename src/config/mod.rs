@@ -11,6 +11,7 @@
 mod continuous;
 mod drill;
 mod etcd;
+mod maintenance;
 mod node;
 mod restore;
 mod retention;
@@ -28,6 +29,7 @@ use serde::Deserialize;
 pub use continuous::{resolve_continuous, ContinuousSection};
 pub use drill::{resolve_drill, DrillSection};
 pub use etcd::{resolve_etcd, EtcdSection, ResolvedEtcd};
+pub use maintenance::{resolve_maintenance, MaintenanceSection, ResolvedMaintenance};
 pub use node::{resolve_kit, resolve_node, NodeSection, DEFAULT_KUBERNETES_DIR};
 pub use restore::{resolve_restore, state_dir, ResolvedRestore, RestoreSection};
 pub use retention::{resolve_retention, RetentionSection};
@@ -94,6 +96,8 @@ pub struct FileConfig {
     pub continuous: ContinuousSection,
     #[serde(default)]
     pub shadow: ShadowSection,
+    #[serde(default)]
+    pub maintenance: MaintenanceSection,
 }
 
 section! {
@@ -174,6 +178,7 @@ impl FileConfig {
             trust: flags.trust.overlay(self.trust),
             continuous: flags.continuous.overlay(self.continuous),
             shadow: flags.shadow.overlay(self.shadow),
+            maintenance: flags.maintenance.overlay(self.maintenance),
         }
     }
 }
@@ -188,6 +193,37 @@ fn one_line(message: &str) -> String {
         })
         .collect();
     lines.join(" ")
+}
+
+/// A size setting in bytes, with a unit (`100MiB`, `1.5GB`, `4096`).
+///
+/// # Errors
+/// Not a number with a known unit, naming `key`.
+pub fn size(key: &'static str, v: &str) -> Result<u64, ConfigError> {
+    let t = v.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(invalid(
+                key,
+                format!("`{v}`: unknown unit `{other}`; use a size like 20MiB"),
+            ))
+        }
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| invalid(key, format!("`{v}` is not a size like 20MiB")))?;
+    Ok((n * scale) as u64)
 }
 
 /// A duration setting: the value, else `default`; zero is refused.

@@ -304,37 +304,19 @@ pub fn resolve_backup(
 /// Bytes per second: a number with an optional KiB/MiB/GiB (or KB/MB/GB) suffix. No crate
 /// for this is among the dependencies, and it is one setting.
 fn rate(key: &'static str, v: &str) -> Result<u64, ConfigError> {
-    let t = v.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "ki" | "kib" => 1024.0,
-        "mi" | "mib" => 1024.0 * 1024.0,
-        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => {
-            return Err(invalid(
-                key,
-                format!("`{v}`: unknown unit `{other}`; use bytes per second like 20MiB"),
-            ))
-        }
-    };
-    let n: f64 = number
-        .parse()
-        .map_err(|_| invalid(key, format!("`{v}` is not a rate like 20MiB")))?;
-    let bytes = n * scale;
-    if bytes < 64.0 * 1024.0 {
+    let bytes = super::size(key, v).map_err(|_| {
+        invalid(
+            key,
+            format!("`{v}` is not a rate like 20MiB (bytes per second)"),
+        )
+    })?;
+    if bytes < 64 * 1024 {
         return Err(invalid(
             key,
             format!("`{v}` is below 64KiB per second: a backup would take days"),
         ));
     }
-    Ok(bytes as u64)
+    Ok(bytes)
 }
 
 fn recipients(b: &BackupSection) -> Result<Recipients, ConfigError> {

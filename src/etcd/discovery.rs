@@ -27,6 +27,20 @@ pub struct KubeadmEtcd {
     pub image: Option<String>,
 }
 
+/// etcd's default `--quota-backend-bytes`.
+pub const DEFAULT_QUOTA: u64 = 2 << 30;
+
+impl KubeadmEtcd {
+    /// The member's `--quota-backend-bytes`, else etcd's default (0 in the flag means it too).
+    pub fn quota(&self) -> u64 {
+        self.flags
+            .get("quota-backend-bytes")
+            .and_then(|q| q.parse::<u64>().ok())
+            .filter(|q| *q > 0)
+            .unwrap_or(DEFAULT_QUOTA)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
     #[error("cannot read the etcd manifest {path}: {source}")]

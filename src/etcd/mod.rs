@@ -7,6 +7,7 @@
 mod compaction;
 pub mod discovery;
 pub mod health;
+pub mod maintenance;
 pub mod membership;
 pub mod version;
 pub mod watch;
@@ -174,6 +175,13 @@ pub struct MemberStatus {
     /// 0 while the member knows no leader.
     pub leader: u64,
     pub version: String,
+    /// The database file's size, and how much of it holds data (the rest is free pages a
+    /// defragmentation gives back).
+    pub db_size: u64,
+    pub db_size_in_use: u64,
+    /// `--quota-backend-bytes` as the member reports it (etcd 3.6+; 0 before).
+    pub quota: u64,
+    pub is_learner: bool,
 }
 
 /// The snapshot as a stream of pieces; ends after the trailer (or when the server closes).
@@ -314,6 +322,10 @@ impl EtcdSource {
             member_id: header.map_or(0, |h| h.member_id()),
             leader: s.leader(),
             version: s.version().to_string(),
+            db_size: u64::try_from(s.db_size()).unwrap_or(0),
+            db_size_in_use: u64::try_from(s.raft_used_db_size()).unwrap_or(0),
+            quota: u64::try_from(s.db_size_quota()).unwrap_or(0),
+            is_learner: s.is_learner(),
         })
     }
 

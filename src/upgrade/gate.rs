@@ -4,7 +4,6 @@
 //! the node carries), and a mark tying the two so retention keeps them for the upgrade.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
 
@@ -14,7 +13,6 @@ use crate::backup::{take_backup, BackupSettings};
 use crate::catalog::{Catalog, Manifest, Reason};
 use crate::etcd::EtcdSource;
 use crate::progress::Observer;
-use crate::store::Store;
 
 pub(super) async fn run_gate(
     opts: &UpgradeOptions,
@@ -36,7 +34,11 @@ pub(super) async fn run_gate(
     // Before etcd 3.6 the zombie check needs this moment's v3 store: no earlier backup.
     let recent = match to_36 {
         true => None,
-        false => recent_verified_backup(&catalog, &cluster, opts.max_snapshot_age).await,
+        false => {
+            catalog
+                .recent_verified(&cluster, opts.max_snapshot_age)
+                .await
+        }
     };
     let (manifest, reused) = match recent {
         Some(m) => {
@@ -179,44 +181,6 @@ async fn node_kit(
     )
     .await?;
     Ok(Some(saved.id))
-}
-
-/// The newest backup of `cluster` younger than `max_age` whose object still has the size and
-/// sha256 its manifest records.
-async fn recent_verified_backup(
-    catalog: &Catalog,
-    cluster: &str,
-    max_age: Duration,
-) -> Option<Manifest> {
-    // Only a writer's own backup stands for the cluster's state here: a shadow's base is
-    // dated when cut, whatever revision it proved, and is confirmed only through the journal.
-    let manifests = catalog.writer_signed().await.ok()?;
-    let now = Utc::now();
-    let m = manifests.into_iter().find(|m| {
-        m.cluster_id == cluster
-            && (now - m.created_at)
-                .to_std()
-                .is_ok_and(|age| age <= max_age)
-    })?;
-    object_matches(catalog.store().as_ref(), &m)
-        .await
-        .then_some(m)
-}
-
-async fn object_matches(store: &dyn Store, m: &Manifest) -> bool {
-    use futures::StreamExt;
-    use sha2::{Digest, Sha256};
-    let Ok(mut stream) = store.get(&m.object.key).await else {
-        return false;
-    };
-    let mut h = Sha256::new();
-    let mut size = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let Ok(chunk) = chunk else { return false };
-        h.update(&chunk);
-        size += chunk.len() as u64;
-    }
-    size == m.object.size && hex::encode(h.finalize()) == m.object.sha256
 }
 
 #[cfg(test)]

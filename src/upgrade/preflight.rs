@@ -32,7 +32,6 @@ fn check(name: &str, severity: Severity, detail: impl Into<String>) -> Check {
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// A database above this share of its quota may hit NOSPACE during the upgrade's writes.
 const QUOTA_HEADROOM: f64 = 0.8;
-const DEFAULT_QUOTA: u64 = 2 * 1024 * 1024 * 1024;
 
 async fn read(argv: Vec<String>) -> Result<String, super::UpgradeError> {
     match tokio::task::spawn_blocking(move || tools::run(&argv, READ_TIMEOUT)).await {
@@ -345,7 +344,7 @@ async fn etcd_checks(
         )),
         Err(e) => out.push(check("etcd-alarms", Severity::Fail, format!("alarm list: {e}"))),
     }
-    let quota = quota_from_manifest(opts).unwrap_or(DEFAULT_QUOTA);
+    let quota = quota_from_manifest(opts);
     match source.member_facts().await {
         Ok(f) => {
             let share = f.db_size as f64 / quota as f64;
@@ -373,10 +372,12 @@ async fn etcd_checks(
     (out, versions)
 }
 
-fn quota_from_manifest(opts: &UpgradeOptions) -> Option<u64> {
+fn quota_from_manifest(opts: &UpgradeOptions) -> u64 {
     let path = opts.kubernetes_dir.join("manifests/etcd.yaml");
-    let k = crate::etcd::discovery::discover(&path).ok()??;
-    k.flags.get("quota-backend-bytes")?.parse().ok()
+    crate::etcd::discovery::discover(&path)
+        .ok()
+        .flatten()
+        .map_or(crate::etcd::discovery::DEFAULT_QUOTA, |k| k.quota())
 }
 
 async fn certificates(tools: &Tools) -> Check {

@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["readback"],
     &["restore", "member"],
     &["sandbox"],
-    &["drill", "upgrade", "pitr"],
+    &["drill", "upgrade", "pitr", "maintenance"],
     &["shadow", "recover"],
     &["service"],
     &["config"],

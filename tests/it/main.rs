@@ -17,6 +17,7 @@ mod hashkv;
 mod kit;
 mod layers;
 mod leases;
+mod maintenance;
 mod member;
 mod object_lock;
 mod rebuild;

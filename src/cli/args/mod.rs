@@ -5,12 +5,14 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod defrag;
 mod etcd;
 mod kit;
 mod member;
 mod rebuild;
 mod recover;
 mod upgrade;
+pub use defrag::DefragArgs;
 pub use etcd::{EtcdCheckArgs, EtcdCommand, EtcdHealthArgs};
 pub use kit::{KitCommand, KitGetArgs, KitShowArgs};
 use lifeboat::config::{
@@ -70,9 +72,12 @@ pub enum Command {
     /// This node's etcd member: replace a dead one without losing quorum.
     #[command(subcommand)]
     Member(MemberCommand),
-    /// etcd itself: the zombie-member check before etcd 3.6.
+    /// etcd itself: the zombie-member check before etcd 3.6, the post-flight health check.
     #[command(subcommand)]
     Etcd(EtcdCommand),
+    /// Defragment members (followers first, the leader last, one at a time) behind a recent
+    /// verified backup; clears NOSPACE. Prints the plan; needs --yes.
+    Defrag(Box<DefragArgs>),
     /// The control-plane kits (the files a rebuilt node needs besides etcd) in the store.
     #[command(subcommand)]
     Kit(KitCommand),

@@ -55,7 +55,7 @@ impl EtcdProcess {
         let data_dir = dir.path().join("data");
         let mut last_err = String::new();
         for _ in 0..3 {
-            match try_start_at(version, None, &data_dir, None, client_port) {
+            match try_start_at(version, None, &data_dir, None, client_port, &[]) {
                 Ok(mut p) => {
                     p._dir = Some(dir);
                     return p;
@@ -64,6 +64,23 @@ impl EtcdProcess {
             }
         }
         panic!("etcd {version:?} did not start on port {client_port}: {last_err}");
+    }
+
+    /// A fresh single-member etcd started with `extra` flags too (e.g. a small quota).
+    pub fn start_with(version: Version, extra: &[&str]) -> EtcdProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            match try_start_at(version, None, &data_dir, None, free_port(), extra) {
+                Ok(mut p) => {
+                    p._dir = Some(dir);
+                    return p;
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("etcd {version:?} did not start with {extra:?}: {last_err}");
     }
 
     /// An etcd on an existing (e.g. restored) data dir. `name`/`peer_url` must match what the
@@ -204,7 +221,7 @@ fn try_start(
     data_dir: &Path,
     member: Option<(&str, &str)>,
 ) -> Result<EtcdProcess, String> {
-    try_start_at(version, tls, data_dir, member, free_port())
+    try_start_at(version, tls, data_dir, member, free_port(), &[])
 }
 
 fn try_start_at(
@@ -213,6 +230,7 @@ fn try_start_at(
     data_dir: &Path,
     member: Option<(&str, &str)>,
     client_port: u16,
+    extra: &[&str],
 ) -> Result<EtcdProcess, String> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let client_url = format!("{scheme}://127.0.0.1:{client_port}");
@@ -234,6 +252,8 @@ fn try_start_at(
         .arg(format!("--initial-advertise-peer-urls={peer_url}"))
         .arg(format!("--initial-cluster={name}={peer_url}"))
         .arg("--quota-backend-bytes=4294967296")
+        // Later flags win (Go's flag package): `extra` may set the quota again.
+        .args(extra)
         .env("ETCD_UNSUPPORTED_ARCH", "")
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
