@@ -193,10 +193,10 @@ mod tests {
             "{:?}",
             p.skipped
         );
-        // --all takes every member; --member one.
+        // --all takes every member (the most to give back first); --member one.
         assert_eq!(
             names(&plan(&s, &rules(), &Pick::All)),
-            ["c", "b", "d", "e", "a"]
+            ["c", "b", "e", "d", "a"]
         );
         assert_eq!(names(&plan(&s, &rules(), &Pick::Member("d".into()))), ["d"]);
         let unknown = plan(&s, &rules(), &Pick::Member("z".into()));
