@@ -31,3 +31,12 @@ pub trait Observer: Send + Sync {
 pub struct Silent;
 
 impl Observer for Silent {}
+
+/// Notes as log lines (a service has no terminal): what maintenance did, with sizes.
+pub struct Logged;
+
+impl Observer for Logged {
+    fn note(&self, message: &str) {
+        tracing::info!("{message}");
+    }
+}

@@ -10,7 +10,7 @@ use super::{
     resolve_store, section, ConfigError, FileConfig,
 };
 use crate::catalog::Reason;
-use crate::service::{normalize_schedule, DrillPlan, ServeSettings, ShadowPlan};
+use crate::service::{normalize_schedule, DrillPlan, MaintenancePlan, ServeSettings, ShadowPlan};
 use crate::stages::encrypt::Identities;
 
 section! {
@@ -58,6 +58,7 @@ pub fn resolve_serve(c: &FileConfig) -> Result<ServeSettings, ConfigError> {
     let shadow = resolve_shadow_plan(c, backups_off)?;
     let etcd = resolve_etcd(&c.etcd)?;
     let kit = super::resolve_kit(&c.node, &etcd);
+    let maintenance = resolve_maintenance_plan(c, &etcd)?;
     if backups_off && drill.is_none() && shadow.is_none() {
         return Err(invalid(
             "serve.schedule",
@@ -83,6 +84,7 @@ pub fn resolve_serve(c: &FileConfig) -> Result<ServeSettings, ConfigError> {
         ));
     }
     Ok(ServeSettings {
+        maintenance,
         schedule,
         interval,
         jitter,
@@ -194,3 +196,26 @@ fn resolve_shadow_plan(
         settings: super::resolve_shadow(c, None)?,
     }))
 }
+
+/// The members' metrics always; maintenance itself when `[maintenance] enabled`.
+fn resolve_maintenance_plan(
+    c: &FileConfig,
+    etcd: &super::ResolvedEtcd,
+) -> Result<Option<MaintenancePlan>, ConfigError> {
+    let m = super::resolve_maintenance(&c.maintenance)?;
+    let quota = m
+        .quota
+        .or(etcd.kubeadm.as_ref().map(|k| k.quota()))
+        .unwrap_or(crate::etcd::discovery::DEFAULT_QUOTA);
+    Ok(Some(MaintenancePlan {
+        enabled: m.enabled,
+        rules: m.rules,
+        window: m.window.unwrap_or_else(|| DEFAULT_WINDOW.to_string()),
+        max_backup_age: m.max_backup_age,
+        ready_timeout: m.ready_timeout,
+        quota,
+    }))
+}
+
+/// Without a window, maintenance may start every 5 minutes (6 fields, seconds first).
+const DEFAULT_WINDOW: &str = "0 */5 * * * *";

@@ -16,12 +16,14 @@
 mod continuous;
 pub mod face;
 pub mod leader;
+mod maintenance;
 pub mod metrics;
 mod schedule;
 pub mod shadow;
 mod tick;
 mod workers;
 
+pub use maintenance::MaintenancePlan;
 use schedule::start_scheduler;
 pub use schedule::{normalize_schedule, ScheduleError};
 use tick::run_tick;
@@ -68,6 +70,8 @@ pub struct ServeSettings {
     pub continuous: Option<crate::continuous::CaptureSettings>,
     /// What retention and drills accept as a backup (`[trust]`).
     pub read_policy: Arc<crate::trust::ReadPolicy>,
+    /// The members' metrics and, when enabled, maintenance (on instances that take backups).
+    pub maintenance: Option<MaintenancePlan>,
 }
 
 /// Restore drills on their own schedule.
@@ -180,7 +184,12 @@ pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result
             source,
         })?;
     tracing::info!(listen = %settings.listen, schedule = %settings.schedule, store = %store.location(), "serving");
-    let face = face::Face::new(workers::of(&shared, settings.drill.is_some()));
+    let upkeep = maintenance::Maintenance::default();
+    let mut face_workers = workers::of(&shared, settings.drill.is_some());
+    if settings.maintenance.is_some() && settings.backup.is_some() {
+        face_workers.push(Arc::new(upkeep.clone()));
+    }
+    let face = face::Face::new(face_workers);
     let http = tokio::spawn(face::serve(listener, Arc::new(face), shutdown.clone()));
     let drills = match &settings.drill {
         Some(plan) => Some(start_drills(plan.clone(), shared.clone(), shutdown.clone()).await?),
@@ -197,7 +206,7 @@ pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result
         _ => None,
     };
     let result = match &settings.backup {
-        Some(backup) => run_backups(&settings, backup, &shared, &shutdown).await,
+        Some(backup) => run_backups(&settings, backup, &shared, &upkeep, &shutdown).await,
         None => {
             shutdown.cancelled().await;
             Ok(())
@@ -219,6 +228,7 @@ async fn run_backups(
     settings: &ServeSettings,
     backup: &BackupSettings,
     shared: &Arc<Shared>,
+    upkeep: &maintenance::Maintenance,
     shutdown: &CancellationToken,
 ) -> Result<(), ServeError> {
     let shutdown = shutdown.clone();
@@ -249,6 +259,20 @@ async fn run_backups(
             shutdown.clone(),
         ))
     });
+    let upkeep = match &settings.maintenance {
+        Some(plan) => Some(
+            maintenance::start(
+                upkeep,
+                plan.clone(),
+                settings.clone(),
+                backup.clone(),
+                shared.clone(),
+                shutdown.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let (tick_tx, mut ticks) = mpsc::channel::<()>(1);
     let mut scheduler = start_scheduler(&settings.schedule, tick_tx, shared.clone()).await?;
     loop {
@@ -263,6 +287,9 @@ async fn run_backups(
         }
     }
     let _ = scheduler.shutdown().await;
+    if let Some(upkeep) = upkeep {
+        let _ = upkeep.await;
+    }
     if let Some(journal) = journal {
         // The capture commits what it received before it stops; then the election ends.
         let _ = journal.await;

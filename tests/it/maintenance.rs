@@ -401,3 +401,117 @@ fn nospace_is_cleared_when_the_history_filled_it_and_left_saying_why_when_the_da
     assert_eq!(r.stdout.matches("defragmented ").count(), 1, "{}", r.stdout);
     assert!(alarms(&data).contains("NOSPACE"), "{}", alarms(&data));
 }
+
+/// `lifeboat serve` with `[maintenance]` on, its window every 2 s, for `members` into `dest`.
+fn serving(
+    members: &[&EtcdProcess],
+    dir: &std::path::Path,
+    key: &str,
+    extra: &str,
+) -> crate::harness::serve::Serve {
+    let config = dir.join("lifeboat.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[maintenance]\nenabled = true\nwindow = \"*/2 * * * * *\"\nmin_db_size = \"64MiB\"\n{extra}\n"
+        ),
+    )
+    .unwrap();
+    let endpoints: Vec<&str> = members.iter().map(|m| m.client_url.as_str()).collect();
+    let mut cmd = lifeboat();
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["--log-level", "info"])
+        .args(["serve", "--schedule", "0 0 * * *", "-r", key])
+        .args(["--endpoints", &endpoints.join(",")])
+        .arg("--dest")
+        .arg(dir.join("b"))
+        .arg("--work-dir")
+        .arg(dir.join("w"));
+    crate::harness::serve::Serve::start(cmd, dir.join("serve.log"))
+}
+
+const DEFRAGMENTED: &str = r#"lifeboat_maintenance_actions_total{action="defragment",result="ok"}"#;
+
+/// `serve` with `[maintenance]` on: the elected instance exports every member's sizes, takes a
+/// backup first, defragments each fragmented member exactly once (leader last), and then,
+/// nothing over the thresholds, leaves them alone at the next window ticks.
+#[test]
+fn serve_maintains_the_cluster_within_its_window_once_per_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let cluster = start_cluster(Version::V35, 3);
+    let members: Vec<&EtcdProcess> = cluster.iter().collect();
+    fragment(members[0], 96, 8);
+    wait_compacted(&members);
+    let before = sizes(&members);
+    let serve = serving(&members, dir.path(), &key.recipient, "");
+    crate::harness::serve::wait_until("three defragmentations", Duration::from_secs(120), || {
+        serve.metric(DEFRAGMENTED) >= 3.0
+    });
+    // Two more window ticks: nothing is over the thresholds any more.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(serve.metric(DEFRAGMENTED), 3.0, "{}", serve.log_text());
+    assert_eq!(
+        serve.metric(r#"lifeboat_maintenance_actions_total{action="backup",result="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        serve.metric(r#"lifeboat_maintenance_actions_total{action="move-leader",result="ok"}"#),
+        1.0
+    );
+    let after = sizes(&members);
+    assert!(
+        after.iter().zip(&before).all(|(a, b)| a < b),
+        "{before:?} → {after:?}"
+    );
+    let exported: f64 = ["m0", "m1", "m2"]
+        .iter()
+        .map(|m| serve.metric(&format!("lifeboat_etcd_db_size_bytes{{member=\"{m}\"}}")))
+        .sum();
+    assert!(exported > 0.0, "member sizes exported");
+    assert_eq!(
+        serve.metric("lifeboat_etcd_quota_bytes"),
+        (2u64 << 30) as f64
+    );
+    let log = serve.log_text();
+    assert!(log.contains("defragmented m0"), "{log}");
+}
+
+/// `serve` on a member whose live data fills its quota: NOSPACE is left raised, the metric
+/// and the log say why, and later window ticks do not try again (bounded actions).
+#[test]
+fn serve_leaves_nospace_it_cannot_clear_and_does_not_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let data = EtcdProcess::start_with(Version::V35, &["--quota-backend-bytes=25165824"]);
+    fill_until_nospace(&data, 100_000);
+    let serve = serving(
+        &[&data],
+        dir.path(),
+        &key.recipient,
+        "quota_backend_bytes = \"24MiB\"",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while serve.metric("lifeboat_maintenance_nospace_left") != 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "NOSPACE never reported as left: {}",
+            serve.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let defrags = serve.metric(DEFRAGMENTED);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(serve.metric(DEFRAGMENTED), defrags, "tried again");
+    assert_eq!(defrags, 1.0);
+    assert_eq!(
+        serve.metric(r#"lifeboat_etcd_alarms{member="default",alarm="NOSPACE"}"#),
+        1.0
+    );
+    let log = serve.log_text();
+    assert!(
+        log.contains("NOSPACE left raised") && log.contains("not trying again"),
+        "{log}"
+    );
+}
