@@ -154,12 +154,9 @@ fn print_plan(survey: &Survey, plan: &Plan, proof: Option<&BackupProof>) {
 }
 
 fn print_report(r: &Report) {
-    match &r.backup {
-        BackupProof::Taken { id } => println!("backup {id} taken first"),
-        BackupProof::Recent { id, .. } => println!("behind it: backup {id}"),
-        BackupProof::Shadow { revision, .. } => {
-            println!("behind it: the shadow's proof of revision {revision}")
-        }
+    // The plan already named a recent backup or the shadow's proof; only a new one is news.
+    if let BackupProof::Taken { id } = &r.backup {
+        println!("backup {id} taken first");
     }
     for a in &r.actions {
         match a.action {

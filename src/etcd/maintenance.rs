@@ -63,13 +63,15 @@ impl EtcdSource {
         Ok(())
     }
 
-    /// Defragments the member this source is bound to (it blocks that member meanwhile).
+    /// Defragments the member this source is bound to (it blocks that member meanwhile, for
+    /// as long as copying its live data takes), waiting up to `within`.
     ///
     /// # Errors
-    /// The member fails or does not answer within the request timeout.
-    pub async fn defragment(&mut self) -> Result<(), SourceError> {
+    /// The member fails or does not answer within `within`.
+    pub async fn defragment(&mut self, within: std::time::Duration) -> Result<(), SourceError> {
         let mut c = self.client.clone();
-        self.call("Defragment", c.defragment()).await?;
+        self.call_within("Defragment", within, c.defragment())
+            .await?;
         Ok(())
     }
 

@@ -334,13 +334,22 @@ impl EtcdSource {
         call: &'static str,
         fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, SourceError> {
-        match tokio::time::timeout(self.settings.request_timeout, fut).await {
+        self.call_within(call, self.settings.request_timeout, fut)
+            .await
+    }
+
+    /// As `call`, with a deadline of its own (a defragmentation takes as long as copying the
+    /// member's live data).
+    async fn call_within<T>(
+        &self,
+        call: &'static str,
+        within: Duration,
+        fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, SourceError> {
+        match tokio::time::timeout(within, fut).await {
             Err(_) => Err(SourceError::Unreachable {
                 endpoint: self.endpoint.clone(),
-                cause: Cause::text(format!(
-                    "{call} got no answer within {:?}",
-                    self.settings.request_timeout
-                )),
+                cause: Cause::text(format!("{call} got no answer within {within:?}")),
             }),
             Ok(Err(e)) if is_unreachable(&e) => Err(SourceError::Unreachable {
                 endpoint: self.endpoint.clone(),

@@ -113,9 +113,9 @@ fn why_not(m: &MemberState, rules: &Rules, pick: &Pick, nospace: bool) -> Option
     }
     if m.db_size < rules.min_db_size {
         return Some(format!(
-            "{} MiB is below min_db_size ({} MiB)",
-            m.db_size >> 20,
-            rules.min_db_size >> 20
+            "{} is below min_db_size ({})",
+            indicatif::HumanBytes(m.db_size),
+            indicatif::HumanBytes(rules.min_db_size)
         ));
     }
     if m.fragmentation() < rules.fragmentation_ratio {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use indicatif::HumanBytes;
 use serde::Serialize;
 
 use super::plan::{Plan, Planned};
@@ -267,22 +268,23 @@ async fn defragment(inputs: &Inputs<'_>, p: &Planned) -> Result<Action, Maintena
     let (at, started) = (Utc::now(), Instant::now());
     let name = &p.member.name;
     inputs.observer.note(&format!(
-        "defragmenting {name}: {} MiB, {} MiB in use",
-        p.member.db_size >> 20,
-        p.member.db_size_in_use >> 20
+        "defragmenting {name}: {}, {} in use",
+        HumanBytes(p.member.db_size),
+        HumanBytes(p.member.db_size_in_use)
     ));
     let mut source = EtcdSource::connect(inputs.etcd, &p.member.endpoint)
         .await
         .map_err(etcd_err("connecting", name))?;
+    // As long as the member may take to come back: its defragmentation is that pause.
     source
-        .defragment()
+        .defragment(inputs.ready_timeout)
         .await
         .map_err(etcd_err("defragmenting", name))?;
     let after = wait_back(inputs, p).await?;
     inputs.observer.note(&format!(
-        "defragmented {name}: {} MiB → {} MiB in {} ms",
-        p.member.db_size >> 20,
-        after >> 20,
+        "defragmented {name}: {} → {} in {} ms",
+        HumanBytes(p.member.db_size),
+        HumanBytes(after),
         millis(started)
     ));
     Ok(Action {

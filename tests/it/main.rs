@@ -35,4 +35,5 @@ mod store_conformance;
 mod stream_verify;
 mod tamper;
 mod upgrade;
+mod upgrade_etcd;
 mod zero_config;

@@ -237,7 +237,7 @@ fn defrag_goes_one_member_at_a_time_leader_last_behind_a_backup_taken_first() {
     // The run, watched: a poller of every member and a writer through all endpoints.
     let urls: Vec<String> = members.iter().map(|m| m.client_url.clone()).collect();
     let stop = Arc::new(AtomicBool::new(false));
-    let poller = poll_unanswering(urls.clone(), stop.clone(), Duration::from_secs(1));
+    let poller = poll_unanswering(urls.clone(), stop.clone(), Duration::from_secs(2));
     let (writer, failed, errors) = write_throughout(urls, stop.clone());
     let r = defrag(
         &members,
