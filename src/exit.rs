@@ -54,6 +54,12 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             | BackupError::Fenced(_) => Some(FAILURE),
         };
     }
+    if let Some(e) = e.downcast_ref::<crate::copy::CopyError>() {
+        return match e {
+            crate::copy::CopyError::Refused(_) => Some(VERIFY),
+            crate::copy::CopyError::Source(_) | crate::copy::CopyError::Target(_) => Some(STORAGE),
+        };
+    }
     if let Some(e) = e.downcast_ref::<CatalogError>() {
         return match e {
             CatalogError::Empty { .. } | CatalogError::NoSuchBackup { .. } => Some(NOT_FOUND),

@@ -33,6 +33,7 @@ pub mod bbolt;
 pub mod catalog;
 pub mod config;
 pub mod continuous;
+pub mod copy;
 pub mod drill;
 pub mod error_chain;
 pub mod etcd;

@@ -265,6 +265,14 @@ struct Checked {
     signer: Option<Signer>,
 }
 
+/// A trusted manifest with the exact bytes its signature covers, and that signature.
+#[derive(Debug, Clone)]
+pub struct RawManifest {
+    pub manifest: Manifest,
+    pub bytes: Vec<u8>,
+    pub signature: Option<Vec<u8>>,
+}
+
 /// What `latest` can be: the trusted candidates, best first, and what was skipped.
 #[derive(Debug)]
 pub struct Latest {
@@ -410,12 +418,33 @@ impl Catalog {
     /// it signed it: nothing it names is trusted otherwise (retention deletes the object a
     /// manifest names).
     async fn read_manifest(&self, key: &str) -> Result<Checked, CatalogError> {
+        Ok(self.read_raw(key).await?.0)
+    }
+
+    /// [`Catalog::read_manifest`], with the exact bytes checked and the signature: what a copy
+    /// to another store writes there, never read a second time.
+    ///
+    /// # Errors
+    /// Unreadable, inconsistent with its name, or untrusted.
+    pub async fn read_for_copy(&self, key: &str) -> Result<RawManifest, CatalogError> {
+        let (checked, bytes, signature) = self.read_raw(key).await?;
+        Ok(RawManifest {
+            manifest: checked.manifest,
+            bytes,
+            signature,
+        })
+    }
+
+    async fn read_raw(
+        &self,
+        key: &str,
+    ) -> Result<(Checked, Vec<u8>, Option<Vec<u8>>), CatalogError> {
         let bytes = get_small(self.store.as_ref(), key, MANIFEST_LIMIT).await?;
         let manifest = Manifest::parse(key, &bytes)?;
         check_names(key, &manifest, Utc::now())?;
         let signature =
             match get_small(self.store.as_ref(), &signature_key(key), SIGNATURE_LIMIT).await {
-                Ok(s) => Some(String::from_utf8_lossy(&s).into_owned()),
+                Ok(s) => Some(s),
                 Err(StoreError::NotFound { .. }) => None,
                 Err(e) => return Err(e.into()),
             };
@@ -427,8 +456,11 @@ impl Catalog {
             cluster: cluster_of(&manifest),
             dated: manifest.created_at,
         };
-        let signer = self.policy.check(&claim, &bytes, signature.as_deref())?;
-        Ok(Checked { manifest, signer })
+        let text = signature
+            .as_ref()
+            .map(|s| String::from_utf8_lossy(s).into_owned());
+        let signer = self.policy.check(&claim, &bytes, text.as_deref())?;
+        Ok((Checked { manifest, signer }, bytes, signature))
     }
 
     /// The candidates for `latest` in `cluster`, best first: signed before unsigned (an

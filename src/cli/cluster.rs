@@ -47,7 +47,8 @@ pub(super) async fn restore(
         )
         .into());
     }
-    let store = snapshot::open_store(config).await?;
+    // Every node meets in the one store named: no node turns to a copy on its own.
+    let store = snapshot::open_primary(config).await?;
     let meeting = meeting(&a.meet, config, store.clone())?;
     let rv = meeting
         .meet(&wanted, &me)
@@ -142,7 +143,7 @@ pub(super) async fn finish_resumed(
     if plan.cluster.is_none() {
         return Ok(());
     }
-    let store = snapshot::open_store(config).await?;
+    let store = snapshot::open_primary(config).await?;
     // Everyone joined long ago: only the store and the keys matter now.
     let meeting = meeting(
         &MeetArgs {

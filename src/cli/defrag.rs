@@ -32,7 +32,7 @@ pub async fn run(a: DefragArgs, file: FileConfig) -> Result<()> {
         (None, false) => Pick::OverThresholds,
     };
     let plan = maintenance::plan(&survey, &resolved.rules, &pick);
-    let store = snapshot::open_store(&config)
+    let store = snapshot::open_primary(&config)
         .await
         .context("defrag: opening the store for the backup that must stand behind it (nothing was defragmented)")?;
     let printer = progress::for_terminal();

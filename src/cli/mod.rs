@@ -2,6 +2,7 @@
 
 mod args;
 mod cluster;
+mod copy;
 mod defrag;
 mod etcd;
 mod journal;
@@ -68,6 +69,7 @@ async fn run(cli: Cli, config: FileConfig) -> Result<()> {
         Command::Member(cmd) => member::run(cmd, config).await,
         Command::Etcd(cmd) => etcd::run(cmd, config).await,
         Command::Defrag(args) => defrag::run(*args, config).await,
+        Command::Copy(args) => copy::run(*args, config).await,
         Command::Recover(args) => recover::run(*args, config).await,
         Command::Kit(cmd) => kit::run(cmd, config).await,
         Command::Rebuild(args) => rebuild::run(*args, config).await,

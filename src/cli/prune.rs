@@ -6,7 +6,7 @@ use lifeboat::config::{resolve_read_policy, resolve_retention, FileConfig};
 use lifeboat::retention::{self, Action};
 
 use super::args::{Output, PruneArgs};
-use super::snapshot::open_store;
+use super::snapshot::open_primary as open_store;
 
 pub async fn run(a: PruneArgs, file: FileConfig) -> Result<()> {
     let config = file.overlay(a.flags());

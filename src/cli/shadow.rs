@@ -12,7 +12,7 @@ pub async fn run(a: ShadowArgs, file: FileConfig) -> Result<()> {
     let settings = resolve_shadow(config, a.until_revision)?;
     let policy = resolve_read_policy_as(&config.trust, lifeboat::trust::Role::Shadow)?;
     let identities = snapshot::load_identities(config.drill.identity_file.as_ref())?;
-    let store = snapshot::open_store(config).await?;
+    let store = snapshot::open_primary(config).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     super::cancel_on_signals(shutdown.clone());
     let state = SharedState::default();

@@ -39,9 +39,48 @@ pub async fn run(cmd: SnapshotCommand, file: FileConfig) -> Result<()> {
     }
 }
 
-pub(super) async fn open_store(c: &FileConfig) -> Result<Arc<dyn Store>> {
+/// The store a writer uses: --dest, and nothing else.
+pub(super) async fn open_primary(c: &FileConfig) -> Result<Arc<dyn Store>> {
     let spec = resolve_store(&c.backup, &c.s3)?;
     Ok(lifeboat::store::open(&spec).await?)
+}
+
+/// How long a reader waits for the primary before it turns to the second copy.
+const PRIMARY_PROBE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The store a reader uses: --dest, or — when it cannot be reached and a second copy is
+/// configured (--fallback-dest, `[[copy]]`) — that copy, said on stderr. Everything read
+/// from it is checked exactly as from the primary (signatures, digests).
+pub(super) async fn open_store(c: &FileConfig) -> Result<Arc<dyn Store>> {
+    let spec = resolve_store(&c.backup, &c.s3)?;
+    let Some(fallback) = lifeboat::config::resolve_fallback(c)? else {
+        return Ok(lifeboat::store::open(&spec).await?);
+    };
+    let why = match lifeboat::store::open(&spec).await {
+        Ok(store) => {
+            let probe =
+                tokio::time::timeout(PRIMARY_PROBE, store.list("lifeboat-reachability-probe"));
+            match probe.await {
+                Ok(Ok(_)) => return Ok(store),
+                Ok(Err(e)) => lifeboat::error_chain::one_line(&e),
+                Err(_) => format!(
+                    "{} did not answer in {} s",
+                    store.location(),
+                    PRIMARY_PROBE.as_secs()
+                ),
+            }
+        }
+        Err(e) => lifeboat::error_chain::one_line(&e),
+    };
+    let copy = lifeboat::store::open(&fallback).await.with_context(|| {
+        format!("the primary store cannot be reached ({why}), and neither can the second copy")
+    })?;
+    tracing::warn!(primary_error = %why, copy = %copy.location(), "the primary store cannot be reached: reading the second copy");
+    eprintln!(
+        "lifeboat: the primary store cannot be reached ({why}); reading the second copy {} instead (everything read is checked as from the primary)",
+        copy.location()
+    );
+    Ok(copy)
 }
 
 async fn save(a: SaveArgs, file: FileConfig) -> Result<()> {
@@ -52,7 +91,7 @@ async fn save(a: SaveArgs, file: FileConfig) -> Result<()> {
     if settings.recipients.is_none() {
         tracing::warn!("ENCRYPTION IS OFF (backup.encryption = \"none\"): this backup holds every Secret of the cluster in the clear");
     }
-    let store = open_store(&config).await?;
+    let store = open_primary(&config).await?;
     if let Some(k) = &etcd.kubeadm {
         tracing::info!(manifest = %k.manifest.display(), "using the kubeadm etcd manifest for defaults");
     }

@@ -9,6 +9,7 @@
 //! section applies the defaults and validates, naming the key of a bad value in one line.
 
 mod continuous;
+mod copy;
 mod drill;
 mod etcd;
 mod maintenance;
@@ -27,6 +28,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use continuous::{resolve_continuous, ContinuousSection};
+pub use copy::{
+    resolve_copies, resolve_copy_to, resolve_fallback, resolve_spec, CopyJournal, CopySection,
+    CopyTarget,
+};
 pub use drill::{resolve_drill, DrillSection};
 pub use etcd::{resolve_etcd, EtcdSection, ResolvedEtcd};
 pub use maintenance::{resolve_maintenance, MaintenanceSection, ResolvedMaintenance};
@@ -98,6 +103,9 @@ pub struct FileConfig {
     pub shadow: ShadowSection,
     #[serde(default)]
     pub maintenance: MaintenanceSection,
+    /// `[[copy]]`: second copies (#28).
+    #[serde(default)]
+    pub copy: Vec<CopySection>,
 }
 
 section! {
@@ -179,6 +187,8 @@ impl FileConfig {
             continuous: flags.continuous.overlay(self.continuous),
             shadow: flags.shadow.overlay(self.shadow),
             maintenance: flags.maintenance.overlay(self.maintenance),
+            // `--copy-to` adds to the file's copies.
+            copy: [self.copy, flags.copy].concat(),
         }
     }
 }

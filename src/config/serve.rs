@@ -83,7 +83,19 @@ pub fn resolve_serve(c: &FileConfig) -> Result<ServeSettings, ConfigError> {
             ),
         ));
     }
+    let prune = s.prune.unwrap_or(true);
+    let copies = super::resolve_copies(c)?
+        .into_iter()
+        .zip(&c.copy)
+        .map(|(t, section)| crate::service::CopyPlan {
+            name: section.dest.clone(),
+            spec: t.spec,
+            retention: t.retention,
+            prune,
+        })
+        .collect();
     Ok(ServeSettings {
+        copies,
         maintenance,
         schedule,
         interval,

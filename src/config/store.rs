@@ -20,6 +20,10 @@ section! {
     pub struct BackupSection {
         #[arg(skip)]
         pub dest: Option<String>,
+        /// Where readers turn when `dest` cannot be reached (`--fallback-dest`; default: the
+        /// first `[[copy]]`).
+        #[arg(skip)]
+        pub fallback_dest: Option<String>,
         /// Scratch folder of drills and point-in-time restores (their sandbox etcd, `[drill]
         /// work_dir` unless set); backups themselves write nothing there.
         #[arg(long, env = "LIFEBOAT_WORK_DIR", value_name = "DIR")]
@@ -134,7 +138,11 @@ fn plain_http_off_this_machine(endpoint: &str) -> bool {
     !loopback
 }
 
-fn s3_settings(bucket: &str, prefix: &str, s3: &S3Section) -> Result<S3Settings, ConfigError> {
+pub(super) fn s3_settings(
+    bucket: &str,
+    prefix: &str,
+    s3: &S3Section,
+) -> Result<S3Settings, ConfigError> {
     let mut st = S3Settings::new(bucket, prefix);
     st.endpoint = s3.endpoint.clone();
     if let Some(e) = s3

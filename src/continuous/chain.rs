@@ -202,6 +202,27 @@ pub(super) async fn read_manifest(
     policy: &ReadPolicy,
     key: &SegmentKey,
 ) -> Result<SegmentManifest, ContinuousError> {
+    Ok(read_for_copy(store, policy, key).await?.manifest)
+}
+
+/// A trusted segment manifest with the exact bytes its signature covers, and that signature
+/// (its key, its bytes): what a copy to another store writes there, never read twice.
+#[derive(Debug, Clone)]
+pub struct RawSegment {
+    pub manifest: SegmentManifest,
+    pub bytes: Vec<u8>,
+    pub signature: Option<(String, Vec<u8>)>,
+}
+
+/// [`read_manifest`], keeping the bytes and the signature.
+///
+/// # Errors
+/// Unreadable, untrusted, unparsable, or not what its name says.
+pub async fn read_for_copy(
+    store: &dyn Store,
+    policy: &ReadPolicy,
+    key: &SegmentKey,
+) -> Result<RawSegment, ContinuousError> {
     let manifest_key = key.manifest_key();
     let bytes = get_small(store, &manifest_key, MANIFEST_LIMIT).await?;
     // The signature's name comes from the manifest (its attempt's nonce); nothing else in it is
@@ -211,12 +232,15 @@ pub(super) async fn read_manifest(
         .and_then(|v| v["object"]["key"].as_str().and_then(|k| key.nonce_of(k)));
     let signature = match &nonce {
         Some(nonce) => match get_small(store, &key.signature_key(nonce), 4096).await {
-            Ok(s) => Some(String::from_utf8_lossy(&s).into_owned()),
+            Ok(s) => Some((key.signature_key(nonce), s)),
             Err(StoreError::NotFound { .. }) => None,
             Err(e) => return Err(e.into()),
         },
         None => None,
     };
+    let text = signature
+        .as_ref()
+        .map(|(_, s)| String::from_utf8_lossy(s).into_owned());
     // Parsed before it is trusted only to learn what it claims (cluster, time); nothing in it
     // is used unless a writer's signature over these exact bytes passes for that claim.
     let m: SegmentManifest =
@@ -230,7 +254,7 @@ pub(super) async fn read_manifest(
         cluster: BackupId::parse(&key.chain).map(|id| id.cluster_id),
         dated: m.last_at,
     };
-    policy.check(&claim, &bytes, signature.as_deref())?;
+    policy.check(&claim, &bytes, text.as_deref())?;
     super::clock::not_in_the_future(&manifest_key, m.last_at, Utc::now())?;
     let invalid = |what: String| ContinuousError::Invalid {
         key: manifest_key.clone(),
@@ -252,7 +276,11 @@ pub(super) async fn read_manifest(
             "its revisions or object key are inconsistent".into(),
         ));
     }
-    Ok(m)
+    Ok(RawSegment {
+        manifest: m,
+        bytes,
+        signature,
+    })
 }
 
 /// Reads a segment's records, checking the object's digest, the body's hash and the body

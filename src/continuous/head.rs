@@ -12,13 +12,16 @@ use serde::{Deserialize, Serialize};
 
 use super::chain::root_hash;
 use super::segment::{prefix, SegmentManifest};
-use super::signed::{read_signed, write_signed, Envelope};
+use super::signed::{check_signed, read_signed, write_signed, Envelope};
 use super::ContinuousError;
 use crate::store::Store;
 use crate::trust::{ReadPolicy, SigningKey};
 
 const HEAD_SCHEMA: u32 = 1;
 const HEAD_NAME: &str = "head.json";
+/// The envelope's field, and what a head is called in messages.
+const FIELD: &str = "head";
+const WHAT: &str = "journal head";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Head {
@@ -102,7 +105,7 @@ pub async fn write_head(
     signer: Option<&SigningKey>,
     head: &Head,
 ) -> Result<(), ContinuousError> {
-    write_signed(store, signer, &head_key(&head.chain), "head", head).await
+    write_signed(store, signer, &head_key(&head.chain), FIELD, head).await
 }
 
 /// Reads a chain's head; `None` when there is none.
@@ -115,11 +118,29 @@ pub async fn read_head(
     chain: &str,
 ) -> Result<Option<Head>, ContinuousError> {
     let key = head_key(chain);
-    let Some(head) = read_signed::<Head>(store, policy, &key, "head", "journal head").await? else {
+    let Some(head) = read_signed::<Head>(store, policy, &key, FIELD, WHAT).await? else {
         return Ok(None);
     };
+    check_head(head, chain).map(Some)
+}
+
+/// The head in `bytes`, read from `chain`'s head key: trusted and about that chain (a copy to
+/// another store keeps the very bytes it checked).
+///
+/// # Errors
+/// Unparsable, untrusted, or about another chain.
+pub fn head_from_bytes(
+    policy: &ReadPolicy,
+    chain: &str,
+    bytes: &[u8],
+) -> Result<Head, ContinuousError> {
+    let head = check_signed::<Head>(policy, &head_key(chain), bytes, FIELD, WHAT)?;
+    check_head(head, chain)
+}
+
+fn check_head(head: Head, chain: &str) -> Result<Head, ContinuousError> {
     let invalid = |what: String| ContinuousError::Invalid {
-        key: key.clone(),
+        key: head_key(chain),
         what,
     };
     if head.schema_version != HEAD_SCHEMA {
@@ -131,7 +152,7 @@ pub async fn read_head(
     if head.chain != chain {
         return Err(invalid("it names another chain than its key".into()));
     }
-    Ok(Some(head))
+    Ok(head)
 }
 
 /// [`read_head`], where a head that cannot be believed only narrows the window (warned).

@@ -28,7 +28,7 @@ mod signed;
 pub mod status;
 
 pub use capture::{capture, CaptureObserver, CaptureSettings, CheckpointPace, Resume};
-pub use chain::{check_link, read_records, ChainListing, Sealed, SegmentWriter};
+pub use chain::{check_link, read_records, ChainListing, RawSegment, Sealed, SegmentWriter};
 pub use journal::{ChainEnds, Checkpoint, Coverage, Journal, NewestChain, Reach, RestorableChain};
 pub use segment::{Record, SegmentKey, SegmentManifest};
 

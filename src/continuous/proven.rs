@@ -7,13 +7,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::segment::prefix;
-use super::signed::{read_signed, write_signed, Envelope};
+use super::signed::{check_signed, read_signed, write_signed, Envelope};
 use super::ContinuousError;
 use crate::store::Store;
 use crate::trust::{ReadPolicy, SigningKey};
 
 const SCHEMA: u32 = 1;
 const NAME: &str = "proven.json";
+const FIELD: &str = "proven";
+const WHAT: &str = "shadow proof";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proven {
@@ -70,15 +72,15 @@ pub async fn write_proven(
     signer: Option<&SigningKey>,
     p: &Proven,
 ) -> Result<(), ContinuousError> {
-    write_signed(store, signer, &proven_key(&p.chain), "proven", p).await
+    write_signed(store, signer, &proven_key(&p.chain), FIELD, p).await
 }
 
 /// The chain's proven object when there is one and its signature is trusted; anything else is
 /// `None` (logged when it exists but cannot be believed).
 pub async fn trusted_proven(store: &dyn Store, policy: &ReadPolicy, chain: &str) -> Option<Proven> {
     let key = proven_key(chain);
-    match read_signed::<Proven>(store, policy, &key, "proven", "shadow proof").await {
-        Ok(Some(p)) if p.schema_version == SCHEMA && p.chain == chain => Some(p),
+    match read_signed::<Proven>(store, policy, &key, FIELD, WHAT).await {
+        Ok(Some(p)) if is_about(&p, chain) => Some(p),
         Ok(Some(_)) => {
             tracing::debug!(
                 key,
@@ -92,6 +94,31 @@ pub async fn trusted_proven(store: &dyn Store, policy: &ReadPolicy, chain: &str)
             None
         }
     }
+}
+
+/// The proof in `bytes`, read from `chain`'s proven key: trusted and about that chain (a copy
+/// to another store keeps the very bytes it checked).
+///
+/// # Errors
+/// Unparsable, untrusted, or about another chain or schema.
+pub fn proven_from_bytes(
+    policy: &ReadPolicy,
+    chain: &str,
+    bytes: &[u8],
+) -> Result<Proven, ContinuousError> {
+    let key = proven_key(chain);
+    let p = check_signed::<Proven>(policy, &key, bytes, FIELD, WHAT)?;
+    if !is_about(&p, chain) {
+        return Err(ContinuousError::Invalid {
+            key,
+            what: "a shadow proof of another schema or chain than its key says".into(),
+        });
+    }
+    Ok(p)
+}
+
+fn is_about(p: &Proven, chain: &str) -> bool {
+    p.schema_version == SCHEMA && p.chain == chain
 }
 
 #[cfg(test)]

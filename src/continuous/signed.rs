@@ -54,3 +54,20 @@ pub(super) async fn read_signed<T: Envelope>(
     super::clock::not_in_the_future(key, value.dated(), Utc::now())?;
     Ok(Some(value))
 }
+
+/// The value in an envelope's exact `bytes` read from `key`: trusted, and not dated in the
+/// future.
+///
+/// # Errors
+/// Not such an envelope, untrusted, dated in the future, or not a `T`.
+pub(super) fn check_signed<T: Envelope>(
+    policy: &ReadPolicy,
+    key: &str,
+    bytes: &[u8],
+    field: &str,
+    what: &str,
+) -> Result<T, ContinuousError> {
+    let value = envelope::check_bytes::<T>(policy, key, bytes, field, what)?;
+    super::clock::not_in_the_future(key, value.dated(), Utc::now())?;
+    Ok(value)
+}

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use collect::{collect, read_files, KitDirs};
-pub use stored::{list, load, manifest_key, save, Saved};
+pub use stored::{id_of_manifest_key, list, load, manifest_from_bytes, manifest_key, save, Saved};
 
 use crate::catalog::ObjectRef;
 use crate::store::StoreError;

@@ -142,15 +142,11 @@ pub async fn load(
             id: id.to_string(),
             location: store.location(),
         })?;
+    let manifest = check_content(manifest, id)?;
     let damaged = |why: String| KitError::Damaged {
         id: id.to_string(),
         why,
     };
-    if manifest.id != id || manifest.content_id() != id {
-        return Err(damaged(
-            "its manifest does not describe the content its name says".into(),
-        ));
-    }
     let sealed = get_small(store.as_ref(), &manifest.object.key, LARGEST_OBJECT).await?;
     if hex::encode(Sha256::digest(&sealed)) != manifest.object.sha256 {
         return Err(damaged(format!(
@@ -160,6 +156,43 @@ pub async fn load(
     }
     let files = unseal(&sealed, identities, &manifest.files).map_err(damaged)?;
     Ok((manifest, files))
+}
+
+/// Kit `id`'s manifest from the exact `bytes` of its envelope: trusted, and describing the
+/// content its name says (a copy to another store keeps the very bytes it checked).
+///
+/// # Errors
+/// Untrusted, not a kit manifest, or not about the content `id` names.
+pub fn manifest_from_bytes(
+    policy: &ReadPolicy,
+    id: &str,
+    bytes: &[u8],
+) -> Result<KitManifest, KitError> {
+    let manifest = crate::trust::envelope::check_bytes::<KitManifest>(
+        policy,
+        &manifest_key(id),
+        bytes,
+        FIELD,
+        "kit manifest",
+    )?;
+    check_content(manifest, id)
+}
+
+/// A kit manifest's name is the digest of its content: one that says otherwise is refused.
+fn check_content(manifest: KitManifest, id: &str) -> Result<KitManifest, KitError> {
+    if manifest.id != id || manifest.content_id() != id {
+        return Err(KitError::Damaged {
+            id: id.to_string(),
+            why: "its manifest does not describe the content its name says".into(),
+        });
+    }
+    Ok(manifest)
+}
+
+/// The kit id a key of a kit's manifest names.
+pub fn id_of_manifest_key(key: &str) -> Option<&str> {
+    let id = key.strip_prefix("kit-")?.strip_suffix(".json")?;
+    (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
 }
 
 /// The files of a sealed kit, each checked against `expected` (same order, same digests).

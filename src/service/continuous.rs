@@ -32,6 +32,7 @@ impl CaptureObserver for Observer {
         // Every revision up to last_rev is durable; it was received at last_at.
         let received = SystemTime::from(m.last_at);
         self.0.note_durable(received);
+        self.0.wake_copiers();
     }
 
     fn caught_up(&self, at: SystemTime) {

@@ -14,6 +14,7 @@
 //! (`face.rs`, `workers.rs`): its metrics, and when it makes the instance not ready.
 
 mod continuous;
+mod copy;
 pub mod face;
 pub mod leader;
 mod maintenance;
@@ -23,6 +24,7 @@ pub mod shadow;
 mod tick;
 mod workers;
 
+pub use copy::CopyPlan;
 pub use maintenance::MaintenancePlan;
 use schedule::start_scheduler;
 pub use schedule::{normalize_schedule, ScheduleError};
@@ -72,6 +74,8 @@ pub struct ServeSettings {
     pub read_policy: Arc<crate::trust::ReadPolicy>,
     /// The members' metrics and, when enabled, maintenance (on instances that take backups).
     pub maintenance: Option<MaintenancePlan>,
+    /// Second copies (`[[copy]]`, `--copy-to`), made by the elected instance.
+    pub copies: Vec<CopyPlan>,
 }
 
 /// Restore drills on their own schedule.
@@ -124,9 +128,16 @@ struct Shared {
     durable_at: Mutex<Option<std::time::SystemTime>>,
     /// What the shadow has proved, when this instance runs it.
     shadow: Option<crate::shadow::SharedState>,
+    /// Bumped after every committed backup or segment: the copiers run a pass.
+    copy_wake: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
+    /// Something new is committed: the copiers look.
+    fn wake_copiers(&self) {
+        self.copy_wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     fn note_durable(&self, at: std::time::SystemTime) {
         if let Ok(mut d) = self.durable_at.lock() {
             if d.is_none_or(|prev| prev < at) {
@@ -176,6 +187,7 @@ pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result
         continuous: settings.continuous.is_some(),
         durable_at: Mutex::new(None),
         shadow: settings.shadow.as_ref().map(|_| Default::default()),
+        copy_wake: tokio::sync::watch::channel(0).0,
     });
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -188,6 +200,10 @@ pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result
     let mut face_workers = workers::of(&shared, settings.drill.is_some());
     if settings.maintenance.is_some() && settings.backup.is_some() {
         face_workers.push(Arc::new(upkeep.clone()));
+    }
+    let copies = copy::Copies::default();
+    if !settings.copies.is_empty() && settings.backup.is_some() {
+        face_workers.push(Arc::new(copies.clone()));
     }
     let face = face::Face::new(face_workers);
     let http = tokio::spawn(face::serve(listener, Arc::new(face), shutdown.clone()));
@@ -206,7 +222,20 @@ pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result
         _ => None,
     };
     let result = match &settings.backup {
-        Some(backup) => run_backups(&settings, backup, &shared, &upkeep, &shutdown).await,
+        Some(backup) => {
+            let copiers = copy::start(
+                settings.copies.clone(),
+                &copies,
+                shared.clone(),
+                &shared.copy_wake,
+                shutdown.clone(),
+            );
+            let result = run_backups(&settings, backup, &shared, &upkeep, &shutdown).await;
+            for c in copiers {
+                let _ = c.await;
+            }
+            result
+        }
         None => {
             shutdown.cancelled().await;
             Ok(())

@@ -63,6 +63,7 @@ pub(super) async fn run_tick(
             if let Ok(mut t) = shared.last_success.lock() {
                 *t = Some(Instant::now());
             }
+            shared.wake_copiers();
             // The cluster of the backup just taken, not the one at start: after a restore
             // underneath a running serve the cluster id is new, and its backups must be pruned.
             if let Some(cluster) = crate::catalog::cluster_of(&manifest) {

@@ -155,6 +155,7 @@ pub fn every_metric() -> String {
     registry.register_collector(Box::new(Lag(Arc::new(|| Some(0.0)))));
     super::shadow::Shadow(Default::default()).register(&mut registry);
     super::maintenance::MaintenanceMetrics::sample().register(&mut registry);
+    super::copy::Copies(super::copy::CopyMetrics::sample()).register(&mut registry);
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");

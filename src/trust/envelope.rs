@@ -89,13 +89,29 @@ pub async fn read_signed<T: Envelope>(
         Err(StoreError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
+    check_bytes(policy, key, &bytes, field, what).map(Some)
+}
+
+/// The value in an envelope's exact `bytes` (as read from `key`), once its signature passes
+/// `policy`: what a reader that must keep the very bytes it checked (a copy to another store)
+/// calls instead of reading twice.
+///
+/// # Errors
+/// Not such an envelope, untrusted, or not a `T`.
+pub fn check_bytes<T: Envelope>(
+    policy: &ReadPolicy,
+    key: &str,
+    bytes: &[u8],
+    field: &str,
+    what: &str,
+) -> Result<T, EnvelopeError> {
     let invalid = |why: String| EnvelopeError::Invalid {
         key: key.to_string(),
         what: format!("a {what}"),
         why,
     };
     let envelope: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+        serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
     let text = envelope[field]
         .as_str()
         .ok_or_else(|| invalid(format!("no `{field}`")))?;
@@ -109,5 +125,5 @@ pub async fn read_signed<T: Envelope>(
         dated: value.dated(),
     };
     policy.check(&claim, text.as_bytes(), envelope["signature"].as_str())?;
-    Ok(Some(value))
+    Ok(value)
 }

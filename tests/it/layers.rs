@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["store", "verify", "trust"],
     &["stages", "catalog"],
     &["backup", "retention", "continuous", "kit"],
-    &["readback"],
+    &["readback", "copy"],
     &["restore", "member"],
     &["sandbox"],
     &["drill", "upgrade", "pitr", "maintenance"],

@@ -6,6 +6,7 @@ mod capture;
 mod cluster_restore;
 mod connect;
 mod continuous;
+mod copy;
 mod deploy;
 mod docs;
 mod drill;

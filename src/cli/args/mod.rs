@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod copy;
 mod defrag;
 mod etcd;
 mod kit;
@@ -12,12 +13,14 @@ mod member;
 mod rebuild;
 mod recover;
 mod upgrade;
+pub use copy::CopyArgs;
 pub use defrag::DefragArgs;
 pub use etcd::{EtcdCheckArgs, EtcdCommand, EtcdHealthArgs};
 pub use kit::{KitCommand, KitGetArgs, KitShowArgs};
 use lifeboat::config::{
-    BackupSection, ContinuousSection, DrillSection, EtcdSection, FileConfig, NodeSection,
-    RestoreSection, RetentionSection, S3Section, ServeSection, ShadowSection, TrustSection,
+    BackupSection, ContinuousSection, CopySection, DrillSection, EtcdSection, FileConfig,
+    NodeSection, RestoreSection, RetentionSection, S3Section, ServeSection, ShadowSection,
+    TrustSection,
 };
 pub use member::{MemberCommand, ReplaceArgs};
 pub use rebuild::RebuildArgs;
@@ -78,6 +81,9 @@ pub enum Command {
     /// Defragment members (followers first, the leader last, one at a time) behind a recent
     /// verified backup; clears NOSPACE. Prints the plan; needs --yes.
     Defrag(Box<DefragArgs>),
+    /// Copy every backup, kit and journal segment the other store lacks, each checked on the
+    /// way (signature, digest); what fails a check is named and not copied.
+    Copy(Box<CopyArgs>),
     /// The control-plane kits (the files a rebuilt node needs besides etcd) in the store.
     #[command(subcommand)]
     Kit(KitCommand),
@@ -310,6 +316,14 @@ pub struct DestArgs {
     /// Where backups are: a local folder, or s3://BUCKET/PREFIX.
     #[arg(long, env = "LIFEBOAT_DEST", value_name = "DIR|s3://BUCKET/PREFIX")]
     pub dest: Option<String>,
+    /// Where readers turn when --dest cannot be reached (a second copy); default: the first
+    /// `[[copy]]` of the config file.
+    #[arg(
+        long,
+        env = "LIFEBOAT_FALLBACK_DEST",
+        value_name = "DIR|s3://BUCKET/PREFIX"
+    )]
+    pub fallback_dest: Option<String>,
     #[command(flatten)]
     pub s3: S3Section,
     #[command(flatten)]
@@ -347,6 +361,10 @@ pub struct ServeArgs {
     pub serve: ServeSection,
     #[command(flatten)]
     pub continuous: ContinuousSection,
+    /// Also copy every committed backup and journal segment to DEST, checked on the way
+    /// (repeatable; adds to the config file's `[[copy]]`; the --dest store's S3 connection).
+    #[arg(long = "copy-to", value_name = "DEST")]
+    pub copy_to: Vec<String>,
     /// Validate the configuration, print it (secrets redacted) and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -444,6 +462,7 @@ impl DestArgs {
         FileConfig {
             backup: BackupSection {
                 dest: self.dest.clone(),
+                fallback_dest: self.fallback_dest.clone(),
                 ..Default::default()
             },
             s3: self.s3.clone(),
@@ -470,6 +489,11 @@ impl ServeArgs {
         FileConfig {
             serve: self.serve.clone(),
             continuous: self.continuous.clone(),
+            copy: self
+                .copy_to
+                .iter()
+                .map(|dest| CopySection::from_flag(dest))
+                .collect(),
             ..self.writer.flags()
         }
     }

@@ -1,0 +1,366 @@
+//! A second copy (#28), against two real SeaweedFS servers: `serve --continuous` copies every
+//! backup and journal segment to the other one (behind a proxy that can take it down), in
+//! order and byte for byte; a copy target that is down is caught up once it is back; an object
+//! tampered on the primary is named, counted and never copied; `lifeboat copy` is idempotent;
+//! readers fall back to the copy when the primary cannot be reached; verify and a
+//! point-in-time get work from the copy alone.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::harness::data::{client, rt};
+use crate::harness::http_fault::{FaultProxy, HttpFault};
+use crate::harness::journal::write_keys;
+use crate::harness::s3::S3Server;
+use crate::harness::serve::Serve;
+use crate::harness::{
+    age_key, etcd_bin, free_port, lifeboat, restore_tool, run, EtcdProcess, Version,
+};
+
+/// The sum of a labelled metric's samples (`name{…} value`).
+fn labelled(serve: &Serve, name: &str) -> f64 {
+    serve
+        .get("/metrics")
+        .map(|(_, body)| {
+            body.lines()
+                .filter(|l| l.starts_with(&format!("{name}{{")))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Keys of a bucket that are committed manifests (backups, segments), without the prefix.
+fn manifests(server: &S3Server, bucket: &str) -> Vec<String> {
+    rt().block_on(server.keys(bucket))
+        .into_iter()
+        .map(|k| k.trim_start_matches("etcd/").to_string())
+        .filter(|k| k.ends_with(".manifest.json") || is_segment_manifest(k))
+        .collect()
+}
+
+fn is_segment_manifest(key: &str) -> bool {
+    lifeboat::continuous::SegmentKey::of_manifest_key(key).is_some()
+}
+
+fn backups(keys: &[String]) -> Vec<String> {
+    keys.iter()
+        .filter(|k| k.ends_with(".manifest.json"))
+        .cloned()
+        .collect()
+}
+
+fn segments(keys: &[String]) -> Vec<String> {
+    keys.iter()
+        .filter(|k| is_segment_manifest(k))
+        .cloned()
+        .collect()
+}
+
+fn secret_file(dir: &std::path::Path, name: &str, value: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, value).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+#[test]
+fn serve_copies_everything_checked_in_order_catches_up_and_readers_fall_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let etcd = EtcdProcess::start(Version::V35, None);
+    let (a, b) = (S3Server::start(), S3Server::start());
+    rt().block_on(a.create_bucket("primary"));
+    rt().block_on(b.create_bucket("copy"));
+    let down = Arc::new(AtomicBool::new(false));
+    let is_down = down.clone();
+    let proxy = FaultProxy::start(&b.endpoint, move |_, _| {
+        is_down
+            .load(Ordering::SeqCst)
+            .then_some(HttpFault::Status(503))
+    });
+    let copy_section = |endpoint: &str| {
+        format!(
+            "[[copy]]\ndest = \"s3://copy/etcd\"\ns3_endpoint = \"{endpoint}\"\ns3_path_style = true\ns3_region = \"us-east-1\"\naccess_key_file = \"{}\"\nsecret_key_file = \"{}\"\n",
+            secret_file(dir.path(), "b.access", &b.access_key).display(),
+            secret_file(dir.path(), "b.secret", &b.secret_key).display(),
+        )
+    };
+    // Nothing pruned while the test runs: every backup stays on both sides.
+    let config = dir.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[retention]\nkeep_last = 1000\n\n{}",
+            copy_section(&proxy.endpoint)
+        ),
+    )
+    .unwrap();
+    let primary = |cmd: &mut Command| {
+        cmd.args(["--dest", "s3://primary/etcd"])
+            .args(a.flags())
+            .envs(a.env());
+    };
+    let mut cmd = lifeboat();
+    cmd.arg("--config").arg(&config).args([
+        "serve",
+        "--schedule",
+        "*/3 * * * * *",
+        "--continuous",
+        "-r",
+        &key.recipient,
+    ]);
+    primary(&mut cmd);
+    cmd.args(etcd.lifeboat_flags())
+        .arg("--work-dir")
+        .arg(dir.path().join("w"));
+    let mut serve = Serve::start(cmd, dir.path().join("serve.log"));
+
+    // Up: backups and segments reach the copy.
+    write_keys(&etcd, "/registry/before/", 20, 50);
+    let before_rev = write_keys(&etcd, "/registry/before-more/", 5, 0) - 1;
+    serve.wait_until(
+        "two backups and a segment on the copy",
+        Duration::from_secs(60),
+        |_| {
+            let on_b = manifests(&b, "copy");
+            backups(&on_b).len() >= 2 && !segments(&on_b).is_empty()
+        },
+    );
+
+    // Down: passes fail and are counted; the primary goes on.
+    down.store(true, Ordering::SeqCst);
+    let failures = |s: &Serve| labelled(s, "lifeboat_copy_failures_total");
+    serve.wait_until("a failed copy pass", Duration::from_secs(60), |s| {
+        failures(s) >= 1.0
+    });
+    let on_b_while_down = manifests(&b, "copy");
+    write_keys(&etcd, "/registry/during/", 20, 50);
+    serve.wait_until(
+        "two backups on the primary the copy lacks",
+        Duration::from_secs(60),
+        |_| {
+            let missing = backups(&manifests(&a, "primary"))
+                .into_iter()
+                .filter(|k| !on_b_while_down.contains(k))
+                .count();
+            missing >= 2
+        },
+    );
+    // One of them tampered on the primary before the copy can take it.
+    let newest = backups(&manifests(&a, "primary"))
+        .into_iter()
+        .filter(|k| !on_b_while_down.contains(k))
+        .max()
+        .unwrap();
+    let id = newest.trim_end_matches(".manifest.json").to_string();
+    let object = format!("etcd/{id}.db.zst.age");
+    let mut bytes = rt().block_on(a.get("primary", &object));
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    rt().block_on(async {
+        a.client()
+            .await
+            .put_object()
+            .bucket("primary")
+            .key(&object)
+            .body(bytes.into())
+            .send()
+            .await
+            .unwrap();
+    });
+    let seen_before_up = proxy.requests();
+
+    // Back up: caught up, the tampered backup named, counted and not copied.
+    down.store(false, Ordering::SeqCst);
+    let after_rev = write_keys(&etcd, "/registry/after/", 10, 50) - 1;
+    serve.wait_until("the copy caught up", Duration::from_secs(90), |serve| {
+        let on_b = manifests(&b, "copy");
+        let on_a = manifests(&a, "primary");
+        let lacking: Vec<&String> = on_a
+            .iter()
+            .filter(|k| !on_b.contains(k) && **k != newest)
+            .collect();
+        serve.metric("lifeboat_continuous_last_revision") >= after_rev as f64
+            && lacking.is_empty()
+            && labelled(serve, "lifeboat_copy_refused_total") >= 1.0
+    });
+    assert!(proxy.requests() > seen_before_up);
+    assert!(
+        serve.log_text().contains(&format!("{id}.db.zst.age")),
+        "the log names the tampered object: {}",
+        serve.log_text()
+    );
+    serve.stop_with(0);
+    let on_b = manifests(&b, "copy");
+    assert!(
+        !on_b.contains(&newest),
+        "the tampered backup's manifest is not on the copy"
+    );
+    assert!(
+        !rt().block_on(b.keys("copy")).contains(&object),
+        "nor its object"
+    );
+    assert!(segments(&on_b).len() > segments(&on_b_while_down).len());
+
+    // Byte for byte, and in order: no manifest before its object on the copy.
+    let a_keys = rt().block_on(a.keys("primary"));
+    for k in rt().block_on(b.keys("copy")) {
+        if a_keys.contains(&k) && k != object {
+            assert_eq!(
+                rt().block_on(a.get("primary", &k)),
+                rt().block_on(b.get("copy", &k)),
+                "{k}"
+            );
+        }
+    }
+    let lines: Vec<String> = proxy
+        .heads()
+        .iter()
+        .map(|h| h.lines().next().unwrap_or("").to_string())
+        .collect();
+    // The request line names the key, then a query or the protocol.
+    let names = |line: &str, key: &str| {
+        line.contains(&format!("/{key} ")) || line.contains(&format!("/{key}?"))
+    };
+    for m in backups(&on_b) {
+        let id = m.trim_end_matches(".manifest.json");
+        let manifest_put = lines
+            .iter()
+            .position(|l| l.starts_with("PUT ") && names(l, &m))
+            .unwrap_or_else(|| panic!("no PUT of {m} through the proxy: {lines:#?}"));
+        let object_done = lines
+            .iter()
+            .rposition(|l| names(l, &format!("{id}.db.zst.age")))
+            .unwrap_or_else(|| panic!("no request for {id}'s object: {lines:#?}"));
+        assert!(
+            object_done < manifest_put,
+            "{m} was written before its object"
+        );
+    }
+
+    // From the copy alone (its own endpoint): verify and a point-in-time get.
+    let b_config = dir.path().join("b.toml");
+    std::fs::write(&b_config, copy_section(&b.endpoint)).unwrap();
+    let copy_dest = |cmd: &mut Command| {
+        cmd.args([
+            "--dest",
+            "s3://copy/etcd",
+            "--s3-path-style",
+            "--s3-endpoint",
+            &b.endpoint,
+        ])
+        .envs(b.env());
+    };
+    let mut verify = lifeboat();
+    verify
+        .args(["snapshot", "verify", "latest", "-i"])
+        .arg(&key.identity_file);
+    copy_dest(&mut verify);
+    let r = run(&mut verify);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let pitr = |dest: &dyn Fn(&mut Command), out: &str, rev: i64| {
+        let mut cmd = lifeboat();
+        cmd.args(["snapshot", "get", &format!("--to-revision={rev}"), "-o"])
+            .arg(dir.path().join(out))
+            .arg("-i")
+            .arg(&key.identity_file)
+            .arg("--etcd")
+            .arg(etcd_bin(Version::V35))
+            .arg("--etcdutl")
+            .arg(restore_tool(Version::V35))
+            .arg("--work-dir")
+            .arg(dir.path().join(format!("pitr-{out}")));
+        dest(&mut cmd);
+        let r = run(&mut cmd);
+        assert_eq!(r.code, 0, "{out}: {}\n{}", r.stdout, r.stderr);
+        lifeboat::verify::hash_kv(&dir.path().join(out), rev, 0).unwrap()
+    };
+    // The cluster's own HashKV at each revision is the oracle (nothing was compacted).
+    let live =
+        |rev: i64| rt().block_on(async { client(&etcd).await.hash_kv(rev).await.unwrap().hash() });
+    for rev in [before_rev, after_rev] {
+        assert_eq!(
+            pitr(&copy_dest, &format!("copy-{rev}.db"), rev),
+            live(rev),
+            "the copy alone restores revision {rev} exactly"
+        );
+    }
+    // The primary as well, where its base is not the backup tampered with above.
+    assert_eq!(
+        pitr(&primary, &format!("primary-{before_rev}.db"), before_rev),
+        live(before_rev)
+    );
+
+    // lifeboat copy of the whole primary, twice: the second copies nothing; the tampered
+    // backup is refused both times (exit 4), named.
+    let folder = dir.path().join("nfs");
+    let copy_to_folder = || {
+        let mut cmd = lifeboat();
+        cmd.args(["copy", "--to"]).arg(&folder).args(["-w", "json"]);
+        primary(&mut cmd);
+        run(&mut cmd)
+    };
+    let first = copy_to_folder();
+    assert_eq!(first.code, 4, "{}\n{}", first.stdout, first.stderr);
+    let report = first.json();
+    assert!(report["copied"].as_array().unwrap().len() >= 4, "{report}");
+    assert!(
+        report["refused"]
+            .to_string()
+            .contains(&format!("{id}.db.zst.age")),
+        "{report}"
+    );
+    let second = copy_to_folder();
+    assert_eq!(second.code, 4, "{}", second.stderr);
+    assert_eq!(
+        second.json()["copied"].as_array().unwrap().len(),
+        0,
+        "{}",
+        second.stdout
+    );
+    assert!(second.json()["present"].as_u64().unwrap() >= 4);
+
+    // The primary unreachable: a reader with the copy configured says so and reads the copy.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let mut get = lifeboat();
+    get.arg("--config")
+        .arg(&b_config)
+        .args(["snapshot", "get", "latest", "-o"])
+        .arg(dir.path().join("fallback.db"))
+        .arg("-i")
+        .arg(&key.identity_file)
+        .args([
+            "--dest",
+            "s3://primary/etcd",
+            "--s3-path-style",
+            "--s3-endpoint",
+            &dead,
+        ])
+        .envs(a.env());
+    let r = run(&mut get);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("reading the second copy s3://copy/etcd"),
+        "{}",
+        r.stderr
+    );
+    assert!(dir.path().join("fallback.db").exists());
+    // Without a copy configured, the same reader fails on the primary.
+    let mut alone = lifeboat();
+    alone
+        .args([
+            "snapshot",
+            "list",
+            "--dest",
+            "s3://primary/etcd",
+            "--s3-path-style",
+            "--s3-endpoint",
+            &dead,
+        ])
+        .envs(a.env());
+    assert_ne!(run(&mut alone).code, 0);
+}
