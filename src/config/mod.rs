@@ -343,5 +343,10 @@ mod tests {
         assert!(parsed.etcd.endpoints.is_some() && parsed.log.level.is_some());
         assert!(parsed.backup.recipients.is_some() && parsed.etcd.stall_timeout.is_some());
         assert_eq!(parsed.trust.keys.map(|k| k.len()), Some(1));
+        assert_eq!(parsed.copy.len(), 1);
+        assert_eq!(
+            parsed.copy[0].continuous.as_ref().and_then(|c| c.keep.as_deref()),
+            Some("168h")
+        );
     }
 }
