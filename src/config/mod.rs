@@ -345,7 +345,10 @@ mod tests {
         assert_eq!(parsed.trust.keys.map(|k| k.len()), Some(1));
         assert_eq!(parsed.copy.len(), 1);
         assert_eq!(
-            parsed.copy[0].continuous.as_ref().and_then(|c| c.keep.as_deref()),
+            parsed.copy[0]
+                .continuous
+                .as_ref()
+                .and_then(|c| c.keep.as_deref()),
             Some("168h")
         );
     }

@@ -230,22 +230,11 @@ impl Copier {
             report.copied(Kind::Backup, &m.id, m.object.size);
             return Ok(());
         }
-        let present = listing.on_target(&m.object.key);
-        let mut bytes = match copy_object(
-            self.source.store().as_ref(),
-            self.target.as_ref(),
-            &m.object,
-            present,
-        )
-        .await
-        {
-            Ok(Outcome::Written(n)) => n,
-            Ok(Outcome::Present) => 0,
-            Err(fail) => {
-                return self
-                    .failed(report, Kind::Backup, &m.object.key, key, fail)
-                    .await
-            }
+        let Some(mut bytes) = self
+            .object(listing, report, Kind::Backup, &m.object, key)
+            .await?
+        else {
+            return Ok(());
         };
         if let Some(signature) = &raw.signature {
             let sig_key = crate::catalog::signature_key(key);
@@ -309,22 +298,11 @@ impl Copier {
             report.copied(Kind::Kit, id, manifest.object.size);
             return Ok(());
         }
-        let present = listing.on_target(&manifest.object.key);
-        let mut written = match copy_object(
-            src.as_ref(),
-            self.target.as_ref(),
-            &manifest.object,
-            present,
-        )
-        .await
-        {
-            Ok(Outcome::Written(n)) => n,
-            Ok(Outcome::Present) => 0,
-            Err(fail) => {
-                return self
-                    .failed(report, Kind::Kit, &manifest.object.key, &key, fail)
-                    .await
-            }
+        let Some(mut written) = self
+            .object(listing, report, Kind::Kit, &manifest.object, &key)
+            .await?
+        else {
+            return Ok(());
         };
         written += put_small(self.target.as_ref(), &key, &bytes, false).await?;
         listing.target.insert(key, bytes.len() as u64);
@@ -415,17 +393,12 @@ impl Copier {
             report.copied(Kind::Segment, &key, m.object.size);
             return Ok(true);
         }
-        let present = listing.on_target(&m.object.key);
-        let mut bytes =
-            match copy_object(src.as_ref(), self.target.as_ref(), &m.object, present).await {
-                Ok(Outcome::Written(n)) => n,
-                Ok(Outcome::Present) => 0,
-                Err(fail) => {
-                    self.failed(report, Kind::Segment, &m.object.key, &key, fail)
-                        .await?;
-                    return Ok(false);
-                }
-            };
+        let Some(mut bytes) = self
+            .object(listing, report, Kind::Segment, &m.object, &key)
+            .await?
+        else {
+            return Ok(false);
+        };
         if let Some((sig_key, signature)) = &raw.signature {
             bytes += put_small(
                 self.target.as_ref(),
@@ -515,6 +488,29 @@ impl Copier {
             report.copied(kind, &key, bytes.len() as u64);
         }
         Ok(())
+    }
+
+    /// Copies one object named by a trusted manifest (at `manifest_key`): the bytes written,
+    /// or `None` when it was refused.
+    async fn object(
+        &mut self,
+        listing: &Listing,
+        report: &mut CopyReport,
+        kind: Kind,
+        object: &crate::catalog::ObjectRef,
+        manifest_key: &str,
+    ) -> Result<Option<u64>, CopyError> {
+        let present = listing.on_target(&object.key);
+        let src = self.source.store().clone();
+        match copy_object(src.as_ref(), self.target.as_ref(), object, present).await {
+            Ok(Outcome::Written(n)) => Ok(Some(n)),
+            Ok(Outcome::Present) => Ok(Some(0)),
+            Err(fail) => {
+                self.failed(report, kind, &object.key, manifest_key, fail)
+                    .await?;
+                Ok(None)
+            }
+        }
     }
 
     /// Records a refusal; logs it the first time this copier sees it.

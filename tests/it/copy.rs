@@ -324,6 +324,42 @@ fn serve_copies_everything_checked_in_order_catches_up_and_readers_fall_back() {
     );
     assert!(second.json()["present"].as_u64().unwrap() >= 4);
 
+    // Retention per store: the pruner run against the copy deletes there, nowhere else.
+    let primary_before = manifests(&a, "primary");
+    let mut prune = lifeboat();
+    prune
+        .args([
+            "prune",
+            "--keep-last",
+            "1",
+            "--keep-hourly",
+            "0",
+            "--keep-daily",
+            "0",
+        ])
+        .args([
+            "--keep-weekly",
+            "0",
+            "--keep-monthly",
+            "0",
+            "-w",
+            "json",
+            "--dest",
+        ])
+        .arg(&folder);
+    let pruned = run(&mut prune);
+    assert_eq!(pruned.code, 0, "{}", pruned.stderr);
+    assert!(
+        pruned.json()["deleted"].as_u64().unwrap() >= 1,
+        "{}",
+        pruned.stdout
+    );
+    assert_eq!(
+        manifests(&a, "primary"),
+        primary_before,
+        "the primary is untouched"
+    );
+
     // The primary unreachable: a reader with the copy configured says so and reads the copy.
     let dead = format!("http://127.0.0.1:{}", free_port());
     let mut get = lifeboat();
