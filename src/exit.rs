@@ -58,6 +58,7 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
         return match e {
             crate::copy::CopyError::Refused(_) => Some(VERIFY),
             crate::copy::CopyError::Source(_) | crate::copy::CopyError::Target(_) => Some(STORAGE),
+            crate::copy::CopyError::Catalog(c) => classify(c),
         };
     }
     if let Some(e) = e.downcast_ref::<CatalogError>() {

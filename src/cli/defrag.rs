@@ -63,21 +63,14 @@ pub async fn run(a: DefragArgs, file: FileConfig) -> Result<()> {
         println!("nothing to defragment");
         return Ok(());
     }
-    if a.dry_run || !a.yes {
-        if a.output == Output::Json {
-            println!(
-                "{}",
-                serde_json::json!({ "plan": plan, "carried_out": false })
-            );
-        }
-        if a.dry_run {
-            eprintln!("dry run: nothing changed");
-            return Ok(());
-        }
-        return Err(MaintenanceError::Blocked {
-            why: "nothing changed: add --yes to carry out this plan".into(),
-        }
-        .into());
+    if a.output == Output::Json && (a.dry_run || !a.yes) {
+        println!(
+            "{}",
+            serde_json::json!({ "plan": plan, "carried_out": false })
+        );
+    }
+    if !super::restore::carry_out(a.dry_run, a.yes)? {
+        return Ok(());
     }
     let proof = maintenance::ensure_backup(&inputs, survey.cluster_id).await?;
     let report = maintenance::execute(&plan, &survey, &resolved.rules, &inputs, proof).await?;

@@ -85,20 +85,14 @@ pub async fn run(a: RecoverArgs, file: FileConfig) -> Result<()> {
         true => Some(wanted(&plan)?),
         false => None,
     };
-    if a.dry_run || !a.yes {
-        if a.output == Output::Json {
-            println!(
-                "{}",
-                serde_json::json!({ "plan": plan, "carried_out": false })
-            );
-        }
-        if a.dry_run {
-            eprintln!("dry run: nothing changed");
-            return Ok(());
-        }
-        return Err(
-            RestoreError::refused("nothing changed: add --yes to carry out this plan").into(),
+    if a.output == Output::Json && (a.dry_run || !a.yes) {
+        println!(
+            "{}",
+            serde_json::json!({ "plan": plan, "carried_out": false })
         );
+    }
+    if !super::restore::carry_out(a.dry_run, a.yes)? {
+        return Ok(());
     }
     check_encryption(&plan, identities.as_ref(), a.pick.allow_unencrypted)?;
     lifeboat::fsutil::create_private_dir(&dir)

@@ -53,6 +53,8 @@ pub struct CopyJournal {
 /// A copy target, resolved.
 #[derive(Debug, Clone)]
 pub struct CopyTarget {
+    /// The destination as configured.
+    pub dest: String,
     pub spec: Spec,
     pub retention: Policy,
 }
@@ -148,6 +150,7 @@ pub fn resolve_copies(c: &super::FileConfig) -> Result<Vec<CopyTarget>, ConfigEr
             ..ContinuousSection::default()
         };
         out.push(CopyTarget {
+            dest: copy.dest.clone(),
             spec: resolve_spec("copy.dest", &copy.dest, &copy.s3(&c.s3))?,
             retention: resolve_retention(&copy.retention(&c.retention), &journal)?,
         });
@@ -163,18 +166,21 @@ pub fn resolve_copies(c: &super::FileConfig) -> Result<Vec<CopyTarget>, ConfigEr
 /// A bad value, naming its key.
 pub fn resolve_fallback(c: &super::FileConfig) -> Result<Option<Spec>, ConfigError> {
     match &c.backup.fallback_dest {
-        Some(dest) => {
-            let s3 = c.copy.iter().find(|copy| &copy.dest == dest).map_or_else(
-                || CopySection::from_flag(dest).s3(&c.s3),
-                |copy| copy.s3(&c.s3),
-            );
-            resolve_spec("backup.fallback_dest", dest, &s3).map(Some)
-        }
+        Some(dest) => resolve_spec("backup.fallback_dest", dest, &connection_of(c, dest)).map(Some),
         None => match c.copy.first() {
             Some(copy) => resolve_spec("copy.dest", &copy.dest, &copy.s3(&c.s3)).map(Some),
             None => Ok(None),
         },
     }
+}
+
+/// How to reach `dest`: the `[[copy]]` of that destination if the file has one, else the
+/// primary's S3 connection without its lock.
+fn connection_of(c: &super::FileConfig, dest: &str) -> S3Section {
+    c.copy.iter().find(|copy| copy.dest == dest).map_or_else(
+        || CopySection::from_flag(dest).s3(&c.s3),
+        |copy| copy.s3(&c.s3),
+    )
 }
 
 /// The target of `lifeboat copy --to DEST`: the `[[copy]]` of that destination if the file
@@ -188,17 +194,13 @@ pub fn resolve_copy_to(
     dest: &str,
     flags: S3Section,
 ) -> Result<Spec, ConfigError> {
-    let base = c.copy.iter().find(|copy| copy.dest == dest).map_or_else(
-        || CopySection::from_flag(dest).s3(&c.s3),
-        |copy| copy.s3(&c.s3),
-    );
     if c.backup.dest.as_deref() == Some(dest) {
         return Err(invalid(
             "copy.dest",
             format!("--to {dest} is the store copied from (--dest)"),
         ));
     }
-    resolve_spec("copy.dest", dest, &flags.overlay(base))
+    resolve_spec("copy.dest", dest, &flags.overlay(connection_of(c, dest)))
 }
 
 #[cfg(test)]

@@ -86,9 +86,8 @@ pub fn resolve_serve(c: &FileConfig) -> Result<ServeSettings, ConfigError> {
     let prune = s.prune.unwrap_or(true);
     let copies = super::resolve_copies(c)?
         .into_iter()
-        .zip(&c.copy)
-        .map(|(t, section)| crate::service::CopyPlan {
-            name: section.dest.clone(),
+        .map(|t| crate::service::CopyPlan {
+            name: t.dest,
             spec: t.spec,
             retention: t.retention,
             prune,

@@ -100,6 +100,8 @@ impl CopyReport {
 pub enum CopyError {
     #[error("reading the store copied from failed: {0}; nothing more was copied in this pass (the next one carries on)")]
     Source(#[source] StoreError),
+    #[error("reading the backups of the store copied from failed: {0}; nothing more was copied in this pass (the next one carries on)")]
+    Catalog(#[source] crate::catalog::CatalogError),
     #[error("writing the copy failed: {0}; what was copied before stays, the next pass carries on from there")]
     Target(#[source] StoreError),
     #[error("{} object(s) were not copied because they fail a check on the source: {}; everything else was copied. Find out why (`lifeboat snapshot verify`, `continuous status` on the source) — never copy them by hand", .0.len(), .0.join(", "))]

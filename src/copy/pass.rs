@@ -140,13 +140,8 @@ impl Copier {
             .as_ref()
             .is_some_and(|k| k.manifest_keys == manifest_keys && k.at.elapsed() < KEEP_CACHE);
         if !fresh {
-            let (manifests, _) = self.source.list().await.map_err(catalog_source)?;
-            let bundled: HashSet<String> = listing
-                .etcd
-                .iter()
-                .filter_map(|o| crate::catalog::id_of_bundle_key(&o.key))
-                .map(|id| id.to_string())
-                .collect();
+            let (manifests, _) = self.source.list().await.map_err(CopyError::Catalog)?;
+            let bundled = crate::retention::bundled_backups(&listing.etcd);
             let decisions = crate::retention::plan(&manifests, &bundled, Utc::now(), &policy, None);
             let dropped: HashSet<String> = decisions
                 .into_iter()
@@ -227,6 +222,10 @@ impl Copier {
             self.kit(listing, kit, report).await?;
         }
         if self.options.dry_run {
+            // As if written: what follows (marks, heads) is judged as after a real pass.
+            listing
+                .target
+                .insert(key.to_string(), raw.bytes.len() as u64);
             report.copied(Kind::Backup, &m.id, m.object.size);
             return Ok(());
         }
@@ -295,6 +294,7 @@ impl Copier {
             }
         };
         if self.options.dry_run {
+            listing.target.insert(key, bytes.len() as u64);
             report.copied(Kind::Kit, id, manifest.object.size);
             return Ok(());
         }
@@ -327,7 +327,7 @@ impl Copier {
             })
             .collect();
         for (key, id, kit) in marks {
-            if !listing.on_target(&id.manifest_key()) && !self.options.dry_run {
+            if !listing.on_target(&id.manifest_key()) {
                 continue;
             }
             self.kit(listing, &kit, report).await?;
@@ -390,6 +390,7 @@ impl Copier {
             return Ok(true);
         }
         if self.options.dry_run {
+            listing.target.insert(key.clone(), raw.bytes.len() as u64);
             report.copied(Kind::Segment, &key, m.object.size);
             return Ok(true);
         }
@@ -556,17 +557,6 @@ impl Copier {
             Fail::Store(e) => return Err(e),
         }
         Ok(())
-    }
-}
-
-fn catalog_source(e: CatalogError) -> CopyError {
-    match e {
-        CatalogError::Store(e) => CopyError::Source(e),
-        other => CopyError::Source(StoreError::Other {
-            location: String::new(),
-            what: "listing backups".into(),
-            source: std::io::Error::other(other.to_string()),
-        }),
     }
 }
 

@@ -219,7 +219,7 @@ fn plan_cluster(
 mod kits;
 mod prune;
 
-pub use prune::{prune, Orphan, PruneError, PruneReport, SkippedManifest};
+pub use prune::{bundled_backups, prune, Orphan, PruneError, PruneReport, SkippedManifest};
 
 #[cfg(test)]
 mod tests {

@@ -392,7 +392,9 @@ async fn check_fence(fence: Option<&dyn Fence>) -> Result<(), PruneError> {
 }
 
 /// The ids of the backups that have a node bundle beside them.
-fn bundled_backups(all: &[ObjectInfo]) -> HashSet<String> {
+/// The backups the upgrade gate left a mark (or an old node bundle) beside, among `all`
+/// (every object named `etcd-…`): kept like pre-upgrade backups.
+pub fn bundled_backups(all: &[ObjectInfo]) -> HashSet<String> {
     all.iter()
         .filter_map(|o| crate::catalog::id_of_bundle_key(&o.key))
         .map(|id| id.to_string())

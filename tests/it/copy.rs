@@ -42,6 +42,18 @@ fn manifests(server: &S3Server, bucket: &str) -> Vec<String> {
         .collect()
 }
 
+/// The committed manifests (backups, segments) in a folder store.
+fn folder_manifests(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|k| k.ends_with(".manifest.json") || is_segment_manifest(k))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn is_segment_manifest(key: &str) -> bool {
     lifeboat::continuous::SegmentKey::of_manifest_key(key).is_some()
 }
@@ -91,11 +103,14 @@ fn serve_copies_everything_checked_in_order_catches_up_and_readers_fall_back() {
     };
     // Nothing pruned while the test runs: every backup stays on both sides.
     let config = dir.path().join("serve.toml");
+    let (short, flagged) = (dir.path().join("short"), dir.path().join("flagged"));
     std::fs::write(
         &config,
         format!(
-            "[retention]\nkeep_last = 1000\n\n{}",
-            copy_section(&proxy.endpoint)
+            // A folder copy with a retention of its own: the newest two only.
+            "[retention]\nkeep_last = 1000\n\n{}\n[[copy]]\ndest = \"{}\"\nkeep_last = 2\nkeep_hourly = 0\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\n",
+            copy_section(&proxy.endpoint),
+            short.display()
         ),
     )
     .unwrap();
@@ -116,7 +131,9 @@ fn serve_copies_everything_checked_in_order_catches_up_and_readers_fall_back() {
     primary(&mut cmd);
     cmd.args(etcd.lifeboat_flags())
         .arg("--work-dir")
-        .arg(dir.path().join("w"));
+        .arg(dir.path().join("w"))
+        .arg("--copy-to")
+        .arg(&flagged);
     let mut serve = Serve::start(cmd, dir.path().join("serve.log"));
 
     // Up: backups and segments reach the copy.
@@ -184,8 +201,10 @@ fn serve_copies_everything_checked_in_order_catches_up_and_readers_fall_back() {
             .iter()
             .filter(|k| !on_b.contains(k) && **k != newest)
             .collect();
+        let in_folder = folder_manifests(&flagged);
         serve.metric("lifeboat_continuous_last_revision") >= after_rev as f64
             && lacking.is_empty()
+            && on_b.iter().all(|k| in_folder.contains(k))
             && labelled(serve, "lifeboat_copy_refused_total") >= 1.0
     });
     assert!(proxy.requests() > seen_before_up);
@@ -205,6 +224,12 @@ fn serve_copies_everything_checked_in_order_catches_up_and_readers_fall_back() {
         "nor its object"
     );
     assert!(segments(&on_b).len() > segments(&on_b_while_down).len());
+    // A copy with a retention of its own holds what that retention keeps, the primary more.
+    let kept = backups(&folder_manifests(&short));
+    assert!(
+        (1..=3).contains(&kept.len()) && backups(&manifests(&a, "primary")).len() > 3,
+        "{kept:?}"
+    );
 
     // Byte for byte, and in order: no manifest before its object on the copy.
     let a_keys = rt().block_on(a.keys("primary"));
@@ -362,6 +387,13 @@ fn serve_copies_everything_checked_in_order_catches_up_and_readers_fall_back() {
 
     // The primary unreachable: a reader with the copy configured says so and reads the copy.
     let dead = format!("http://127.0.0.1:{}", free_port());
+    let unreachable = [
+        "--dest",
+        "s3://primary/etcd",
+        "--s3-path-style",
+        "--s3-endpoint",
+        &dead,
+    ];
     let mut get = lifeboat();
     get.arg("--config")
         .arg(&b_config)
@@ -369,13 +401,7 @@ fn serve_copies_everything_checked_in_order_catches_up_and_readers_fall_back() {
         .arg(dir.path().join("fallback.db"))
         .arg("-i")
         .arg(&key.identity_file)
-        .args([
-            "--dest",
-            "s3://primary/etcd",
-            "--s3-path-style",
-            "--s3-endpoint",
-            &dead,
-        ])
+        .args(unreachable)
         .envs(a.env());
     let r = run(&mut get);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
@@ -388,15 +414,126 @@ fn serve_copies_everything_checked_in_order_catches_up_and_readers_fall_back() {
     // Without a copy configured, the same reader fails on the primary.
     let mut alone = lifeboat();
     alone
-        .args([
-            "snapshot",
-            "list",
-            "--dest",
-            "s3://primary/etcd",
-            "--s3-path-style",
-            "--s3-endpoint",
-            &dead,
-        ])
+        .args(["snapshot", "list"])
+        .args(unreachable)
         .envs(a.env());
     assert_ne!(run(&mut alone).code, 0);
+}
+
+/// `lifeboat copy` between folders on a kubeadm-shaped node: each backup's kit goes before the
+/// backup, an upgrade mark after its kit and backup; `--dry-run` writes nothing and lists what a
+/// run copies; `--since` leaves older backups out; the copy's kits read back with `kit list`.
+#[test]
+fn lifeboat_copy_takes_kits_and_marks_in_order_and_honours_dry_run_and_since() {
+    let node = crate::harness::node::FakeNode::start(Version::V35);
+    let dir = tempfile::tempdir().unwrap();
+    let key = age_key(dir.path(), "key.txt");
+    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+    let save = || {
+        let r = run(lifeboat()
+            .args(["snapshot", "save", "-w", "json", "-r", &key.recipient])
+            .arg("--etcd-manifest")
+            .arg(node.etcd_manifest())
+            .arg("--dest")
+            .arg(&src));
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        r.json()
+    };
+    let first = save();
+    // A renewed certificate: the next backup names a new kit.
+    let ca = node.kubernetes_dir().join("pki/ca.crt");
+    let mut pem = std::fs::read(&ca).unwrap();
+    pem.extend_from_slice(b"\n");
+    std::fs::write(&ca, pem).unwrap();
+    let second = save();
+    let (kit1, kit2) = (
+        first["kit"].as_str().unwrap(),
+        second["kit"].as_str().unwrap(),
+    );
+    assert_ne!(kit1, kit2);
+    // The upgrade gate's mark beside the first backup, naming its kit.
+    let mark = lifeboat::catalog::upgrade_mark_key(
+        first["id"].as_str().unwrap(),
+        "cp1",
+        chrono::Utc::now(),
+        kit1,
+    );
+    std::fs::write(src.join(&mark), b"").unwrap();
+    let copy = |extra: &[&str]| {
+        let r = run(lifeboat()
+            .args(["copy", "-w", "json", "--dest"])
+            .arg(&src)
+            .arg("--to")
+            .arg(&dst)
+            .args(extra));
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        r.json()
+    };
+    let kinds = |report: &serde_json::Value| -> Vec<String> {
+        report["copied"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}",
+                    c["kind"].as_str().unwrap(),
+                    c["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let planned = copy(&["--dry-run"]);
+    assert_eq!(
+        kinds(&planned),
+        [
+            format!("kit {kit1}"),
+            format!("backup {}", first["id"].as_str().unwrap()),
+            format!("kit {kit2}"),
+            format!("backup {}", second["id"].as_str().unwrap()),
+            format!("mark {mark}"),
+        ],
+        "kit before its backup, the mark last"
+    );
+    assert!(
+        crate::harness::files_in(&dst).is_empty(),
+        "a dry run writes nothing"
+    );
+    // Only what is newer than the first backup.
+    let since = second["created_at"].as_str().unwrap();
+    let newer = copy(&["--since", since]);
+    assert_eq!(
+        kinds(&newer),
+        [
+            format!("kit {kit2}"),
+            format!("backup {}", second["id"].as_str().unwrap())
+        ]
+    );
+    assert_eq!(newer["before_since"].as_u64(), Some(1));
+    let rest = copy(&[]);
+    assert_eq!(
+        kinds(&rest),
+        [
+            format!("kit {kit1}"),
+            format!("backup {}", first["id"].as_str().unwrap()),
+            format!("mark {mark}"),
+        ]
+    );
+    for name in crate::harness::files_in(&dst) {
+        assert_eq!(
+            std::fs::read(src.join(&name)).unwrap(),
+            std::fs::read(dst.join(&name)).unwrap(),
+            "{name}"
+        );
+    }
+    let listed = run(lifeboat()
+        .args(["kit", "list", "-w", "json", "--dest"])
+        .arg(&dst))
+    .json();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    assert_eq!(
+        kinds(&copy(&[])),
+        Vec::<String>::new(),
+        "nothing left to copy"
+    );
 }
