@@ -45,8 +45,12 @@ pub struct Revision {
 }
 
 impl Revision {
+    /// etcd writes 17 bytes, or 18 ending in `t` for a deletion; any other length is damage
+    /// (a key size bumped by a flipped bit would otherwise still parse, and its value be read
+    /// from the wrong place).
     pub fn parse(key: &[u8]) -> Option<Revision> {
-        if key.len() < 17 || key[8] != b'_' {
+        let sized = key.len() == 17 || Revision::is_tombstone(key);
+        if !sized || key[8] != b'_' {
             return None;
         }
         Some(Revision {
@@ -186,6 +190,13 @@ mod tests {
         assert!(!Revision::is_tombstone(&k));
         k.push(b't');
         assert!(Revision::is_tombstone(&k));
+        assert_eq!(Revision::parse(&k), Some(Revision { main: 5, sub: 2 }));
         assert_eq!(Revision::parse(b"short"), None);
+        // A key size damaged upwards: the revision bytes still read, the key is not etcd's.
+        let mut long = k[..17].to_vec();
+        long.extend_from_slice(&[0; 63]);
+        assert_eq!(Revision::parse(&long), None);
+        k[17] = b'x';
+        assert_eq!(Revision::parse(&k), None);
     }
 }
