@@ -198,13 +198,25 @@ impl Worker for Copies {
     }
 }
 
-/// One task per target; each ends at shutdown.
+/// How the copiers end. They go on through shutdown (the journal's last segment is committed
+/// then) until `finish` says whether this instance was the uploader: then one last pass,
+/// within what is left of `deadline` since SIGTERM (at least `FINAL_PASS_MIN`), or none.
+pub(super) struct Stopping {
+    pub shutdown: CancellationToken,
+    pub finish: watch::Receiver<Option<bool>>,
+    pub deadline: Duration,
+}
+
+/// The last pass's budget when the shutdown deadline is spent: the service manager's stop
+/// timeout (150 s in deploy/) leaves this much room past the 120 s default.
+const FINAL_PASS_MIN: Duration = Duration::from_secs(10);
+
+/// One task per target.
 pub(super) fn start(
     plans: Vec<CopyPlan>,
     copies: &Copies,
     shared: Arc<Shared>,
-    wake: &watch::Sender<u64>,
-    shutdown: CancellationToken,
+    stopping: Stopping,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     plans
         .into_iter()
@@ -213,8 +225,11 @@ pub(super) fn start(
                 plan,
                 copies.0.clone(),
                 shared.clone(),
-                wake.subscribe(),
-                shutdown.clone(),
+                Stopping {
+                    shutdown: stopping.shutdown.clone(),
+                    finish: stopping.finish.clone(),
+                    deadline: stopping.deadline,
+                },
             ))
         })
         .collect()
@@ -224,18 +239,38 @@ async fn follow(
     plan: CopyPlan,
     metrics: Arc<CopyMetrics>,
     shared: Arc<Shared>,
-    mut wake: watch::Receiver<u64>,
-    shutdown: CancellationToken,
+    stopping: Stopping,
 ) {
+    let Stopping {
+        shutdown,
+        mut finish,
+        deadline,
+    } = stopping;
+    let mut wake = shared.copy_wake.subscribe();
     let started = SystemTime::now();
     let mut backoff = BACKOFF_MIN;
     let mut wait = Duration::ZERO;
     let mut copier: Option<Copier> = None;
     let mut name = plan.name.clone();
+    let mut stopping_since: Option<Instant> = None;
     metrics.progress(&name, |p| p.since = Some(started));
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled(), if stopping_since.is_none() => {
+                stopping_since = Some(Instant::now());
+                continue;
+            }
+            changed = finish.changed() => {
+                // A dropped sender is a stop without a last pass.
+                let told = if changed.is_ok() { *finish.borrow() } else { Some(false) };
+                let Some(led) = told else { continue };
+                if let (true, Some(copier)) = (led, copier.as_mut()) {
+                    let spent = stopping_since.map_or(Duration::ZERO, |s| s.elapsed());
+                    let budget = deadline.saturating_sub(spent).max(FINAL_PASS_MIN);
+                    final_pass(copier, &plan, &metrics, budget).await;
+                }
+                return;
+            }
             _ = wake.changed() => {}
             () = tokio::time::sleep(wait) => {}
         }
@@ -298,6 +333,24 @@ async fn follow(
                 tracing::error!(target = %name, error = %e, retry_in_s = backoff.as_secs(), "copy to the second store failed");
                 (wait, backoff) = (backoff, (backoff * 2).min(BACKOFF_MAX));
             }
+        }
+    }
+}
+
+/// What was committed while the service stopped reaches the target now, not at the next start.
+async fn final_pass(copier: &mut Copier, plan: &CopyPlan, metrics: &CopyMetrics, budget: Duration) {
+    let pass_started = SystemTime::now();
+    match tokio::time::timeout(budget, copier.pass()).await {
+        Ok(Ok(report)) => {
+            metrics.record(&plan.name, &report);
+            metrics.progress(&plan.name, |p| p.caught_up_at = Some(pass_started));
+            tracing::info!(target = %plan.name, objects = report.copied.len(), bytes = report.bytes, "last copy pass before stopping: the copy holds everything committed");
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(target = %plan.name, error = %e, "the last copy pass before stopping failed; the next start (or `lifeboat copy`) copies what the target lacks");
+        }
+        Err(_) => {
+            tracing::warn!(target = %plan.name, budget_s = budget.as_secs(), "the last copy pass before stopping ran out of time; the next start (or `lifeboat copy`) copies what the target lacks");
         }
     }
 }

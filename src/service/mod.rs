@@ -4,7 +4,8 @@
 //!  cron job ──tick (bounded 1; skipped+counted while a backup runs)──▶ worker
 //!  election (etcd lease) ──is_leader──▶ worker: jitter → take_backup → retention
 //!  face: /healthz /readyz /metrics          shutdown token: stop ticks, give the running
-//!                                           backup `shutdown_deadline`, then abort it cleanly
+//!                                           backup `shutdown_deadline`, then abort it cleanly;
+//!                                           the copiers' last pass gets the rest of it
 //!  drill cron (optional, own schedule) ──▶ drill worker: latest backup → sandbox restore → checks
 //! ```
 //!
@@ -37,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backup::BackupSettings;
@@ -223,18 +224,29 @@ pub async fn run(settings: ServeSettings, shutdown: CancellationToken) -> Result
     };
     let result = match &settings.backup {
         Some(backup) => {
+            let (finish, finishing) = watch::channel(None);
             let copiers = copy::start(
                 settings.copies.clone(),
                 &copies,
                 shared.clone(),
-                &shared.copy_wake,
-                shutdown.clone(),
+                copy::Stopping {
+                    shutdown: shutdown.clone(),
+                    finish: finishing,
+                    deadline: settings.shutdown_deadline,
+                },
             );
             let result = run_backups(&settings, backup, &shared, &upkeep, &shutdown).await;
+            if result.is_err() {
+                // A worker that could not start: everything else stops too.
+                shutdown.cancel();
+            }
+            // The journal's last segment and a backup finished during shutdown are committed
+            // by now: the uploader's copiers take them in one last pass.
+            let _ = finish.send(Some(matches!(result, Ok(Led::Yes))));
             for c in copiers {
                 let _ = c.await;
             }
-            result
+            result.map(|_| ())
         }
         None => {
             shutdown.cancelled().await;
@@ -259,10 +271,10 @@ async fn run_backups(
     shared: &Arc<Shared>,
     upkeep: &maintenance::Maintenance,
     shutdown: &CancellationToken,
-) -> Result<(), ServeError> {
+) -> Result<Led, ServeError> {
     let shutdown = shutdown.clone();
     let Some(mut source) = connect_until(&settings.etcd, &shutdown).await else {
-        return Ok(());
+        return Ok(Led::No);
     };
     let member = loop {
         match source.member_facts().await {
@@ -270,24 +282,12 @@ async fn run_backups(
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the member's status; retrying");
                 if sleep_or_cancel(Duration::from_secs(5), &shutdown).await {
-                    return Ok(());
+                    return Ok(Led::No);
                 }
             }
         }
     };
     let me = format!("{} {}", member.member_name, hostname());
-    let mut campaign =
-        Campaign::start(&source, member.cluster_id, &me, settings, shared, &shutdown);
-
-    let journal = settings.continuous.clone().map(|capture| {
-        tokio::spawn(continuous::run(
-            settings.clone(),
-            backup.clone(),
-            capture,
-            shared.clone(),
-            shutdown.clone(),
-        ))
-    });
     let upkeep = match &settings.maintenance {
         Some(plan) => Some(
             maintenance::start(
@@ -304,12 +304,23 @@ async fn run_backups(
     };
     let (tick_tx, mut ticks) = mpsc::channel::<()>(1);
     let mut scheduler = start_scheduler(&settings.schedule, tick_tx, shared.clone()).await?;
+    // Last, after what can fail: a campaign is ended only by `stop` (below).
+    let mut campaign = Campaign::start(&source, member.cluster_id, &me, settings, shared);
+    let journal = settings.continuous.clone().map(|capture| {
+        tokio::spawn(continuous::run(
+            settings.clone(),
+            backup.clone(),
+            capture,
+            shared.clone(),
+            shutdown.clone(),
+        ))
+    });
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             tick = ticks.recv() => {
                 if tick.is_none() { break; }
-                campaign.follow_cluster(&mut source, &me, settings, shared, &shutdown).await;
+                campaign.follow_cluster(&mut source, &me, settings, shared).await;
                 run_tick(settings, backup, &mut source, shared, &shutdown).await;
                 shared.running.store(false, Ordering::SeqCst);
             }
@@ -323,8 +334,19 @@ async fn run_backups(
         // The capture commits what it received before it stops; then the election ends.
         let _ = journal.await;
     }
+    let led = if shared.leadership.is_leader() {
+        Led::Yes
+    } else {
+        Led::No
+    };
     campaign.stop().await;
-    Ok(())
+    Ok(led)
+}
+
+/// Whether this instance was the cluster's uploader when it stopped.
+enum Led {
+    Yes,
+    No,
 }
 
 /// The uploader election of one cluster. Its key names the cluster; when the cluster id the
@@ -344,9 +366,11 @@ impl Campaign {
         me: &str,
         settings: &ServeSettings,
         shared: &Arc<Shared>,
-        shutdown: &CancellationToken,
     ) -> Campaign {
-        let stop = shutdown.child_token();
+        // Not a child of the shutdown token: the instance stays the uploader until the running
+        // backup and the journal's last segment are committed (and the copies' last pass is
+        // decided), so no other instance starts a second journal meanwhile.
+        let stop = CancellationToken::new();
         let metrics_shared = shared.clone();
         let task = tokio::spawn(leader::campaign_forever(
             source.client(),
@@ -372,7 +396,6 @@ impl Campaign {
         me: &str,
         settings: &ServeSettings,
         shared: &Arc<Shared>,
-        shutdown: &CancellationToken,
     ) {
         let Ok(status) = source.status().await else {
             return; // unreachable now: the tick's backup reports it
@@ -389,7 +412,7 @@ impl Campaign {
         // clobber what the new one sets.
         self.stop.cancel();
         let _ = (&mut self.task).await;
-        *self = Campaign::start(source, status.cluster_id, me, settings, shared, shutdown);
+        *self = Campaign::start(source, status.cluster_id, me, settings, shared);
     }
 
     async fn stop(self) {
