@@ -32,6 +32,21 @@ pub enum SnapshotSource {
     File(PathBuf),
 }
 
+/// The lowest revision the restored member may report. etcdutl's bump adds to the newest
+/// revision in bucket `key` (the file's status revision), not to the revision the member
+/// answered when the backup was taken: an empty key space, or a deletion at the head that
+/// was compacted away, leaves the file's lower — expecting the header's would call a good
+/// restore failed. Without a bump etcd starts at that revision, or at the finished
+/// compaction point when higher, and never below 1.
+fn expected_revision(status: &SnapshotStatus, bump: Option<u64>) -> i64 {
+    match bump {
+        Some(b) => status
+            .revision
+            .saturating_add(i64::try_from(b).unwrap_or(i64::MAX)),
+        None => status.revision.max(1),
+    }
+}
+
 /// What the plan says about the snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupFacts {
@@ -234,7 +249,7 @@ pub async fn plan(source: &SnapshotSource, opts: &RestoreOptions) -> Result<Plan
         .collect();
     let owner = owner_of(&data_dir);
     Ok(Plan {
-        expected_min_revision: backup.revision + bump_revision.map_or(0, |b| b as i64),
+        expected_min_revision: expected_revision(&backup.status, bump_revision),
         holding_dir: opts
             .held_manifests
             .clone()
@@ -449,5 +464,21 @@ mod tests {
             sibling(Path::new("/etc/kubernetes/manifests"), "lifeboat-held-1"),
             PathBuf::from("/etc/kubernetes/manifests.lifeboat-held-1")
         );
+    }
+
+    #[test]
+    fn the_expected_revision_follows_the_files_newest_key_as_etcdutl_does() {
+        let status = |revision| SnapshotStatus {
+            hash: 0,
+            revision,
+            total_key: 0,
+            total_size: 0,
+        };
+        // An empty key space: the member answered revision 1, etcdutl bumps from 0.
+        assert_eq!(expected_revision(&status(0), Some(1_000)), 1_000);
+        assert_eq!(expected_revision(&status(0), None), 1);
+        assert_eq!(expected_revision(&status(41), Some(1_000)), 1_041);
+        assert_eq!(expected_revision(&status(41), None), 41);
+        assert_eq!(expected_revision(&status(41), Some(u64::MAX)), i64::MAX);
     }
 }

@@ -480,6 +480,7 @@ fn lifeboat_copy_takes_kits_and_marks_in_order_and_honours_dry_run_and_since() {
     pem.extend_from_slice(b"\n");
     std::fs::write(&ca, pem).unwrap();
     let second = save();
+    let at_second = node.dump();
     let (kit1, kit2) = (
         first["kit"].as_str().unwrap(),
         second["kit"].as_str().unwrap(),
@@ -569,5 +570,38 @@ fn lifeboat_copy_takes_kits_and_marks_in_order_and_honours_dry_run_and_since() {
         kinds(&copy(&[])),
         Vec::<String>::new(),
         "nothing left to copy"
+    );
+
+    // The primary lost (an S3 endpoint that does not answer): `restore` with the copy as
+    // --fallback-dest says so and brings the node back to the newest backup from it.
+    node.put("/registry/after-the-copy", "x");
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let r = run(node
+        .restore()
+        .args(["latest", "--yes", "--force", "--identity"])
+        .arg(&key.identity_file)
+        .args([
+            "--dest",
+            "s3://primary/etcd",
+            "--s3-path-style",
+            "--s3-endpoint",
+        ])
+        .arg(&dead)
+        .arg("--fallback-dest")
+        .arg(&dst)
+        .env("AWS_ACCESS_KEY_ID", "lost")
+        .env("AWS_SECRET_ACCESS_KEY", "lost"));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("reading the second copy {}", dst.display())),
+        "{}",
+        r.stderr
+    );
+    node.wait_healthy();
+    assert_eq!(
+        node.dump(),
+        at_second,
+        "the newest backup, read from the copy"
     );
 }
