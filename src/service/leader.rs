@@ -168,7 +168,7 @@ async fn hold_once(
     let leader_key: LeaderKey = tokio::select! {
         r = campaign => r?.leader().cloned().ok_or_else(|| etcd_client::Error::ElectError("no leader key".into()))?,
         r = &mut keep => { r?; return Ok(()) }
-        () = shutdown.cancelled() => { let _ = c.lease_revoke(lease).await; return Ok(()) }
+        () = shutdown.cancelled() => { revoke(&mut c, lease).await; return Ok(()) }
     };
     leadership.set(Some(Held {
         key: leader_key.key().to_vec(),
@@ -182,13 +182,30 @@ async fn hold_once(
     };
     leadership.set(None);
     on_change(false);
-    let _ = c
-        .resign(Some(
-            etcd_client::ResignOptions::new().with_leader(leader_key),
-        ))
-        .await;
-    let _ = c.lease_revoke(lease).await;
+    let resign = c.resign(Some(
+        etcd_client::ResignOptions::new().with_leader(leader_key),
+    ));
+    if tokio::time::timeout(GOODBYE_WITHIN, resign).await.is_err() {
+        tracing::warn!(
+            "leader election: etcd did not answer the resignation; the lease expires after its TTL"
+        );
+    }
+    revoke(&mut c, lease).await;
     result
+}
+
+/// How long a resignation or a lease revocation may take. Both only speed up the handover
+/// (the lease expires after its TTL anyway): an etcd that does not answer must not hold up
+/// the service's stop.
+const GOODBYE_WITHIN: Duration = Duration::from_secs(5);
+
+async fn revoke(c: &mut Client, lease: i64) {
+    if tokio::time::timeout(GOODBYE_WITHIN, c.lease_revoke(lease))
+        .await
+        .is_err()
+    {
+        tracing::warn!("leader election: etcd did not answer the lease revocation; the lease expires after its TTL");
+    }
 }
 
 /// Whether this instance may campaign now: at once on a follower or a single-voter cluster;
