@@ -55,21 +55,12 @@ pub async fn run(a: DefragArgs, file: FileConfig) -> Result<()> {
     }
     if plan.is_empty() {
         if a.output == Output::Json {
-            println!(
-                "{}",
-                serde_json::json!({ "plan": plan, "carried_out": false })
-            );
+            super::restore::print_undone(&plan);
         }
         println!("nothing to defragment");
         return Ok(());
     }
-    if a.output == Output::Json && (a.dry_run || !a.yes) {
-        println!(
-            "{}",
-            serde_json::json!({ "plan": plan, "carried_out": false })
-        );
-    }
-    if !super::restore::carry_out(a.dry_run, a.yes)? {
+    if !super::restore::carry_out_plan(a.output, a.dry_run, a.yes, &plan)? {
         return Ok(());
     }
     let proof = maintenance::ensure_backup(&inputs, survey.cluster_id).await?;

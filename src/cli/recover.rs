@@ -85,13 +85,7 @@ pub async fn run(a: RecoverArgs, file: FileConfig) -> Result<()> {
         true => Some(wanted(&plan)?),
         false => None,
     };
-    if a.output == Output::Json && (a.dry_run || !a.yes) {
-        println!(
-            "{}",
-            serde_json::json!({ "plan": plan, "carried_out": false })
-        );
-    }
-    if !super::restore::carry_out(a.dry_run, a.yes)? {
+    if !super::restore::carry_out_plan(a.output, a.dry_run, a.yes, &plan)? {
         return Ok(());
     }
     check_encryption(&plan, identities.as_ref(), a.pick.allow_unencrypted)?;

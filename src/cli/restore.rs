@@ -91,6 +91,27 @@ pub(super) async fn run_held(
     Ok(())
 }
 
+/// As `carry_out`; with `-w json` a plan not carried out is printed for scripts to read.
+pub(super) fn carry_out_plan(
+    output: Output,
+    dry_run: bool,
+    yes: bool,
+    plan: &impl serde::Serialize,
+) -> Result<bool> {
+    if output == Output::Json && (dry_run || !yes) {
+        print_undone(plan);
+    }
+    carry_out(dry_run, yes)
+}
+
+/// A plan as `-w json` gives it when nothing of it was done.
+pub(super) fn print_undone(plan: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::json!({ "plan": plan, "carried_out": false })
+    );
+}
+
 /// Whether to carry out a printed plan: not on a dry run (said), refused without `--yes`.
 pub(super) fn carry_out(dry_run: bool, yes: bool) -> Result<bool> {
     if dry_run {

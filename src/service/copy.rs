@@ -201,6 +201,7 @@ impl Worker for Copies {
 /// How the copiers end. They go on through shutdown (the journal's last segment is committed
 /// then) until `finish` says whether this instance was the uploader: then one last pass,
 /// within what is left of `deadline` since SIGTERM (at least `FINAL_PASS_MIN`), or none.
+#[derive(Clone)]
 pub(super) struct Stopping {
     pub shutdown: CancellationToken,
     pub finish: watch::Receiver<Option<bool>>,
@@ -225,11 +226,7 @@ pub(super) fn start(
                 plan,
                 copies.0.clone(),
                 shared.clone(),
-                Stopping {
-                    shutdown: stopping.shutdown.clone(),
-                    finish: stopping.finish.clone(),
-                    deadline: stopping.deadline,
-                },
+                stopping.clone(),
             ))
         })
         .collect()

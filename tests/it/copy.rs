@@ -463,16 +463,7 @@ fn lifeboat_copy_takes_kits_and_marks_in_order_and_honours_dry_run_and_since() {
     let dir = tempfile::tempdir().unwrap();
     let key = age_key(dir.path(), "key.txt");
     let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
-    let save = || {
-        let r = run(lifeboat()
-            .args(["snapshot", "save", "-w", "json", "-r", &key.recipient])
-            .arg("--etcd-manifest")
-            .arg(node.etcd_manifest())
-            .arg("--dest")
-            .arg(&src));
-        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-        r.json()
-    };
+    let save = || node.save(&key, &src, &dir.path().join("w"));
     let first = save();
     // A renewed certificate: the next backup names a new kit.
     let ca = node.kubernetes_dir().join("pki/ca.crt");

@@ -32,16 +32,10 @@ fn every_backup_on_a_control_plane_node_carries_its_kit_stored_once_per_content(
     let key = age_key(dir.path(), "key.txt");
     let dest = dir.path().join("b");
     let save = || {
-        let r = run(lifeboat()
-            .args(["snapshot", "save", "-w", "json", "-r", &key.recipient])
-            .arg("--etcd-manifest")
-            .arg(node.etcd_manifest())
-            .arg("--dest")
-            .arg(&dest)
-            .arg("--work-dir")
-            .arg(dir.path().join("w")));
-        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-        r.json()["kit"].as_str().unwrap().to_string()
+        node.save(&key, &dest, &dir.path().join("w"))["kit"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     let first = save();
     let second = save();

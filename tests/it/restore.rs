@@ -40,16 +40,7 @@ fn setup(version: Version) -> Setup {
 }
 
 fn save(node: &FakeNode, key: &AgeKey, dest: &Path, work: &Path) -> serde_json::Value {
-    run(lifeboat()
-        .args(["snapshot", "save", "-w", "json", "-r", &key.recipient])
-        .arg("--etcd-manifest")
-        .arg(node.etcd_manifest())
-        .arg("--dest")
-        .arg(dest)
-        .arg("--work-dir")
-        .arg(work.join("work")))
-    .ok()
-    .json()
+    node.save(key, dest, &work.join("work"))
 }
 
 fn restore_cmd(s: &Setup) -> std::process::Command {

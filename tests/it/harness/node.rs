@@ -269,6 +269,23 @@ impl FakeNode {
     }
 
     /// `lifeboat restore` with this node's folders and the right restore tool.
+    /// `lifeboat snapshot save -w json` of this node's etcd (found through its manifest) to
+    /// `dest`, encrypted to `key`; its JSON report. Fails the test when the save fails.
+    pub fn save(&self, key: &super::AgeKey, dest: &Path, work: &Path) -> serde_json::Value {
+        super::run(
+            lifeboat()
+                .args(["snapshot", "save", "-w", "json", "-r", &key.recipient])
+                .arg("--etcd-manifest")
+                .arg(self.etcd_manifest())
+                .arg("--dest")
+                .arg(dest)
+                .arg("--work-dir")
+                .arg(work),
+        )
+        .ok()
+        .json()
+    }
+
     pub fn restore(&self) -> Command {
         self.restore_in(&self.state_dir)
     }
